@@ -1,0 +1,51 @@
+# geta developer tasks.  `make test` and `make demo` are all a new contributor needs.
+#
+# The venv is built once and rebuilt only when pyproject.toml changes (stamp file).
+# TORCH_SPEC is installed in the same pip command as the package so that pip never
+# resolves a different (e.g. 5 GB CUDA) torch wheel; override it for your platform:
+#     make venv TORCH_SPEC='torch>=2.6'
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+PIP        := $(VENV)/bin/pip
+STAMP      := $(VENV)/.stamp
+# Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
+RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
+
+.PHONY: venv test test-slow demo lint format bench-qasso clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install '$(TORCH_SPEC)' -e '.[dev]'
+	touch $(STAMP)
+
+test: venv
+	$(RUN_ENV) $(PY) -m pytest
+
+# Exit status 5 means "no tests collected" (no slow suite yet): not a failure.
+test-slow: venv
+	$(RUN_ENV) $(PY) -m pytest -m slow || test $$? -eq 5
+
+# TODO(lead): switch to `$(VENV)/bin/geta compress --out runs/demo` once the CLI lands.
+demo: venv
+	$(RUN_ENV) $(PY) examples/quickstart.py
+
+lint: venv
+	$(VENV)/bin/ruff check src tests examples bench
+	$(VENV)/bin/ruff format --check src tests examples bench
+
+format: venv
+	$(VENV)/bin/ruff format src tests examples bench
+	$(VENV)/bin/ruff check --fix src tests examples bench
+
+bench-qasso: venv
+	$(RUN_ENV) $(PY) -m bench.qasso_step
+
+clean:
+	rm -rf build dist runs out .pytest_cache .ruff_cache .hypothesis .mypy_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -exec rm -rf {} +

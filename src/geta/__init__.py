@@ -1,0 +1,47 @@
+"""geta: joint structured pruning and mixed-precision quantization-aware training.
+
+>>> import geta
+>>> plan = geta.prepare(model, example_inputs, geta.Config(target_sparsity=0.5, weight_bits=(4, 8)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from geta.config import STE, Config
+from geta.errors import CaptureError, ConfigError, ConvertError, GetaError, UnsupportedOpError
+from geta.graph.group import ParamSlice, PruneGroup
+from geta.plan import Plan
+from geta.prepare import prepare
+from geta.subnet import convert
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config", "STE", "Plan", "PruneGroup", "ParamSlice", "prepare", "convert",
+    "QASSO", "Schedule", "Stage", "report", "CompressionReport", "export", "testing",
+    "GetaError", "ConfigError", "CaptureError", "ConvertError", "UnsupportedOpError",
+]
+
+_LAZY = {
+    "QASSO": ("geta.optim", "QASSO"),
+    "Schedule": ("geta.optim", "Schedule"),
+    "Stage": ("geta.optim", "Stage"),
+    "report": ("geta.report", "report"),
+    "CompressionReport": ("geta.report", "CompressionReport"),
+    "export": ("geta.export", None),
+    "testing": ("geta.testing", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the optimizer, reports, exports and test helpers on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'geta' has no attribute {name!r}")
+    import importlib
+
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value

@@ -1,0 +1,115 @@
+"""`Config`: what the user asks of a compression run, validated at construction."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from geta.errors import ConfigError
+
+__all__ = ["Config", "STE", "MIN_BITS", "MAX_BITS"]
+
+MIN_BITS = 2
+MAX_BITS = 16
+
+
+class STE(enum.Enum):
+    """How the straight-through estimator treats the input gradient of a quantizer."""
+
+    CLIPPED = "clipped"  # zero where |x| > qmax (default, method.md §1.3)
+    FIXED = "fixed"  # zero where |x| > 2, as in the authors' release (kept for comparison)
+
+
+def _check_bits(name: str, value: object, *, allow_none: bool) -> tuple[int, int] | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigError(f"Config.{name}=None is not allowed; pass a (lo, hi) pair such as (4, 8)")
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ConfigError(
+            f"Config.{name}={value!r} must be a (lo, hi) pair of integers in "
+            f"[{MIN_BITS}, {MAX_BITS}], e.g. (4, 8)"
+        )
+    lo, hi = value
+    for b in (lo, hi):
+        if isinstance(b, bool) or not isinstance(b, int) or not MIN_BITS <= b <= MAX_BITS:
+            raise ConfigError(
+                f"Config.{name}={value!r}: each bit width must be an integer in "
+                f"[{MIN_BITS}, {MAX_BITS}], got {b!r}"
+            )
+    if lo > hi:
+        raise ConfigError(f"Config.{name}={value!r}: lo ({lo}) must be <= hi ({hi}); pass ({hi}, {lo})?")
+    return (lo, hi)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to compress and how far.
+
+    >>> Config(target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8)).weight_bits
+    (4, 8)
+    >>> Config(target_sparsity=1.0)
+    Traceback (most recent call last):
+    ...
+    geta.errors.ConfigError: Config.target_sparsity=1.0 must be in [0, 1) ...
+    """
+
+    target_sparsity: float = 0.5
+    """Fraction of the prunable channels (units of all prunable groups) to remove, in [0, 1)."""
+    weight_bits: tuple[int, int] = (4, 16)
+    """Final (lo, hi) range of every weight quantizer's bit width."""
+    act_bits: tuple[int, int] | None = None
+    """Final (lo, hi) range of the input-activation quantizers; None: activations stay float."""
+    init_bits: int = 16
+    """Bit width every quantizer starts from (method.md §1.4); must be >= the hi bounds."""
+    quantize_embeddings: bool = False
+    """Also attach weight quantizers to embedding tables."""
+    learn_exponent: bool = True
+    """Learn the exponent t of the quantizer (fixed at 1 otherwise)."""
+    ste: STE = STE.CLIPPED
+    """Input-gradient rule of the straight-through estimator."""
+    exclude_quant: tuple[str, ...] = ()
+    """fnmatch patterns of module names whose layers are not quantized."""
+    exclude_prune: tuple[str, ...] = ()
+    """fnmatch patterns of module names; groups touching their parameters are not pruned."""
+    group_divisible: int = 1
+    """Keep each group's surviving channel count a multiple of this (hardware-friendly)."""
+    calibration_batches: int = 1
+    """How many example-input batches calibrate activation ranges (the example inputs are one)."""
+
+    def __post_init__(self) -> None:
+        s = self.target_sparsity
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s < 1.0) or math.isnan(s):
+            raise ConfigError(
+                f"Config.target_sparsity={s!r} must be in [0, 1) ... (a fraction of prunable channels; "
+                "0.5 removes half)"
+            )
+        object.__setattr__(self, "weight_bits", _check_bits("weight_bits", self.weight_bits, allow_none=False))
+        object.__setattr__(self, "act_bits", _check_bits("act_bits", self.act_bits, allow_none=True))
+        ib = self.init_bits
+        hi = max(self.weight_bits[1], self.act_bits[1] if self.act_bits else MIN_BITS)
+        if isinstance(ib, bool) or not isinstance(ib, int) or not hi <= ib <= 32:
+            raise ConfigError(
+                f"Config.init_bits={ib!r} must be an integer in [{hi}, 32] (at least the largest hi bound)"
+            )
+        if isinstance(self.ste, str):
+            try:
+                object.__setattr__(self, "ste", STE(self.ste))
+            except ValueError:
+                raise ConfigError(
+                    f"Config.ste={self.ste!r} is not one of {[e.value for e in STE]}"
+                ) from None
+        elif not isinstance(self.ste, STE):
+            raise ConfigError(f"Config.ste={self.ste!r} must be a geta.STE or one of {[e.value for e in STE]}")
+        for name in ("exclude_quant", "exclude_prune"):
+            v = getattr(self, name)
+            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
+                raise ConfigError(f"Config.{name}={v!r} must be a tuple of fnmatch patterns, e.g. ('head.*',)")
+            object.__setattr__(self, name, tuple(v))
+        g = self.group_divisible
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ConfigError(f"Config.group_divisible={g!r} must be a positive integer (1 disables it)")
+        c = self.calibration_batches
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ConfigError(f"Config.calibration_batches={c!r} must be a positive integer")

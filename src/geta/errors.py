@@ -1,0 +1,29 @@
+"""Exceptions raised by geta.
+
+Every error names the offending field or object, the value it got and what to do instead, so
+that a user never has to read a stack trace from inside torch to find out what went wrong.
+"""
+
+from __future__ import annotations
+
+__all__ = ["GetaError", "ConfigError", "CaptureError", "UnsupportedOpError", "ConvertError"]
+
+
+class GetaError(Exception):
+    """Base class of every error geta raises on purpose."""
+
+
+class ConfigError(GetaError, ValueError):
+    """A configuration value is invalid (the message names the field, the value and the fix)."""
+
+
+class CaptureError(GetaError):
+    """The model could not be captured as a graph with the given example inputs."""
+
+
+class UnsupportedOpError(GetaError):
+    """An operation has no handler where one is strictly required."""
+
+
+class ConvertError(GetaError):
+    """A model could not be physically pruned (e.g. a module class without an attribute fixer)."""

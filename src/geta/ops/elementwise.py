@@ -1,0 +1,99 @@
+"""Handlers of element-wise ops: channel-wise maps keep labels, joins merge spaces.
+
+An element-wise op treats channels independently, so it is transparent to pruning: unary ops
+pass their input's labels through; binary ops (a residual ``add``, a squeeze-excitation gate
+``mul``) unify the spaces of aligned dimensions (broadcast dims of size 1 excepted).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import fx
+
+from geta.graph.analysis import Context, Labels
+from geta.ops.registry import register_op
+from geta.quant import functional as _qf  # noqa: F401  (registers torch.ops.geta.fake_quant)
+
+aten = torch.ops.aten
+
+__all__ = ["PASSTHROUGH", "NONNEGATIVE"]
+
+_UNARY = [
+    aten.relu, aten.relu_, aten.gelu, aten.gelu_, aten.silu, aten.silu_, aten.sigmoid, aten.sigmoid_,
+    aten.tanh, aten.tanh_, aten.neg, aten.abs, aten.exp, aten.log, aten.sqrt, aten.rsqrt,
+    aten.reciprocal, aten.sin, aten.cos, aten.erf, aten.square, aten.expm1, aten.log1p, aten.sign,
+    aten.round, aten.floor, aten.ceil, aten.trunc, aten.logical_not, aten.bitwise_not, aten.isnan,
+    aten.nan_to_num, aten.clamp, aten.clamp_, aten.clamp_min, aten.clamp_max, aten.hardtanh,
+    aten.hardtanh_, aten.hardswish, aten.hardswish_, aten.hardsigmoid, aten.hardsigmoid_,
+    aten.leaky_relu, aten.leaky_relu_, aten.elu, aten.elu_, aten.selu, aten.celu, aten.softplus,
+    aten.mish, aten.relu6, aten.dropout, aten.dropout_,
+    aten.alpha_dropout, aten.feature_dropout, aten.feature_alpha_dropout, aten.clone,
+    aten.contiguous, aten.detach, aten.detach_, aten.alias, aten.lift_fresh_copy, aten.to,
+    aten._to_copy, aten.tril, aten.triu, aten.fill, aten.fill_, aten.zero_, aten.bernoulli,
+    aten.logit,
+]
+_BINARY = [
+    aten.add, aten.add_, aten.sub, aten.sub_, aten.rsub, aten.mul, aten.mul_, aten.div, aten.div_,
+    aten.maximum, aten.minimum, aten.where, aten.masked_fill, aten.masked_fill_, aten.eq, aten.ne,
+    aten.lt, aten.le, aten.gt, aten.ge, aten.logical_and, aten.logical_or, aten.logical_xor,
+    aten.bitwise_and, aten.bitwise_or, aten.addcmul, aten.addcdiv, aten.lerp, aten.floor_divide,
+    aten.remainder, aten.fmod, aten.pow, aten.atan2, aten.copy_, aten.copy, aten.type_as,
+]
+_CREATE = [
+    aten.arange, aten.zeros, aten.ones, aten.full, aten.empty, aten.scalar_tensor, aten.rand,
+    aten.randn, aten.randint, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like,
+    aten.rand_like, aten.randn_like, aten.new_zeros, aten.new_ones, aten.new_full, aten.new_empty,
+    aten.tensor, aten.linspace, aten.eye, aten._assert_tensor_metadata,
+    aten.sym_size, aten.sym_numel, aten._assert_scalar, aten.item, aten.lift_fresh,
+]
+
+# Ops through which a weight is still "the weight" (for binding quantizers to layers).
+PASSTHROUGH = {torch.ops.geta.fake_quant, aten.clone, aten.contiguous, aten.detach, aten.alias,
+               aten.to, aten._to_copy, aten.lift_fresh_copy}
+
+# Ops whose output is never negative: a layer reading it gets an unsigned input quantizer.
+NONNEGATIVE = {aten.relu, aten.relu_, aten.relu6, aten.sigmoid, aten.sigmoid_, aten.hardsigmoid,
+               aten.hardsigmoid_, aten.softmax, aten._softmax, aten.exp, aten.abs, aten.square}
+
+
+def _first(ctx: Context, node: fx.Node) -> list:
+    x = node.args[0] if node.args else None
+    lab = ctx.label(x)
+    return list(lab) if lab is not None else ctx.anon(ctx.shape(node))
+
+
+@register_op(*dict.fromkeys(_UNARY), torch.ops.geta.fake_quant)
+def unary(ctx: Context, node: fx.Node) -> Labels:
+    """Same shape, channel-wise: the output carries the input's labels."""
+    lab = _first(ctx, node)
+    out = ctx.shape(node)
+    if [e.size for e in lab] != list(out):
+        return ctx.broadcast([node.args[0]], out, f"{node.target}")
+    return lab
+
+
+@register_op(*_BINARY)
+def binary(ctx: Context, node: fx.Node) -> Labels:
+    """Broadcasting join: aligned channel dims of all tensor operands are the same channels."""
+    tensors = [a for a in list(node.args) + list(node.kwargs.values()) if ctx.is_tensor(a)]
+    return ctx.broadcast(tensors, ctx.shape(node), f"{node.target} ({node.name})")
+
+
+@register_op(*_CREATE)
+def create(ctx: Context, node: fx.Node) -> Labels:
+    """A new tensor with no channel meaning (constants, masks, position ids)."""
+    val = node.meta.get("val")
+    return ctx.anon(ctx.shape(node)) if isinstance(val, torch.Tensor) else None
+
+
+@register_op(operator.getitem)
+def getitem(ctx: Context, node: fx.Node) -> Labels:
+    src, idx = node.args
+    lab: Any = ctx.labels.get(src) if isinstance(src, fx.Node) else None
+    if isinstance(lab, tuple) and isinstance(idx, int):
+        return lab[idx]
+    val = node.meta.get("val")
+    return ctx.anon(ctx.shape(node)) if isinstance(val, torch.Tensor) else None

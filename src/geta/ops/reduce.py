@@ -1,0 +1,127 @@
+"""Handlers of reductions, softmax and pooling.
+
+Reducing over a channel dimension mixes channels (removing one changes a mean, a max, a
+softmax denominator): those spaces are frozen. Reducing over other dims (global average
+pooling over H, W) keeps the channel labels. Pooling ops act on the trailing spatial dims only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+from geta.graph.analysis import Context, Labels
+from geta.graph.space import Anon, Expr
+from geta.ops.registry import register_op
+
+aten = torch.ops.aten
+
+__all__: list[str] = []
+
+
+def _lab(ctx: Context, arg: Any) -> list[Expr]:
+    lab = ctx.label(arg)
+    return list(lab) if lab is not None else ctx.anon(ctx.shape(arg))
+
+
+def _dims(arg: Any, ndim: int) -> list[int]:
+    if arg is None:
+        return list(range(ndim))
+    dims = [arg] if isinstance(arg, int) else list(arg)
+    if not dims:
+        return list(range(ndim))
+    return [d + ndim if d < 0 else d for d in dims]
+
+
+def _reduce(ctx: Context, node: fx.Node, dims: list[int]) -> Labels:
+    lab = _lab(ctx, node.args[0])
+    for d in dims:
+        ctx.freeze([lab[d]], f"{node.target} reduces over channels at {node.name}")
+    out_shape = ctx.shape(node)
+    kept = [e if d not in dims else Anon(1) for d, e in enumerate(lab)]
+    if len(out_shape) != len(lab):
+        kept = [e for d, e in enumerate(lab) if d not in dims]
+    return _fit(ctx, kept, out_shape, node)
+
+
+def _fit(ctx: Context, lab: list[Expr], out_shape: tuple[int, ...], node: fx.Node) -> Labels:
+    if [e.size for e in lab] == list(out_shape):
+        return lab
+    ctx.freeze(lab, f"unexpected shape at {node.name}")
+    return ctx.anon(out_shape)
+
+
+@register_op(aten.sum, aten.mean, aten.amax, aten.amin, aten.prod, aten.any, aten.all, aten.var,
+             aten.std, aten.logsumexp, aten.argmax, aten.argmin, aten.nansum, aten.count_nonzero,
+             aten.linalg_vector_norm, aten.norm)
+def reduction(ctx: Context, node: fx.Node) -> Labels:
+    ndim = len(ctx.shape(node.args[0]))
+    arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if node.target in (aten.norm.ScalarOpt_dim, aten.linalg_vector_norm.default):
+        arg = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    if isinstance(arg, (int, float)) and node.target in (aten.norm.Scalar,):
+        arg = None
+    if node.target in (aten.var.correction, aten.std.correction) and len(node.args) < 2:
+        arg = node.kwargs.get("dim")
+    return _reduce(ctx, node, _dims(arg, ndim))
+
+
+@register_op(aten.max, aten.min, aten.var_mean, aten.std_mean, aten.sort, aten.topk, aten.median,
+             aten.mode, aten.kthvalue)
+def reduction_pair(ctx: Context, node: fx.Node) -> Labels:
+    """Ops returning (values, indices) or a full reduction."""
+    val = node.meta.get("val")
+    lab = _lab(ctx, node.args[0])
+    if isinstance(val, torch.Tensor):  # max(x) over everything
+        ctx.freeze(lab, f"{node.target} reduces over channels at {node.name}")
+        return ctx.anon(ctx.shape(node))
+    d_arg = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], int) else node.kwargs.get("dim", -1)
+    d = d_arg + len(lab) if d_arg < 0 else d_arg
+    ctx.freeze([lab[d]], f"{node.target} reduces over channels at {node.name}")
+    outs = []
+    for v in val:
+        shape = tuple(int(s) for s in v.shape)
+        kept = [e for k, e in enumerate(lab) if k != d] if len(shape) < len(lab) else \
+            [Anon(shape[k]) if k == d else e for k, e in enumerate(lab)]
+        outs.append(_fit(ctx, kept, shape, node))
+    return tuple(outs)
+
+
+@register_op(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum,
+             aten.cumprod)
+def along_dim(ctx: Context, node: fx.Node) -> Labels:
+    """Same shape, but channels along ``dim`` are mixed (softmax denominator, running sums)."""
+    lab = _lab(ctx, node.args[0])
+    d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
+    d = d + len(lab) if d < 0 else d
+    ctx.freeze([lab[d]], f"{node.target} mixes channels along dim {d} at {node.name}")
+    return lab
+
+
+_POOL = {
+    aten.adaptive_avg_pool1d: 1, aten.adaptive_avg_pool2d: 2, aten.adaptive_avg_pool3d: 3,
+    aten.avg_pool1d: 1, aten.avg_pool2d: 2, aten.avg_pool3d: 3, aten.max_pool1d: 1,
+    aten.max_pool2d: 2, aten.max_pool3d: 3, aten.max_pool2d_with_indices: 2,
+    aten.max_pool3d_with_indices: 3, aten.adaptive_max_pool1d: 1, aten.adaptive_max_pool2d: 2,
+    aten.adaptive_max_pool3d: 3, aten.upsample_nearest1d: 1, aten.upsample_nearest2d: 2,
+    aten.upsample_nearest3d: 3, aten.upsample_bilinear2d: 2, aten.upsample_linear1d: 1,
+    aten.upsample_bicubic2d: 2, aten.upsample_trilinear3d: 3, aten._adaptive_avg_pool2d: 2,
+}
+
+
+@register_op(*_POOL)
+def pool(ctx: Context, node: fx.Node) -> Labels:
+    """Spatial pooling/resampling: leading (batch, channel) dims keep labels."""
+    k = _POOL[node.target.overloadpacket]
+    lab = _lab(ctx, node.args[0])
+    val = node.meta.get("val")
+    lead = lab[: len(lab) - k]
+
+    def one(shape: tuple[int, ...]) -> list[Expr]:
+        return lead + [Anon(n) for n in shape[len(lead):]]
+
+    if isinstance(val, (tuple, list)):
+        return tuple(one(tuple(int(s) for s in v.shape)) for v in val)
+    return one(ctx.shape(node))

@@ -1,0 +1,18 @@
+"""QASSO, the optimizer of GETA (method.md §3), and its schedule.
+
+- `geta.optim.schedule`: `Stage` and `Schedule` (the four stages as pure functions of the step);
+- `geta.optim.rules`, `geta.optim.saliency`, `geta.optim.direction`: the pure math
+  (bit projection, forget rate, step choice, the five saliency criteria, base directions);
+- `geta.optim.layout`, `geta.optim.forget`, `geta.optim.quantizers`: vectorised bookkeeping
+  of unit rows and quantizer scalars;
+- `geta.optim.qasso`: `QASSO`, the ``torch.optim.Optimizer`` that holds the state.
+"""
+
+from __future__ import annotations
+
+from geta.optim.direction import Variant
+from geta.optim.guard import NonFiniteError
+from geta.optim.qasso import QASSO
+from geta.optim.schedule import Schedule, Stage
+
+__all__ = ["QASSO", "NonFiniteError", "Schedule", "Stage", "Variant"]

@@ -1,0 +1,126 @@
+"""`ForgetStep`: one joint-stage forgetting step on the redundant rows R (method.md §3.4).
+
+A step of the joint stage runs in three phases around the ordinary update:
+
+1. ``ForgetStep(...)`` (before any parameter moves): gathers x_R, splits quantized rows into
+   the clipped value c and the rounding residual r at the quantizer's *current* step, and
+   records every quantizer's bit interval for the current qmax and exponent;
+2. `ForgetStep.record` (while the optimizer walks its parameters): keeps the rows of each
+   base direction ∇;
+3. `ForgetStep.apply` (after the ordinary update x <- x - α∇ of every row): per-unit and
+   per-(unit, layer) statistics with one ``index_add_`` per slice, the pure rules of
+   `geta.optim.rules` for γ and the per-layer steps, the new step of each touched quantizer,
+   and finally x_R <- x_R - γ (c + d_l r) with one ``index_add_`` per slice.
+
+A tensor element owned by two selected units (a weight's row in one group and its column in
+another, both redundant) receives both units' forgetting terms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from geta.optim import rules
+from geta.optim.layout import RedundantRows, gather_rows, scatter_rows_add_
+from geta.optim.quantizers import QuantizerTable
+
+__all__ = ["ForgetStep"]
+
+_F64 = torch.float64  # the rule's statistics are accumulated in double precision
+
+
+class ForgetStep:
+    """The forgetting of one step; see the module docstring for the three phases."""
+
+    def __init__(self, rows: RedundantRows, table: QuantizerTable, b_hi: Tensor) -> None:
+        self.rows = rows
+        self.table = table
+        n_q = len(table)
+        if n_q:
+            step, qmax, exponent = table.scalars()  # (n_q,) before this step's update
+            lo, hi = table.bounds(b_hi, qmax, exponent)
+            self.step_min, self.step_max = lo.to(_F64), hi.to(_F64)
+        self.x: list[Tensor] = []  # x_R rows per slice, (k, m*rest)
+        self.c: list[Tensor] = []  # clipped values c, same shapes
+        self.r: list[Tensor | None] = []  # rounding residuals r (None: not quantized)
+        self.grad: list[Tensor | None] = [None] * len(rows.slices)  # ∇ rows, filled by `record`
+        self._slots: dict[int, list[int]] = {}  # id(tensor) -> positions in rows.slices
+        for i, rs in enumerate(rows.slices):
+            ref = rs.ref
+            self._slots.setdefault(id(ref.tensor), []).append(i)
+            x = gather_rows(ref.tensor.detach(), ref.dim, rs.pos, rs.rows).to(_F64)
+            self.x.append(x)
+            if ref.quant >= 0:
+                signed = table.quantizers[ref.quant].signed
+                c, r = rules.forget_parts(
+                    x,
+                    step[ref.quant].to(_F64),
+                    qmax[ref.quant].to(_F64),
+                    exponent[ref.quant].to(_F64),
+                    signed=signed,
+                )
+                self.c.append(c)
+                self.r.append(r)
+            else:
+                self.c.append(x)
+                self.r.append(None)
+
+    def touches(self, p: Tensor) -> bool:
+        return id(p) in self._slots
+
+    def record(self, p: Tensor, direction: Tensor) -> None:
+        """Keep the rows of ``p``'s base direction ∇ that belong to R."""
+        for i in self._slots.get(id(p), ()):
+            rs = self.rows.slices[i]
+            self.grad[i] = gather_rows(direction, rs.ref.dim, rs.pos, rs.rows).to(_F64)
+
+    def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(‖∇‖², ‖c‖², <c, ∇>) per unit (n_R,) and <∇_l, r_l> per block (n_B,)."""
+        n_units, n_blocks = self.rows.units.numel(), self.rows.block_unit.numel()
+        grad_sq = torch.zeros(n_units, dtype=_F64)
+        c_sq, c_dot = torch.zeros_like(grad_sq), torch.zeros_like(grad_sq)
+        r_dot = torch.zeros(n_blocks, dtype=_F64)
+        for i, rs in enumerate(self.rows.slices):
+            c, g = self.c[i], self.grad[i]
+            unit = rs.unit
+            c_sq.index_add_(0, unit, c.pow(2).sum(1).cpu())
+            if g is None:
+                continue  # a tensor without gradient: ∇ = 0 on its rows
+            grad_sq.index_add_(0, unit, g.pow(2).sum(1).cpu())
+            c_dot.index_add_(0, unit, (c * g).sum(1).cpu())
+            r = self.r[i]
+            if r is not None and rs.block is not None:
+                r_dot.index_add_(0, rs.block, (r * g).sum(1).cpu())
+        return grad_sq, c_sq, c_dot, r_dot
+
+    @torch.no_grad()
+    def apply(self, *, lr: float, period_len: int, t: int) -> Tensor:
+        """Choose γ and the layer steps, set the steps, forget; returns γ per unit (n_R,)."""
+        grad_sq, c_sq, c_dot, r_dot = self._stats()
+        gamma = rules.forget_rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t)
+        layer_step = None
+        if self.rows.block_unit.numel():
+            layer = self.rows.block_layer
+            gamma, block_step = rules.forget_steps(
+                gamma,
+                grad_sq,
+                self.rows.block_unit,
+                r_dot,
+                self.step_min[layer.to(self.step_min.device)].cpu(),
+                self.step_max[layer.to(self.step_max.device)].cpu(),
+                lr=lr,
+            )
+            current = self.table.scalars()[0]  # (n_q,) after this step's gradient update
+            device = current.device
+            layer_step = rules.layer_steps(layer.to(device), block_step.to(device, current.dtype), current)
+            self.table.write_steps(layer_step)
+        for i, rs in enumerate(self.rows.slices):
+            ref = rs.ref
+            q_term = self.c[i]  # Q(x) = c + d_l r for quantized rows, x otherwise
+            r = self.r[i]
+            if r is not None and layer_step is not None:
+                q_term = q_term + layer_step[ref.quant].to(_F64) * r
+            term = gamma[rs.unit].to(q_term.device)[:, None] * q_term  # (k, m*rest)
+            scatter_rows_add_(ref.tensor.data, ref.dim, rs.pos, (-term).to(ref.tensor.dtype))
+        return gamma

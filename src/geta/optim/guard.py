@@ -1,0 +1,56 @@
+"""`NonFiniteError` and the cheap finiteness check QASSO runs on every step.
+
+A NaN or inf gradient must stop training with a message that names the step and the
+parameter (method.md §3, issue item 7): continuing would spread NaN into every weight and
+quantizer, and silently skipping the step would hide the problem.
+
+The check costs one reduction per tensor and one host sync per step: the per-tensor sums are
+stacked and tested together; only when that test fails are the tensors inspected one by one
+(a sum can overflow to inf with finite elements, so the slow path decides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from geta.errors import GetaError
+
+__all__ = ["NonFiniteError", "check_finite", "check_loss"]
+
+
+class NonFiniteError(GetaError, FloatingPointError):
+    """A loss or gradient holds NaN or inf; the message names the step and the parameter."""
+
+
+@torch.no_grad()
+def check_finite(grads: Sequence[Tensor], step: int, name_of: Callable[[int], str]) -> None:
+    """Raise `NonFiniteError` if any of ``grads`` holds NaN/inf; ``name_of(i)`` names grads[i]."""
+    if not grads:
+        return
+    sums = torch.stack([g.sum().float().to(grads[0].device) for g in grads])
+    if bool(torch.isfinite(sums).all()):
+        return
+    for i, g in enumerate(grads):
+        bad = ~torch.isfinite(g)
+        if bool(bad.any()):
+            kind = "NaN" if bool(torch.isnan(g).any()) else "inf"
+            raise NonFiniteError(
+                f"QASSO step {step}: the gradient of {name_of(i)!r} holds {kind} "
+                f"({int(bad.sum())} of {g.numel()} elements); lower the learning rate, check the "
+                "loss and inputs, or use a GradScaler (it skips such steps) -- the step was not taken"
+            )
+
+
+def check_loss(loss: object, step: int) -> None:
+    """Raise `NonFiniteError` if the closure's ``loss`` is a non-finite number or tensor."""
+    if isinstance(loss, Tensor):
+        finite = bool(torch.isfinite(loss.detach()).all())
+    elif isinstance(loss, (int, float)):
+        finite = bool(torch.isfinite(torch.tensor(float(loss))))
+    else:
+        return
+    if not finite:
+        raise NonFiniteError(f"QASSO step {step}: the loss is {loss!r}; the step was not taken")

@@ -1,0 +1,162 @@
+"""`UnitLayout`: one global numbering of the prunable units and vectorised access to their rows.
+
+Every unit of every prunable group gets a global id 0..N-1 (group by group, in plan order). A
+`SliceRef` is one parameter slice of a group; its unit ``j`` is global unit ``offset + j`` and
+owns the positions ``index[j]`` along ``dim`` of ``tensor`` -- the same row view as
+`ParamSlice.rows` everywhere (method.md defect 4). Per-unit sums over all slices of a unit are
+one gather and one row reduction per slice, written into the contiguous id range of that slice,
+so no Python loop runs over groups or units, only over slices (a few per tensor).
+
+`RedundantRows` is the same view restricted to the units selected in a pruning period: per
+slice the positions of the selected rows, their local unit ids 0..n_R-1 and, for slices of a
+quantized tensor, their (unit, layer) block ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from geta.graph.group import PruneGroup
+
+__all__ = ["RedundantRows", "RedundantSlice", "SliceRef", "UnitLayout", "gather_rows"]
+
+
+def gather_rows(tensor: Tensor, dim: int, pos: Tensor, rows: int) -> Tensor:
+    """The positions ``pos`` (rows * m,) along ``dim`` of ``tensor`` as (rows, m * rest)."""
+    return tensor.movedim(dim, 0).index_select(0, pos).reshape(rows, -1)
+
+
+def scatter_rows_add_(tensor: Tensor, dim: int, pos: Tensor, values: Tensor) -> None:
+    """``tensor[positions pos along dim] += values`` for ``values`` shaped like `gather_rows`."""
+    moved_shape = (pos.numel(), *tensor.movedim(dim, 0).shape[1:])
+    tensor.index_add_(dim, pos, values.reshape(moved_shape).movedim(0, dim))
+
+
+@dataclass(frozen=True, eq=False)
+class SliceRef:
+    """One parameter slice of a prunable group, placed in the global unit numbering."""
+
+    tensor: Tensor  # the nn.Parameter, by identity
+    name: str  # display only
+    dim: int
+    index: Tensor  # (size, m) int64, on the tensor's device
+    offset: int  # global id of the slice's unit 0
+    quant: int  # index of the tensor's weight quantizer in the optimizer's table, -1: none
+
+    @property
+    def size(self) -> int:
+        return int(self.index.shape[0])
+
+    def positions(self, local_units: Tensor) -> Tensor:
+        """Positions along ``dim`` owned by ``local_units`` (k,): shape (k * m,)."""
+        return self.index[local_units].reshape(-1)
+
+
+@dataclass(frozen=True, eq=False)
+class RedundantSlice:
+    """The selected rows of one slice during a pruning period."""
+
+    ref: SliceRef
+    pos: Tensor  # (k * m,) positions along ref.dim
+    rows: int  # k: selected units of this slice
+    unit: Tensor  # (k,) local ids 0..n_R-1 of the selected units
+    block: Tensor | None  # (k,) ids of the (unit, layer) blocks; None if not quantized
+
+
+@dataclass(frozen=True, eq=False)
+class RedundantRows:
+    """The rows of the redundant set R, grouped by slice, plus the block table."""
+
+    units: Tensor  # (n_R,) global unit ids, ascending
+    slices: tuple[RedundantSlice, ...]
+    block_unit: Tensor  # (n_B,) local unit of each block
+    block_layer: Tensor  # (n_B,) quantizer index of each block
+
+
+class UnitLayout:
+    """Global unit ids of ``groups`` (the prunable ones) and their parameter slices.
+
+    ``quant_of(tensor)`` returns the index of the tensor's weight quantizer or -1.
+    """
+
+    def __init__(self, groups: Sequence[PruneGroup], quant_of: Callable[[Tensor], int]) -> None:
+        sizes = [g.size for g in groups]
+        self.num_units = sum(sizes)
+        self.num_groups = len(groups)
+        self.unit_group = torch.repeat_interleave(
+            torch.arange(len(groups), dtype=torch.long), torch.tensor(sizes, dtype=torch.long)
+        )  # (N,) group of each unit
+        self.length = torch.zeros(self.num_units, dtype=torch.long)  # len(x_j): elements per unit
+        slices: list[SliceRef] = []
+        offset = 0
+        for g in groups:
+            for s in g.slices:
+                if not s.is_param:
+                    continue  # buffers (running stats) are never scored, forgotten or zeroed
+                index = s.index.to(device=s.tensor.device, dtype=torch.long)
+                ref = SliceRef(s.tensor, s.name, s.dim, index, offset, quant_of(s.tensor))
+                per_unit = index.shape[1] * (s.tensor.numel() // max(s.tensor.shape[s.dim], 1))
+                self.length[offset : offset + g.size] += per_unit
+                slices.append(ref)
+            offset += g.size
+        # slices of the same tensor next to each other (a stable sort by first appearance)
+        first: dict[int, int] = {}
+        for i, ref in enumerate(slices):
+            first.setdefault(id(ref.tensor), i)
+        self.slices = tuple(sorted(slices, key=lambda r: first[id(r.tensor)]))
+
+    @torch.no_grad()
+    def unit_stats(self, grad_of: Callable[[Tensor], Tensor | None]) -> tuple[Tensor, Tensor, Tensor]:
+        """(‖x_j‖², <x_j, g_j>, ‖g_j‖²) per unit (N,), float64, over all its parameter slices."""
+        x_sq = torch.zeros(self.num_units, dtype=torch.float64)
+        xg = torch.zeros_like(x_sq)
+        g_sq = torch.zeros_like(x_sq)
+        for ref in self.slices:
+            span = slice(ref.offset, ref.offset + ref.size)
+            pos = ref.index.reshape(-1)
+            x = gather_rows(ref.tensor.detach(), ref.dim, pos, ref.size).double()  # (size, m*rest)
+            x_sq[span] += x.pow(2).sum(1).cpu()
+            grad = grad_of(ref.tensor)
+            if grad is not None:
+                g = gather_rows(grad, ref.dim, pos, ref.size).double()
+                xg[span] += (x * g).sum(1).cpu()
+                g_sq[span] += g.pow(2).sum(1).cpu()
+        return x_sq, xg, g_sq
+
+    def redundant(self, selected: Tensor, num_quantizers: int) -> RedundantRows:
+        """The `RedundantRows` of the units where ``selected`` (N,) bool is True."""
+        units = selected.nonzero().squeeze(1)  # (n_R,) global ids, ascending
+        local = torch.full((self.num_units,), -1, dtype=torch.long)
+        local[units] = torch.arange(units.numel())
+        n_layers = max(num_quantizers, 1)
+        parts: list[tuple[SliceRef, Tensor, Tensor]] = []
+        keys: list[Tensor] = []
+        for ref in self.slices:
+            ids = local[ref.offset : ref.offset + ref.size]  # (size,) local id or -1
+            rows = (ids >= 0).nonzero().squeeze(1)  # (k,) selected rows of this slice
+            if rows.numel():
+                parts.append((ref, rows, ids[rows]))
+                if ref.quant >= 0:
+                    keys.append(ids[rows] * n_layers + ref.quant)  # (unit, layer) key
+        uniq = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long)
+        out = []
+        for ref, rows, unit in parts:
+            block = None
+            if ref.quant >= 0:
+                block = torch.searchsorted(uniq, unit * n_layers + ref.quant)
+            device = ref.tensor.device
+            out.append(RedundantSlice(ref, ref.positions(rows.to(device)), rows.numel(), unit, block))
+        return RedundantRows(units, tuple(out), uniq // n_layers, uniq % n_layers)
+
+    def zero_positions(self, units: Tensor) -> list[tuple[Tensor, int, Tensor]]:
+        """(tensor, dim, positions) to fill with zeros for the global ``units`` (N,) bool mask."""
+        out = []
+        for ref in self.slices:
+            rows = units[ref.offset : ref.offset + ref.size].nonzero().squeeze(1)
+            if rows.numel():
+                out.append((ref.tensor, ref.dim, ref.positions(rows.to(ref.tensor.device))))
+        return out

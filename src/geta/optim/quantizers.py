@@ -1,0 +1,123 @@
+"""`QuantizerTable`: every quantizer of a plan as vectors, for one-shot bit projection.
+
+The table stacks the 0-dim scalars (step d, qmax q_m, exponent t) of all n quantizers into
+vectors of shape (n,), computes the bounds of all of them with a handful of tensor ops
+(`geta.optim.rules.step_bounds`), and writes the results back: the per-step cost is a few
+vector ops plus one copy per quantizer, like ``torch.optim`` looping over its parameters.
+
+Weight quantizers are bounded by ``Config.weight_bits``; activation (input) quantizers by
+``Config.act_bits`` (method.md defect 1: the authors' release never projected them), or by
+``weight_bits`` when a plan carries input quantizers but the config names no activation range.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from geta.optim import rules
+from geta.optim.schedule import Schedule
+from geta.plan import Plan, QuantTarget
+from geta.quant.quantizer import LearnableQuantizer
+
+__all__ = ["QuantizerTable"]
+
+
+class QuantizerTable:
+    """The quantizers of ``plan`` (in binding order, each once) and their bit ranges."""
+
+    def __init__(self, plan: Plan) -> None:
+        cfg = plan.config
+        act = cfg.act_bits if cfg.act_bits is not None else cfg.weight_bits
+        seen: dict[int, int] = {}
+        quantizers: list[LearnableQuantizer] = []
+        is_act: list[bool] = []
+        names: list[str] = []
+        for b in plan.bindings:
+            if id(b.quantizer) not in seen:
+                seen[id(b.quantizer)] = len(quantizers)
+                quantizers.append(b.quantizer)
+                is_act.append(b.target is QuantTarget.INPUT)
+                names.append(b.name)
+        self.quantizers = quantizers
+        self.names = names
+        self.init_bits = cfg.init_bits
+        self.ranges = (cfg.weight_bits, act)
+        self._index = seen
+        self._tensor_quant = {
+            id(b.tensor): seen[id(b.quantizer)] for b in plan.bindings if b.tensor is not None
+        }
+        device = quantizers[0].step.device if quantizers else torch.device("cpu")
+        self.is_act = torch.tensor(is_act, dtype=torch.bool, device=device)  # (n,)
+        self.signed = torch.tensor([q.signed for q in quantizers], dtype=torch.bool, device=device)
+        lo = [act[0] if a else cfg.weight_bits[0] for a in is_act]
+        hi = [act[1] if a else cfg.weight_bits[1] for a in is_act]
+        self.b_lo = torch.tensor(lo, dtype=torch.float32, device=device)  # (n,) final lower bound
+        self.b_final = torch.tensor(hi, dtype=torch.float32, device=device)  # (n,) final upper bound
+
+    def __len__(self) -> int:
+        return len(self.quantizers)
+
+    def index_of_tensor(self, tensor: Tensor) -> int:
+        """Index of the weight quantizer bound to ``tensor`` (by identity), -1 if none."""
+        return self._tensor_quant.get(id(tensor), -1)
+
+    def parameters(self) -> list[Tensor]:
+        """The distinct learnable scalars of all quantizers (the optimizer's quant group)."""
+        seen: dict[int, Tensor] = {}
+        for q in self.quantizers:
+            for p in q.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    @torch.no_grad()
+    def scalars(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(step, qmax, exponent) of every quantizer, each (n,), detached copies."""
+        qs = self.quantizers
+        return (
+            torch.stack([q.step.detach() for q in qs]),
+            torch.stack([q.qmax.detach() for q in qs]),
+            torch.stack([q.exponent.detach() for q in qs]),
+        )
+
+    def upper(self, schedule: Schedule, step: int) -> Tensor:
+        """The upper bit bound b_hi in force at ``step`` for every quantizer, (n,)."""
+        (_, w_hi), (_, a_hi) = self.ranges
+        w = schedule.bit_upper_at(step, init_bits=self.init_bits, final_bits=w_hi)
+        a = schedule.bit_upper_at(step, init_bits=self.init_bits, final_bits=a_hi)
+        return torch.where(self.is_act, float(a), float(w))
+
+    @torch.no_grad()
+    def bounds(self, b_hi: Tensor, qmax: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor]:
+        """(step_min, step_max) of every quantizer for upper bounds ``b_hi`` (n,)."""
+        return rules.step_bounds(qmax, exponent, self.b_lo, b_hi, self.signed)
+
+    @torch.no_grad()
+    def write_steps(self, steps: Tensor) -> None:
+        """Copy ``steps`` (n,) into the quantizers' ``step`` parameters."""
+        for q, v in zip(self.quantizers, steps.unbind(), strict=True):
+            q.step.copy_(v)
+
+    @torch.no_grad()
+    def project_(self, b_hi: Tensor) -> None:
+        """Project every ``step`` onto its bit interval [b_lo, b_hi] (§3.2)."""
+        if not self.quantizers:
+            return
+        step, qmax, exponent = self.scalars()
+        lo, hi = self.bounds(b_hi, qmax, exponent)
+        self.write_steps(torch.minimum(torch.maximum(step, lo), hi))
+
+    @torch.no_grad()
+    def freeze(self) -> Tensor:
+        """The integer bits to freeze for the cool-down: round(bits) in the final range, (n,)."""
+        step, qmax, exponent = self.scalars()
+        return rules.frozen_bits(step, qmax, exponent, self.b_lo, self.b_final, self.signed)
+
+    @torch.no_grad()
+    def reset_to_(self, frozen: Tensor) -> None:
+        """Set every ``step`` to step_for_bits(frozen bits) of the current qmax and exponent."""
+        if not self.quantizers:
+            return
+        _, qmax, exponent = self.scalars()
+        step, _ = self.bounds(frozen, qmax, exponent)  # step_min at b_hi = frozen is that step
+        self.write_steps(step)

@@ -1,0 +1,49 @@
+"""The learnable quantizer (method.md §1): pure math, the module, and binding it to layers.
+
+- `geta.quant.functional`: ``fake_quant`` (one registered op, ``torch.ops.geta.fake_quant``,
+  with the straight-through backward of §1.3) and the bit algebra of §1.2;
+- `geta.quant.quantizer`: `LearnableQuantizer`, the module holding step (d), qmax (q_m) and
+  exponent (t);
+- `geta.quant.attach`: weight quantizers as parametrizations, input quantizers as pre-hooks,
+  and activation-range calibration.
+"""
+
+from __future__ import annotations
+
+from geta.quant.attach import (
+    attach_input_quantizer,
+    attach_weight_quantizer,
+    calibrate_input_ranges,
+    init_input_quantizers,
+    input_quantizer,
+    is_quantized,
+    weight_quantizers,
+)
+from geta.quant.functional import (
+    bits,
+    code_range,
+    fake_quant,
+    integer_codes,
+    project_step,
+    step_for_bits,
+    step_interval,
+)
+from geta.quant.quantizer import LearnableQuantizer
+
+__all__ = [
+    "LearnableQuantizer",
+    "attach_input_quantizer",
+    "attach_weight_quantizer",
+    "bits",
+    "calibrate_input_ranges",
+    "code_range",
+    "fake_quant",
+    "init_input_quantizers",
+    "input_quantizer",
+    "integer_codes",
+    "is_quantized",
+    "project_step",
+    "step_for_bits",
+    "step_interval",
+    "weight_quantizers",
+]

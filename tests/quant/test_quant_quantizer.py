@@ -1,0 +1,123 @@
+"""LearnableQuantizer: initialisation, bit control and gradients (method.md §1.2, §1.4)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geta.config import STE
+from geta.errors import ConfigError
+from geta.quant import functional as F
+from geta.quant.quantizer import LearnableQuantizer
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("init_bits", [16, 8, 3.5])
+def test_defaults(signed: bool, init_bits: float) -> None:
+    q = LearnableQuantizer(signed=signed, init_bits=init_bits, qmax=2.0)
+    assert [n for n, _ in q.named_parameters()] == ["step", "qmax", "exponent"]
+    assert all(isinstance(p, torch.nn.Parameter) and p.dim() == 0 for p in q.parameters())
+    assert float(q.qmax.detach()) == 2.0 and float(q.exponent.detach()) == 1.0
+    assert q.bit_width == pytest.approx(init_bits, abs=1e-4)
+    assert q.signed is signed and q.learn_exponent
+
+
+def test_learn_exponent_false_freezes_t() -> None:
+    q = LearnableQuantizer(learn_exponent=False)
+    q(torch.randn(10) * 3).sum().backward()
+    assert not q.learn_exponent and q.exponent.grad is None
+    assert q.step.grad is not None and q.qmax.grad is not None
+
+
+@pytest.mark.parametrize("kwargs", [{"init_bits": 1}, {"init_bits": 0, "signed": False}, {"qmax": 0.0}])
+def test_invalid_arguments(kwargs: dict) -> None:
+    with pytest.raises(ConfigError, match="LearnableQuantizer"):
+        LearnableQuantizer(**kwargs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.floats(2.0, 16.0), qmax=st.floats(1e-2, 1e2), t=st.floats(0.5, 2.0), signed=st.booleans())
+def test_set_bits_round_trips(b: float, qmax: float, t: float, signed: bool) -> None:
+    q = LearnableQuantizer(signed=signed, qmax=qmax)
+    with torch.no_grad():
+        q.exponent.fill_(t)
+    q.set_bits(b)
+    assert q.bit_width == pytest.approx(b, rel=1e-4)
+    assert q.step.is_leaf and q.step.grad_fn is None
+    assert q.bits().requires_grad is False
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_init_from_weight(signed: bool) -> None:
+    w = torch.tensor([[-3.0, 0.5], [1.25, -0.1]])
+    q = LearnableQuantizer(signed=signed, init_bits=8)
+    with torch.no_grad():
+        q.exponent.fill_(1.7)
+        q.step.fill_(0.3)
+    q.init_from(w)
+    assert float(q.qmax.detach()) == (3.0 if signed else 1.25)  # unsigned: max of the non-negative part
+    assert float(q.exponent.detach()) == 1.0
+    assert q.bit_width == pytest.approx(8.0, abs=1e-4)
+    levels = 127 if signed else 255
+    assert float(q.step.detach()) == pytest.approx(float(q.qmax.detach()) / levels, rel=1e-6)
+
+
+@pytest.mark.parametrize("tensor", [torch.zeros(4, 3), torch.empty(0), -torch.ones(3)])
+def test_init_from_degenerate_tensor(tensor: torch.Tensor) -> None:
+    q = LearnableQuantizer(signed=False)  # -ones: no non-negative part at all
+    q.init_from(tensor)
+    assert 0.0 < float(q.qmax.detach()) <= 1e-6 and float(q.step.detach()) > 0.0
+    y = q(tensor)
+    assert bool(torch.isfinite(y).all()) and bool((y == 0).all())
+
+
+@pytest.mark.parametrize("ste", list(STE))
+def test_forward_is_fake_quant(ste: STE) -> None:
+    torch.manual_seed(0)
+    q = LearnableQuantizer(signed=False, init_bits=4, qmax=1.5, ste=ste)
+    x = torch.randn(3, 4) * 2
+    expected = F.fake_quant(x, q.step, q.qmax, q.exponent, signed=False, ste=ste)
+    assert torch.equal(q(x), expected)
+    assert len(torch.unique(q(x))) <= 16
+
+
+def test_sgd_on_clipped_data_grows_qmax() -> None:
+    # Every sample lies beyond q_m, so reconstruction loss pulls q_m up (dL/dq_m < 0).
+    q = LearnableQuantizer(init_bits=8, qmax=0.5)
+    x = torch.linspace(0.6, 1.0, 16)
+    opt = torch.optim.SGD([q.qmax], lr=0.01)
+    before = float(q.qmax.detach())
+    for _ in range(3):
+        opt.zero_grad()
+        ((q(x) - x) ** 2).mean().backward()
+        opt.step()
+    assert float(q.qmax.detach()) > before
+
+
+def test_extra_repr_and_meta() -> None:
+    q = LearnableQuantizer(signed=False, init_bits=6)
+    assert "bits=6.00" in repr(q) and "signed=False" in repr(q)
+    qm = LearnableQuantizer().to("meta")
+    assert "bits=?" in repr(qm)
+    y = qm(torch.empty(2, 3, device="meta"))
+    assert y.device.type == "meta" and y.shape == (2, 3)
+
+
+def test_bits_tensor_consistent_with_functional() -> None:
+    q = LearnableQuantizer(init_bits=5.5, qmax=0.3)
+    expected = F.bits(q.step.detach(), q.qmax.detach(), q.exponent.detach())
+    assert torch.equal(q.bits(), expected)
+    assert math.isclose(q.bit_width, float(expected))
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import geta.quant.quantizer as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
