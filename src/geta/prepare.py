@@ -11,7 +11,7 @@ from torch import fx, nn
 from geta.config import Config
 from geta.errors import ConfigError
 from geta.graph.analysis import Analysis, QuantSite, analyze
-from geta.graph.capture import capture, normalize_inputs, run_model
+from geta.graph.capture import capture, normalize_inputs, on_meta, run_model
 from geta.graph.groups import build_groups
 from geta.graph.trial import unconvertible_groups
 from geta.ops.elementwise import NONNEGATIVE, PASSTHROUGH
@@ -101,7 +101,7 @@ def _attach(model: nn.Module, analysis: Analysis, example_inputs: object, config
         elif isinstance(ref.owner, torch.nn.utils.parametrize.ParametrizationList):
             continue  # parametrized by someone else: leave it alone
         else:
-            q, layer = _new_quantizer(config), ref.owner
+            q, layer = _new_quantizer(config).to(ref.tensor.device), ref.owner
             q.init_from(ref.tensor.detach())
             attach_weight_quantizer(ref.owner, ref.attr, q)
         bindings.append(QuantBinding(display, q, layer, QuantTarget.WEIGHT, ref.tensor))
@@ -131,10 +131,10 @@ def _attach_inputs(model: nn.Module, sites: list[QuantSite], example_inputs: obj
         q = input_quantizer(layer)
         if q is None:
             q = _new_quantizer(config, signed=not _nonnegative(site.input_node))
-            attach_input_quantizer(layer, q)
+            attach_input_quantizer(layer, q.to(site.weight.tensor.device))
             fresh.append(layer)
         out.append(QuantBinding(f"{names.get(layer, '?')}.input", q, layer, QuantTarget.INPUT, None))
-    if fresh:
+    if fresh and not on_meta(model):
         ranges = calibrate_input_ranges(model, fresh, example_inputs, lambda m, xs: run_model(m, xs))
         for layer in fresh:
             q = input_quantizer(layer)

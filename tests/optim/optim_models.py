@@ -122,7 +122,9 @@ def batches(plan: Plan, n: int, *, seed: int = 1, batch: int = 16) -> list[tuple
     g = torch.Generator().manual_seed(seed)
     shape = (batch, 6) if isinstance(plan.model, MLP) else (batch, 3, 2, 2)
     classes = 3 if isinstance(plan.model, MLP) else 5
-    return [(torch.randn(shape, generator=g), torch.randint(0, classes, (batch,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(shape, generator=g), torch.randint(0, classes, (batch,), generator=g)) for _ in range(n)
+    ]
 
 
 def train_step(plan: Plan, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -131,4 +133,4 @@ def train_step(plan: Plan, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())

@@ -48,7 +48,11 @@ def ref_forget_steps(gamma: float, grad_sq: float, rdots: list[float], smin: lis
 @pytest.mark.parametrize("signed", [True, False])
 def test_forget_parts_rebuild_the_fake_quant(signed: bool) -> None:
     w = torch.randn(200, dtype=F64) * 2
-    step, qmax, expo = torch.tensor(0.07, dtype=F64), torch.tensor(1.5, dtype=F64), torch.tensor(0.9, dtype=F64)
+    step, qmax, expo = (
+        torch.tensor(0.07, dtype=F64),
+        torch.tensor(1.5, dtype=F64),
+        torch.tensor(0.9, dtype=F64),
+    )
     c, r = rules.forget_parts(w, step, qmax, expo, signed=signed)
     torch.testing.assert_close(c + step * r, fake_quant(w, step, qmax, expo, signed=signed))
     for i in range(0, 200, 17):  # element by element, from the definitions
@@ -82,9 +86,13 @@ def test_forget_rate_matches_reference() -> None:
 
 def test_forget_rate_uses_the_norm_not_the_signed_mean() -> None:
     # defect 2: c = [1, -1] has mean 0 but is not zero: it must still be forgotten
-    got = rules.forget_rate(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([0.0]), lr=0.1, period_len=4, t=1)
+    got = rules.forget_rate(
+        torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([0.0]), lr=0.1, period_len=4, t=1
+    )
     assert float(got) == pytest.approx(1 / 3)
-    zero = rules.forget_rate(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), lr=0.1, period_len=4, t=1)
+    zero = rules.forget_rate(
+        torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), lr=0.1, period_len=4, t=1
+    )
     assert float(zero) == 0.0
     with pytest.raises(ValueError):
         rules.forget_rate(torch.ones(1), torch.ones(1), torch.ones(1), lr=0.1, period_len=3, t=3)
@@ -134,10 +142,18 @@ def vectorise(inst: dict) -> dict:
 
 def run_rules(inst: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     v = vectorise(inst)
-    gamma = rules.forget_rate(v["grad_sq"], v["c_sq"], v["c_dot"], lr=inst["lr"], period_len=inst["T"], t=inst["t"])
+    gamma = rules.forget_rate(
+        v["grad_sq"], v["c_sq"], v["c_dot"], lr=inst["lr"], period_len=inst["T"], t=inst["t"]
+    )
     smin, smax = torch.tensor(inst["smin"], dtype=F64), torch.tensor(inst["smax"], dtype=F64)
     gamma, block_step = rules.forget_steps(
-        gamma, v["grad_sq"], v["block_unit"], v["r_dot"], smin[v["block_layer"]], smax[v["block_layer"]], lr=inst["lr"]
+        gamma,
+        v["grad_sq"],
+        v["block_unit"],
+        v["r_dot"],
+        smin[v["block_layer"]],
+        smax[v["block_layer"]],
+        lr=inst["lr"],
     )
     layer = rules.layer_steps(v["block_layer"], block_step, smax.clone())
     return gamma, block_step, layer
@@ -148,14 +164,16 @@ def test_forget_steps_match_the_papers_loop() -> None:
     for _ in range(200):
         inst = random_instance(rng)
         v = vectorise(inst)
-        gamma0 = rules.forget_rate(v["grad_sq"], v["c_sq"], v["c_dot"], lr=inst["lr"], period_len=inst["T"], t=inst["t"])
+        gamma0 = rules.forget_rate(
+            v["grad_sq"], v["c_sq"], v["c_dot"], lr=inst["lr"], period_len=inst["T"], t=inst["t"]
+        )
         gamma, block_step, _ = run_rules(inst)
         for u in range(len(inst["units"])):
             mine = [i for i in range(len(v["block_unit"])) if int(v["block_unit"][i]) == u]
             layers = [int(v["block_layer"][i]) for i in mine]
             want_g, want_s = ref_forget_steps(
                 float(gamma0[u]), float(v["grad_sq"][u]), [float(v["r_dot"][i]) for i in mine],
-                [inst["smin"][l] for l in layers], [inst["smax"][l] for l in layers],
+                [inst["smin"][k] for k in layers], [inst["smax"][k] for k in layers],
                 lr=inst["lr"], eta=rules.ETA, zeta=rules.ZETA,
             )  # fmt: skip
             assert float(gamma[u]) == pytest.approx(want_g, rel=1e-9)
@@ -186,8 +204,8 @@ def test_layer_steps_take_the_finest_request() -> None:
     block_layer = torch.tensor([2, 0, 2, 2])
     block_step = torch.tensor([0.5, 0.3, 0.2, 0.9])
     current = torch.tensor([1.0, 7.0, 1.0])
-    want = [min(s for l, s in zip(block_layer.tolist(), block_step.tolist()) if l == i) if i in (0, 2) else 7.0
-            for i in range(3)]  # fmt: skip
+    pairs = list(zip(block_layer.tolist(), block_step.tolist()))
+    want = [min(s for k, s in pairs if k == i) if i in (0, 2) else 7.0 for i in range(3)]
     assert rules.layer_steps(block_layer, block_step, current).tolist() == pytest.approx(want)
 
 
@@ -204,8 +222,12 @@ def test_step_bounds_and_frozen_bits_match_the_scalar_functions() -> None:
     frozen = rules.frozen_bits(step, qmax, expo, lo, hi, signed)
     for i in range(4):
         sg = bool(signed[i])
-        assert float(smin[i]) == pytest.approx(float(step_for_bits(float(hi[i]), qmax[i], expo[i], signed=sg)))
-        assert float(smax[i]) == pytest.approx(float(step_for_bits(float(lo[i]), qmax[i], expo[i], signed=sg)))
+        assert float(smin[i]) == pytest.approx(
+            float(step_for_bits(float(hi[i]), qmax[i], expo[i], signed=sg))
+        )
+        assert float(smax[i]) == pytest.approx(
+            float(step_for_bits(float(lo[i]), qmax[i], expo[i], signed=sg))
+        )
         b = float(bits(step[i], qmax[i], expo[i], signed=sg))
         assert float(frozen[i]) == min(max(round(b), float(lo[i])), float(hi[i]))
 

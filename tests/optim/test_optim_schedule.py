@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,7 +70,7 @@ def test_bit_upper_bound_walks_from_init_to_final(s: Schedule, a: int, b: int) -
         assert bounds[-1] == final
         if s.projection_periods > 1:
             assert bounds[0] == init
-            drops = [x - y for x, y in zip(bounds, bounds[1:])]
+            drops = [x - y for x, y in itertools.pairwise(bounds)]
             assert all(d >= 0 for d in drops) and max(drops) - min(drops) <= 1  # equal up to rounding
             exact = (init - final) / (s.projection_periods - 1)
             assert all(abs(bounds[k] - (init - k * exact)) <= 0.5 for k in range(len(bounds)))
@@ -81,7 +83,9 @@ def test_recipe_bit_walk() -> None:
 
 def test_from_epochs() -> None:
     s = Schedule.from_epochs(steps_per_epoch=3, warmup=1, projection=2, joint=4, cooldown=1)
-    assert s == Schedule(warmup=3, projection=6, joint=12, cooldown=3, projection_periods=2, pruning_periods=4)
+    assert s == Schedule(
+        warmup=3, projection=6, joint=12, cooldown=3, projection_periods=2, pruning_periods=4
+    )
     assert s.total == 24 and s.stage_at(100) is Stage.COOLDOWN
     s = Schedule.from_epochs(steps_per_epoch=2, joint=3, pruning_periods=6)
     assert s.pruning_periods == 6 and s.projection_periods == 1

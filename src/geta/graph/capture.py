@@ -12,7 +12,7 @@ from torch import fx, nn
 from geta.errors import CaptureError
 from geta.graph.ir import Graph, TensorRef
 
-__all__ = ["capture", "normalize_inputs", "run_model"]
+__all__ = ["capture", "normalize_inputs", "run_model", "on_meta"]
 
 ExampleInputs = tuple[Any, ...] | Mapping[str, Any]
 
@@ -36,6 +36,11 @@ def normalize_inputs(example_inputs: object) -> tuple[tuple[Any, ...], dict[str,
         f"example_inputs must be a tuple of positional inputs or a dict of keyword inputs, got "
         f"{type(example_inputs).__name__}; e.g. (torch.randn(1, 3, 32, 32),) or {{'input_ids': ids}}"
     )
+
+
+def on_meta(model: nn.Module) -> bool:
+    """True for a model built on the meta device (shapes only, no weights)."""
+    return any(p.is_meta for p in model.parameters())
 
 
 def run_model(model: nn.Module, example_inputs: object) -> Any:
@@ -81,7 +86,7 @@ def capture(model: nn.Module, example_inputs: object, *, check_forward: bool = T
     """Capture ``model`` called on ``example_inputs`` as an ATen-level `Graph` (eval mode)."""
     args, kwargs = normalize_inputs(example_inputs)
     with _eval_mode(model):
-        if check_forward:
+        if check_forward and not on_meta(model):  # eager code may not run on meta (HF masks)
             _check_forward(model, example_inputs)
         try:
             program = torch.export.export(model, args, kwargs, strict=False)

@@ -7,13 +7,15 @@ A step of the joint stage runs in three phases around the ordinary update:
    records every quantizer's bit interval for the current qmax and exponent;
 2. `ForgetStep.record` (while the optimizer walks its parameters): keeps the rows of each
    base direction ∇;
-3. `ForgetStep.apply` (after the ordinary update x <- x - α∇ of every row): per-unit and
-   per-(unit, layer) statistics with one ``index_add_`` per slice, the pure rules of
-   `geta.optim.rules` for γ and the per-layer steps, the new step of each touched quantizer,
-   and finally x_R <- x_R - γ (c + d_l r) with one ``index_add_`` per slice.
+3. `ForgetStep.apply` (after the ordinary update x <- x - α∇ of every row): statistics per
+   component and per (component, layer) block with one ``index_add_`` per slice, the pure
+   rules of `geta.optim.rules` for γ and the per-layer steps, the new step of each touched
+   quantizer, and finally x_R <- x_R - γ (c + d_l r) with one ``index_add_`` per slice.
 
-A tensor element owned by two selected units (a weight's row in one group and its column in
-another, both redundant) receives both units' forgetting terms.
+The rules' "unit" is a *component* of R (selected units that share tensor elements, see
+`geta.optim.layout`), and every gathered entry is weighted by 1 / its multiplicity, so the
+statistics and the update are those of distinct elements: the descent bound of
+`geta.optim.rules` holds on each component's rows exactly.
 """
 
 from __future__ import annotations
@@ -76,36 +78,37 @@ class ForgetStep:
             self.grad[i] = gather_rows(direction, rs.ref.dim, rs.pos, rs.rows).to(_F64)
 
     def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(‖∇‖², ‖c‖², <c, ∇>) per unit (n_R,) and <∇_l, r_l> per block (n_B,)."""
-        n_units, n_blocks = self.rows.units.numel(), self.rows.block_unit.numel()
-        grad_sq = torch.zeros(n_units, dtype=_F64)
+        """(‖∇‖², ‖c‖², <c, ∇>) per component (n_C,) and <∇_l, r_l> per block (n_B,)."""
+        n_comp, n_blocks = self.rows.num_components, self.rows.block_comp.numel()
+        grad_sq = torch.zeros(n_comp, dtype=_F64)
         c_sq, c_dot = torch.zeros_like(grad_sq), torch.zeros_like(grad_sq)
         r_dot = torch.zeros(n_blocks, dtype=_F64)
         for i, rs in enumerate(self.rows.slices):
-            c, g = self.c[i], self.grad[i]
-            unit = rs.unit
-            c_sq.index_add_(0, unit, c.pow(2).sum(1).cpu())
+            c, g, w = self.c[i], self.grad[i], rs.weight  # (k, m*rest) each; w: 1/multiplicity
+            cw = c if w is None else c * w
+            c_sq.index_add_(0, rs.comp, (cw * c).sum(1).cpu())
             if g is None:
                 continue  # a tensor without gradient: ∇ = 0 on its rows
-            grad_sq.index_add_(0, unit, g.pow(2).sum(1).cpu())
-            c_dot.index_add_(0, unit, (c * g).sum(1).cpu())
+            gw = g if w is None else g * w
+            grad_sq.index_add_(0, rs.comp, (gw * g).sum(1).cpu())
+            c_dot.index_add_(0, rs.comp, (cw * g).sum(1).cpu())
             r = self.r[i]
             if r is not None and rs.block is not None:
-                r_dot.index_add_(0, rs.block, (r * g).sum(1).cpu())
+                r_dot.index_add_(0, rs.block, (gw * r).sum(1).cpu())
         return grad_sq, c_sq, c_dot, r_dot
 
     @torch.no_grad()
     def apply(self, *, lr: float, period_len: int, t: int) -> Tensor:
-        """Choose γ and the layer steps, set the steps, forget; returns γ per unit (n_R,)."""
+        """Choose γ and the layer steps, set the steps, forget; returns γ per component (n_C,)."""
         grad_sq, c_sq, c_dot, r_dot = self._stats()
         gamma = rules.forget_rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t)
         layer_step = None
-        if self.rows.block_unit.numel():
+        if self.rows.block_comp.numel():
             layer = self.rows.block_layer
             gamma, block_step = rules.forget_steps(
                 gamma,
                 grad_sq,
-                self.rows.block_unit,
+                self.rows.block_comp,
                 r_dot,
                 self.step_min[layer.to(self.step_min.device)].cpu(),
                 self.step_max[layer.to(self.step_max.device)].cpu(),
@@ -121,6 +124,8 @@ class ForgetStep:
             r = self.r[i]
             if r is not None and layer_step is not None:
                 q_term = q_term + layer_step[ref.quant].to(_F64) * r
-            term = gamma[rs.unit].to(q_term.device)[:, None] * q_term  # (k, m*rest)
+            term = gamma[rs.comp].to(q_term.device)[:, None] * q_term  # (k, m*rest)
+            if rs.weight is not None:
+                term = term * rs.weight  # each element forgotten once over all its slices
             scatter_rows_add_(ref.tensor.data, ref.dim, rs.pos, (-term).to(ref.tensor.dtype))
         return gamma

@@ -183,6 +183,11 @@ class QASSO(torch.optim.Optimizer):
         return self._committed.clone()
 
     @property
+    def selected(self) -> Tensor:
+        """Bool (N,): the redundant set R of the current pruning period (being forgotten)."""
+        return self._selected.clone()
+
+    @property
     def frozen_bits(self) -> Tensor | None:
         """The integer bits frozen at the cool-down (one per quantizer), or None before it."""
         return None if self._frozen is None else self._frozen.clone()

@@ -1,0 +1,43 @@
+"""Package-level promises: light import, a silent library, the public API."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import geta
+
+SRC = pathlib.Path(geta.__file__).parent
+
+
+def test_import_geta_does_not_import_heavy_optional_dependencies() -> None:
+    code = (
+        "import sys, geta, torch\n"
+        "plan = geta.prepare(torch.nn.Linear(2, 2), (torch.randn(1, 2),))\n"
+        "heavy = [m for m in ('transformers', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_library_code_never_prints_or_configures_logging() -> None:
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        if "cli" in path.relative_to(SRC).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                if isinstance(fn, ast.Name) and fn.id == "print":
+                    offenders.append(f"{path}:{node.lineno} print")
+                if isinstance(fn, ast.Attribute) and fn.attr == "basicConfig":
+                    offenders.append(f"{path}:{node.lineno} logging.basicConfig")
+    assert offenders == []
+
+
+def test_public_api_names() -> None:
+    for name in geta.__all__:
+        assert getattr(geta, name) is not None, name
