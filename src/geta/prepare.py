@@ -56,7 +56,7 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> plan = geta.prepare(model, (torch.randn(2, 4),), geta.Config(weight_bits=(4, 8)))
     >>> [(g.size, g.prunable) for g in plan.groups]
-    [(8, True)]
+    [(8, True), (2, False)]
     >>> sorted(plan.quantizers)
     ['0.weight', '2.weight']
     """

@@ -29,7 +29,13 @@ from geta.optim.quantizers import QuantizerTable
 
 __all__ = ["ForgetStep"]
 
-_F64 = torch.float64  # the rule's statistics are accumulated in double precision
+_F64 = torch.float64  # per-row sums and the rules run in double; elements stay in their dtype
+
+
+def _row_sum(a: Tensor, b: Tensor, w: Tensor | None) -> Tensor:
+    """Σ_columns w a b per row, accumulated in float64 on the CPU: shape (k,)."""
+    prod = a * b if w is None else a * b * w
+    return prod.sum(1, dtype=_F64).cpu()
 
 
 class ForgetStep:
@@ -38,30 +44,21 @@ class ForgetStep:
     def __init__(self, rows: RedundantRows, table: QuantizerTable, b_hi: Tensor) -> None:
         self.rows = rows
         self.table = table
-        n_q = len(table)
-        if n_q:
+        if len(table):
             step, qmax, exponent = table.scalars()  # (n_q,) before this step's update
             lo, hi = table.bounds(b_hi, qmax, exponent)
-            self.step_min, self.step_max = lo.to(_F64), hi.to(_F64)
-        self.x: list[Tensor] = []  # x_R rows per slice, (k, m*rest)
-        self.c: list[Tensor] = []  # clipped values c, same shapes
+            self.step_min, self.step_max = lo.to(_F64).cpu(), hi.to(_F64).cpu()
+        self.c: list[Tensor] = []  # clipped values c per slice, (k, m*rest); x if not quantized
         self.r: list[Tensor | None] = []  # rounding residuals r (None: not quantized)
         self.grad: list[Tensor | None] = [None] * len(rows.slices)  # ∇ rows, filled by `record`
         self._slots: dict[int, list[int]] = {}  # id(tensor) -> positions in rows.slices
         for i, rs in enumerate(rows.slices):
             ref = rs.ref
             self._slots.setdefault(id(ref.tensor), []).append(i)
-            x = gather_rows(ref.tensor.detach(), ref.dim, rs.pos, rs.rows).to(_F64)
-            self.x.append(x)
+            x = gather_rows(ref.tensor.detach(), ref.dim, rs.pos, rs.rows)  # x_R rows
             if ref.quant >= 0:
-                signed = table.quantizers[ref.quant].signed
-                c, r = rules.forget_parts(
-                    x,
-                    step[ref.quant].to(_F64),
-                    qmax[ref.quant].to(_F64),
-                    exponent[ref.quant].to(_F64),
-                    signed=signed,
-                )
+                q, signed = ref.quant, table.quantizers[ref.quant].signed
+                c, r = rules.forget_parts(x, step[q], qmax[q], exponent[q], signed=signed)
                 self.c.append(c)
                 self.r.append(r)
             else:
@@ -75,7 +72,7 @@ class ForgetStep:
         """Keep the rows of ``p``'s base direction ∇ that belong to R."""
         for i in self._slots.get(id(p), ()):
             rs = self.rows.slices[i]
-            self.grad[i] = gather_rows(direction, rs.ref.dim, rs.pos, rs.rows).to(_F64)
+            self.grad[i] = gather_rows(direction, rs.ref.dim, rs.pos, rs.rows)
 
     def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(‖∇‖², ‖c‖², <c, ∇>) per component (n_C,) and <∇_l, r_l> per block (n_B,)."""
@@ -85,16 +82,14 @@ class ForgetStep:
         r_dot = torch.zeros(n_blocks, dtype=_F64)
         for i, rs in enumerate(self.rows.slices):
             c, g, w = self.c[i], self.grad[i], rs.weight  # (k, m*rest) each; w: 1/multiplicity
-            cw = c if w is None else c * w
-            c_sq.index_add_(0, rs.comp, (cw * c).sum(1).cpu())
+            c_sq.index_add_(0, rs.comp, _row_sum(c, c, w))
             if g is None:
                 continue  # a tensor without gradient: ∇ = 0 on its rows
-            gw = g if w is None else g * w
-            grad_sq.index_add_(0, rs.comp, (gw * g).sum(1).cpu())
-            c_dot.index_add_(0, rs.comp, (cw * g).sum(1).cpu())
+            grad_sq.index_add_(0, rs.comp, _row_sum(g, g, w))
+            c_dot.index_add_(0, rs.comp, _row_sum(c, g, w))
             r = self.r[i]
             if r is not None and rs.block is not None:
-                r_dot.index_add_(0, rs.block, (gw * r).sum(1).cpu())
+                r_dot.index_add_(0, rs.block, _row_sum(r, g, w))
         return grad_sq, c_sq, c_dot, r_dot
 
     @torch.no_grad()
@@ -106,13 +101,7 @@ class ForgetStep:
         if self.rows.block_comp.numel():
             layer = self.rows.block_layer
             gamma, block_step = rules.forget_steps(
-                gamma,
-                grad_sq,
-                self.rows.block_comp,
-                r_dot,
-                self.step_min[layer.to(self.step_min.device)].cpu(),
-                self.step_max[layer.to(self.step_max.device)].cpu(),
-                lr=lr,
+                gamma, grad_sq, self.rows.block_comp, r_dot, self.step_min[layer], self.step_max[layer], lr=lr
             )
             current = self.table.scalars()[0]  # (n_q,) after this step's gradient update
             device = current.device
@@ -120,12 +109,11 @@ class ForgetStep:
             self.table.write_steps(layer_step)
         for i, rs in enumerate(self.rows.slices):
             ref = rs.ref
-            q_term = self.c[i]  # Q(x) = c + d_l r for quantized rows, x otherwise
-            r = self.r[i]
-            if r is not None and layer_step is not None:
-                q_term = q_term + layer_step[ref.quant].to(_F64) * r
-            term = gamma[rs.comp].to(q_term.device)[:, None] * q_term  # (k, m*rest)
+            c, r = self.c[i], self.r[i]
+            # γ (c + d_l r) = γ Q(x) for quantized rows, γ x otherwise; (k, m*rest)
+            q_term = c if r is None or layer_step is None else c + layer_step[ref.quant].to(c.dtype) * r
+            term = gamma[rs.comp].to(c.device, c.dtype)[:, None] * q_term
             if rs.weight is not None:
-                term = term * rs.weight  # each element forgotten once over all its slices
-            scatter_rows_add_(ref.tensor.data, ref.dim, rs.pos, (-term).to(ref.tensor.dtype))
+                term = term * rs.weight.to(c.dtype)  # each element forgotten once over all its slices
+            scatter_rows_add_(ref.tensor.data, ref.dim, rs.pos, term.neg_())
         return gamma

@@ -1,0 +1,151 @@
+"""Multiply-accumulate counts per ATen op: one table, keyed by the op object (method.md §4).
+
+Every op that multiplies activations by weights (or by other activations, as attention does)
+has one `MacRule`: what kind of layer it is, which of its arguments are the multiplied
+operands (a weight, if any, is found among them by the caller), and how many MACs one call
+performs, computed from the shapes recorded on the captured graph (``node.meta["val"]``).
+
+    conv            N·C_out·H_out·W_out · (C_in/groups)·kh·kw   = numel(out) · prod(W.shape[1:])
+    conv-transpose  N·C_in·H_in·W_in · (C_out/groups)·kh·kw     = numel(x) · prod(W.shape[1:])
+    linear          tokens·in·out                                = numel(out) · in
+    matmul / mm     every output element is a K-long dot product = numel(out) · K
+    sdpa            q·kᵀ then softmax·v: L·S·E + L·S·E_v per batch·head
+    embedding       a table look-up: 0
+
+The table is data: extend it with `register_mac_rule`; a duplicate key raises.
+
+>>> import torch
+>>> mac_rule(torch.ops.aten.linear.default).kind
+'linear'
+>>> mac_rule(torch.ops.aten.relu.default) is None
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+
+from geta.errors import GetaError
+
+__all__ = ["MAC_RULES", "MacRule", "mac_rule", "register_mac_rule"]
+
+aten = torch.ops.aten
+
+
+def _shape(arg: Any) -> tuple[int, ...]:
+    """The static shape of a graph value (a node carrying ``meta["val"]``)."""
+    val = arg.meta["val"] if isinstance(arg, fx.Node) else arg
+    return tuple(int(d) for d in val.shape)
+
+
+def _numel(arg: Any) -> int:
+    return math.prod(_shape(arg))
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
+@dataclass(frozen=True)
+class MacRule:
+    """What geta counts for one op.
+
+    ``operands`` are the argument positions that are multiplied together: the caller looks
+    for a weight (a parameter, possibly behind a quantizer or a transpose) among them and
+    treats the first other one as the layer's input activation.
+    """
+
+    kind: Callable[[fx.Node], str]  # 'conv', 'conv_transpose', 'linear', 'matmul', ...
+    operands: tuple[int, ...]
+    macs: Callable[[fx.Node], int]
+
+
+def _kind(name: str) -> Callable[[fx.Node], str]:
+    return lambda node: name
+
+
+# conv: W is (C_out, C_in/groups, *k); every output element is a dot product of length
+# prod(W.shape[1:]).
+def _conv_macs(node: fx.Node) -> int:
+    return _numel(node) * math.prod(_shape(node.args[1])[1:])
+
+
+# conv-transpose: W is (C_in, C_out/groups, *k); every input element scatters into
+# prod(W.shape[1:]) outputs.
+def _conv_transpose_macs(node: fx.Node) -> int:
+    return _numel(node.args[0]) * math.prod(_shape(node.args[1])[1:])
+
+
+def _is_transposed(node: fx.Node) -> bool:  # aten.convolution(x, w, b, stride, pad, dil, transposed, ...)
+    return bool(_arg(node, 6, "transposed", False))
+
+
+def _convolution_macs(node: fx.Node) -> int:
+    return _conv_transpose_macs(node) if _is_transposed(node) else _conv_macs(node)
+
+
+def _linear_macs(node: fx.Node) -> int:  # W: (out, in)
+    return _numel(node) * _shape(node.args[1])[-1]
+
+
+def _contraction_macs(first: int) -> Callable[[fx.Node], int]:
+    """numel(out) · K, with K the last dim of the left operand at position ``first``."""
+
+    def macs(node: fx.Node) -> int:
+        return _numel(node) * _shape(node.args[first])[-1]
+
+    return macs
+
+
+def _sdpa_macs(node: fx.Node) -> int:
+    q, k = _shape(node.args[0]), _shape(node.args[1])  # q: (..., L, E), k: (..., S, E)
+    out = _shape(node)  # (..., L, E_v): batch and head dims follow the queries
+    rows, s, e = math.prod(out[:-1]), k[-2], q[-1]  # rows = batch·heads·L
+    return rows * s * e + rows * s * out[-1]  # scores q·kᵀ, then weights·v
+
+
+def _zero(node: fx.Node) -> int:
+    return 0
+
+
+MAC_RULES: dict[Any, MacRule] = {}
+"""ATen op (overload packet or overload) -> `MacRule`."""
+
+
+def register_mac_rule(rule: MacRule, *targets: Any) -> None:
+    """Count ``targets`` (ATen op objects) with ``rule``; a target already in the table raises."""
+    for target in targets:
+        if target in MAC_RULES:
+            raise GetaError(f"a MAC rule for {target} is already registered")
+        MAC_RULES[target] = rule
+
+
+def mac_rule(target: Any) -> MacRule | None:
+    """The rule of an fx node target: by overload first, then by its overload packet."""
+    rule = MAC_RULES.get(target)
+    if rule is None:
+        packet = getattr(target, "overloadpacket", None)
+        rule = MAC_RULES.get(packet) if packet is not None else None
+    return rule
+
+
+register_mac_rule(MacRule(_kind("conv"), (0, 1), _conv_macs), aten.conv1d, aten.conv2d, aten.conv3d)
+register_mac_rule(
+    MacRule(_kind("conv_transpose"), (0, 1), _conv_transpose_macs),
+    aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d,
+)  # fmt: skip
+register_mac_rule(
+    MacRule(lambda n: "conv_transpose" if _is_transposed(n) else "conv", (0, 1), _convolution_macs),
+    aten.convolution,
+)
+register_mac_rule(MacRule(_kind("linear"), (0, 1), _linear_macs), aten.linear)
+register_mac_rule(MacRule(_kind("matmul"), (0, 1), _contraction_macs(0)), aten.matmul, aten.mm, aten.bmm)
+register_mac_rule(MacRule(_kind("matmul"), (1, 2), _contraction_macs(1)), aten.addmm, aten.baddbmm)
+register_mac_rule(MacRule(_kind("attention"), (0, 1, 2), _sdpa_macs), aten.scaled_dot_product_attention)
+register_mac_rule(MacRule(_kind("embedding"), (0, 1), _zero), aten.embedding)

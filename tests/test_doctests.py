@@ -1,0 +1,27 @@
+"""Run the docstring examples of the public modules (they are part of the documentation)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "geta.config",
+    "geta.prepare",
+    "geta.subnet",
+    "geta.ops.registry",
+    "geta.testing",
+    "geta.testing.invariance",
+    "geta.quant.functional",
+    "geta.quant.quantizer",
+    "geta.quant.attach",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
