@@ -123,3 +123,13 @@ def test_llama_on_meta_device_is_analysed_without_weights() -> None:
     sizes = sorted(g.size for g in plan.prunable_groups)
     assert sizes == [2, 2, 128, 128]  # kv heads and MLP hidden units of each layer
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_causal_lm_with_kv_cache_called_with_input_ids_only() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    assert model.config.use_cache  # the default: forward returns a cache object
+    plan = geta.prepare(model, {"input_ids": torch.randint(0, 64, (2, 8))})
+    assert sorted(g.size for g in plan.prunable_groups) == [2, 64]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -85,6 +86,7 @@ def _check_forward(model: nn.Module, example_inputs: object) -> None:
 def capture(model: nn.Module, example_inputs: object, *, check_forward: bool = True) -> Graph:
     """Capture ``model`` called on ``example_inputs`` as an ATen-level `Graph` (eval mode)."""
     args, kwargs = normalize_inputs(example_inputs)
+    kwargs = _without_cache(model, kwargs)
     with _eval_mode(model):
         if check_forward and not on_meta(model):  # eager code may not run on meta (HF masks)
             _check_forward(model, example_inputs)
@@ -98,6 +100,21 @@ def capture(model: nn.Module, example_inputs: object, *, check_forward: bool = T
                 "on tensor values, or exclude that part of the model"
             ) from exc
     return _bind(model, program)
+
+
+def _without_cache(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Ask models with a key/value cache (HF causal LMs) not to return it while capturing.
+
+    A cache is an output object torch.export cannot flatten, and its tensors would pin the k/v
+    projections as "feeding the output". Analysis needs the computation, not the cache.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if "use_cache" in params and "use_cache" not in kwargs:
+        return {**kwargs, "use_cache": False}
+    return kwargs
 
 
 def _bind(model: nn.Module, program: torch.export.ExportedProgram) -> Graph:

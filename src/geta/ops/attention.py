@@ -14,7 +14,7 @@ import torch
 from torch import fx
 
 from geta.graph.analysis import Context, Labels
-from geta.graph.space import Anon, prod
+from geta.graph.space import prod
 from geta.ops.registry import register_op
 
 aten = torch.ops.aten
@@ -37,7 +37,9 @@ def sdpa(ctx: Context, node: fx.Node) -> Labels:
             ctx.unify(hq, hk, why)
         elif hk.size and hq.size % hk.size == 0:
             # query heads of one kv head: Prod(kv_heads, r); the r factor cannot be pruned alone
-            ctx.unify(hq, prod(hk, Anon(hq.size // hk.size)), f"grouped-query {why}")
+            r = ctx.alg.new(hq.size // hk.size)
+            ctx.freeze([r], f"query heads sharing one kv head (grouped-query {why})")
+            ctx.unify(hq, prod(hk, r), f"grouped-query {why}")
         batch = ctx.broadcast_labels([ql[:-3], kl[:-3], vl[:-3]], ctx.shape(q)[:-3], why)
         heads = [hq]
     else:

@@ -115,24 +115,10 @@ class QASSO(torch.optim.Optimizer):
             raise ConfigError(f"QASSO(schedule={schedule!r}) must be a geta.Schedule")
         self.plan, self.schedule, self.grad_clip = plan, schedule, grad_clip
         self.table = QuantizerTable(plan)
-        quant_params = self.table.parameters()
-        quant_ids = {id(p) for p in quant_params}
-        names = dict(plan.model.named_parameters())
-        self._names = {id(p): n for n, p in names.items()}
-        weights = [p for p in dict.fromkeys(plan.model.parameters()) if id(p) not in quant_ids]
-        groups: list[dict[str, Any]] = [{"params": weights, "role": "weight"}]
-        if quant_params:
-            groups.append({"params": quant_params, "lr": lr_quant, "weight_decay": 0.0, "role": "quant"})
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            nesterov=nesterov,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-        )
-        super().__init__(groups, defaults)
+        self._names = {id(p): n for n, p in plan.model.named_parameters()}  # display only
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                        betas=tuple(betas), eps=eps, weight_decay=weight_decay)  # fmt: skip
+        super().__init__(self._param_groups(lr_quant), defaults)
         self.layout = UnitLayout(plan.prunable_groups, self.table.index_of_tensor)
         self._init_quota(plan)
         n = self.layout.num_units
@@ -143,6 +129,16 @@ class QASSO(torch.optim.Optimizer):
         self._frozen: Tensor | None = None  # cool-down bits, (n_quantizers,)
         self._rows: RedundantRows | None = None
         self._zeros: list[tuple[Tensor, int, Tensor]] = []
+
+    def _param_groups(self, lr_quant: float) -> list[dict[str, Any]]:
+        """Group 0: every model parameter but the quantizers' (at ``lr``); group 1: quantizers."""
+        quant = self.table.parameters()
+        quant_ids = {id(p) for p in quant}
+        weights = [p for p in dict.fromkeys(self.plan.model.parameters()) if id(p) not in quant_ids]
+        groups: list[dict[str, Any]] = [{"params": weights, "role": "weight"}]
+        if quant:
+            groups.append({"params": quant, "lr": lr_quant, "weight_decay": 0.0, "role": "quant"})
+        return groups
 
     def _init_quota(self, plan: Plan) -> None:
         sizes = [g.size for g in plan.prunable_groups]

@@ -69,22 +69,7 @@ def select_units(
     cand = alive.nonzero().squeeze(1)
     if quota <= 0 or cand.numel() == 0:
         return out
-    g = divisible
-    # 1) alive units sorted by (group, score, unit id): argsort score, then stable by group
-    order = cand[torch.argsort(scores[cand], stable=True)]
-    order = order[torch.argsort(unit_group[order], stable=True)]
-    grp = unit_group[order]  # (m,) non-decreasing
-    n_groups = int(unit_group.max()) + 1
-    n_alive = torch.bincount(grp, minlength=n_groups)  # (G,)
-    first = torch.cumsum(n_alive, 0) - n_alive  # position of each group's first unit in `order`
-    rank = torch.arange(order.numel(), device=scores.device) - first[grp]  # rank inside group
-    # 2) blocks: a leading remainder block, then blocks of g; the last g units stay alive
-    keep = torch.where(n_alive >= g, torch.full_like(n_alive, g), n_alive)
-    rem = n_alive % g
-    eligible = rank < (n_alive - keep)[grp]
-    r = rem[grp]
-    block = torch.where(r > 0, torch.where(rank < r, 0, 1 + (rank - r) // g), rank // g)
-    order, grp, block = order[eligible], grp[eligible], block[eligible]
+    order, grp, block = _blocks(scores, unit_group, cand, divisible)
     if order.numel() == 0:
         return out
     key = grp * (int(block.max()) + 1) + block  # sorted (group, block) key
@@ -100,3 +85,20 @@ def select_units(
     taken[by_mean[fits]] = True
     out[order[taken[inv]]] = True
     return out
+
+
+def _blocks(scores: Tensor, unit_group: Tensor, cand: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(unit, group, block index) of every candidate that may go, sorted by (group, score, id)."""
+    # 1) candidates sorted by (group, score, unit id): argsort score, then stable by group
+    order = cand[torch.argsort(scores[cand], stable=True)]
+    order = order[torch.argsort(unit_group[order], stable=True)]
+    grp = unit_group[order]  # (m,) non-decreasing
+    n_alive = torch.bincount(grp, minlength=int(unit_group.max()) + 1)  # (G,)
+    first = torch.cumsum(n_alive, 0) - n_alive  # position of each group's first unit in `order`
+    rank = torch.arange(order.numel(), device=scores.device) - first[grp]  # rank inside group
+    # 2) blocks: a leading remainder block, then blocks of g; the last g units stay alive
+    keep = torch.where(n_alive >= g, torch.full_like(n_alive, g), n_alive)
+    eligible = rank < (n_alive - keep)[grp]
+    r = (n_alive % g)[grp]
+    block = torch.where(r > 0, torch.where(rank < r, 0, 1 + (rank - r) // g), rank // g)
+    return order[eligible], grp[eligible], block[eligible]

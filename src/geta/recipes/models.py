@@ -1,0 +1,228 @@
+"""Built-in model recipes for the CLI, and loading a user's ``module:factory``.
+
+Recipes are tiny and randomly initialised; each one adapts to the data set (input channels,
+classes, vocabulary):
+
+- ``resnet`` (default): a residual CNN, three stages of basic blocks (16/32/64 channels);
+- ``vgg``: conv-bn-relu stacks with max-pooling and a two-layer classifier over a 2x2 map;
+- ``mlp``: three linear layers over the flattened image;
+- ``vit``: a small vision transformer (patch embedding, two pre-norm encoder layers, 4 heads);
+- ``llama``: a small Llama-style causal language model (transformers' ``LlamaForCausalLM``,
+  grouped-query attention) for byte-level text.
+
+>>> from geta.recipes.data import load_data
+>>> model = build_model("mlp", load_data("digits"))
+>>> type(model).__name__, model(torch.zeros(2, 1, 8, 8)).shape[-1]
+('Sequential', 10)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geta.recipes.data import DataBundle, Task
+from geta.recipes.errors import RecipeError
+
+__all__ = ["RECIPES", "Recipe", "build_model", "load_factory"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A built-in model: what it is, which task it solves, and how to build it for a data set."""
+
+    name: str
+    description: str
+    task: Task
+    build: Callable[[DataBundle], nn.Module]
+    needs: str | None = None  # an optional import, e.g. "transformers"
+
+
+def _cbr(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-bn layers and a shortcut (a 1x1 conv-bn when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_cbr(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(cout))
+        same = stride == 1 and cin == cout
+        down = [nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)]
+        self.shortcut = nn.Identity() if same else nn.Sequential(*down)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))  # (B, cout, H/stride, W/stride)
+
+
+def resnet(data: DataBundle, width: int = 16) -> nn.Module:
+    """A residual CNN: stem, then stages of width, 2 x width (stride 2), 4 x width (stride 2)."""
+    c = data.input_shape[0]
+    w = width
+    return nn.Sequential(
+        *_cbr(c, w), BasicBlock(w, w, 1), BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 4 * w, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, data.num_classes),
+    )  # fmt: skip
+
+
+def vgg(data: DataBundle, width: int = 16) -> nn.Module:
+    """VGG-style: two conv pairs with max-pooling, a 2x2 map flattened into a 2-layer classifier."""
+    c, w = data.input_shape[0], width
+    return nn.Sequential(
+        *_cbr(c, w), *_cbr(w, w), nn.MaxPool2d(2), *_cbr(w, 2 * w), *_cbr(2 * w, 2 * w), nn.MaxPool2d(2),
+        *_cbr(2 * w, 4 * w), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(4 * w * 4, 64), nn.ReLU(), nn.Linear(64, data.num_classes),
+    )  # fmt: skip
+
+
+def mlp(data: DataBundle) -> nn.Module:
+    """Three linear layers (256, 128 hidden units) over the flattened input."""
+    features = 1
+    for s in data.input_shape:
+        features *= s
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(features, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+        nn.Linear(128, data.num_classes),
+    )  # fmt: skip
+
+
+class ViT(nn.Module):
+    """A small vision transformer: patches -> two pre-norm encoder layers -> mean pool -> head."""
+
+    def __init__(self, channels: int, size: int, classes: int, dim: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        patch = 2 if size <= 16 else 4
+        tokens = (size // patch) ** 2
+        self.patch = nn.Conv2d(channels, dim, patch, patch)  # (B, dim, H/p, W/p)
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.patch(x).flatten(2).transpose(1, 2) + self.pos  # (B, tokens, dim)
+        return self.head(self.norm(self.encoder(h)).mean(1))  # (B, classes)
+
+
+def vit(data: DataBundle) -> nn.Module:
+    c, h, w = data.input_shape
+    if h != w:
+        raise RecipeError(f"recipe 'vit' needs square images, got {h}x{w}")
+    return ViT(c, h, data.num_classes)
+
+
+class CausalLM(nn.Module):
+    """Wraps a Hugging Face causal LM so that ``forward(input_ids)`` returns the logits (B, T, V)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids).logits
+
+
+def llama(data: DataBundle) -> nn.Module:
+    """A 2-layer Llama (hidden 64, 4 query heads over 2 key/value heads), random init."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=data.num_classes, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=data.input_shape[0],
+        use_cache=False, tie_word_embeddings=False, attn_implementation="sdpa",
+    )  # fmt: skip
+    return CausalLM(LlamaForCausalLM(cfg))
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("resnet", "residual CNN (16/32/64 channels)", Task.CLASSIFY, resnet),
+        Recipe("vgg", "VGG-style CNN with a 2-layer classifier", Task.CLASSIFY, vgg),
+        Recipe("mlp", "3-layer perceptron over flattened inputs", Task.CLASSIFY, mlp),
+        Recipe("vit", "small vision transformer (2 layers, 4 heads)", Task.CLASSIFY, vit),
+        Recipe("llama", "small Llama-style causal LM (needs transformers)", Task.LM, llama, "transformers"),
+    )
+}
+"""Every built-in recipe by name."""
+
+
+def build_model(spec: str, data: DataBundle, *, seed: int = 0) -> nn.Module:
+    """Build recipe ``spec`` (or a user's ``module:factory``) for ``data``, seeded, in train mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if ":" in spec:
+            model = load_factory(spec, data)
+        else:
+            model = _build_recipe(spec, data)
+    return model.train()
+
+
+def _build_recipe(name: str, data: DataBundle) -> nn.Module:
+    recipe = RECIPES.get(name)
+    if recipe is None:
+        raise RecipeError(f"unknown model {name!r}; use one of {', '.join(RECIPES)} or module:factory "
+                          "(a function of your own that returns an nn.Module)")
+    if recipe.task is not data.task:
+        want = "an image data set (digits, cifar10:DIR, imagefolder:DIR)" if recipe.task is Task.CLASSIFY \
+            else "a text data set (--data text or text:FILE)"
+        raise RecipeError(f"model {name!r} needs {want}; got {data.name!r}")
+    if recipe.needs and importlib.util.find_spec(recipe.needs) is None:
+        raise RecipeError(f"model {name!r} needs {recipe.needs}: pip install 'torch-geta[hf]'")
+    return recipe.build(data)
+
+
+def _factory_kwargs(factory: Callable[..., object], data: DataBundle) -> dict[str, object]:
+    """The data facts a factory asks for by parameter name."""
+    facts: dict[str, object] = {
+        "num_classes": data.num_classes, "vocab_size": data.num_classes,
+        "in_channels": data.input_shape[0], "input_shape": data.input_shape,
+    }  # fmt: skip
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in facts.items() if k in params}
+
+
+def load_factory(spec: str, data: DataBundle) -> nn.Module:
+    """Import ``module:factory`` (the current directory is importable) and call the factory.
+
+    The factory may take any of ``num_classes``, ``vocab_size``, ``in_channels`` and
+    ``input_shape`` as keyword parameters; it must return an ``nn.Module``.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RecipeError(f"model {spec!r} is not of the form module:factory, e.g. mymodels:build_net")
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise RecipeError(f"model {spec!r}: module {module_name!r} could not be imported "
+                          f"({type(exc).__name__}: {exc}); check the name and that it is on PYTHONPATH") from None
+    finally:
+        sys.path.remove(cwd)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise RecipeError(f"model {spec!r}: module {module_name!r} has no callable {attr!r}; "
+                          "name a function that returns an nn.Module")
+    try:
+        model = factory(**_factory_kwargs(factory, data))
+    except Exception as exc:
+        raise RecipeError(f"model {spec!r}: the factory raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise RecipeError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
+    return model

@@ -1,0 +1,229 @@
+"""`report`: count MACs, bits, BOPs and sizes of a model from its captured graph (method.md §4).
+
+The model is captured once (`geta.graph.capture`). Every op with a `MacRule` becomes one
+`LayerReport`. Its operands are followed back through value-preserving ops (transposes,
+views, casts) to where they come from, by object identity, never by name:
+
+- an operand that reaches a parameter placeholder is the op's **weight**; the layer is the
+  module that owns that parameter (for a quantized weight the placeholder is
+  ``<layer>.parametrizations.weight.original``, owned by a ``ParametrizationList`` whose
+  parent is the layer);
+- a ``geta.fake_quant`` node met on the way is the **quantizer** of that operand: the
+  `LearnableQuantizer` owning the node's ``step`` placeholder. So b_w and b_a are the bits of
+  the quantizers the graph actually runs, e.g. an attention module whose pre-hook quantizes
+  only its query input reports float key and value projections.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.nn.utils import parametrize
+
+from geta.graph.capture import capture
+from geta.graph.ir import Graph, TensorRef
+from geta.quant.quantizer import LearnableQuantizer
+from geta.report.macs import MacRule, mac_rule
+from geta.report.model import FP32_BITS, CompressionReport, LayerReport
+
+__all__ = ["dtype_bits", "report", "rounded_bits"]
+
+aten = torch.ops.aten
+
+# Ops that pass values through unchanged (layout, casts, copies): operands are traced through them.
+_LOOK_THROUGH = {
+    aten.t, aten.transpose, aten.permute, aten.view, aten._unsafe_view, aten.reshape,
+    aten.expand, aten.contiguous, aten.clone, aten.alias, aten.detach, aten._to_copy, aten.to,
+    aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten, aten.lift_fresh_copy,
+}  # fmt: skip
+
+
+def rounded_bits(quantizer: LearnableQuantizer) -> int:
+    """The integer bit width a quantizer is reported, exported and frozen at: round(bits)."""
+    return int(torch.round(quantizer.bits()))
+
+
+def dtype_bits(dtype: torch.dtype) -> int:
+    """Bits of an unquantized value: its float width (32 for float32); 32 for other dtypes."""
+    return torch.finfo(dtype).bits if dtype.is_floating_point else FP32_BITS
+
+
+@dataclass(frozen=True)
+class _Operand:
+    """Where one operand of a multiplying op comes from."""
+
+    ref: TensorRef | None  # the parameter/buffer it is (behind views and a quantizer), or None
+    quantizer: LearnableQuantizer | None  # the fake-quant it passed through, or None
+    dtype: torch.dtype
+
+
+class _Counter:
+    """State of one report: what was counted already (tied weights, shared quantizers)."""
+
+    def __init__(self, model: nn.Module, graph: Graph) -> None:
+        self.graph = graph
+        self.names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        self.parents: dict[int, tuple[nn.Module, str]] = {}  # id(ParametrizationList) -> (layer, attr)
+        for module in model.modules():
+            if parametrize.is_parametrized(module):
+                for attr, plist in module.parametrizations.items():
+                    self.parents[id(plist)] = (module, attr)
+        self.seen_tensors: set[int] = set()
+        self.seen_quantizers: set[int] = set()
+        self.row_names: Counter[str] = Counter()
+
+    def operand(self, arg: object) -> _Operand:
+        """Follow ``arg`` back through look-through ops and fake-quants to its source."""
+        node, quantizer = arg, None
+        dtype = _dtype(arg)
+        while isinstance(node, fx.Node):
+            if node in self.graph.refs:
+                return _Operand(self.graph.refs[node], quantizer, dtype)
+            if node.op != "call_function" or not node.args:
+                break
+            packet = getattr(node.target, "overloadpacket", node.target)
+            if packet is torch.ops.geta.fake_quant:
+                quantizer = quantizer or self._quantizer_of(node)
+            elif packet not in _LOOK_THROUGH:
+                break
+            node = node.args[0]
+        return _Operand(None, quantizer, dtype)
+
+    def _quantizer_of(self, fake_quant: fx.Node) -> LearnableQuantizer | None:
+        ref = self.graph.refs.get(fake_quant.args[1])  # type: ignore[arg-type]  # the step placeholder
+        return ref.owner if ref is not None and isinstance(ref.owner, LearnableQuantizer) else None
+
+    def layer_name(self, node: fx.Node, weight: TensorRef | None) -> str:
+        if weight is None:
+            base = f"{self.graph.module_paths.get(node, '')}:{node.name}".lstrip(":")
+        else:
+            owner, attr = self.parents.get(id(weight.owner), (weight.owner, weight.attr))
+            module = self.names.get(id(owner), "")
+            base = module if attr == "weight" and module else f"{module}.{attr}".lstrip(".")
+        self.row_names[base] += 1
+        count = self.row_names[base]
+        return base if count == 1 else f"{base}#{count}"
+
+    def new_quantizers(self, *quantizers: LearnableQuantizer | None) -> int:
+        fresh = 0
+        for q in quantizers:
+            if q is not None and id(q) not in self.seen_quantizers:
+                self.seen_quantizers.add(id(q))
+                fresh += 1
+        return fresh
+
+    def new_params(self, refs: list[TensorRef]) -> list[TensorRef]:
+        fresh = []
+        for ref in refs:
+            if ref.is_param and id(ref.tensor) not in self.seen_tensors:
+                self.seen_tensors.add(id(ref.tensor))
+                fresh.append(ref)
+        return fresh
+
+
+def _dtype(arg: object) -> torch.dtype:
+    val = arg.meta.get("val") if isinstance(arg, fx.Node) else arg
+    return val.dtype if isinstance(val, torch.Tensor) else torch.float32
+
+
+def _flat_nodes(args: object) -> Iterator[fx.Node]:
+    if isinstance(args, fx.Node):
+        yield args
+    elif isinstance(args, (tuple, list)):
+        for a in args:
+            yield from _flat_nodes(a)
+    elif isinstance(args, dict):
+        for a in args.values():
+            yield from _flat_nodes(a)
+
+
+def _bits(operand: _Operand) -> int:
+    return rounded_bits(operand.quantizer) if operand.quantizer is not None else dtype_bits(operand.dtype)
+
+
+def _layer(counter: _Counter, node: fx.Node, rule: MacRule) -> LayerReport:
+    operands = [counter.operand(node.args[i]) for i in rule.operands if i < len(node.args)]
+    weight = next((op for op in operands if op.ref is not None), None)
+    slot_w = weight if weight is not None else operands[min(1, len(operands) - 1)]
+    slot_a = next(op for op in operands if op is not slot_w)
+    b_w, b_a = _bits(slot_w), _bits(slot_a)
+    refs = [counter.operand(a).ref for a in _flat_nodes((node.args, node.kwargs))]
+    fresh = counter.new_params([r for r in refs if r is not None])
+    size = sum(r.tensor.numel() * (b_w if weight is not None and r is weight.ref else dtype_bits(r.tensor.dtype))
+               for r in fresh)
+    n_quant = counter.new_quantizers(slot_w.quantizer, slot_a.quantizer)
+    return LayerReport(
+        name=counter.layer_name(node, weight.ref if weight is not None else None),
+        kind=rule.kind(node),
+        macs=rule.macs(node),
+        weight_bits=b_w,
+        act_bits=b_a,
+        params=sum(r.tensor.numel() for r in fresh),
+        size_bits=size + FP32_BITS * n_quant,
+        quantizers=n_quant,
+    )
+
+
+def _has_matrix_param(counter: _Counter, node: fx.Node) -> bool:
+    """Does ``node`` consume a parameter of rank >= 2 (a likely multiplying op we cannot count)?"""
+    for arg in _flat_nodes((node.args, node.kwargs)):
+        ref = counter.operand(arg).ref
+        if ref is not None and ref.is_param and ref.tensor.dim() >= 2:
+            return True
+    return False
+
+
+def _other_params(model: nn.Module, counter: _Counter) -> tuple[int, int]:
+    """(count, bits) of the parameters no layer counted; quantizer scalars are excluded."""
+    scalars = {id(p) for m in model.modules() if isinstance(m, LearnableQuantizer) for p in m.parameters()}
+    count = bits = 0
+    for p in model.parameters():  # deduplicated by identity
+        if id(p) in counter.seen_tensors or id(p) in scalars:
+            continue
+        count += p.numel()
+        bits += p.numel() * dtype_bits(p.dtype)
+    return count, bits
+
+
+def report(
+    model: nn.Module, example_inputs: object, *, dense: CompressionReport | nn.Module | None = None
+) -> CompressionReport:
+    """Measure MACs, bit widths, BOPs and sizes of ``model`` called on ``example_inputs``.
+
+    ``dense`` is the reference of the relative numbers: a `CompressionReport` or a model (run on
+    the same inputs) — typically the original float model; without it the model's own MACs
+    and parameter count are used, so an unquantized model has ``relative_bops == 1``.
+
+    >>> import torch, geta
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> r = geta.report(model, (torch.randn(3, 8),))
+    >>> [layer.macs for layer in r.layers], r.relative_bops
+    ([96, 24], 1.0)
+    """
+    graph = capture(model, example_inputs)
+    counter = _Counter(model, graph)
+    layers: list[LayerReport] = []
+    unknown: list[str] = []
+    for node in graph.call_nodes():
+        rule = mac_rule(node.target)
+        if rule is not None:
+            layers.append(_layer(counter, node, rule))
+        elif _has_matrix_param(counter, node):
+            unknown.append(f"{node.target} ({graph.module_paths.get(node, node.name)})")
+    other_count, other_bits = _other_params(model, counter)
+    own_macs = sum(layer.macs for layer in layers)
+    own_params = sum(layer.params for layer in layers) + other_count
+    if isinstance(dense, nn.Module):
+        dense = report(dense, example_inputs)
+    return CompressionReport(
+        layers=layers,
+        other_params=other_count,
+        other_size_bits=other_bits,
+        dense_macs=own_macs if dense is None else dense.macs,
+        dense_params=own_params if dense is None else dense.params,
+        unknown_ops=unknown,
+    )

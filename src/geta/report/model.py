@@ -1,0 +1,142 @@
+"""`LayerReport` and `CompressionReport`: what `geta.report` measures, as plain data.
+
+Definitions (method.md §4); b_w and b_a are the rounded bit widths of the layer's weight and
+input-activation quantizers, or the bit width of the float dtype (32 for float32) when the
+tensor is not quantized:
+
+    BOPs            = Σ MACs · b_w · b_a
+    relative BOPs   = BOPs / (32 · 32 · MACs of the dense float model)
+    weight-only     the same with b_a = 32 (activations left in float)
+    size (bits)     = Σ params · b_w + 32 per quantizer scale (+ 32 bits per other parameter)
+
+>>> layer = LayerReport("fc", "linear", macs=80, weight_bits=4, act_bits=8, params=80,
+...                     size_bits=80 * 4 + 2 * 32, quantizers=2)
+>>> layer.bops, layer.bops_weight_only
+(2560, 10240)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["CompressionReport", "LayerReport", "FP32_BITS"]
+
+FP32_BITS = 32  # the reference precision of "dense FP32" in relative BOPs and sizes
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One multiplying op of the captured graph (a conv, linear, matmul, attention, embedding)."""
+
+    name: str  # the layer's module name ('layer1.0.conv1'); 'path:op' for weightless ops
+    kind: str  # 'conv', 'conv_transpose', 'linear', 'matmul', 'attention', 'embedding'
+    macs: int
+    weight_bits: int  # b_w: rounded bits of the weight quantizer (dtype bits if unquantized)
+    act_bits: int  # b_a: rounded bits of the input quantizer (dtype bits if unquantized)
+    params: int  # parameters of this op not already counted by an earlier op (tied weights)
+    size_bits: int  # weight · b_w + other params · their dtype bits + 32 per quantizer
+    quantizers: int = 0  # quantizer scales counted in size_bits (first use only)
+
+    @property
+    def bops(self) -> int:
+        """Bit operations: MACs · b_w · b_a."""
+        return self.macs * self.weight_bits * self.act_bits
+
+    @property
+    def bops_weight_only(self) -> int:
+        """Bit operations with float activations: MACs · b_w · 32."""
+        return self.macs * self.weight_bits * FP32_BITS
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, with ``bops`` and ``bops_weight_only`` added."""
+        return {**asdict(self), "bops": self.bops, "bops_weight_only": self.bops_weight_only}
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    """Costs of a (compressed) model: per layer and in total; see the module docstring."""
+
+    layers: list[LayerReport]
+    other_params: int  # parameters of no counted op (norms, gates, ...), stored as float
+    other_size_bits: int  # their size in bits (their dtype's bits each)
+    dense_macs: int  # MACs of the dense reference (this model's own when none was given)
+    dense_params: int  # parameters of the dense reference
+    unknown_ops: list[str] = field(default_factory=list)  # ops with parameters but no MAC rule
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def bops(self) -> int:
+        return sum(layer.bops for layer in self.layers)
+
+    @property
+    def bops_weight_only(self) -> int:
+        return sum(layer.bops_weight_only for layer in self.layers)
+
+    @property
+    def params(self) -> int:
+        """All parameters: the layers' and the others'."""
+        return sum(layer.params for layer in self.layers) + self.other_params
+
+    @property
+    def size_bits(self) -> int:
+        """Model size in bits: quantized weights at their bits, the rest at their dtype's."""
+        return sum(layer.size_bits for layer in self.layers) + self.other_size_bits
+
+    @property
+    def dense_bops(self) -> int:
+        """BOPs of the dense FP32 reference: 32 · 32 · its MACs."""
+        return FP32_BITS * FP32_BITS * self.dense_macs
+
+    @property
+    def relative_bops(self) -> float:
+        """BOPs / dense FP32 BOPs (weights and activations)."""
+        return self.bops / self.dense_bops if self.dense_bops else 0.0
+
+    @property
+    def relative_bops_weight_only(self) -> float:
+        """BOPs with float activations / dense FP32 BOPs."""
+        return self.bops_weight_only / self.dense_bops if self.dense_bops else 0.0
+
+    @property
+    def relative_size(self) -> float:
+        """size_bits / (32 · parameters of the dense reference)."""
+        return self.size_bits / (FP32_BITS * self.dense_params) if self.dense_params else 0.0
+
+    def totals(self) -> dict[str, int | float]:
+        """The totals as a flat dict (also the ``"totals"`` entry of `to_dict`)."""
+        names = ("macs", "bops", "bops_weight_only", "params", "size_bits", "dense_macs",
+                 "dense_bops", "dense_params", "relative_bops", "relative_bops_weight_only",
+                 "relative_size", "other_params", "other_size_bits")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"layers": [...], "totals": {...}, "unknown_ops": [...]}``."""
+        return {
+            "layers": [layer.to_dict() for layer in self.layers],
+            "totals": self.totals(),
+            "unknown_ops": list(self.unknown_ops),
+        }
+
+    def to_markdown(self) -> str:
+        """A per-layer table followed by the totals, as GitHub-flavoured markdown."""
+        head = "| layer | kind | MACs | W bits | A bits | BOPs | params | size (bits) |"
+        rows = [head, "|" + "---|" * 8]
+        for r in self.layers:
+            rows.append(f"| {r.name} | {r.kind} | {r.macs:,} | {r.weight_bits} | {r.act_bits} "
+                        f"| {r.bops:,} | {r.params:,} | {r.size_bits:,} |")
+        rows.append(f"| other parameters | | | | | | {self.other_params:,} | {self.other_size_bits:,} |")
+        rows += [
+            "",
+            f"- MACs: {self.macs:,} (dense reference: {self.dense_macs:,})",
+            f"- BOPs: {self.bops:,}; relative to dense FP32: {self.relative_bops:.4%} "
+            f"(weight-only: {self.relative_bops_weight_only:.4%})",
+            f"- parameters: {self.params:,}; size: {self.size_bits / 8:,.0f} bytes "
+            f"({self.relative_size:.2%} of dense FP32)",
+        ]
+        if self.unknown_ops:
+            rows.append(f"- not counted (no MAC rule): {', '.join(self.unknown_ops)}")
+        return "\n".join(rows)
