@@ -169,7 +169,13 @@ def _layer(counter: _Counter, node: fx.Node, rule: MacRule) -> LayerReport:
 
 
 def _has_matrix_param(counter: _Counter, node: fx.Node) -> bool:
-    """Does ``node`` consume a parameter of rank >= 2 (a likely multiplying op we cannot count)?"""
+    """Does ``node`` consume a parameter of rank >= 2 (a likely multiplying op we cannot count)?
+
+    Quantizers and look-through ops pass weights on to the op that multiplies them.
+    """
+    packet = getattr(node.target, "overloadpacket", node.target)
+    if packet is torch.ops.geta.fake_quant or packet in _LOOK_THROUGH:
+        return False
     for arg in _flat_nodes((node.args, node.kwargs)):
         ref = counter.operand(arg).ref
         if ref is not None and ref.is_param and ref.tensor.dim() >= 2:
