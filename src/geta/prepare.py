@@ -15,6 +15,7 @@ from geta.graph.capture import capture, normalize_inputs, on_meta, run_model
 from geta.graph.groups import build_groups
 from geta.graph.trial import unconvertible_groups
 from geta.ops.elementwise import NONNEGATIVE, PASSTHROUGH
+from geta.ops import mha as _mha  # noqa: F401  (registers nn.MultiheadAttention rules)
 from geta.ops.modules import apply_module_constraints, is_layer
 from geta.plan import Plan, QuantBinding, QuantTarget
 from geta.quant.attach import (

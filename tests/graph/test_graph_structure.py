@@ -133,3 +133,19 @@ def test_causal_lm_with_kv_cache_called_with_input_ids_only() -> None:
     assert model.config.use_cache  # the default: forward returns a cache object
     plan = geta.prepare(model, {"input_ids": torch.randint(0, 64, (2, 8))})
     assert sorted(g.size for g in plan.prunable_groups) == [2, 64]
+
+
+def test_multihead_attention_heads_are_pruned_in_a_subclass() -> None:
+    from geta.ops.mha import PrunedMultiheadAttention
+    from geta.testing import max_relative_error, model_outputs
+
+    model, inputs = zoo.build("mha")
+    mha = next(m for m in model.modules() if isinstance(m, nn.MultiheadAttention))
+    plan = geta.prepare(model, inputs, geta.Config(act_bits=(4, 8)))
+    (g,) = [g for g in plan.prunable_groups if g.size == mha.num_heads]
+    g.zero_(torch.tensor([0, 2]))
+    ref = model_outputs(model, inputs)
+    small = geta.convert(model, plan)
+    new = next(m for m in small.modules() if isinstance(m, nn.MultiheadAttention))
+    assert isinstance(new, PrunedMultiheadAttention) and new.num_heads == mha.num_heads - 2
+    assert max_relative_error(model_outputs(small, inputs), ref) <= 1e-4

@@ -2,8 +2,8 @@
 
 Op handlers see ATen ops; a few facts belong to a module type instead: whether its forward's
 first input is the input of its quantizable op (so an input quantizer can be a pre-hook), and
-whether it can change a size in place (``nn.MultiheadAttention`` ties its inner width to its
-input width, so its heads cannot be removed in place). Registered by type, never by name.
+constraints that freeze what the module cannot change, and fixers that `convert` runs after
+slicing to update sizes a module keeps in attributes. Registered by type, never by name.
 """
 
 from __future__ import annotations
@@ -54,15 +54,6 @@ def freeze_tensor_dims(analysis: Analysis, tensor: object, dims: tuple[int, ...]
     for b in analysis.bindings:
         if b.ref.tensor is tensor and b.dim in dims:
             analysis.algebra.freeze(b.expr, reason)
-
-
-@register_module_constraint(nn.MultiheadAttention)
-def _mha(analysis: Analysis, mod: nn.Module) -> None:
-    reason = "nn.MultiheadAttention ties its heads and inputs to embed_dim: it cannot shrink in place"
-    for t in (mod.in_proj_weight, mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight,
-              mod.in_proj_bias, mod.out_proj.weight, mod.out_proj.bias):
-        if t is not None:
-            freeze_tensor_dims(analysis, t, tuple(range(t.dim())), reason)
 
 
 Fixer = Callable[[nn.Module], None]

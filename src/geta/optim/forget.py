@@ -8,14 +8,14 @@ A step of the joint stage runs in three phases around the ordinary update:
 2. `ForgetStep.record` (while the optimizer walks its parameters): keeps the rows of each
    base direction ∇;
 3. `ForgetStep.apply` (after the ordinary update x <- x - α∇ of every row): statistics per
-   component and per (component, layer) block with one ``index_add_`` per slice, the pure
-   rules of `geta.optim.rules` for γ and the per-layer steps, the new step of each touched
-   quantizer, and finally x_R <- x_R - γ (c + d_l r) with one ``index_add_`` per slice.
+   unit and per (unit, layer) block with one ``index_add_`` per slice, the pure rules of
+   `geta.optim.rules` for γ and the per-layer steps, the new step of each touched quantizer,
+   and finally x_R <- x_R - γ (c + d_l r) with one ``index_add_`` per slice.
 
-The rules' "unit" is a *component* of R (selected units that share tensor elements, see
-`geta.optim.layout`), and every gathered entry is weighted by 1 / its multiplicity, so the
-statistics and the update are those of distinct elements: the descent bound of
-`geta.optim.rules` holds on each component's rows exactly.
+An element shared by two selected units (a weight's row in one group and its column in
+another) belongs to one of them only (`geta.optim.layout`: its first slice owns it), so the
+units' element sets are disjoint: each unit's statistics and update cover exactly the elements
+it owns, and the descent bound of `geta.optim.rules` holds for every unit.
 """
 
 from __future__ import annotations
@@ -75,18 +75,18 @@ class ForgetStep:
             self.grad[i] = gather_rows(direction, rs.ref.dim, rs.pos, rs.rows)
 
     def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(‖∇‖², ‖c‖², <c, ∇>) per component (n_C,) and <∇_l, r_l> per block (n_B,)."""
-        n_comp, n_blocks = self.rows.num_components, self.rows.block_comp.numel()
-        grad_sq = torch.zeros(n_comp, dtype=_F64)
+        """(‖∇‖², ‖c‖², <c, ∇>) per unit (n_R,) and <∇_l, r_l> per block (n_B,)."""
+        n_units, n_blocks = self.rows.units.numel(), self.rows.block_unit.numel()
+        grad_sq = torch.zeros(n_units, dtype=_F64)
         c_sq, c_dot = torch.zeros_like(grad_sq), torch.zeros_like(grad_sq)
         r_dot = torch.zeros(n_blocks, dtype=_F64)
         for i, rs in enumerate(self.rows.slices):
-            c, g, w = self.c[i], self.grad[i], rs.weight  # (k, m*rest) each; w: 1/multiplicity
-            c_sq.index_add_(0, rs.comp, _row_sum(c, c, w))
+            c, g, w = self.c[i], self.grad[i], rs.owned  # (k, m*rest) each; w: ownership 0/1
+            c_sq.index_add_(0, rs.unit, _row_sum(c, c, w))
             if g is None:
                 continue  # a tensor without gradient: ∇ = 0 on its rows
-            grad_sq.index_add_(0, rs.comp, _row_sum(g, g, w))
-            c_dot.index_add_(0, rs.comp, _row_sum(c, g, w))
+            grad_sq.index_add_(0, rs.unit, _row_sum(g, g, w))
+            c_dot.index_add_(0, rs.unit, _row_sum(c, g, w))
             r = self.r[i]
             if r is not None and rs.block is not None:
                 r_dot.index_add_(0, rs.block, _row_sum(r, g, w))
@@ -94,14 +94,14 @@ class ForgetStep:
 
     @torch.no_grad()
     def apply(self, *, lr: float, period_len: int, t: int) -> Tensor:
-        """Choose γ and the layer steps, set the steps, forget; returns γ per component (n_C,)."""
+        """Choose γ and the layer steps, set the steps, forget; returns γ per unit (n_R,)."""
         grad_sq, c_sq, c_dot, r_dot = self._stats()
         gamma = rules.forget_rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t)
         layer_step = None
-        if self.rows.block_comp.numel():
+        if self.rows.block_unit.numel():
             layer = self.rows.block_layer
             gamma, block_step = rules.forget_steps(
-                gamma, grad_sq, self.rows.block_comp, r_dot, self.step_min[layer], self.step_max[layer], lr=lr
+                gamma, grad_sq, self.rows.block_unit, r_dot, self.step_min[layer], self.step_max[layer], lr=lr
             )
             current = self.table.scalars()[0]  # (n_q,) after this step's gradient update
             device = current.device
@@ -112,8 +112,8 @@ class ForgetStep:
             c, r = self.c[i], self.r[i]
             # γ (c + d_l r) = γ Q(x) for quantized rows, γ x otherwise; (k, m*rest)
             q_term = c if r is None or layer_step is None else c + layer_step[ref.quant].to(c.dtype) * r
-            term = gamma[rs.comp].to(c.device, c.dtype)[:, None] * q_term
-            if rs.weight is not None:
-                term = term * rs.weight.to(c.dtype)  # each element forgotten once over all its slices
+            term = gamma[rs.unit].to(c.device, c.dtype)[:, None] * q_term
+            if rs.owned is not None:
+                term = term * rs.owned  # each element forgotten once, by its owner
             scatter_rows_add_(ref.tensor.data, ref.dim, rs.pos, term.neg_())
         return gamma

@@ -10,12 +10,12 @@ so no Python loop runs over groups or units, only over slices (a few per tensor)
 `RedundantRows` is the same view restricted to the units selected in a pruning period. Selected
 units can share tensor elements: row i of ``fc2.weight`` (a unit of the next group) and column j
 (a unit of this group) meet at element (i, j). The forgetting rule needs disjoint variables to
-keep its descent guarantee, so selected units that share elements are merged into one
-*component* (the connected components of "shares an element"), and each gathered entry carries
-the weight 1 / (how many selected slices hold its element): every sum over the gathered rows
-is then a sum over distinct elements, and an update scattered back through all slices adds up
-to exactly one update per element. Per slice it holds the positions of the selected rows, the
-component of each row and, for a quantized tensor, the (component, layer) block of each row.
+keep its per-unit descent guarantee, so every shared element gets one *owner*: the selected
+slice that comes first in layout order. Each gathered row carries a 0/1 ownership mask; sums
+over owned entries are sums over each unit's own elements (the units partition the union of
+the redundant rows), and an update scattered back through all slices reaches every element
+exactly once, with its owner's forget rate. Per slice it holds the positions of the selected
+rows, their local unit ids and, for a quantized tensor, their (unit, layer) blocks.
 """
 
 from __future__ import annotations
@@ -69,52 +69,31 @@ class RedundantSlice:
     ref: SliceRef
     pos: Tensor  # (k * m,) positions along ref.dim
     rows: int  # k: selected units of this slice
-    comp: Tensor  # (k,) component 0..n_C-1 of each selected row
-    block: Tensor | None  # (k,) (component, layer) block of each row; None if not quantized
-    weight: Tensor | None  # (k, m*rest) 1 / multiplicity of each element; None: all ones
+    unit: Tensor  # (k,) local ids 0..n_R-1 of the selected units
+    block: Tensor | None  # (k,) (unit, layer) block of each row; None if not quantized
+    owned: Tensor | None  # (k, m*rest) 1 where this row owns the element, else 0; None: all 1
 
 
 @dataclass(frozen=True, eq=False)
 class RedundantRows:
-    """The rows of the redundant set R, grouped by slice, plus the component and block tables."""
+    """The rows of the redundant set R, grouped by slice, plus the block table."""
 
     units: Tensor  # (n_R,) global unit ids, ascending
-    unit_comp: Tensor  # (n_R,) component of each selected unit
-    num_components: int
     slices: tuple[RedundantSlice, ...]
-    block_comp: Tensor  # (n_B,) component of each block
+    block_unit: Tensor  # (n_B,) local unit of each block
     block_layer: Tensor  # (n_B,) quantizer index of each block
 
 
-def _components(n: int, shared: list[Tensor]) -> Tensor:
-    """Connected components of ``n`` items where each tensor in ``shared`` lists linked items.
-
-    Min-label propagation: labels only decrease, and at the fixed point every linked set has one
-    label. Returns labels renumbered 0..n_C-1 in order of first appearance.
-    """
-    label = torch.arange(n)
-    changed = True
-    while changed:
-        changed = False
-        for ids in shared:
-            low = label[ids].min()
-            if bool((label[ids] != low).any()):
-                label[ids] = low
-                changed = True
-    return torch.unique(label, return_inverse=True)[1]
-
-
-def _multiplicity_weights(parts: list[tuple[SliceRef, Tensor]], rows: list[int]) -> list[Tensor | None]:
-    """1 / (number of the given slices holding each element), gathered per slice; None if all 1."""
+def _ownership(parts: list[tuple[SliceRef, Tensor, int]]) -> list[Tensor | None]:
+    """0/1 masks of the elements each slice of one tensor owns (the first slice holding it)."""
     tensor = parts[0][0].tensor
-    count = torch.zeros(tensor.shape, dtype=torch.float64, device=tensor.device)
-    for ref, pos in parts:
-        shape = list(tensor.shape)
-        shape[ref.dim] = pos.numel()
-        count.index_add_(ref.dim, pos, torch.ones(shape, dtype=torch.float64, device=tensor.device))
-    if float(count.max()) <= 1:
-        return [None] * len(parts)
-    return [1.0 / gather_rows(count, ref.dim, pos, k) for (ref, pos), k in zip(parts, rows, strict=True)]
+    claimed = torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
+    out: list[Tensor | None] = []
+    for ref, pos, k in parts:
+        free = ~gather_rows(claimed, ref.dim, pos, k)  # (k, m*rest)
+        out.append(None if bool(free.all()) else free.to(tensor.dtype))
+        claimed.index_fill_(ref.dim, pos, True)
+    return out
 
 
 class UnitLayout:
@@ -180,31 +159,20 @@ class UnitLayout:
             if rows.numel():
                 by_tensor.setdefault(id(ref.tensor), []).append(len(parts))
                 parts.append((ref, ref.positions(rows.to(ref.tensor.device)), ids[rows]))
-        # units meeting in a tensor through slices along different dims share elements
-        shared = [
-            torch.cat([parts[i][2] for i in idxs])
-            for idxs in by_tensor.values()
-            if len({parts[i][0].dim for i in idxs}) > 1
-        ]
-        unit_comp = _components(units.numel(), shared)
-        weights: list[Tensor | None] = [None] * len(parts)
+        owned: list[Tensor | None] = [None] * len(parts)
         for idxs in by_tensor.values():
-            if len(idxs) > 1:
-                found = _multiplicity_weights(
-                    [parts[i][:2] for i in idxs], [parts[i][2].numel() for i in idxs]
-                )
-                for i, w in zip(idxs, found, strict=True):
-                    weights[i] = w
+            if len(idxs) > 1:  # slices along different dims of one tensor meet: one owner each
+                masks = _ownership([(parts[i][0], parts[i][1], parts[i][2].numel()) for i in idxs])
+                for i, mask in zip(idxs, masks, strict=True):
+                    owned[i] = mask
         n_layers = max(num_quantizers, 1)
-        comps = [unit_comp[ids] for _, _, ids in parts]
-        keys = [c * n_layers + ref.quant for (ref, _, _), c in zip(parts, comps) if ref.quant >= 0]
+        keys = [ids * n_layers + ref.quant for ref, _, ids in parts if ref.quant >= 0]
         uniq = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long)
         out = []
-        for (ref, pos, ids), comp, w in zip(parts, comps, weights, strict=True):
-            block = torch.searchsorted(uniq, comp * n_layers + ref.quant) if ref.quant >= 0 else None
-            out.append(RedundantSlice(ref, pos, ids.numel(), comp, block, w))
-        n_comp = int(unit_comp.max()) + 1 if units.numel() else 0
-        return RedundantRows(units, unit_comp, n_comp, tuple(out), uniq // n_layers, uniq % n_layers)
+        for (ref, pos, ids), mask in zip(parts, owned, strict=True):
+            block = torch.searchsorted(uniq, ids * n_layers + ref.quant) if ref.quant >= 0 else None
+            out.append(RedundantSlice(ref, pos, ids.numel(), ids, block, mask))
+        return RedundantRows(units, tuple(out), uniq // n_layers, uniq % n_layers)
 
     def zero_positions(self, units: Tensor) -> list[tuple[Tensor, int, Tensor]]:
         """(tensor, dim, positions) to fill with zeros for the global ``units`` (N,) bool mask."""

@@ -6,7 +6,8 @@ The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookk
     step s:  stage = schedule.stage_at(s)
       1) check the gradients (NaN/inf -> NonFiniteError), clip them element-wise if asked
       2) joint stage, first step of a pruning period: score the alive units, select the quota
-      3) base direction ∇ of every parameter; p <- p - lr ∇ (quantizer scalars at lr_quant)
+      3) base direction ∇ of every parameter; p <- p - lr ∇ (quantizer scalars at lr_quant,
+         then qmax kept positive and the exponent inside rules.EXPONENT_RANGE)
       4) joint stage: forget the selected rows, setting the steps of the layers they touch
       5) projection/joint: project every quantizer's step onto [b_lo, b_hi(s)];
          cool-down: freeze the rounded bits once, then reset every step to them
@@ -115,6 +116,7 @@ class QASSO(torch.optim.Optimizer):
             raise ConfigError(f"QASSO(schedule={schedule!r}) must be a geta.Schedule")
         self.plan, self.schedule, self.grad_clip = plan, schedule, grad_clip
         self.table = QuantizerTable(plan)
+        self._domains = self.table.domains()
         self._names = {id(p): n for n, p in plan.model.named_parameters()}  # display only
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         betas=tuple(betas), eps=eps, weight_decay=weight_decay)  # fmt: skip
@@ -214,6 +216,8 @@ class QASSO(torch.optim.Optimizer):
                 if forget is not None and forget.touches(p):
                     forget.record(p, direction)
                 p.add_(direction, alpha=-group["lr"])
+                if id(p) in self._domains:
+                    p.clamp_(*self._domains[id(p)])  # qmax > 0, exponent in range
         if forget is not None:
             start, end = self.schedule.pruning_period_bounds(self._period)
             forget.apply(lr=self.param_groups[0]["lr"], period_len=end - start, t=s - start)

@@ -8,9 +8,13 @@ vector ops plus one copy per quantizer, like ``torch.optim`` looping over its pa
 Weight quantizers are bounded by ``Config.weight_bits``; activation (input) quantizers by
 ``Config.act_bits`` (method.md defect 1: the authors' release never projected them), or by
 ``weight_bits`` when a plan carries input quantizers but the config names no activation range.
+`QuantizerTable.domains` lists the valid range of qmax and the exponent, enforced after every
+update in every stage (a learned exponent that reaches 0 would turn the fake-quant into NaN).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -18,6 +22,7 @@ from torch import Tensor
 from geta.optim import rules
 from geta.optim.schedule import Schedule
 from geta.plan import Plan, QuantTarget
+from geta.quant.functional import MIN_QMAX
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = ["QuantizerTable"]
@@ -69,6 +74,18 @@ class QuantizerTable:
             for p in q.parameters():
                 seen.setdefault(id(p), p)
         return list(seen.values())
+
+    def domains(self) -> dict[int, tuple[float, float]]:
+        """id(param) -> (min, max) for the scalars that must stay in a valid domain.
+
+        qmax (q_m) stays positive and the exponent (t) inside `rules.EXPONENT_RANGE`: gradient
+        steps can drive t to 0 and below, where min(|x|, q_m)**t is inf at x = 0.
+        """
+        out: dict[int, tuple[float, float]] = {}
+        for q in self.quantizers:
+            out[id(q.qmax)] = (MIN_QMAX, math.inf)
+            out[id(q.exponent)] = rules.EXPONENT_RANGE
+        return out
 
     @torch.no_grad()
     def scalars(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -28,6 +28,7 @@ from geta.quant.functional import MIN_STEP, bits, step_for_bits
 
 __all__ = [
     "ETA",
+    "EXPONENT_RANGE",
     "SHRINK",
     "ZERO_NORM",
     "ZETA",
@@ -45,6 +46,7 @@ ETA = 0.999  # η: share of α‖∇‖² the forgetting may spend against desce
 ZETA = 0.9  # ζ: share of the remaining budget the quantization term may spend
 SHRINK = 0.8  # γ <- 0.8 γ (and d <- d / 0.8) while a step falls below the b_hi bound
 ZERO_NORM = 1e-12  # ‖c‖ at or below this: the unit is already zero, γ = 0 (defect 2: a norm)
+EXPONENT_RANGE = (0.5, 2.0)  # t is kept here: t -> 0 maps every weight to ±1, t <= 0 gives 0**t = inf
 
 
 def descent_margin(eta: float = ETA, zeta: float = ZETA) -> float:

@@ -14,6 +14,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from geta.report.count import dtype_bits, report, rounded_bits
 from geta.report.macs import MAC_RULES, MacRule, mac_rule, register_mac_rule
 from geta.report.model import CompressionReport, LayerReport
@@ -29,3 +33,18 @@ __all__ = [
     "report",
     "rounded_bits",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``geta.report`` is both this package and the `report` function.
+
+    Importing a submodule binds the package object as the attribute ``geta.report`` (e.g.
+    ``from geta.report import CompressionReport`` run before ``geta.report`` was first read), so
+    the package itself must be callable for ``geta.report(model, inputs)`` to keep working.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CompressionReport:
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -153,12 +153,14 @@ def _layer(counter: _Counter, node: fx.Node, rule: MacRule) -> LayerReport:
     b_w, b_a = _bits(slot_w), _bits(slot_a)
     refs = [counter.operand(a).ref for a in _flat_nodes((node.args, node.kwargs))]
     fresh = counter.new_params([r for r in refs if r is not None])
-    size = sum(r.tensor.numel() * (b_w if weight is not None and r is weight.ref else dtype_bits(r.tensor.dtype))
-               for r in fresh)
+    size = sum(
+        r.tensor.numel() * (b_w if weight is not None and r is weight.ref else dtype_bits(r.tensor.dtype))
+        for r in fresh
+    )
     n_quant = counter.new_quantizers(slot_w.quantizer, slot_a.quantizer)
     return LayerReport(
         name=counter.layer_name(node, weight.ref if weight is not None else None),
-        kind=rule.kind(node),
+        kind=rule.kind_of(node),
         macs=rule.macs(node),
         weight_bits=b_w,
         act_bits=b_a,

@@ -61,13 +61,13 @@ class MacRule:
     treats the first other one as the layer's input activation.
     """
 
-    kind: Callable[[fx.Node], str]  # 'conv', 'conv_transpose', 'linear', 'matmul', ...
+    kind: str | Callable[[fx.Node], str]  # 'conv', 'linear', ... or a function of the node
     operands: tuple[int, ...]
     macs: Callable[[fx.Node], int]
 
-
-def _kind(name: str) -> Callable[[fx.Node], str]:
-    return lambda node: name
+    def kind_of(self, node: fx.Node) -> str:
+        """The layer kind of ``node``: 'conv', 'conv_transpose', 'linear', 'matmul', ..."""
+        return self.kind if isinstance(self.kind, str) else self.kind(node)
 
 
 # conv: W is (C_out, C_in/groups, *k); every output element is a dot product of length
@@ -135,17 +135,17 @@ def mac_rule(target: Any) -> MacRule | None:
     return rule
 
 
-register_mac_rule(MacRule(_kind("conv"), (0, 1), _conv_macs), aten.conv1d, aten.conv2d, aten.conv3d)
+register_mac_rule(MacRule("conv", (0, 1), _conv_macs), aten.conv1d, aten.conv2d, aten.conv3d)
 register_mac_rule(
-    MacRule(_kind("conv_transpose"), (0, 1), _conv_transpose_macs),
+    MacRule("conv_transpose", (0, 1), _conv_transpose_macs),
     aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d,
 )  # fmt: skip
 register_mac_rule(
     MacRule(lambda n: "conv_transpose" if _is_transposed(n) else "conv", (0, 1), _convolution_macs),
     aten.convolution,
 )
-register_mac_rule(MacRule(_kind("linear"), (0, 1), _linear_macs), aten.linear)
-register_mac_rule(MacRule(_kind("matmul"), (0, 1), _contraction_macs(0)), aten.matmul, aten.mm, aten.bmm)
-register_mac_rule(MacRule(_kind("matmul"), (1, 2), _contraction_macs(1)), aten.addmm, aten.baddbmm)
-register_mac_rule(MacRule(_kind("attention"), (0, 1, 2), _sdpa_macs), aten.scaled_dot_product_attention)
-register_mac_rule(MacRule(_kind("embedding"), (0, 1), _zero), aten.embedding)
+register_mac_rule(MacRule("linear", (0, 1), _linear_macs), aten.linear)
+register_mac_rule(MacRule("matmul", (0, 1), _contraction_macs(0)), aten.matmul, aten.mm, aten.bmm)
+register_mac_rule(MacRule("matmul", (1, 2), _contraction_macs(1)), aten.addmm, aten.baddbmm)
+register_mac_rule(MacRule("attention", (0, 1, 2), _sdpa_macs), aten.scaled_dot_product_attention)
+register_mac_rule(MacRule("embedding", (0, 1), _zero), aten.embedding)

@@ -126,8 +126,10 @@ class CompressionReport:
         head = "| layer | kind | MACs | W bits | A bits | BOPs | params | size (bits) |"
         rows = [head, "|" + "---|" * 8]
         for r in self.layers:
-            rows.append(f"| {r.name} | {r.kind} | {r.macs:,} | {r.weight_bits} | {r.act_bits} "
-                        f"| {r.bops:,} | {r.params:,} | {r.size_bits:,} |")
+            rows.append(
+                f"| {r.name} | {r.kind} | {r.macs:,} | {r.weight_bits} | {r.act_bits} "
+                f"| {r.bops:,} | {r.params:,} | {r.size_bits:,} |"
+            )
         rows.append(f"| other parameters | | | | | | {self.other_params:,} | {self.other_size_bits:,} |")
         rows += [
             "",

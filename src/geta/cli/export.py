@@ -1,0 +1,77 @@
+"""``geta export CHECKPOINT --format onnx|packed --out PATH``: write a deployable file.
+
+A thin wrapper over `geta.export.onnx` (QDQ graph, checked in onnxruntime) and
+`geta.export.packed` (integer codes at their bit width + a JSON manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from geta.cli.artifacts import load_inputs, load_module, locate
+from geta.cli.errors import CliError
+
+__all__ = ["add_parser", "run", "quiet_exporters"]
+
+FORMATS = ("onnx", "packed")
+
+
+@contextlib.contextmanager
+def quiet_exporters() -> Iterator[None]:
+    """Silence torch.onnx's informational logging and warnings while exporting (console stays readable)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``geta export``."""
+    p = subparsers.add_parser("export", help="export a compressed model to ONNX (QDQ) or a packed low-bit file",
+                              description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="geta compress output directory or module .pt file")
+    p.add_argument("--format", required=True, choices=FORMATS, help="onnx or packed")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write")
+    p.add_argument("--input-shape", metavar="SHAPE", help="example input shape for ONNX, e.g. 1,3,32,32")
+    p.add_argument("--input-dtype", default="float32", metavar="DTYPE", help="example input dtype [float32]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export CHECKPOINT and print what was written."""
+    import geta.export
+
+    files = locate(args.checkpoint)
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise CliError(f"--out {out} is a directory; pass a file path such as {out / ('model.' + args.format)}")
+    if not out.parent.is_dir():
+        raise CliError(f"--out {out}: the directory {out.parent} does not exist; create it first")
+    model = load_module(files.model)
+    if args.format == "onnx":
+        inputs = load_inputs(files, args.input_shape, args.input_dtype)
+        try:
+            with quiet_exporters():
+                info = geta.export.onnx(model, inputs, out)
+        except ImportError as exc:
+            raise CliError(f"ONNX export needs onnx, onnxruntime and onnxscript ({exc}): "
+                           "pip install 'torch-geta[onnx]'") from None
+        print(f"wrote {out} (opset {info.opset}, {len(info.tensors)} quantized tensors, "
+              f"max relative difference to torch {info.max_relative_diff:.2g})")
+    else:
+        packed = geta.export.packed(model, out)
+        fields = dataclasses.asdict(packed)
+        print(f"wrote {out} ({fields['file_bytes']:,} bytes, {fields['packed_tensors']} bit-packed tensors)")
+    return 0

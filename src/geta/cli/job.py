@@ -1,0 +1,281 @@
+"""`CompressJob`: the dense baseline and the QASSO compression of ``geta compress``, resumable.
+
+The job is a sequence of epochs in two phases, ``dense`` then ``compress``. After every epoch
+(and when asked to stop, at the next batch boundary) the whole run state is checkpointed
+atomically (`geta.cli.checkpoint`); a resumed job rebuilds the model, plan and optimizer, loads
+the state and continues from the same batch, so it ends with exactly the same numbers as an
+uninterrupted run. Progress goes to a `Reporter`; this module prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+import geta
+from geta.cli.checkpoint import FORMAT, atomic_save, rng_state, set_rng_state, state_path
+from geta.cli.errors import CliError
+from geta.cli.options import CompressOptions
+from geta.recipes import DataBundle, EpochStats, build_model, cosine_lr, evaluate, load_data, train_epoch
+
+__all__ = ["CompressJob", "Interrupted", "JobResult", "Reporter", "RunState", "CALIBRATION_SAMPLES"]
+
+CALIBRATION_SAMPLES = 64  # training samples that calibrate the activation ranges in `prepare`
+_COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart from dense ones
+_DEFAULT_LR = {"sgd": (0.1, 0.02), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)}  # (dense, QASSO)
+
+
+class Reporter(Protocol):
+    """Receives progress; the CLI shows it with tqdm."""
+
+    def epoch_start(self, phase: str, epoch: int, epochs: int, stage: str, batches: int, done: int) -> None: ...
+    def batch(self, stats: EpochStats, extra: dict[str, float]) -> None: ...
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class Interrupted(Exception):
+    """The job stopped on request after writing a resumable checkpoint."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint holds; `CompressJob` advances it epoch by epoch."""
+
+    options: CompressOptions
+    phase: str = "dense"  # "dense" -> "compress"
+    epoch: int = 0  # completed epochs of the phase
+    batch: int = 0  # completed batches of the current epoch (0 at an epoch boundary)
+    partial: dict[str, Any] = field(default_factory=dict)  # EpochStats of the current epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
+    dense: dict[str, Any] | None = None  # {"state": state_dict, "accuracy": .., "loss": ..}
+    model: dict[str, Any] | None = None  # model state_dict at the checkpoint
+    optimizer: dict[str, Any] | None = None  # optimizer state_dict at the checkpoint
+    rng: dict[str, Any] | None = None
+    seconds: float = 0.0  # training and evaluation time so far
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"format": FORMAT, "options": self.options.to_dict(), "phase": self.phase,
+                "epoch": self.epoch, "batch": self.batch, "partial": dict(self.partial),
+                "history": list(self.history), "dense": self.dense, "model": self.model,
+                "optimizer": self.optimizer, "rng": self.rng, "seconds": self.seconds}  # fmt: skip
+
+    @classmethod
+    def from_checkpoint(cls, raw: dict[str, Any], path: Path) -> RunState:
+        try:
+            options = CompressOptions.from_mapping(raw["options"], where=lambda k: f"option {k!r} in {path}")
+            keys = ("phase", "epoch", "batch", "partial", "history", "dense", "model", "optimizer", "rng", "seconds")
+            return cls(options, **{k: raw[k] for k in keys})
+        except (KeyError, TypeError) as exc:
+            raise CliError(f"checkpoint {path} is incomplete ({exc}); delete {path.parent} and start over") from None
+
+
+@dataclass
+class JobResult:
+    """A finished job: the trained model with its plan, the data and the final run state."""
+
+    model: nn.Module
+    plan: geta.Plan
+    data: DataBundle
+    state: RunState
+    device: torch.device
+
+
+def resolved_lrs(options: CompressOptions) -> tuple[float, float]:
+    """(dense lr, QASSO lr): the options', or the optimizer's defaults where they are None."""
+    dense, qasso = _DEFAULT_LR[options.optimizer]
+    return (options.dense_lr if options.dense_lr is not None else dense,
+            options.lr if options.lr is not None else qasso)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def _dense_optimizer(options: CompressOptions, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    params, wd = model.parameters(), options.weight_decay
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=options.momentum, weight_decay=wd, nesterov=True)
+    if options.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CliError(f"--dense-checkpoint {file} does not exist; pass a state_dict saved with torch.save "
+                       "(e.g. dense.pt of an earlier run)")
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
+        model.load_state_dict(sd)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CliError(f"--dense-checkpoint {file} is not a state_dict of this model ({first[:200]}); pass the "
+                       "dense.pt of a run with the same --model and --data") from None
+
+
+class CompressJob:
+    """Runs (or resumes) the dense and compression phases of one ``geta compress`` run."""
+
+    def __init__(self, out: Path, reporter: Reporter, *, stop: Callable[[], bool],
+                 stop_after_epochs: int | None = None) -> None:
+        self.out, self.reporter, self.stop = out, reporter, stop
+        self.stop_after_epochs = stop_after_epochs
+        self._epochs_run = 0
+
+    def run(self, state: RunState) -> JobResult:
+        """Advance ``state`` to the end of the compression phase (raises `Interrupted` on stop)."""
+        o = state.options
+        if state.rng is None:
+            _seed_everything(o.seed)
+        self.device = torch.device(o.device)
+        self.data = load_data(o.data, seed=o.seed)
+        self.model = build_model(o.model, self.data, seed=o.seed).to(self.device)
+        if state.phase == "dense":
+            self._dense(state)
+        else:
+            assert state.dense is not None
+            self.model.load_state_dict(state.dense["state"])
+        plan, opt = self._prepare(state)
+        self._epochs(state, opt, sum(o.stage_epochs()), lambda: opt.stage.value, self._qasso_lr(state, opt))
+        return JobResult(self.model, plan, self.data, state, self.device)
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def _dense(self, state: RunState) -> None:
+        o = state.options
+        lr, _ = resolved_lrs(o)
+        if o.dense_checkpoint:
+            _load_dense_checkpoint(o.dense_checkpoint, self.model)
+        else:
+            opt = _dense_optimizer(o, self.model, lr)
+            if state.model is not None and state.optimizer is not None:
+                self.model.load_state_dict(state.model)
+                opt.load_state_dict(state.optimizer)
+            if state.rng is not None:
+                set_rng_state(state.rng)
+            spe = self.data.num_batches(o.batch_size)
+
+            def lr_at(stats: EpochStats) -> float:  # cosine over all dense steps, one epoch of warm-up
+                return cosine_lr(state.epoch * spe + stats.batches, o.dense_epochs * spe, lr, warmup=spe)
+
+            self._epochs(state, opt, o.dense_epochs, lambda: "dense", lr_at)
+        metrics = evaluate(self.model, self.data, batch_size=256, device=self.device)
+        self.reporter.note(f"dense model: test accuracy {metrics.accuracy:.2%}")
+        dense_sd = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        state.dense = {"state": dense_sd, "accuracy": metrics.accuracy, "loss": metrics.loss}
+        state.phase, state.epoch, state.batch, state.partial = "compress", 0, 0, {}
+        state.model = state.optimizer = None
+        self._save(state, None)
+
+    def _prepare(self, state: RunState) -> tuple[geta.Plan, geta.QASSO]:
+        """Prepare the dense model and build QASSO; load the checkpoint's state if there is one."""
+        o = state.options
+        config = geta.Config(target_sparsity=o.sparsity, weight_bits=o.weight_bits, act_bits=o.act_bits)
+        example = tuple(t.to(self.device) for t in self.data.example(CALIBRATION_SAMPLES))
+        plan = geta.prepare(self.model, example, config)
+        warmup, projection, joint, cooldown = o.stage_epochs()
+        schedule = geta.Schedule.from_epochs(steps_per_epoch=self.data.num_batches(o.batch_size), warmup=warmup,
+                                             projection=projection, joint=joint, cooldown=cooldown)
+        _, lr = resolved_lrs(o)
+        extra = {"momentum": o.momentum} if o.optimizer == "sgd" else {}
+        opt = geta.QASSO(plan, lr, schedule=schedule, lr_quant=o.lr_quant, variant=o.optimizer,
+                         weight_decay=o.weight_decay, grad_clip=o.grad_clip, **extra)
+        if state.model is not None and state.optimizer is not None:
+            self.model.load_state_dict(state.model)
+            opt.load_state_dict(state.optimizer)
+        if state.rng is not None:
+            set_rng_state(state.rng)  # `prepare` may draw random numbers: start from the checkpoint's
+        self.plan = plan
+        self.reporter.note(f"prepared: {len(plan.prunable_groups)} of {len(plan.groups)} groups prunable "
+                           f"({plan.num_prunable_units} units, {opt.target_units} to remove), "
+                           f"{len(plan.quantizers)} quantizers")
+        return plan, opt
+
+    def _qasso_lr(self, state: RunState, opt: geta.QASSO) -> Callable[[EpochStats], float]:
+        """Constant lr until the cool-down (the forget rule reads it), then cosine decay to 0."""
+        _, lr = resolved_lrs(state.options)
+        sch = opt.schedule
+        return lambda s: lr if opt.step_count < sch.cooldown_start else cosine_lr(
+            opt.step_count - sch.cooldown_start, sch.cooldown, lr)
+
+    # -- the epoch loop -----------------------------------------------------------------------------
+
+    def _epochs(self, state: RunState, opt: torch.optim.Optimizer, epochs: int, stage: Callable[[], str],
+                lr_at: Callable[[EpochStats], float]) -> None:
+        o = state.options
+        spe = self.data.num_batches(o.batch_size)
+        offset = _COMPRESS_EPOCH_SEED if state.phase == "compress" else 0
+        while state.epoch < epochs:
+            stats = EpochStats(**state.partial) if state.batch else EpochStats()
+            name = stage()
+            self.reporter.epoch_start(state.phase, state.epoch, epochs, name, spe, state.batch)
+            t0 = time.perf_counter()
+            train_epoch(self.model, self.data, opt, batch_size=o.batch_size, seed=o.seed,
+                        epoch=offset + state.epoch, device=self.device, lr=lambda: lr_at(stats),
+                        start=state.batch, stats=stats, on_batch=self._on_batch(), stop=self.stop)
+            if stats.batches < spe:  # stopped at a batch boundary
+                state.seconds += time.perf_counter() - t0
+                state.batch, state.partial = stats.batches, stats.to_dict()
+                self._save(state, opt)
+                raise Interrupted(f"{state.phase} epoch {state.epoch + 1}, batch {stats.batches}")
+            metrics = evaluate(self.model, self.data, batch_size=256, device=self.device)
+            state.seconds += time.perf_counter() - t0
+            record = {"phase": state.phase, "epoch": state.epoch, "stage": name, "loss": stats.loss,
+                      "train_accuracy": stats.accuracy, "test_accuracy": metrics.accuracy,
+                      "test_loss": metrics.loss, "lr": opt.param_groups[0]["lr"], **self._extra()}
+            state.history.append(record)
+            self.reporter.epoch_end(record)
+            state.epoch, state.batch, state.partial = state.epoch + 1, 0, {}
+            self._save(state, opt)
+            self._epochs_run += 1
+            if self.stop_after_epochs is not None and self._epochs_run >= self.stop_after_epochs:
+                raise Interrupted(f"{state.phase} epoch {state.epoch} (--stop-after-epochs)")
+
+    def _extra(self) -> dict[str, float]:
+        """Group sparsity and mean bit widths of the compression phase (empty before it)."""
+        plan: geta.Plan | None = getattr(self, "plan", None)
+        if plan is None:
+            return {}
+        out = {"sparsity": plan.group_sparsity()}
+        for kind in ("weight", "input"):
+            bits = [q.bit_width for n, q in plan.quantizers.items() if n.endswith("." + kind)]
+            if bits:
+                out[f"{kind}_bits"] = sum(bits) / len(bits)
+        return out
+
+    def _on_batch(self) -> Callable[[EpochStats], None]:
+        extra: dict[str, float] = self._extra()
+
+        def on_batch(stats: EpochStats) -> None:
+            if stats.batches % 10 == 0:
+                extra.update(self._extra())
+            self.reporter.batch(stats, extra)
+
+        return on_batch
+
+    def _save(self, state: RunState, opt: torch.optim.Optimizer | None) -> None:
+        state.model = self.model.state_dict() if opt is not None else None
+        state.optimizer = opt.state_dict() if opt is not None else None
+        state.rng = rng_state()
+        atomic_save(state.to_checkpoint(), state_path(self.out))

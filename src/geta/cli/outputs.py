@@ -1,0 +1,185 @@
+"""The results of ``geta compress``: evaluate, measure, export and publish them atomically.
+
+Everything is written into a staging directory next to ``OUT`` and swapped into place at the
+end, so a run that fails half-way never leaves a half-written folder that looks like a result.
+The run's checkpoint (``OUT/.checkpoint``) is carried over into the new folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import geta
+from geta.cli.checkpoint import CHECKPOINT_DIR
+from geta.cli.errors import CliError
+from geta.cli.export import quiet_exporters
+from geta.cli.job import JobResult
+from geta.cli.plots import write_plots
+from geta.cli.progress import summary_table
+from geta.recipes import Task, build_model, evaluate
+
+__all__ = ["check_out_dir", "write_results", "publish", "kept_fractions"]
+
+_RESULT_FILES = ("report.json", CHECKPOINT_DIR)  # what marks a directory as a geta run
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an ``--out`` that is a file or a non-empty directory that holds no geta run."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; pass a directory path (it is created if missing)")
+    if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in _RESULT_FILES):
+        raise CliError(f"--out {out} is a non-empty directory that holds no geta run; pass a new or empty "
+                       "directory so that nothing of yours is replaced")
+
+
+@torch.no_grad()
+def kept_fractions(dense: nn.Module, small: nn.Module) -> dict[str, dict[str, float]]:
+    """Per layer (module name): the kept fraction of output and input channels."""
+    dense_modules = dict(dense.named_modules())
+    out: dict[str, dict[str, float]] = {}
+    for name, module in small.named_modules():
+        w, ref = getattr(module, "weight", None), getattr(dense_modules.get(name), "weight", None)
+        if not (isinstance(w, torch.Tensor) and isinstance(ref, torch.Tensor)) or w.dim() < 2 or w.dim() != ref.dim():
+            continue
+        o, i = (1, 0) if getattr(module, "transposed", False) else (0, 1)  # ConvTranspose: (in, out, ...)
+        out[name] = {"kept_out": w.shape[o] / ref.shape[o], "kept_in": w.shape[i] / ref.shape[i]}
+    return out
+
+
+def _side(accuracy: float, loss: float, rep: Any) -> dict[str, Any]:
+    return {"accuracy": accuracy, "loss": loss, "macs": rep.macs, "bops": rep.bops, "params": rep.params,
+            "size_bytes": rep.size_bits / 8}
+
+
+def _bits(plan: geta.Plan) -> dict[str, dict[str, int]]:
+    from geta.report import rounded_bits
+
+    out: dict[str, dict[str, int]] = {"weight": {}, "input": {}}
+    for name, q in plan.quantizers.items():
+        layer, _, kind = name.rpartition(".")
+        out.setdefault(kind, {})[layer] = rounded_bits(q)
+    return out
+
+
+def _measure(result: JobResult, small: nn.Module, dense: nn.Module) -> dict[str, Any]:
+    """report.json without exports and timing: accuracies, costs, bits, layers, history."""
+    state, data = result.state, result.data
+    example = tuple(t.to(result.device) for t in data.example(1))
+    metrics = evaluate(small, data, batch_size=256, device=result.device)
+    dense_rep = geta.report(dense, example)
+    rep = geta.report(small, example, dense=dense_rep)
+    kept = kept_fractions(dense, small)
+    layers = [{**layer, **kept.get(layer["name"], {})} for layer in rep.to_dict()["layers"]]
+    assert state.dense is not None
+    return {
+        "geta_version": geta.__version__, "task": data.task.value, "data": data.name,
+        "options": state.options.to_dict(), "stage_epochs": list(state.options.stage_epochs()),
+        "dense": _side(state.dense["accuracy"], state.dense["loss"], dense_rep),
+        "compressed": {**_side(metrics.accuracy, metrics.loss, rep), "relative_size": rep.relative_size},
+        "relative_bops": rep.relative_bops, "relative_bops_weight_only": rep.relative_bops_weight_only,
+        "group_sparsity": result.plan.group_sparsity(), "bits": _bits(result.plan), "layers": layers,
+        "unknown_ops": rep.unknown_ops, "history": state.history, "train_seconds": state.seconds,
+        "_markdown": rep.to_markdown(),
+    }  # fmt: skip
+
+
+def _export(call: Any) -> dict[str, Any]:
+    """Run one export; a failure is recorded (the run's other results still count)."""
+    try:
+        info = call()
+    except ImportError as exc:
+        return {"error": f"skipped, a dependency is missing: {exc}"}
+    except Exception as exc:  # an export is an extra: record why it failed and go on
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    if hasattr(info, "to_dict"):
+        return dict(info.to_dict())
+    return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else {"path": str(info)}
+
+
+def _write_files(
+    staging: Path, small: nn.Module, dense: nn.Module, example: tuple[Any, ...], *, export: bool
+) -> dict[str, Any]:
+    torch.save(small, staging / "compressed.pt")
+    torch.save(example, staging / "inputs.pt")
+    torch.save(dense.state_dict(), staging / "dense.pt")
+    if not export:
+        return {}
+    with quiet_exporters():
+        exports = {
+            "onnx": _export(lambda: geta.export.onnx(small, example, str(staging / "model.onnx"))),
+            "packed": _export(lambda: geta.export.packed(small, str(staging / "model.geta"))),
+        }
+    for name, info in exports.items():
+        file = staging / ("model.onnx" if name == "onnx" else "model.geta")
+        if "error" not in info and file.exists():
+            info["path"], info["bytes"] = file.name, file.stat().st_size
+    return exports
+
+
+def _markdown(report: dict[str, Any], compressed_md: str) -> str:
+    o = report["options"]
+    lines = [f"# geta compress: {o['model']} on {report['data']}", "",
+             f"sparsity {o['sparsity']}, weight bits {o['weight_bits']}, activation bits {o['act_bits']}, "
+             f"stage epochs (warm-up, projection, joint, cool-down) {report['stage_epochs']}", "",
+             "```", summary_table(report), "```", "", "## Compressed model, per layer", "", compressed_md, "",
+             "## Exports", ""]  # fmt: skip
+    for name, info in report["exports"].items():
+        lines.append(f"- {name}: " + (info["error"] if "error" in info else f"{info.get('path')} "
+                                      f"({info.get('bytes', 0):,} bytes)"))
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    result: JobResult, staging: Path, *, plots: bool = True, export: bool = True,
+    wall_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Convert, evaluate, report, export and plot into ``staging``; return the report dict.
+
+    ``wall_seconds`` (this process's run time) is recorded next to the training time of all
+    sessions of the run (``train_seconds``).
+    """
+    staging.mkdir(parents=True)
+    result.model.eval()
+    small = geta.convert(result.model, result.plan).eval()
+    o, data = result.state.options, result.data
+    dense = build_model(o.model, data, seed=o.seed).to(result.device)
+    assert result.state.dense is not None
+    dense.load_state_dict(result.state.dense["state"])
+    dense.eval()
+    report = _measure(result, small, dense)
+    compressed_md = report.pop("_markdown")
+    example = tuple(t.to(result.device) for t in data.example(1))
+    report["exports"] = _write_files(staging, small, dense, example, export=export)
+    if data.task is Task.LM:
+        report["dense"]["perplexity"] = float(torch.tensor(report["dense"]["loss"]).exp())
+        report["compressed"]["perplexity"] = float(torch.tensor(report["compressed"]["loss"]).exp())
+    report["wall_seconds"] = wall_seconds
+    report["plots"] = write_plots(report, staging) if plots else []
+    with (staging / "config.yaml").open("w", encoding="utf-8") as f:
+        import yaml
+
+        yaml.safe_dump(o.to_dict(), f, sort_keys=False)
+    (staging / "report.md").write_text(_markdown(report, compressed_md), encoding="utf-8")
+    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Swap ``staging`` into place as ``out``, carrying ``out``'s checkpoint over."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    os.replace(staging, out)
+    if (old / CHECKPOINT_DIR).exists():
+        os.replace(old / CHECKPOINT_DIR, out / CHECKPOINT_DIR)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,188 @@
+"""`geta.export.onnx`: a QDQ ONNX file of a quantized model, checked in onnxruntime.
+
+The model is first turned into its deployment form (`geta.export.qdq.deployable`: integer
+weight codes + DequantizeLinear, QuantizeLinear/DequantizeLinear on layer inputs, with the
+learned steps as scales), then written by the dynamo exporter (``torch.onnx.export(...,
+dynamo=True)``). A JSON record of every quantized tensor (`ExportInfo.to_dict`) is stored in
+the file's ``metadata_props["geta"]``.
+
+The parity check (``check=True``) runs the file in onnxruntime with its default (full)
+graph optimisations, i.e. with the fused integer kernels a user would get, on the example
+inputs, and compares with the *original* torch model: the largest relative difference
+max|onnx - torch| / max|torch| must be <= `PARITY_MAX_RELATIVE_DIFF` and the argmax over the
+last dimension must agree on >= `PARITY_MIN_ARGMAX` of the rows; otherwise `ExportError`.
+
+onnx, onnxruntime and onnxscript are imported only when this is called
+(``pip install 'torch-geta[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from geta.export.info import ExportError, ExportInfo
+from geta.export.qdq import deployable
+from geta.graph.capture import normalize_inputs
+
+__all__ = ["PARITY_MAX_RELATIVE_DIFF", "PARITY_MIN_ARGMAX", "check_parity", "onnx"]
+
+PARITY_MAX_RELATIVE_DIFF = 1e-3
+PARITY_MIN_ARGMAX = 0.99
+
+
+def onnx(
+    model: nn.Module,
+    example_inputs: object,
+    path: str | os.PathLike[str],
+    *,
+    opset: int | None = None,
+    check: bool = True,
+    saturation_safe: bool = True,
+    dynamic_shapes: Any = None,
+) -> ExportInfo:
+    """Export ``model`` (with geta quantizers) to ``path`` as an ONNX QDQ graph.
+
+    ``opset`` is the ai.onnx opset (None: the exporter's default). ``saturation_safe`` stores
+    full-range 8-bit weights as uint8 with zero point 128 so that onnxruntime stays exact on
+    AVX2 CPUs without VNNI (see `geta.export.qdq`); ``dynamic_shapes`` is passed to
+    ``torch.onnx.export`` (by default every shape is that of the example inputs). Returns an
+    `ExportInfo`; raises `ExportError` if the export fails or (``check``) the file does not
+    reproduce the torch model in onnxruntime.
+    """
+    args, kwargs = normalize_inputs(example_inputs)
+    deploy, tensors = deployable(model, saturation_safe=saturation_safe)
+    try:
+        program = torch.onnx.export(
+            deploy, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+            dynamic_shapes=dynamic_shapes, verbose=False,
+        )  # fmt: skip
+    except Exception as exc:
+        raise ExportError(
+            f"torch.onnx.export failed on {type(model).__name__} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); is onnxscript installed "
+            "(pip install 'torch-geta[onnx]') and does the model export without geta?"
+        ) from exc
+    if program is None:  # only possible with dynamo=False
+        raise ExportError("torch.onnx.export returned no program")
+    info = ExportInfo(os.fspath(path), program.model.opset_imports.get(""), tensors)
+    program.model.metadata_props["geta"] = json.dumps(info.to_dict())
+    program.save(os.fspath(path))
+    if not check:
+        return info
+    import onnx as onnx_lib
+
+    onnx_lib.checker.check_model(os.fspath(path))
+    rel, agree = check_parity(model, example_inputs, path)
+    info = dataclasses.replace(info, max_relative_diff=rel, argmax_agreement=agree)
+    if rel > PARITY_MAX_RELATIVE_DIFF or agree < PARITY_MIN_ARGMAX:
+        raise ExportError(_mismatch_message(model, example_inputs, info, saturation_safe))
+    return info
+
+
+def _mismatch_message(
+    model: nn.Module, example_inputs: object, info: ExportInfo, saturation_safe: bool
+) -> str:
+    """Say how far off the file is, and whether the graph itself or the runtime's kernels are."""
+    plain, _ = check_parity(model, example_inputs, info.path, optimize=False)
+    hints = []
+    if info.limited:
+        hints.append(
+            f"tensors whose real bits were rounded down: {[t.name for t in info.limited]} "
+            "(freeze integer bits, e.g. QASSO's cool-down, before exporting)"
+        )
+    if plain <= PARITY_MAX_RELATIVE_DIFF:
+        hints.append(
+            "the graph itself matches (without onnxruntime's optimisations the difference is "
+            f"{plain:.3g}): the runtime's integer kernels differ, e.g. its int32 rounding of "
+            "biases when the outputs are tiny"
+            + ("" if saturation_safe else ", or u8s8 saturation: export with saturation_safe=True")
+        )
+    return (
+        f"the ONNX file {info.path} does not reproduce the torch model in onnxruntime: max "
+        f"relative difference {info.max_relative_diff:.3g} (allowed {PARITY_MAX_RELATIVE_DIFF}), "
+        f"argmax agreement {info.argmax_agreement:.1%} (needed {PARITY_MIN_ARGMAX:.0%}); "
+        + "; ".join(hints or ["the exported graph differs from the torch model"])
+    )
+
+
+def _tensors(value: object) -> Iterator[Tensor]:
+    """Tensors of a nested output, depth first, dict values in insertion order (as ONNX flattens)."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def _feeds(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str]
+) -> dict[str, Any]:
+    """onnxruntime inputs: by argument name when the names match, else by position."""
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        bound = {}
+    if all(isinstance(bound.get(n), Tensor) for n in names):
+        return {n: bound[n].detach().cpu().numpy() for n in names}
+    flat = [t for t in _tensors((args, kwargs))]
+    if len(flat) != len(names):
+        raise ExportError(f"cannot match the ONNX inputs {names} with {len(flat)} example input tensors")
+    return {n: t.detach().cpu().numpy() for n, t in zip(names, flat)}
+
+
+def _torch_outputs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[np.ndarray]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+    return [t.detach().float().cpu().numpy() for t in _tensors(out)]
+
+
+def check_parity(
+    model: nn.Module, example_inputs: object, path: str | os.PathLike[str], *, optimize: bool = True
+) -> tuple[float, float]:
+    """(max relative difference, argmax agreement) of the ONNX file vs ``model`` in eval mode.
+
+    The relative difference of each output is max|onnx - torch| / max|torch|; the argmax is
+    taken over the last dimension of every output with at least two dims and two entries.
+    ``optimize``: onnxruntime's default graph optimisations (fused integer kernels), else none.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the library stays silent
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    args, kwargs = normalize_inputs(example_inputs)
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, _feeds(model, args, kwargs, names))
+    expected = _torch_outputs(model, args, kwargs)
+    if len(got) != len(expected):
+        raise ExportError(f"the ONNX file has {len(got)} outputs, the torch model {len(expected)}")
+    rel, rows, agree = 0.0, 0, 0
+    for a, b in zip(got, expected):
+        a = np.asarray(a, dtype=np.float64).reshape(b.shape)
+        b = b.astype(np.float64)
+        if b.size:
+            rel = max(rel, float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)))
+        if b.ndim >= 2 and b.shape[-1] >= 2:
+            rows += b.size // b.shape[-1]
+            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+    return rel, (agree / rows if rows else 1.0)

@@ -1,0 +1,261 @@
+"""The packed file: quantized weights at their real bit width, the rest raw, and a JSON manifest.
+
+Layout (all integers little-endian)::
+
+    b"GETAPACK"  u32 version  u64 manifest length  manifest (zlib-compressed UTF-8 JSON)  data
+
+The manifest lists every entry of the model's ``state_dict`` once (tied tensors are stored
+once; later keys are ``alias`` entries) with its dtype, shape, and byte range in ``data``:
+
+- ``"codes"``: a geta-quantized weight (``<layer>.parametrizations.<name>.original``) as its
+  integer codes k (k·step is exactly the fake-quantized weight), offset by ``code_min`` and
+  bit-packed at ``bits`` bits (`geta.export.bitpack`), with ``scale`` = step;
+- ``"raw"``: any other tensor (biases, norms, buffers, quantizer scalars), bytes in its dtype.
+
+The file is therefore as large as the model really is: Σ numel·bits / 8 for the quantized
+weights plus the raw bytes of the rest plus the manifest. It is written atomically (a
+temporary file in the same folder, then ``os.replace``).
+
+`load_packed(path, skeleton)` restores the tensors into ``skeleton``: a module with the same
+structure, shapes and attached quantizers as the saved one — e.g. ``copy.deepcopy`` of the
+compressed model, or the same pipeline (``prepare`` + ``convert`` of the same plan) run
+again. Each quantized weight is restored to a value whose fake-quant gives exactly k·step
+(k·step itself when the exponent is 1), so the restored module's outputs equal the saved
+module's bit for bit. Its float weights before rounding are gone: that is the compression.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from geta.errors import GetaError
+from geta.export.bitpack import pack_bits, unpack_bits
+from geta.quant.attach import weight_quantizers
+from geta.quant.functional import integer_codes
+from geta.quant.quantizer import LearnableQuantizer
+from geta.report.count import rounded_bits
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "PackedInfo", "load_packed", "packed", "read_manifest"]
+
+MAGIC = b"GETAPACK"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sIQ")  # magic, version, manifest length
+
+
+@dataclass(frozen=True)
+class PackedInfo:
+    """What `packed` wrote: sizes in bytes, and the ideal size it is measured against."""
+
+    path: str
+    file_bytes: int
+    manifest_bytes: int
+    data_bytes: int
+    ideal_bytes: float  # Σ quantized numel·bits / 8 + raw bytes of every other tensor
+    packed_tensors: int
+    raw_tensors: int
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _parse_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise GetaError(f"packed file: unknown dtype {name!r}")
+    return dtype
+
+
+def _raw_bytes(t: Tensor) -> bytes:
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def _code_bits(codes: Tensor, bits: int, signed: bool) -> tuple[int, int]:
+    """(stored bits, code_min): at least ``bits``, wide enough for every code (lossless)."""
+    peak = int(codes.abs().max()) if codes.numel() else 0
+    need = math.ceil(math.log2(peak + 1)) + (1 if signed else 0) if peak else 1
+    b = max(bits, need, 2 if signed else 1)
+    return b, (-(2 ** (b - 1) - 1) if signed else 0)
+
+
+def _quantized_originals(model: nn.Module) -> dict[str, tuple[LearnableQuantizer, str]]:
+    """state_dict key of each quantized weight's original -> (quantizer, key prefix of it)."""
+    found = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for attr, q in weight_quantizers(module).items():
+            index = list(module.parametrizations[attr]).index(q)
+            found[f"{prefix}parametrizations.{attr}.original"] = (
+                q,
+                f"{prefix}parametrizations.{attr}.{index}",
+            )
+    return found
+
+
+def _encode(model: nn.Module) -> tuple[list[dict[str, Any]], list[bytes], float]:
+    """Manifest entries, data chunks and the ideal size in bytes."""
+    state = model.state_dict(keep_vars=True)
+    quantized = _quantized_originals(model)
+    keys_of: dict[int, list[str]] = {}
+    for key, t in state.items():
+        keys_of.setdefault(id(t), []).append(key)
+    first: dict[int, str] = {}
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    offset, ideal = 0, 0.0
+    for key, t in state.items():
+        if id(t) in first:
+            entries.append({"name": key, "encoding": "alias", "of": first[id(t)]})
+            continue
+        first[id(t)] = key
+        entry: dict[str, Any] = {"name": key, "dtype": _dtype_name(t.dtype), "shape": list(t.shape)}
+        # a tied tensor also read unquantized elsewhere must keep its float values
+        shared_raw = any(k not in quantized for k in keys_of[id(t)])
+        if key in quantized and not shared_raw:
+            q, qprefix = quantized[key]
+            codes = integer_codes(t.detach(), q.step, q.qmax, q.exponent, signed=q.signed)
+            bits, code_min = _code_bits(codes, rounded_bits(q), q.signed)
+            data = pack_bits(codes.to(torch.int64) - code_min, bits).numpy().tobytes()
+            entry.update(encoding="codes", bits=bits, code_min=code_min, signed=q.signed,
+                         scale=float(q.step.detach()), quantizer=qprefix)  # fmt: skip
+            ideal += t.numel() * bits / 8
+        else:
+            data = _raw_bytes(t)
+            entry["encoding"] = "raw"
+            ideal += len(data)
+        entry.update(offset=offset, nbytes=len(data))
+        offset += len(data)
+        entries.append(entry)
+        chunks.append(data)
+    return entries, chunks, ideal
+
+
+def _write_atomic(path: str, parts: list[bytes]) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".geta-pack-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def packed(model: nn.Module, path: str | os.PathLike[str]) -> PackedInfo:
+    """Write ``model``'s tensors to ``path`` with quantized weights bit-packed (module docstring)."""
+    entries, chunks, ideal = _encode(model)
+    data_bytes = sum(len(c) for c in chunks)
+    manifest = json.dumps({
+        "format": "geta.packed", "version": FORMAT_VERSION,
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "data_bytes": data_bytes, "tensors": entries,
+    }, separators=(",", ":")).encode("utf-8")  # fmt: skip
+    manifest = zlib.compress(manifest, 9)  # names repeat a lot: ~5x smaller
+    target = os.fspath(path)
+    _write_atomic(target, [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(manifest)), manifest, *chunks])
+    return PackedInfo(
+        path=target, file_bytes=_PREFIX.size + len(manifest) + data_bytes, manifest_bytes=len(manifest),
+        data_bytes=data_bytes, ideal_bytes=ideal,
+        packed_tensors=sum(e["encoding"] == "codes" for e in entries),
+        raw_tensors=sum(e["encoding"] == "raw" for e in entries),
+    )  # fmt: skip
+
+
+def _read(path: str) -> tuple[dict[str, Any], bytes]:
+    with open(path, "rb") as f:
+        blob = f.read()
+    if len(blob) < _PREFIX.size:
+        raise GetaError(f"{path} is not a geta packed file (too short)")
+    magic, version, length = _PREFIX.unpack_from(blob)
+    if magic != MAGIC:
+        raise GetaError(f"{path} is not a geta packed file (magic {magic!r})")
+    if version != FORMAT_VERSION:
+        raise GetaError(f"{path} has packed format version {version}; this geta reads {FORMAT_VERSION}")
+    try:
+        manifest = json.loads(zlib.decompress(blob[_PREFIX.size : _PREFIX.size + length]).decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GetaError(f"{path}: the manifest of this packed file is damaged ({exc})") from exc
+    return manifest, blob[_PREFIX.size + length :]
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON manifest of a packed file (format, version, model class, tensor entries)."""
+    return _read(os.fspath(path))[0]
+
+
+def _decode_raw(entry: dict[str, Any], data: bytes) -> Tensor:
+    dtype, shape = _parse_dtype(entry["dtype"]), entry["shape"]
+    chunk = data[entry["offset"] : entry["offset"] + entry["nbytes"]]
+    if not chunk:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(chunk), dtype=torch.uint8).view(dtype).reshape(shape).clone()
+
+
+def _decode_codes(entry: dict[str, Any], data: bytes, state: dict[str, Tensor]) -> Tensor:
+    """A weight whose fake-quant is exactly k·step: sign(k)·(|k|·step)**(1/t), k·step if t = 1."""
+    shape, count = entry["shape"], math.prod(entry["shape"])
+    chunk = torch.frombuffer(bytearray(data[entry["offset"] : entry["offset"] + entry["nbytes"]]) or
+                             bytearray(1), dtype=torch.uint8)  # fmt: skip
+    k = (unpack_bits(chunk, entry["bits"], count) + entry["code_min"]).reshape(shape)
+    step, qmax, t = (state[f"{entry['quantizer']}.{n}"] for n in ("step", "qmax", "exponent"))
+    if float(t) == 1.0:
+        value = k.to(torch.float32) * step.to(torch.float32)
+    else:
+        value = torch.sign(k) * (k.abs().double() * step.double()) ** (1.0 / t.double())
+    value = value.to(_parse_dtype(entry["dtype"]))
+    again = integer_codes(value, step, qmax, t, signed=entry["signed"])
+    if not torch.equal(again.to(torch.int64), k):
+        raise GetaError(f"packed file: the codes of {entry['name']} do not survive the round trip")
+    return value
+
+
+def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
+    """Load a packed file into ``skeleton`` (same structure, shapes and quantizers); return it.
+
+    A skeleton on the ``meta`` device is materialised (``load_state_dict(assign=True)``).
+    """
+    manifest, data = _read(os.fspath(path))
+    expected = skeleton.state_dict(keep_vars=True)
+    entries = {e["name"]: e for e in manifest["tensors"]}
+    if set(entries) != set(expected):
+        missing, extra = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
+        raise GetaError(
+            f"{os.fspath(path)} does not fit the skeleton {type(skeleton).__name__}: "
+            f"missing {missing[:5]}, unexpected {extra[:5]}; build the skeleton the way "
+            "the saved model was built (same class, convert of the same plan)"
+        )
+    state: dict[str, Tensor] = {}
+    for name, e in entries.items():
+        if e["encoding"] == "raw":
+            state[name] = _decode_raw(e, data)
+    for name, e in entries.items():
+        if e["encoding"] == "codes":
+            state[name] = _decode_codes(e, data, state)
+    for name, e in entries.items():
+        if e["encoding"] == "alias":
+            state[name] = state[e["of"]]
+    for name, t in state.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise GetaError(
+                f"{name}: the file has shape {tuple(t.shape)}, the skeleton "
+                f"{tuple(expected[name].shape)}; convert the skeleton with the same plan"
+            )
+    meta = any(t.is_meta for t in expected.values())
+    skeleton.load_state_dict(state, strict=True, assign=meta)
+    return skeleton

@@ -1,0 +1,228 @@
+"""A deployable copy of a quantized model: geta's fake-quantizers replaced by explicit QDQ modules.
+
+`deployable(model)` deep-copies the model and swaps every geta quantizer for a module that
+computes the same values in deployment form, and that `torch.onnx.export` writes as ONNX
+QuantizeLinear / DequantizeLinear nodes (through the public `torch.onnx.ops.symbolic`):
+
+- a **weight** with b <= 8 bits becomes constant integer codes k (``integer_codes``, so
+  Q(W) = k·step exactly) + a DequantizeLinear with scale = step. With more than 8 bits the
+  fake-quantized weight is kept as a float tensor (exactly Q(W)).
+- a layer **input** becomes Clip → QuantizeLinear → DequantizeLinear with scale = step and the
+  integer range of the rounded bit width, further capped at round(qmax**t / step), which is
+  exactly where the fake-quant clips. If the exponent t != 1, Abs/Min/Pow/Sign nodes compute
+  sign(x)·min(|x|, qmax)**t first. Above 8 bits: the same arithmetic with float Round/Clip.
+
+Why some weights are uint8 with zero point 128. On x86 CPUs with AVX2 but without VNNI,
+onnxruntime runs fused int8 layers (QLinearConv, QGemm) with u8s8 kernels built on
+VPMADDUBSW, which adds two u8·s8 products in a *saturating* int16: with activations up to
+255 and full 8-bit weight codes (|k| <= 127) the sums overflow and accuracy collapses. With
+|k| <= 63 they cannot (2·255·63 < 2**15). Rather than clamping weights to 7 bits (which
+changes the model), such a weight is stored as uint8 codes k + 128 with zero point 128: the
+same values, and onnxruntime then uses its exact u8u8 kernels. ``saturation_safe=False``
+keeps symmetric int8 for runtimes without this problem (VNNI CPUs, GPUs, NPUs).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from geta.export.info import ExportError, TensorExport
+from geta.quant.attach import INPUT_QUANTIZER_ATTR, input_quantizer, weight_quantizers
+from geta.quant.functional import MIN_QMAX, MIN_STEP, code_range, integer_codes
+from geta.quant.quantizer import LearnableQuantizer
+from geta.report.count import rounded_bits
+
+__all__ = ["SATURATION_FREE_CODE", "deployable", "encode_weight_codes"]
+
+SATURATION_FREE_CODE = 63  # |k| <= 63: 2·255·|k| fits a signed int16 (u8s8 kernels stay exact)
+_EXPORT_INPUT_ATTR = "geta_export_input"  # submodule name of a layer's export-time input QDQ
+
+
+def _symbolic_qdq(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """ONNX QuantizeLinear → DequantizeLinear (only while exporting)."""
+    q = torch.onnx.ops.symbolic(
+        "QuantizeLinear", (x, scale, zero_point), dtype=zero_point.dtype, shape=x.shape
+    )
+    return torch.onnx.ops.symbolic("DequantizeLinear", (q, scale, zero_point), dtype=x.dtype, shape=x.shape)
+
+
+def encode_weight_codes(
+    codes: Tensor, *, signed: bool, saturation_safe: bool = True
+) -> tuple[Tensor, int, str]:
+    """(stored codes, zero point, encoding name) of integer codes of at most 8 bits.
+
+    >>> stored, zp, enc = encode_weight_codes(torch.tensor([-100, 0, 127]), signed=True)
+    >>> stored.tolist(), zp, enc
+    ([28, 128, 255], 128, 'uint8')
+    >>> encode_weight_codes(torch.tensor([-7, 7]), signed=True)[1:]
+    (0, 'int8')
+    """
+    if not signed:
+        return codes.to(torch.uint8), 0, "uint8"
+    if saturation_safe and codes.numel() and int(codes.abs().max()) > SATURATION_FREE_CODE:
+        return (codes + 128).to(torch.uint8), 128, "uint8"
+    return codes.to(torch.int8), 0, "int8"
+
+
+class _DequantizedWeight(nn.Module):
+    """Parametrization W = (codes - zero_point) · scale; ONNX: an int initializer + DequantizeLinear."""
+
+    def __init__(self, codes: Tensor, zero_point: int, scale: Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("codes", codes)
+        self.register_buffer("zero_point", torch.tensor(zero_point, dtype=codes.dtype))
+        self.register_buffer("scale", scale.detach().to(torch.float32).clone())
+        self.dtype = dtype
+
+    def forward(self, _unused: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return torch.onnx.ops.symbolic(
+                "DequantizeLinear", (self.codes, self.scale, self.zero_point),
+                dtype=torch.float32, shape=self.codes.shape,
+            ).to(self.dtype)  # fmt: skip
+        k = self.codes.to(torch.float32) - self.zero_point.to(torch.float32)
+        return (k * self.scale).to(self.dtype)
+
+
+def _act_limits(q: LearnableQuantizer) -> tuple[int, int, bool]:
+    """(b, hi, limited): rounded bits, largest code, and whether b clips below the real range."""
+    b = max(rounded_bits(q), 2 if q.signed else 1)
+    levels = code_range(b, q.signed)[1]
+    with torch.no_grad():  # where the fake-quant clips: round(qmax**t / step), in float32 as it does
+        cap = torch.round(q.qmax.clamp_min(MIN_QMAX) ** q.exponent / q.step.clamp_min(MIN_STEP))
+    cap_int = int(cap)
+    return b, min(levels, cap_int), cap_int > levels
+
+
+class _InputQDQ(nn.Module):
+    """The deployment form of an input quantizer: (power), Clip, QuantizeLinear, DequantizeLinear."""
+
+    def __init__(self, q: LearnableQuantizer) -> None:
+        super().__init__()
+        self.bits, hi, self.limited = _act_limits(q)
+        self.signed = q.signed
+        self.power = float(q.exponent.detach()) != 1.0  # t != 1: sign(x)·min(|x|, qmax)**t before the grid
+        step = q.step.detach().clamp_min(MIN_STEP).to(torch.float32)
+        self.hi = hi
+        self.register_buffer("scale", step.clone())
+        self.register_buffer("clip_lo", -hi * step if q.signed else torch.zeros(()))
+        self.register_buffer("clip_hi", hi * step)
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int8 if q.signed else torch.uint8))
+        self.register_buffer("qmax", q.qmax.detach().clamp_min(MIN_QMAX).to(torch.float32).clone())
+        self.register_buffer("exponent", q.exponent.detach().to(torch.float32).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x
+        if self.power:
+            m = torch.minimum(x.abs() if self.signed else torch.clamp(x, min=0.0), self.qmax)
+            u = m**self.exponent  # u(x) = min(|x|, qmax)**t
+            y = torch.sign(x) * u if self.signed else u
+        if not torch.onnx.is_in_onnx_export():
+            y = torch.clamp(y, self.clip_lo, self.clip_hi)
+            return torch.round(y / self.scale) * self.scale
+        # An explicit Clip with initializer bounds: torch.clamp would be exported as Max/Min,
+        # which the onnxscript optimizer (0.7) re-fuses into Clips with dangling bounds when a
+        # tensor feeds two quantized layers (a residual block's body and shortcut).
+        y = torch.onnx.ops.symbolic("Clip", (y, self.clip_lo, self.clip_hi), dtype=y.dtype, shape=y.shape)
+        if self.bits <= 8:
+            return _symbolic_qdq(y, self.scale, self.zero_point)
+        return torch.round(y / self.scale) * self.scale
+
+
+def _apply_export_input(module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...] | None:
+    """Forward pre-hook: the first positional input through the layer's `_InputQDQ`."""
+    qdq = getattr(module, _EXPORT_INPUT_ATTR, None)
+    if not isinstance(qdq, _InputQDQ) or not args or not isinstance(args[0], Tensor):
+        return None
+    return (qdq(args[0]), *args[1:])
+
+
+def _replace_input(module: nn.Module, name: str, q: LearnableQuantizer) -> TensorExport:
+    qdq = _InputQDQ(q)
+    delattr(module, INPUT_QUANTIZER_ATTR)  # geta's own pre-hook now passes inputs through
+    module.add_module(_EXPORT_INPUT_ATTR, qdq)
+    module.register_forward_pre_hook(_apply_export_input)
+    real = float(q.bit_width)
+    return TensorExport(
+        name=f"{name}.input", kind="input", bits=qdq.bits,
+        encoding=("int8" if q.signed else "uint8") if qdq.bits <= 8 else "float",
+        zero_point=0, scale=float(qdq.scale), code_min=-qdq.hi if q.signed else 0, code_max=qdq.hi,
+        limited=qdq.limited,
+        note=f"real bits {real:.3f} > {qdq.bits}: inputs clip at {qdq.bits} bits" if qdq.limited else "",
+    )  # fmt: skip
+
+
+class _FixedWeight(nn.Module):
+    """Parametrization W = a stored float tensor (the exact fake-quantized weight above 8 bits)."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("value", value.detach().clone())
+
+    def forward(self, _unused: Tensor) -> Tensor:
+        return self.value
+
+
+def _replace_weight(
+    module: nn.Module, name: str, attr: str, q: LearnableQuantizer, saturation_safe: bool
+) -> TensorExport:
+    """Swap the quantizer in ``module.parametrizations[attr]`` for its deployment form.
+
+    The chain is edited in place rather than with ``remove_parametrizations``: a deep copy of a
+    parametrized module shares its (dynamically created) class with the original, and removing
+    a parametrization deletes the property from that shared class, breaking the original.
+    """
+    chain = module.parametrizations[attr]
+    if len(chain) != 1:
+        raise ExportError(
+            f"{name}.{attr} has other parametrizations besides its geta quantizer; "
+            "remove them before exporting"
+        )
+    original = chain.original.detach()
+    b = max(rounded_bits(q), 2 if q.signed else 1)
+    lo, hi = code_range(b, q.signed)
+    full = integer_codes(original, q.step, q.qmax, q.exponent, signed=q.signed)
+    clipped = int(((full < lo) | (full > hi)).sum())
+    scale = q.step.detach().clamp_min(MIN_STEP)
+    info = dict(name=f"{name}.{attr}" if name else attr, kind="weight", bits=b, scale=float(scale),
+                code_min=lo, code_max=hi, clipped=clipped, limited=clipped > 0)  # fmt: skip
+    chain.original = nn.Parameter(original.new_empty(0), requires_grad=False)  # no dead initializer
+    if b > 8:
+        with torch.no_grad():
+            chain[0] = _FixedWeight(q(original))  # exactly Q(W), kept float
+        return TensorExport(**info, encoding="float", zero_point=0, note="more than 8 bits: kept float")
+    stored, zero_point, encoding = encode_weight_codes(full.clamp(lo, hi), signed=q.signed,
+                                                       saturation_safe=saturation_safe)  # fmt: skip
+    chain[0] = _DequantizedWeight(stored, zero_point, scale, original.dtype)
+    note = "uint8 with zero point 128: exact u8u8 kernels (no u8s8 saturation)" if zero_point == 128 else ""
+    if clipped:
+        note = f"{clipped} codes clipped to {b} bits (real bits {q.bit_width:.3f}); " + note
+    return TensorExport(**info, encoding=encoding, zero_point=zero_point, note=note)
+
+
+def deployable(model: nn.Module, *, saturation_safe: bool = True) -> tuple[nn.Module, list[TensorExport]]:
+    """A deep copy of ``model`` (eval mode) with every geta quantizer in deployment (QDQ) form.
+
+    The copy computes the same outputs as ``model`` in torch (exactly, up to float rounding,
+    when every quantizer's real bit width rounds *up* or is already an integer, e.g. after
+    QASSO's cool-down); the returned `TensorExport` list says how each tensor was encoded and
+    which, if any, are limited by rounding their bits down. ``model`` is not modified.
+    """
+    new = copy.deepcopy(model).eval()
+    tensors: list[TensorExport] = []
+    for name, module in list(new.named_modules()):
+        for attr, q in weight_quantizers(module).items():
+            tensors.append(_replace_weight(module, name, attr, q, saturation_safe))
+        q_in = input_quantizer(module)
+        if q_in is not None:
+            tensors.append(_replace_input(module, name, q_in))
+    left = [n for n, m in new.named_modules() if isinstance(m, LearnableQuantizer)]
+    if left:
+        raise ExportError(
+            f"quantizers not attached by geta (not a weight parametrization or a layer input): {left}; "
+            "attach them with geta.quant.attach so that export can convert them"
+        )
+    return new, tensors

@@ -1,0 +1,110 @@
+"""``geta compress`` end to end: outputs, report.json, atomic publishing, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from geta.cli.checkpoint import state_path
+from geta.cli.progress import TqdmReporter
+
+from .conftest import TINY, Result, report_numbers
+
+
+def test_finished_run_writes_every_output(finished_run: Path) -> None:
+    names = {p.name for p in finished_run.iterdir()}
+    assert {"report.json", "report.md", "compressed.pt", "dense.pt", "inputs.pt", "config.yaml",
+            "model.onnx", "model.geta", ".checkpoint"} <= names
+    report = json.loads((finished_run / "report.json").read_text())
+    for side in ("dense", "compressed"):
+        assert {"accuracy", "macs", "bops", "params", "size_bytes"} <= set(report[side])
+    assert 0 < report["relative_bops"] < 0.1 and report["group_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert report["layers"] and {"name", "macs", "weight_bits", "act_bits", "kept_out"} <= set(report["layers"][0])
+    assert report["exports"]["onnx"]["argmax_agreement"] == 1.0 and report["exports"]["packed"]["bytes"] > 0
+    assert [r["phase"] for r in report["history"]] == ["dense", "compress", "compress"]
+    model = torch.load(finished_run / "compressed.pt", weights_only=False)
+    inputs = torch.load(finished_run / "inputs.pt", weights_only=True)
+    assert model(*inputs).shape == (1, 10)
+    assert "| layer | kind |" in (finished_run / "report.md").read_text()
+    assert not list(finished_run.parent.glob(".out.*")), "staging folders must be gone"
+
+
+def test_plots_are_written(tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
+    out = tmp_path / "run"
+    argv = [a for a in TINY if a != "--no-plots"]
+    assert geta_cli("compress", "--out", out, *argv, "--sparsity", "0.25").code == 0
+    for name in ("training_curves.png", "layers.png", "tradeoff.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_table_is_printed(tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
+    argv = [a for a in TINY if a != "--quiet"]
+    result = geta_cli("compress", "--out", tmp_path / "run", *argv, "--act-bits", "none")
+    assert result.code == 0
+    assert "BOPs (W+A)" in result.out and "group sparsity" in result.out and "compressed" in result.out
+    assert "compress epoch 2 [cooldown]" in result.err
+
+
+def test_stop_and_resume_gives_identical_numbers(tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert geta_cli("compress", "--out", straight, *TINY).code == 0
+    stopped = geta_cli("compress", "--out", resumed, *TINY, "--stop-after-epochs", "2")
+    assert stopped.code == 130 and "--resume" in stopped.err
+    assert state_path(resumed).is_file() and not (resumed / "report.json").exists()
+    assert geta_cli("compress", "--out", resumed, *TINY, "--resume").code == 0
+    assert report_numbers(resumed) == report_numbers(straight)
+
+
+def test_ctrl_c_mid_epoch_then_resume(tmp_path: Path, geta_cli: Callable[..., Result],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert geta_cli("compress", "--out", straight, *TINY).code == 0
+    calls = {"n": 0}
+    original = TqdmReporter.batch
+
+    def batch(self: TqdmReporter, stats: object, extra: dict[str, float]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 30:  # inside the first compression epoch (23 dense batches per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        original(self, stats, extra)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TqdmReporter, "batch", batch)
+    stopped = geta_cli("compress", "--out", resumed, *TINY)
+    assert stopped.code == 130 and "stopped at compress epoch 1, batch 7" in stopped.err
+    monkeypatch.setattr(TqdmReporter, "batch", original)
+    assert geta_cli("compress", "--out", resumed, *TINY, "--resume").code == 0
+    assert report_numbers(resumed) == report_numbers(straight)
+
+
+def test_rerun_replaces_a_finished_run(finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
+    out = tmp_path / "again"
+    assert geta_cli("compress", "--out", out, *TINY).code == 0
+    first = json.loads((out / "report.json").read_text())
+    assert geta_cli("compress", "--out", out, *TINY, "--sparsity", "0.25").code == 0
+    second = json.loads((out / "report.json").read_text())
+    assert first["options"]["sparsity"] == 0.5 and second["options"]["sparsity"] == 0.25
+    assert state_path(out).is_file()
+
+
+def test_dense_checkpoint_skips_dense_training(finished_run: Path, tmp_path: Path,
+                                               geta_cli: Callable[..., Result]) -> None:
+    out = tmp_path / "reuse"
+    result = geta_cli("compress", "--out", out, *TINY, "--dense-checkpoint", finished_run / "dense.pt")
+    assert result.code == 0
+    report = json.loads((out / "report.json").read_text())
+    original = json.loads((finished_run / "report.json").read_text())
+    assert [r["phase"] for r in report["history"]] == ["compress", "compress"]
+    assert report["dense"]["accuracy"] == original["dense"]["accuracy"]
+
+
+def test_resume_refuses_changed_options(tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
+    out = tmp_path / "run"
+    assert geta_cli("compress", "--out", out, *TINY, "--stop-after-epochs", "1").code == 130
+    result = geta_cli("compress", "--out", out, *TINY, "--resume", "--sparsity", "0.3")
+    assert result.code == 2 and "sparsity 0.5 -> 0.3" in result.err and "Traceback" not in result.err

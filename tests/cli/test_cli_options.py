@@ -1,0 +1,92 @@
+"""Options of ``geta compress``: epoch splits, converters, config files, precedence."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from geta.cli.compress import add_parser, options_from_args
+from geta.cli.errors import CliError
+from geta.cli.options import STAGE_WEIGHTS, CompressOptions, split_epochs
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    return parser.parse_args(["compress", "--out", "x", *argv])
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 7, 14, 30])
+def test_split_epochs_sums_to_total_and_keeps_a_joint_epoch(total: int) -> None:
+    stages = split_epochs(total, (None, None, None, None))
+    assert sum(stages) == total and stages[2] >= 1 and min(stages) >= 0
+
+
+def test_split_epochs_keeps_given_stages() -> None:
+    assert split_epochs(None, (None,) * 4) == STAGE_WEIGHTS
+    assert split_epochs(None, (0, None, 2, None))[0::2] == (0, 2)
+    assert split_epochs(9, (1, 1, 1, None)) == (1, 1, 1, 6)
+    with pytest.raises(CliError, match="--epochs 2 is less than"):
+        split_epochs(2, (1, 1, 1, None))
+
+
+def test_flags_convert_and_validate() -> None:
+    opts = options_from_args(_parse("--weight-bits", "3,6", "--act-bits", "none", "--sparsity", "0.3",
+                                    "--epochs", "4", "--lr", "0.05"))
+    assert opts.weight_bits == (3, 6) and opts.act_bits is None and opts.sparsity == 0.3
+    assert opts.lr == 0.05 and sum(opts.stage_epochs()) == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--weight-bits", "8,4"], "--weight-bits 8,4: LO must not exceed HI; pass 4,8"),
+        (["--weight-bits", "1,4"], "bit widths must lie in [2, 16]"),
+        (["--act-bits", "four"], "--act-bits must be LO,HI"),
+        (["--sparsity", "1.5"], "--sparsity must be in [0.0, 0.95]"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--epochs", "2.5"], "--epochs must be an integer"),
+        (["--optimizer", "lion"], "--optimizer must be one of sgd, adam, adamw"),
+        (["--joint", "0", "--sparsity", "0.5"], "needs at least one joint (pruning) epoch"),
+    ],
+)
+def test_bad_flags_name_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(CliError) as info:
+        options_from_args(_parse(*argv))
+    assert message in str(info.value)
+
+
+def test_config_file_yaml_and_toml_with_flag_precedence(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("model: vgg\nweight-bits: [3, 5]\nsparsity: 0.25\n")
+    opts = options_from_args(_parse("--config", str(yaml_file), "--sparsity", "0.4"))
+    assert (opts.model, opts.weight_bits, opts.sparsity) == ("vgg", (3, 5), 0.4)
+    toml_file = tmp_path / "c.toml"
+    toml_file.write_text('act_bits = "none"\nepochs = 3\n')
+    opts = options_from_args(_parse("--config", str(toml_file)))
+    assert opts.act_bits is None and opts.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.yaml", "model: [unclosed\n", "is not valid YAML"),
+        ("bad.toml", "model = \n", "is not valid TOML"),
+        ("list.yaml", "- 1\n- 2\n", "must hold a mapping"),
+        ("typo.yaml", "sparsty: 0.3\n", "did you mean 'sparsity'"),
+        ("value.yaml", "weight_bits: [9, 4]\n", "'weight_bits' in"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, name: str, text: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(CliError, match=message.replace("[", r"\[")):
+        options_from_args(_parse("--config", str(path)))
+
+
+def test_options_round_trip_through_to_dict() -> None:
+    opts = CompressOptions(weight_bits=(3, 4), act_bits=None, epochs=5)
+    again = CompressOptions.from_mapping(opts.to_dict(), where=str)
+    assert again == opts
