@@ -17,6 +17,12 @@ MODULES = [
     "geta.quant.functional",
     "geta.quant.quantizer",
     "geta.quant.attach",
+    "geta.report",
+    "geta.report.count",
+    "geta.report.macs",
+    "geta.report.model",
+    "geta.export.bitpack",
+    "geta.export.qdq",
 ]
 
 

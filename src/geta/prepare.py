@@ -7,6 +7,8 @@ import sys
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrize import ParametrizationList
 
 from geta.config import Config
 from geta.errors import ConfigError
@@ -83,29 +85,20 @@ def _new_quantizer(config: Config, *, signed: bool = True) -> LearnableQuantizer
                               learn_exponent=config.learn_exponent, ste=config.ste)
 
 
-def _attach(model: nn.Module, analysis: Analysis, example_inputs: object, config: Config) -> list[QuantBinding]:
-    _register_known_layers()
+def _attach(model: nn.Module, analysis: Analysis, example_inputs: object,
+            config: Config) -> list[QuantBinding]:
+    names = {m: n for n, m in model.named_modules()}
     bindings: list[QuantBinding] = []
     seen: set[int] = set()
     act_sites: list[QuantSite] = []
     for site in analysis.quant_sites:
-        ref = site.weight
-        if id(ref.tensor) in seen or (site.embedding and not config.quantize_embeddings):
+        if id(site.weight.tensor) in seen or (site.embedding and not config.quantize_embeddings):
             continue
-        seen.add(id(ref.tensor))
-        display = _display_name(ref.name)
-        if _excluded(display, config.exclude_quant):
+        seen.add(id(site.weight.tensor))
+        binding = _weight_binding(site, names, config)
+        if binding is None:
             continue
-        existing = _existing_weight_quantizer(site)
-        if existing is not None:
-            q, layer = existing
-        elif isinstance(ref.owner, torch.nn.utils.parametrize.ParametrizationList):
-            continue  # parametrized by someone else: leave it alone
-        else:
-            q, layer = _new_quantizer(config).to(ref.tensor.device), ref.owner
-            q.init_from(ref.tensor.detach())
-            attach_weight_quantizer(ref.owner, ref.attr, q)
-        bindings.append(QuantBinding(display, q, layer, QuantTarget.WEIGHT, ref.tensor))
+        bindings.append(binding)
         if config.act_bits is not None and not site.embedding and site.module is not None \
                 and is_layer(site.module) and site.input_node is not None:
             act_sites.append(site)
@@ -113,11 +106,44 @@ def _attach(model: nn.Module, analysis: Analysis, example_inputs: object, config
     return bindings
 
 
-def _existing_weight_quantizer(site: QuantSite) -> tuple[LearnableQuantizer, nn.Module] | None:
-    if site.module is None or not isinstance(site.weight.owner, torch.nn.utils.parametrize.ParametrizationList):
+def _holder(site: QuantSite) -> tuple[nn.Module, str]:
+    """The module (and attribute) to parametrize: the consuming layer if it holds the tensor.
+
+    A tied weight (an LM head sharing the embedding table) is quantized where it is used as a
+    layer's weight, not at the first module that happens to hold it.
+    """
+    layer = site.module
+    if layer is not None:
+        for attr, p in layer.named_parameters(recurse=False):
+            if p is site.weight.tensor:
+                return layer, attr
+    return site.weight.owner, site.weight.attr
+
+
+def _weight_binding(site: QuantSite, names: dict[nn.Module, str], config: Config) -> QuantBinding | None:
+    ref = site.weight
+    if isinstance(ref.owner, ParametrizationList):  # already parametrized: ours, or someone else's
+        found = _existing_weight_quantizer(site)
+        if found is None:
+            return None
+        q, layer, attr = found
+    else:
+        layer, attr = _holder(site)
+        if _excluded(f"{names.get(layer, '?')}.{attr}", config.exclude_quant):
+            return None
+        q = _new_quantizer(config).to(ref.tensor.device)
+        q.init_from(ref.tensor.detach())
+        attach_weight_quantizer(layer, attr, q)
+    return QuantBinding(f"{names.get(layer, '?')}.{attr}", q, layer, QuantTarget.WEIGHT, ref.tensor)
+
+
+def _existing_weight_quantizer(site: QuantSite) -> tuple[LearnableQuantizer, nn.Module, str] | None:
+    layer = site.module
+    if layer is None or not parametrize.is_parametrized(layer):
         return None
-    for q in weight_quantizers(site.module).values():
-        return q, site.module
+    for attr, q in weight_quantizers(layer).items():
+        if getattr(layer.parametrizations, attr).original is site.weight.tensor:
+            return q, layer, attr
     return None
 
 
@@ -159,15 +185,6 @@ def _nonnegative(node: fx.Node) -> bool:
             continue
         return False
     return False
-
-
-def _display_name(name: str) -> str:
-    """'conv.parametrizations.weight.original' -> 'conv.weight'."""
-    marker = ".parametrizations."
-    if marker in name and name.endswith(".original"):
-        head, tail = name.split(marker, 1)
-        return f"{head}.{tail[: -len('.original')]}"
-    return name
 
 
 def _register_known_layers() -> None:

@@ -19,13 +19,24 @@ from .conftest import TINY, Result, report_numbers
 
 def test_finished_run_writes_every_output(finished_run: Path) -> None:
     names = {p.name for p in finished_run.iterdir()}
-    assert {"report.json", "report.md", "compressed.pt", "dense.pt", "inputs.pt", "config.yaml",
-            "model.onnx", "model.geta", ".checkpoint"} <= names
+    assert {
+        "report.json",
+        "report.md",
+        "compressed.pt",
+        "dense.pt",
+        "inputs.pt",
+        "config.yaml",
+        "model.onnx",
+        "model.geta",
+        ".checkpoint",
+    } <= names
     report = json.loads((finished_run / "report.json").read_text())
     for side in ("dense", "compressed"):
         assert {"accuracy", "macs", "bops", "params", "size_bytes"} <= set(report[side])
     assert 0 < report["relative_bops"] < 0.1 and report["group_sparsity"] == pytest.approx(0.5, abs=0.02)
-    assert report["layers"] and {"name", "macs", "weight_bits", "act_bits", "kept_out"} <= set(report["layers"][0])
+    assert report["layers"] and {"name", "macs", "weight_bits", "act_bits", "kept_out"} <= set(
+        report["layers"][0]
+    )
     assert report["exports"]["onnx"]["argmax_agreement"] == 1.0 and report["exports"]["packed"]["bytes"] > 0
     assert [r["phase"] for r in report["history"]] == ["dense", "compress", "compress"]
     model = torch.load(finished_run / "compressed.pt", weights_only=False)
@@ -61,8 +72,9 @@ def test_stop_and_resume_gives_identical_numbers(tmp_path: Path, geta_cli: Calla
     assert report_numbers(resumed) == report_numbers(straight)
 
 
-def test_ctrl_c_mid_epoch_then_resume(tmp_path: Path, geta_cli: Callable[..., Result],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_mid_epoch_then_resume(
+    tmp_path: Path, geta_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert geta_cli("compress", "--out", straight, *TINY).code == 0
     calls = {"n": 0}
@@ -82,7 +94,9 @@ def test_ctrl_c_mid_epoch_then_resume(tmp_path: Path, geta_cli: Callable[..., Re
     assert report_numbers(resumed) == report_numbers(straight)
 
 
-def test_rerun_replaces_a_finished_run(finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
+def test_rerun_replaces_a_finished_run(
+    finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
     out = tmp_path / "again"
     assert geta_cli("compress", "--out", out, *TINY).code == 0
     first = json.loads((out / "report.json").read_text())
@@ -92,8 +106,9 @@ def test_rerun_replaces_a_finished_run(finished_run: Path, tmp_path: Path, geta_
     assert state_path(out).is_file()
 
 
-def test_dense_checkpoint_skips_dense_training(finished_run: Path, tmp_path: Path,
-                                               geta_cli: Callable[..., Result]) -> None:
+def test_dense_checkpoint_skips_dense_training(
+    finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
     out = tmp_path / "reuse"
     result = geta_cli("compress", "--out", out, *TINY, "--dense-checkpoint", finished_run / "dense.pt")
     assert result.code == 0

@@ -43,44 +43,86 @@ def _setup_user_dir(tmp: Path) -> Path:
 
 # (case id, argv builder from tmp_path, expected fragment of the message)
 CASES: list[tuple[str, Callable[[Path], list[object]], str]] = [
-    ("missing data dir", lambda t: ["compress", "--out", t / "o", "--data", f"cifar10:{t / 'nope'}"],
-     "does not exist; pass --data cifar10:DIR"),
-    ("malformed data dir", lambda t: ["compress", "--out", t / "o", "--data", f"cifar10:{_setup_bad_cifar(t)}"],
-     "lacks data_batch_2"),
-    ("unknown data set", lambda t: ["compress", "--out", t / "o", "--data", "mnist"], "unknown data set 'mnist'"),
-    ("factory does not import", lambda t: ["compress", "--out", t / "o", "--model", "no_such_mod_q:build"],
-     "module 'no_such_mod_q' could not be imported"),
-    ("unknown recipe", lambda t: ["compress", "--out", t / "o", "--model", "resnet50"],
-     "unknown model 'resnet50'; use one of resnet, vgg, mlp, vit, llama"),
-    ("impossible bits", lambda t: ["compress", "--out", t / "o", "--weight-bits", "8,4"],
-     "--weight-bits 8,4: LO must not exceed HI; pass 4,8"),
-    ("bits out of range", lambda t: ["compress", "--out", t / "o", "--act-bits", "4,32"],
-     "bit widths must lie in [2, 16]"),
+    (
+        "missing data dir",
+        lambda t: ["compress", "--out", t / "o", "--data", f"cifar10:{t / 'nope'}"],
+        "does not exist; pass --data cifar10:DIR",
+    ),
+    (
+        "malformed data dir",
+        lambda t: ["compress", "--out", t / "o", "--data", f"cifar10:{_setup_bad_cifar(t)}"],
+        "lacks data_batch_2",
+    ),
+    (
+        "unknown data set",
+        lambda t: ["compress", "--out", t / "o", "--data", "mnist"],
+        "unknown data set 'mnist'",
+    ),
+    (
+        "factory does not import",
+        lambda t: ["compress", "--out", t / "o", "--model", "no_such_mod_q:build"],
+        "module 'no_such_mod_q' could not be imported",
+    ),
+    (
+        "unknown recipe",
+        lambda t: ["compress", "--out", t / "o", "--model", "resnet50"],
+        "unknown model 'resnet50'; use one of resnet, vgg, mlp, vit, llama",
+    ),
+    (
+        "impossible bits",
+        lambda t: ["compress", "--out", t / "o", "--weight-bits", "8,4"],
+        "--weight-bits 8,4: LO must not exceed HI; pass 4,8",
+    ),
+    (
+        "bits out of range",
+        lambda t: ["compress", "--out", t / "o", "--act-bits", "4,32"],
+        "bit widths must lie in [2, 16]",
+    ),
     ("out is a file", lambda t: ["compress", "--out", _setup_file(t)], "is a file; pass a directory path"),
-    ("out holds user files", lambda t: ["compress", "--out", _setup_user_dir(t)],
-     "non-empty directory that holds no geta run"),
-    ("corrupt checkpoint", lambda t: ["compress", "--out", _setup_corrupt_checkpoint(t), "--resume"],
-     "is corrupt or not a geta checkpoint"),
+    (
+        "out holds user files",
+        lambda t: ["compress", "--out", _setup_user_dir(t)],
+        "non-empty directory that holds no geta run",
+    ),
+    (
+        "corrupt checkpoint",
+        lambda t: ["compress", "--out", _setup_corrupt_checkpoint(t), "--resume"],
+        "is corrupt or not a geta checkpoint",
+    ),
     ("nothing to resume", lambda t: ["compress", "--out", t / "o", "--resume"], "no checkpoint to resume"),
-    ("bad config file", lambda t: ["compress", "--out", t / "o", "--config", _setup_bad_config(t)],
-     "is not valid YAML"),
-    ("missing config file", lambda t: ["compress", "--out", t / "o", "--config", t / "none.yaml"],
-     "config file"),
-    ("missing dense checkpoint", lambda t: ["compress", "--out", t / "o", "--dense-checkpoint", t / "d.pt", *TINY],
-     "--dense-checkpoint"),
+    (
+        "bad config file",
+        lambda t: ["compress", "--out", t / "o", "--config", _setup_bad_config(t)],
+        "is not valid YAML",
+    ),
+    (
+        "missing config file",
+        lambda t: ["compress", "--out", t / "o", "--config", t / "none.yaml"],
+        "config file",
+    ),
+    (
+        "missing dense checkpoint",
+        lambda t: ["compress", "--out", t / "o", "--dense-checkpoint", t / "d.pt", *TINY],
+        "--dense-checkpoint",
+    ),
     ("report of a missing file", lambda t: ["report", t / "nope.pt"], "does not exist"),
     ("report of a corrupt file", lambda t: ["report", _setup_file(t)], "could not be loaded"),
-    ("export into a missing dir", lambda t: ["export", _setup_file(t), "--format", "packed", "--out",
-                                             t / "no" / "m.geta"], "does not exist; create it first"),
-    ("inspect bad graph suffix", lambda t: ["inspect", "--model", "mlp", "--graph", t / "g.png"],
-     "--graph"),
+    (
+        "export into a missing dir",
+        lambda t: ["export", _setup_file(t), "--format", "packed", "--out", t / "no" / "m.geta"],
+        "does not exist; create it first",
+    ),
+    ("inspect bad graph suffix", lambda t: ["inspect", "--model", "mlp", "--graph", t / "g.png"], "--graph"),
     ("inspect bad model", lambda t: ["inspect", "--model", "nope"], "unknown model 'nope'"),
 ]
 
 
 @pytest.mark.parametrize(("case", "argv", "message"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_with_one_clear_line(
-    case: str, argv: Callable[[Path], list[object]], message: str, tmp_path: Path,
+    case: str,
+    argv: Callable[[Path], list[object]],
+    message: str,
+    tmp_path: Path,
     geta_cli: Callable[..., Result],
 ) -> None:
     result = geta_cli(*argv(tmp_path))

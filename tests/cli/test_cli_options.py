@@ -33,8 +33,11 @@ def test_split_epochs_keeps_given_stages() -> None:
 
 
 def test_flags_convert_and_validate() -> None:
-    opts = options_from_args(_parse("--weight-bits", "3,6", "--act-bits", "none", "--sparsity", "0.3",
-                                    "--epochs", "4", "--lr", "0.05"))
+    opts = options_from_args(
+        _parse(
+            "--weight-bits", "3,6", "--act-bits", "none", "--sparsity", "0.3", "--epochs", "4", "--lr", "0.05"
+        )
+    )
     assert opts.weight_bits == (3, 6) and opts.act_bits is None and opts.sparsity == 0.3
     assert opts.lr == 0.05 and sum(opts.stage_epochs()) == 4
 

@@ -131,7 +131,7 @@ def test_user_factory_gets_the_data_facts(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     data = load_data("digits")
     assert build_model("my_models:net", data)(data.example(2)[0]).shape == (2, 10)
-    with pytest.raises(RecipeError, match="returned int, not an nn.Module"):
+    with pytest.raises(RecipeError, match=r"returned int, not an nn\.Module"):
         build_model("my_models:not_a_module", data)
     with pytest.raises(RecipeError, match="has no callable 'missing'"):
         build_model("my_models:missing", data)

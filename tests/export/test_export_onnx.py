@@ -132,6 +132,25 @@ def test_full_range_8bit_weights_stay_exact_in_onnxruntime(tmp_path: Path) -> No
         onnx(model, x, tmp_path / "unsafe.onnx", saturation_safe=False)
 
 
+def test_weight_only_attention_is_exact_with_the_recorded_session_config(tmp_path: Path) -> None:
+    """A float-input MatMul with DequantizeLinear weights becomes onnxruntime's MatMulNBits."""
+    import onnx as onnx_lib
+    import onnxruntime as ort
+
+    model, x = _quantized("mha", 6, acts=False, prune=False)
+    info = onnx(model, x, tmp_path / "mha.onnx")
+    assert info.max_relative_diff is not None and info.max_relative_diff <= 1e-3
+    proto = onnx_lib.load(str(tmp_path / "mha.onnx"))
+    config = json.loads({p.key: p.value for p in proto.metadata_props}["geta.onnxruntime_session_config"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
+    ort.InferenceSession(str(tmp_path / "mha.onnx"), options, providers=["CPUExecutionProvider"])
+    assert "MatMulNBits" in {n.op_type for n in onnx_lib.load(options.optimized_model_filepath).graph.node}
+
+
 def test_no_geta_module_imports_onnx_at_import_time() -> None:
     """onnx, onnxruntime and onnxscript are imported inside functions only (optional extras)."""
     lazy = {"onnx", "onnxruntime", "onnxscript"}

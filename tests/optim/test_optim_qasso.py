@@ -261,3 +261,18 @@ def test_load_state_dict_rejects_foreign_state() -> None:
     del sd["geta"]
     with pytest.raises(ConfigError, match="geta"):
         opt.load_state_dict(sd)
+
+
+def test_quantizer_scalars_stay_in_their_domain() -> None:
+    """A gradient that drives the exponent t below 0 (0**t = inf) or qmax below 0 is stopped."""
+    plan = make("mlp", Config(target_sparsity=0.0, weight_bits=(4, 8)), inputs=False)
+    opt = QASSO(plan, lr=0.0, lr_quant=10.0, schedule=Schedule(warmup=3))
+    q = plan.bindings[0].quantizer
+    for _ in range(3):
+        opt.zero_grad()
+        for p in q.parameters():
+            p.grad = torch.ones_like(p)  # every step pushes step, qmax and t down by 10
+        opt.step()
+    assert float(q.exponent.detach()) == rules.EXPONENT_RANGE[0] and float(q.qmax.detach()) > 0
+    x, _ = batches(plan, 1)[0]
+    assert bool(torch.isfinite(plan.model(x)).all())

@@ -33,8 +33,10 @@ def locate(path: str) -> RunFiles:
     if p.is_dir():
         model = p / "compressed.pt"
         if not model.is_file():
-            raise CliError(f"{p} holds no compressed.pt; pass the --out directory of a finished "
-                           "geta compress run or a torch.save'd module file")
+            raise CliError(
+                f"{p} holds no compressed.pt; pass the --out directory of a finished "
+                "geta compress run or a torch.save'd module file"
+            )
         inputs = p / "inputs.pt"
         return RunFiles(model, inputs if inputs.is_file() else None, p)
     if not p.is_file():
@@ -48,11 +50,15 @@ def load_module(path: Path) -> nn.Module:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CliError(f"checkpoint {path} could not be loaded ({type(exc).__name__}); it must be a module saved "
-                       "with torch.save(model), e.g. compressed.pt of a geta compress run") from None
+        raise CliError(
+            f"checkpoint {path} could not be loaded ({type(exc).__name__}); it must be a module saved "
+            "with torch.save(model), e.g. compressed.pt of a geta compress run"
+        ) from None
     if not isinstance(obj, nn.Module):
-        raise CliError(f"checkpoint {path} holds a {type(obj).__name__}, not a module; pass compressed.pt "
-                       "(a state_dict alone does not say which model it belongs to)")
+        raise CliError(
+            f"checkpoint {path} holds a {type(obj).__name__}, not a module; pass compressed.pt "
+            "(a state_dict alone does not say which model it belongs to)"
+        )
     return obj.eval()
 
 
@@ -63,7 +69,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or any(s <= 0 for s in shape):
-        raise CliError(f"--input-shape {text!r} must be positive integers separated by commas, e.g. 1,3,32,32")
+        raise CliError(
+            f"--input-shape {text!r} must be positive integers separated by commas, e.g. 1,3,32,32"
+        )
     return shape
 
 
@@ -78,11 +86,15 @@ def load_inputs(files: RunFiles, shape: str | None, dtype: str = "float32") -> t
             return (torch.randn(size, dtype=dt),)
         return (torch.zeros(size, dtype=dt),)
     if files.inputs is None:
-        raise CliError(f"no example inputs for {files.model}: pass --input-shape (e.g. 1,3,32,32) or keep the "
-                       "run's inputs.pt next to it")
+        raise CliError(
+            f"no example inputs for {files.model}: pass --input-shape (e.g. 1,3,32,32) or keep the "
+            "run's inputs.pt next to it"
+        )
     try:
         inputs = torch.load(files.inputs, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CliError(f"example inputs {files.inputs} could not be loaded ({type(exc).__name__}); "
-                       "pass --input-shape instead") from None
+        raise CliError(
+            f"example inputs {files.inputs} could not be loaded ({type(exc).__name__}); "
+            "pass --input-shape instead"
+        ) from None
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)

@@ -18,7 +18,15 @@ import torch
 
 from geta.cli.errors import CliError
 
-__all__ = ["CHECKPOINT_DIR", "FORMAT", "atomic_save", "load_state", "rng_state", "set_rng_state", "state_path"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "FORMAT",
+    "atomic_save",
+    "load_state",
+    "rng_state",
+    "set_rng_state",
+    "state_path",
+]
 
 CHECKPOINT_DIR = ".checkpoint"
 FORMAT = 1  # bump when the layout of the state changes
@@ -52,14 +60,20 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CliError(f"checkpoint {path} is corrupt or not a geta checkpoint ({type(exc).__name__}); "
-                       f"delete {path.parent} and run without --resume to start over") from None
+        raise CliError(
+            f"checkpoint {path} is corrupt or not a geta checkpoint ({type(exc).__name__}); "
+            f"delete {path.parent} and run without --resume to start over"
+        ) from None
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
-        raise CliError(f"checkpoint {path} is not a geta compress checkpoint; delete {path.parent} "
-                       "and run without --resume")
+        raise CliError(
+            f"checkpoint {path} is not a geta compress checkpoint; delete {path.parent} "
+            "and run without --resume"
+        )
     if state["format"] != FORMAT:
-        raise CliError(f"checkpoint {path} has format {state['format']}, this geta writes {FORMAT}; "
-                       "start a new run without --resume")
+        raise CliError(
+            f"checkpoint {path} has format {state['format']}, this geta writes {FORMAT}; "
+            "start a new run without --resume"
+        )
     return state
 
 

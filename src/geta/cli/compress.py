@@ -21,10 +21,11 @@ from typing import Any
 
 from geta.cli.checkpoint import load_state, state_path
 from geta.cli.errors import EXIT_INTERRUPTED, CliError
-from geta.cli.job import CompressJob, Interrupted, RunState
+from geta.cli.job import CompressJob, Interrupted, JobResult, RunState
 from geta.cli.options import CompressOptions, load_config_file
 from geta.cli.outputs import check_out_dir, publish, write_results
 from geta.cli.progress import TqdmReporter, summary_table
+from geta.errors import GetaError
 from geta.recipes import DATA_SETS, RECIPES
 
 __all__ = ["add_parser", "run", "options_from_args", "StopFlag"]
@@ -36,15 +37,23 @@ _HELP = {
     "weight_bits": "final bit range of the weights, LO,HI [2,4]",
     "act_bits": "final bit range of layer inputs, LO,HI or none [2,4]",
     "epochs": "compression epochs in total, split over the four stages [14]",
-    "warmup": "warm-up epochs [1]", "projection": "projection epochs [2]", "joint": "joint (pruning) epochs [5]",
-    "cooldown": "cool-down epochs [6]", "dense_epochs": "epochs of dense baseline training [10]",
-    "dense_lr": "dense training learning rate [0.1 sgd, 1e-3 adam]", "optimizer": "sgd, adam or adamw [sgd]",
-    "lr": "QASSO learning rate [0.02 sgd, 1e-3 adam]", "lr_quant": "learning rate of quantizer scalars [1e-3]",
-    "momentum": "SGD momentum [0.9]", "weight_decay": "weight decay [1e-4]",
-    "grad_clip": "element-wise gradient clip inside QASSO [none]", "batch_size": "batch size [64]",
-    "device": "torch device [cpu]", "seed": "seed of the data split, init and shuffling [0]",
+    "warmup": "warm-up epochs [1]",
+    "projection": "projection epochs [2]",
+    "joint": "joint (pruning) epochs [5]",
+    "cooldown": "cool-down epochs [6]",
+    "dense_epochs": "epochs of dense baseline training [10]",
+    "dense_lr": "dense training learning rate [0.1 sgd, 1e-3 adam]",
+    "optimizer": "sgd, adam or adamw [sgd]",
+    "lr": "QASSO learning rate [0.02 sgd, 1e-3 adam]",
+    "lr_quant": "learning rate of quantizer scalars [1e-3]",
+    "momentum": "SGD momentum [0.9]",
+    "weight_decay": "weight decay [1e-4]",
+    "grad_clip": "element-wise gradient clip inside QASSO [none]",
+    "batch_size": "batch size [64]",
+    "device": "torch device [cpu]",
+    "seed": "seed of the data split, init and shuffling [0]",
     "dense_checkpoint": "state_dict of the dense model (e.g. dense.pt of a run): skip dense training",
-}  # fmt: skip
+}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -54,17 +63,26 @@ def add_parser(subparsers: Any) -> None:
         description="Train a dense baseline (or load one), compress it with QASSO (structured pruning + "
                     "mixed-precision quantization), convert, evaluate and write report, plots and exports "
                     "into --out. Ctrl-C leaves a checkpoint; --resume continues it.")  # fmt: skip
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; replaced at the end)")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (created; replaced at the end)"
+    )
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file with the options below")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-export", action="store_true", help="skip model.onnx and model.geta")
-    p.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate ^C
+    p.add_argument(
+        "--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS
+    )  # tests: simulate ^C
     for f in fields(CompressOptions):
         flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.split("_")[-1].upper(),
-                       help=_HELP.get(f.name))
+        p.add_argument(
+            flag,
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar=f.name.split("_")[-1].upper(),
+            help=_HELP.get(f.name),
+        )
     p.set_defaults(func=run)
 
 
@@ -95,8 +113,10 @@ def _resume_state(args: argparse.Namespace, out: Path) -> RunState:
     if asked != state.options:
         old, new = state.options.to_dict(), asked.to_dict()
         diff = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k])
-        raise CliError(f"--resume continues the run in {out} with its own options, but these differ: {diff}; "
-                       "drop them, or start a new run with another --out")
+        raise CliError(
+            f"--resume continues the run in {out} with its own options, but these differ: {diff}; "
+            "drop them, or start a new run with another --out"
+        )
     return state
 
 
@@ -140,24 +160,37 @@ def run(args: argparse.Namespace) -> int:
     try:
         with stop.installed():
             result = job.run(state)
+        reporter.note("converting, evaluating and exporting ...")
+        report = _finish(result, out, args, start)
     except Interrupted as exc:
         reporter.close()
         print(f"geta compress: stopped at {exc.where}; checkpoint saved; {resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         reporter.close()
-        print(f"geta compress: interrupted; the last finished epoch is checkpointed; {resume_hint}", file=sys.stderr)
+        print(f"geta compress: interrupted; the last finished epoch is saved; {resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    reporter.note("converting, evaluating and exporting ...")
+    except Exception as exc:
+        reporter.close()
+        if state_path(out).is_file() and not isinstance(exc, GetaError):
+            print(f"geta compress: failed; the last finished epoch is saved; {resume_hint}", file=sys.stderr)
+        raise
+    _print_summary(report, out, quiet=args.quiet)
+    return 0
+
+
+def _finish(result: JobResult, out: Path, args: argparse.Namespace, start: float) -> dict[str, Any]:
+    """Write the results into a staging folder and swap it into place as ``out``."""
     staging = out.parent / f".{out.name}.staging-{os.getpid()}"
     try:
-        report = write_results(result, staging, plots=not args.no_plots, export=not args.no_export,
-                               wall_seconds=time.perf_counter() - start)
+        report = write_results(
+            result, staging, plots=not args.no_plots, export=not args.no_export,
+            wall_seconds=time.perf_counter() - start,
+        )  # fmt: skip
         publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _print_summary(report, out, quiet=args.quiet)
-    return 0
+    return report
 
 
 def _print_summary(report: dict[str, Any], out: Path, *, quiet: bool) -> None:

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Box", "Diagram", "build_diagram", "to_dot", "to_svg", "to_html", "write_graph"]
 
-PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",
-           "#bc80bd", "#ccebc5", "#ffed6f", "#a6cee3", "#b2df8a", "#fb9a99", "#cab2d6", "#fdbf6f")  # fmt: skip
+PALETTE = (
+    "#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",
+    "#bc80bd", "#ccebc5", "#ffed6f", "#a6cee3", "#b2df8a", "#fb9a99", "#cab2d6", "#fdbf6f",
+)  # fmt: skip
 FROZEN = "#d9d9d9"
 _FOLD = ("parametrizations", "geta_input_quantizer")  # quantizer paths fold into their layer
 
@@ -109,7 +111,9 @@ def build_diagram(plan: Plan) -> Diagram:
     return Diagram(boxes, list(edges), colors, legend)
 
 
-def _group_colors(plan: Plan, boxes: dict[str, Box], users_of: dict[int, set[str]]) -> tuple[dict[int, str], dict[int, str]]:
+def _group_colors(
+    plan: Plan, boxes: dict[str, Box], users_of: dict[int, set[str]]
+) -> tuple[dict[int, str], dict[int, str]]:
     colors: dict[int, str] = {}
     legend: dict[int, str] = {}
     n = 0
@@ -171,8 +175,13 @@ def _positions(d: Diagram) -> tuple[dict[str, tuple[float, float, float]], float
     pos: dict[str, tuple[float, float, float]] = {}
     width = 0.0
     for r in sorted(rows):
-        keys = sorted(rows[r], key=lambda k: sum(pos[p][0] for p in preds.get(k, []) if p in pos)
-                      / max(1, sum(p in pos for p in preds.get(k, []))))
+        keys = sorted(
+            rows[r],
+            key=lambda k: (
+                sum(pos[p][0] for p in preds.get(k, []) if p in pos)
+                / max(1, sum(p in pos for p in preds.get(k, [])))
+            ),
+        )
         widths = [max(len(t) for t in _box_text(d, d.boxes[k])) * 6.6 + 20 for k in keys]
         x = 20.0
         for k, w in zip(keys, widths):
@@ -193,15 +202,21 @@ def to_svg(d: Diagram) -> str:
         (xa, ya, _), (xb, yb, _) = pos[a], pos[b]
         y0, y1 = ya + 40, yb
         mid = (y0 + y1) / 2 if y1 > y0 else y0 + 30
-        out.append(f'<path d="M{xa:.1f},{y0:.1f} C{xa:.1f},{mid:.1f} {xb:.1f},{mid:.1f} {xb:.1f},{y1:.1f}" '
-                   'fill="none" stroke="#555" stroke-width="1" marker-end="url(#arrow)"/>')
+        out.append(
+            f'<path d="M{xa:.1f},{y0:.1f} C{xa:.1f},{mid:.1f} {xb:.1f},{mid:.1f} {xb:.1f},{y1:.1f}" '
+            'fill="none" stroke="#555" stroke-width="1" marker-end="url(#arrow)"/>'
+        )
     for key, box in d.boxes.items():
         x, y, w = pos[key]
-        out.append(f'<g><title>{html.escape(", ".join(box.ops) or box.label)}</title>'
-                   f'<rect x="{x - w / 2:.1f}" y="{y:.1f}" width="{w:.1f}" height="40" rx="6" '
-                   f'fill="{d.fill(box)}" stroke="#333"/>')
+        out.append(
+            f"<g><title>{html.escape(', '.join(box.ops) or box.label)}</title>"
+            f'<rect x="{x - w / 2:.1f}" y="{y:.1f}" width="{w:.1f}" height="40" rx="6" '
+            f'fill="{d.fill(box)}" stroke="#333"/>'
+        )
         for i, text in enumerate(_box_text(d, box)):
-            out.append(f'<text x="{x:.1f}" y="{y + 16 + 14 * i:.1f}" text-anchor="middle">{html.escape(text)}</text>')
+            out.append(
+                f'<text x="{x:.1f}" y="{y + 16 + 14 * i:.1f}" text-anchor="middle">{html.escape(text)}</text>'
+            )
         out.append("</g>")
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -209,12 +224,16 @@ def to_svg(d: Diagram) -> str:
 
 def to_html(d: Diagram, summary: str) -> str:
     """A page with the SVG, a colour legend of the groups and the plan summary."""
-    rows = "\n".join(f'<tr><td style="background:{d.colors[g]};width:2em"></td><td>{html.escape(t)}</td></tr>'
-                     for g, t in d.legend.items())
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>geta inspect</title></head>"
-            f"<body style='font-family:Helvetica,Arial,sans-serif'>\n<h1>geta inspect</h1>\n{to_svg(d)}"
-            f"<h2>Groups</h2>\n<table>{rows}</table>\n<h2>Summary</h2>\n<pre>{html.escape(summary)}</pre>\n"
-            "</body></html>\n")
+    rows = "\n".join(
+        f'<tr><td style="background:{d.colors[g]};width:2em"></td><td>{html.escape(t)}</td></tr>'
+        for g, t in d.legend.items()
+    )
+    return (
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>geta inspect</title></head>"
+        f"<body style='font-family:Helvetica,Arial,sans-serif'>\n<h1>geta inspect</h1>\n{to_svg(d)}"
+        f"<h2>Groups</h2>\n<table>{rows}</table>\n<h2>Summary</h2>\n<pre>{html.escape(summary)}</pre>\n"
+        "</body></html>\n"
+    )
 
 
 def write_graph(plan: Plan, path: Path) -> None:

@@ -11,12 +11,23 @@ from typing import Any
 
 __all__ = ["add_parser", "run", "environment"]
 
-_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy", "scikit-learn", "matplotlib")
+_PACKAGES = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "numpy",
+    "scikit-learn",
+    "matplotlib",
+)
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``geta env``."""
-    p = subparsers.add_parser("env", help="print versions of python, torch, geta and friends (for bug reports)")
+    p = subparsers.add_parser(
+        "env", help="print versions of python, torch, geta and friends (for bug reports)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 

@@ -39,9 +39,14 @@ def quiet_exporters() -> Iterator[None]:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``geta export``."""
-    p = subparsers.add_parser("export", help="export a compressed model to ONNX (QDQ) or a packed low-bit file",
-                              description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="geta compress output directory or module .pt file")
+    p = subparsers.add_parser(
+        "export",
+        help="export a compressed model to ONNX (QDQ) or a packed low-bit file",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="geta compress output directory or module .pt file"
+    )
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx or packed")
     p.add_argument("--out", required=True, metavar="PATH", help="file to write")
     p.add_argument("--input-shape", metavar="SHAPE", help="example input shape for ONNX, e.g. 1,3,32,32")
@@ -56,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     files = locate(args.checkpoint)
     out = Path(args.out).expanduser()
     if out.is_dir():
-        raise CliError(f"--out {out} is a directory; pass a file path such as {out / ('model.' + args.format)}")
+        raise CliError(
+            f"--out {out} is a directory; pass a file path such as {out / ('model.' + args.format)}"
+        )
     if not out.parent.is_dir():
         raise CliError(f"--out {out}: the directory {out.parent} does not exist; create it first")
     model = load_module(files.model)
@@ -66,10 +73,13 @@ def run(args: argparse.Namespace) -> int:
             with quiet_exporters():
                 info = geta.export.onnx(model, inputs, out)
         except ImportError as exc:
-            raise CliError(f"ONNX export needs onnx, onnxruntime and onnxscript ({exc}): "
-                           "pip install 'torch-geta[onnx]'") from None
-        print(f"wrote {out} (opset {info.opset}, {len(info.tensors)} quantized tensors, "
-              f"max relative difference to torch {info.max_relative_diff:.2g})")
+            raise CliError(
+                f"ONNX export needs onnx, onnxruntime and onnxscript ({exc}): pip install 'torch-geta[onnx]'"
+            ) from None
+        print(
+            f"wrote {out} (opset {info.opset}, {len(info.tensors)} quantized tensors, "
+            f"max relative difference to torch {info.max_relative_diff:.2g})"
+        )
     else:
         packed = geta.export.packed(model, out)
         fields = dataclasses.asdict(packed)

@@ -20,13 +20,25 @@ _GRAPH_SUFFIXES = (".dot", ".gv", ".svg", ".html", ".htm")
 
 def add_parser(subparsers: Any) -> None:
     """Register ``geta inspect``."""
-    p = subparsers.add_parser("inspect", help="list prune groups, quantizers and unsupported ops of a model",
-                              description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--model", default="resnet", help=f"recipe ({', '.join(RECIPES)}) or module:factory [resnet]")
-    p.add_argument("--data", default=None, help=f"data set giving the input shape: {', '.join(DATA_SETS)} "
-                                                "[digits; text for llama]")
-    p.add_argument("--input-shape", metavar="SHAPE", help="example input shape instead of --data, e.g. 1,3,32,32")
-    p.add_argument("--input-dtype", default="float32", metavar="DTYPE", help="dtype of --input-shape [float32]")
+    p = subparsers.add_parser(
+        "inspect",
+        help="list prune groups, quantizers and unsupported ops of a model",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument(
+        "--model", default="resnet", help=f"recipe ({', '.join(RECIPES)}) or module:factory [resnet]"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help=f"data set giving the input shape: {', '.join(DATA_SETS)} [digits; text for llama]",
+    )
+    p.add_argument(
+        "--input-shape", metavar="SHAPE", help="example input shape instead of --data, e.g. 1,3,32,32"
+    )
+    p.add_argument(
+        "--input-dtype", default="float32", metavar="DTYPE", help="dtype of --input-shape [float32]"
+    )
     p.add_argument("--weight-bits", default="2,4", metavar="LO,HI", help="weight bit range [2,4]")
     p.add_argument("--act-bits", default="2,4", metavar="LO,HI", help="activation bit range or none [2,4]")
     p.add_argument("--graph", metavar="FILE", help="write a picture: FILE.svg, FILE.html or FILE.dot")
@@ -61,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     data_spec = args.data or ("text" if args.model == "llama" else "digits")
     opts = CompressOptions.from_mapping(
         {"model": args.model, "data": data_spec, "weight_bits": args.weight_bits, "act_bits": args.act_bits},
-        where=lambda k: f"--{k.replace('_', '-')}")
+        where=lambda k: f"--{k.replace('_', '-')}",
+    )
     data = load_data(opts.data, seed=0)
     model = build_model(opts.model, data).eval()
     config = geta.Config(target_sparsity=0.5, weight_bits=opts.weight_bits, act_bits=opts.act_bits)

@@ -9,6 +9,7 @@ uninterrupted run. Progress goes to a `Reporter`; this module prints nothing its
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -35,7 +36,9 @@ _DEFAULT_LR = {"sgd": (0.1, 0.02), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)} 
 class Reporter(Protocol):
     """Receives progress; the CLI shows it with tqdm."""
 
-    def epoch_start(self, phase: str, epoch: int, epochs: int, stage: str, batches: int, done: int) -> None: ...
+    def epoch_start(
+        self, phase: str, epoch: int, epochs: int, stage: str, batches: int, done: int
+    ) -> None: ...
     def batch(self, stats: EpochStats, extra: dict[str, float]) -> None: ...
     def epoch_end(self, record: dict[str, Any]) -> None: ...
     def note(self, text: str) -> None: ...
@@ -75,10 +78,23 @@ class RunState:
     def from_checkpoint(cls, raw: dict[str, Any], path: Path) -> RunState:
         try:
             options = CompressOptions.from_mapping(raw["options"], where=lambda k: f"option {k!r} in {path}")
-            keys = ("phase", "epoch", "batch", "partial", "history", "dense", "model", "optimizer", "rng", "seconds")
+            keys = (
+                "phase",
+                "epoch",
+                "batch",
+                "partial",
+                "history",
+                "dense",
+                "model",
+                "optimizer",
+                "rng",
+                "seconds",
+            )
             return cls(options, **{k: raw[k] for k in keys})
         except (KeyError, TypeError) as exc:
-            raise CliError(f"checkpoint {path} is incomplete ({exc}); delete {path.parent} and start over") from None
+            raise CliError(
+                f"checkpoint {path} is incomplete ({exc}); delete {path.parent} and start over"
+            ) from None
 
 
 @dataclass
@@ -95,8 +111,10 @@ class JobResult:
 def resolved_lrs(options: CompressOptions) -> tuple[float, float]:
     """(dense lr, QASSO lr): the options', or the optimizer's defaults where they are None."""
     dense, qasso = _DEFAULT_LR[options.optimizer]
-    return (options.dense_lr if options.dense_lr is not None else dense,
-            options.lr if options.lr is not None else qasso)
+    return (
+        options.dense_lr if options.dense_lr is not None else dense,
+        options.lr if options.lr is not None else qasso,
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -122,23 +140,28 @@ def _dense_optimizer(options: CompressOptions, model: nn.Module, lr: float) -> t
 def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
     file = Path(path).expanduser()
     if not file.is_file():
-        raise CliError(f"--dense-checkpoint {file} does not exist; pass a state_dict saved with torch.save "
-                       "(e.g. dense.pt of an earlier run)")
+        raise CliError(
+            f"--dense-checkpoint {file} does not exist; pass a state_dict saved with torch.save "
+            "(e.g. dense.pt of an earlier run)"
+        )
     try:
         sd = torch.load(file, map_location="cpu", weights_only=True)
         sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
         model.load_state_dict(sd)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CliError(f"--dense-checkpoint {file} is not a state_dict of this model ({first[:200]}); pass the "
-                       "dense.pt of a run with the same --model and --data") from None
+        raise CliError(
+            f"--dense-checkpoint {file} is not a state_dict of this model ({first[:200]}); pass the "
+            "dense.pt of a run with the same --model and --data"
+        ) from None
 
 
 class CompressJob:
     """Runs (or resumes) the dense and compression phases of one ``geta compress`` run."""
 
-    def __init__(self, out: Path, reporter: Reporter, *, stop: Callable[[], bool],
-                 stop_after_epochs: int | None = None) -> None:
+    def __init__(
+        self, out: Path, reporter: Reporter, *, stop: Callable[[], bool], stop_after_epochs: int | None = None
+    ) -> None:
         self.out, self.reporter, self.stop = out, reporter, stop
         self.stop_after_epochs = stop_after_epochs
         self._epochs_run = 0
@@ -195,34 +218,58 @@ class CompressJob:
         example = tuple(t.to(self.device) for t in self.data.example(CALIBRATION_SAMPLES))
         plan = geta.prepare(self.model, example, config)
         warmup, projection, joint, cooldown = o.stage_epochs()
-        schedule = geta.Schedule.from_epochs(steps_per_epoch=self.data.num_batches(o.batch_size), warmup=warmup,
-                                             projection=projection, joint=joint, cooldown=cooldown)
+        schedule = geta.Schedule.from_epochs(
+            steps_per_epoch=self.data.num_batches(o.batch_size),
+            warmup=warmup,
+            projection=projection,
+            joint=joint,
+            cooldown=cooldown,
+        )
         _, lr = resolved_lrs(o)
         extra = {"momentum": o.momentum} if o.optimizer == "sgd" else {}
-        opt = geta.QASSO(plan, lr, schedule=schedule, lr_quant=o.lr_quant, variant=o.optimizer,
-                         weight_decay=o.weight_decay, grad_clip=o.grad_clip, **extra)
+        opt = geta.QASSO(
+            plan,
+            lr,
+            schedule=schedule,
+            lr_quant=o.lr_quant,
+            variant=o.optimizer,
+            weight_decay=o.weight_decay,
+            grad_clip=o.grad_clip,
+            **extra,
+        )
         if state.model is not None and state.optimizer is not None:
             self.model.load_state_dict(state.model)
             opt.load_state_dict(state.optimizer)
         if state.rng is not None:
             set_rng_state(state.rng)  # `prepare` may draw random numbers: start from the checkpoint's
         self.plan = plan
-        self.reporter.note(f"prepared: {len(plan.prunable_groups)} of {len(plan.groups)} groups prunable "
-                           f"({plan.num_prunable_units} units, {opt.target_units} to remove), "
-                           f"{len(plan.quantizers)} quantizers")
+        self.reporter.note(
+            f"prepared: {len(plan.prunable_groups)} of {len(plan.groups)} groups prunable "
+            f"({plan.num_prunable_units} units, {opt.target_units} to remove), "
+            f"{len(plan.quantizers)} quantizers"
+        )
         return plan, opt
 
     def _qasso_lr(self, state: RunState, opt: geta.QASSO) -> Callable[[EpochStats], float]:
         """Constant lr until the cool-down (the forget rule reads it), then cosine decay to 0."""
         _, lr = resolved_lrs(state.options)
         sch = opt.schedule
-        return lambda s: lr if opt.step_count < sch.cooldown_start else cosine_lr(
-            opt.step_count - sch.cooldown_start, sch.cooldown, lr)
+        return lambda s: (
+            lr
+            if opt.step_count < sch.cooldown_start
+            else cosine_lr(opt.step_count - sch.cooldown_start, sch.cooldown, lr)
+        )
 
     # -- the epoch loop -----------------------------------------------------------------------------
 
-    def _epochs(self, state: RunState, opt: torch.optim.Optimizer, epochs: int, stage: Callable[[], str],
-                lr_at: Callable[[EpochStats], float]) -> None:
+    def _epochs(
+        self,
+        state: RunState,
+        opt: torch.optim.Optimizer,
+        epochs: int,
+        stage: Callable[[], str],
+        lr_at: Callable[[EpochStats], float],
+    ) -> None:
         o = state.options
         spe = self.data.num_batches(o.batch_size)
         offset = _COMPRESS_EPOCH_SEED if state.phase == "compress" else 0
@@ -231,9 +278,20 @@ class CompressJob:
             name = stage()
             self.reporter.epoch_start(state.phase, state.epoch, epochs, name, spe, state.batch)
             t0 = time.perf_counter()
-            train_epoch(self.model, self.data, opt, batch_size=o.batch_size, seed=o.seed,
-                        epoch=offset + state.epoch, device=self.device, lr=lambda: lr_at(stats),
-                        start=state.batch, stats=stats, on_batch=self._on_batch(), stop=self.stop)
+            train_epoch(
+                self.model,
+                self.data,
+                opt,
+                batch_size=o.batch_size,
+                seed=o.seed,
+                epoch=offset + state.epoch,
+                device=self.device,
+                lr=functools.partial(lr_at, stats),
+                start=state.batch,
+                stats=stats,
+                on_batch=self._on_batch(),
+                stop=self.stop,
+            )
             if stats.batches < spe:  # stopped at a batch boundary
                 state.seconds += time.perf_counter() - t0
                 state.batch, state.partial = stats.batches, stats.to_dict()
@@ -241,9 +299,17 @@ class CompressJob:
                 raise Interrupted(f"{state.phase} epoch {state.epoch + 1}, batch {stats.batches}")
             metrics = evaluate(self.model, self.data, batch_size=256, device=self.device)
             state.seconds += time.perf_counter() - t0
-            record = {"phase": state.phase, "epoch": state.epoch, "stage": name, "loss": stats.loss,
-                      "train_accuracy": stats.accuracy, "test_accuracy": metrics.accuracy,
-                      "test_loss": metrics.loss, "lr": opt.param_groups[0]["lr"], **self._extra()}
+            record = {
+                "phase": state.phase,
+                "epoch": state.epoch,
+                "stage": name,
+                "loss": stats.loss,
+                "train_accuracy": stats.accuracy,
+                "test_accuracy": metrics.accuracy,
+                "test_loss": metrics.loss,
+                "lr": opt.param_groups[0]["lr"],
+                **self._extra(),
+            }
             state.history.append(record)
             self.reporter.epoch_end(record)
             state.epoch, state.batch, state.partial = state.epoch + 1, 0, {}

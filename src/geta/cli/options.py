@@ -72,8 +72,10 @@ class CompressOptions:
         """Epochs of (warm-up, projection, joint, cool-down) after splitting ``epochs``."""
         stages = split_epochs(self.epochs, (self.warmup, self.projection, self.joint, self.cooldown))
         if self.sparsity > 0 and stages[2] == 0:
-            raise CliError(f"--sparsity {self.sparsity} needs at least one joint (pruning) epoch; "
-                           "pass --joint 1 or more (or --epochs >= 1)")
+            raise CliError(
+                f"--sparsity {self.sparsity} needs at least one joint (pruning) epoch; "
+                "pass --joint 1 or more (or --epochs >= 1)"
+            )
         return stages
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,8 +95,10 @@ def split_epochs(total: int | None, given: tuple[int | None, ...]) -> tuple[int,
         return tuple(w if g is None else g for g, w in zip(given, STAGE_WEIGHTS))  # type: ignore[return-value]
     left = total - sum(g for g in given if g is not None)
     if left < 0:
-        raise CliError(f"--epochs {total} is less than the stage epochs given ({sum(g or 0 for g in given)}); "
-                       "raise --epochs or lower --warmup/--projection/--joint/--cooldown")
+        raise CliError(
+            f"--epochs {total} is less than the stage epochs given ({sum(g or 0 for g in given)}); "
+            "raise --epochs or lower --warmup/--projection/--joint/--cooldown"
+        )
     free = [i for i, g in enumerate(given) if g is None]
     weight = sum(STAGE_WEIGHTS[i] for i in free)
     share = {i: left * STAGE_WEIGHTS[i] / weight for i in free} if weight else {}
@@ -125,8 +129,10 @@ def load_config_file(path: str) -> dict[str, Any]:
             data = yaml.safe_load(text)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CliError(f"config file {file} is not valid {'TOML' if file.suffix == '.toml' else 'YAML'} "
-                       f"({first}); fix the syntax") from None
+        raise CliError(
+            f"config file {file} is not valid {'TOML' if file.suffix == '.toml' else 'YAML'} "
+            f"({first}); fix the syntax"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -156,7 +162,9 @@ def _number(kind: type, lo: float, hi: float | None, *, optional: bool = False) 
                 raise ValueError
             value = kind(raw)
         except (TypeError, ValueError):
-            raise CliError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+            raise CliError(
+                f"{where} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
+            ) from None
         if value < lo or (hi is not None and value > hi):
             span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
             raise CliError(f"{where} must be {span}, got {raw!r}")
@@ -173,10 +181,13 @@ def _bits(optional: bool) -> Callable[[Any, str], tuple[int, int] | None]:
         try:
             lo, hi = (int(str(p).strip()) for p in parts)
         except (TypeError, ValueError):
-            raise CliError(f"{where} must be LO,HI (two integers, e.g. 4,8){' or none' if optional else ''}, "
-                           f"got {raw!r}") from None
+            raise CliError(
+                f"{where} must be LO,HI (two integers, e.g. 4,8){' or none' if optional else ''}, got {raw!r}"
+            ) from None
         if not (MIN_BITS <= lo <= MAX_BITS and MIN_BITS <= hi <= MAX_BITS):
-            raise CliError(f"{where} {lo},{hi}: bit widths must lie in [{MIN_BITS}, {MAX_BITS}]; pass e.g. 4,8")
+            raise CliError(
+                f"{where} {lo},{hi}: bit widths must lie in [{MIN_BITS}, {MAX_BITS}]; pass e.g. 4,8"
+            )
         if lo > hi:
             raise CliError(f"{where} {lo},{hi}: LO must not exceed HI; pass {hi},{lo}")
         return (lo, hi)
@@ -207,8 +218,9 @@ _CONVERT: dict[str, Callable[[Any, str], Any]] = {
     "model": _text, "data": _text, "sparsity": _number(float, 0.0, 0.95),
     "weight_bits": _bits(False), "act_bits": _bits(True),
     "epochs": _EPOCHS, "warmup": _EPOCHS, "projection": _EPOCHS, "joint": _EPOCHS, "cooldown": _EPOCHS,
-    "dense_epochs": _number(int, 0, None), "dense_lr": _number(float, 0.0, None, optional=True), "optimizer": _optimizer,
-    "lr": _number(float, 0.0, None, optional=True), "lr_quant": _number(float, 0.0, None), "momentum": _number(float, 0.0, 0.999),
+    "dense_epochs": _number(int, 0, None), "dense_lr": _number(float, 0.0, None, optional=True),
+    "optimizer": _optimizer, "lr": _number(float, 0.0, None, optional=True),
+    "lr_quant": _number(float, 0.0, None), "momentum": _number(float, 0.0, 0.999),
     "weight_decay": _number(float, 0.0, None), "grad_clip": _number(float, 1e-12, None, optional=True),
     "batch_size": _number(int, 1, None), "device": _device, "seed": _number(int, 0, None),
     "dense_checkpoint": _optional_text,

@@ -36,8 +36,10 @@ def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; pass a directory path (it is created if missing)")
     if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in _RESULT_FILES):
-        raise CliError(f"--out {out} is a non-empty directory that holds no geta run; pass a new or empty "
-                       "directory so that nothing of yours is replaced")
+        raise CliError(
+            f"--out {out} is a non-empty directory that holds no geta run; pass a new or empty "
+            "directory so that nothing of yours is replaced"
+        )
 
 
 @torch.no_grad()
@@ -47,7 +49,11 @@ def kept_fractions(dense: nn.Module, small: nn.Module) -> dict[str, dict[str, fl
     out: dict[str, dict[str, float]] = {}
     for name, module in small.named_modules():
         w, ref = getattr(module, "weight", None), getattr(dense_modules.get(name), "weight", None)
-        if not (isinstance(w, torch.Tensor) and isinstance(ref, torch.Tensor)) or w.dim() < 2 or w.dim() != ref.dim():
+        if (
+            not (isinstance(w, torch.Tensor) and isinstance(ref, torch.Tensor))
+            or w.dim() < 2
+            or w.dim() != ref.dim()
+        ):
             continue
         o, i = (1, 0) if getattr(module, "transposed", False) else (0, 1)  # ConvTranspose: (in, out, ...)
         out[name] = {"kept_out": w.shape[o] / ref.shape[o], "kept_in": w.shape[i] / ref.shape[i]}
@@ -55,8 +61,14 @@ def kept_fractions(dense: nn.Module, small: nn.Module) -> dict[str, dict[str, fl
 
 
 def _side(accuracy: float, loss: float, rep: Any) -> dict[str, Any]:
-    return {"accuracy": accuracy, "loss": loss, "macs": rep.macs, "bops": rep.bops, "params": rep.params,
-            "size_bytes": rep.size_bits / 8}
+    return {
+        "accuracy": accuracy,
+        "loss": loss,
+        "macs": rep.macs,
+        "bops": rep.bops,
+        "params": rep.params,
+        "size_bytes": rep.size_bits / 8,
+    }
 
 
 def _bits(plan: geta.Plan) -> dict[str, dict[str, int]]:
@@ -132,13 +144,19 @@ def _markdown(report: dict[str, Any], compressed_md: str) -> str:
              "```", summary_table(report), "```", "", "## Compressed model, per layer", "", compressed_md, "",
              "## Exports", ""]  # fmt: skip
     for name, info in report["exports"].items():
-        lines.append(f"- {name}: " + (info["error"] if "error" in info else f"{info.get('path')} "
-                                      f"({info.get('bytes', 0):,} bytes)"))
+        lines.append(
+            f"- {name}: "
+            + (info["error"] if "error" in info else f"{info.get('path')} ({info.get('bytes', 0):,} bytes)")
+        )
     return "\n".join(lines) + "\n"
 
 
 def write_results(
-    result: JobResult, staging: Path, *, plots: bool = True, export: bool = True,
+    result: JobResult,
+    staging: Path,
+    *,
+    plots: bool = True,
+    export: bool = True,
     wall_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Convert, evaluate, report, export and plot into ``staging``; return the report dict.

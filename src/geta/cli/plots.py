@@ -49,8 +49,16 @@ def _stage_marks(ax: Any, history: list[dict[str, Any]]) -> None:
     for i, record in enumerate(history):
         if record["stage"] != previous:
             ax.axvline(i + 0.5, color="0.6", linestyle="--", linewidth=0.8)
-            ax.text(i + 0.6, 1.0, record["stage"], transform=ax.get_xaxis_transform(), fontsize=7,
-                    va="top", rotation=90, color="0.35")
+            ax.text(
+                i + 0.6,
+                1.0,
+                record["stage"],
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                va="top",
+                rotation=90,
+                color="0.35",
+            )
             previous = record["stage"]
 
 
@@ -87,14 +95,22 @@ def _layers(plt: Any, report: dict[str, Any]) -> Any:
     names = [r["name"] for r in layers]
     idx = list(range(len(layers)))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(layers) + 2), 6), sharex=True)
-    top.bar([i - 0.2 for i in idx], [min(r["weight_bits"], 32) for r in layers], width=0.4, label="weight bits")
-    top.bar([i + 0.2 for i in idx], [min(r["act_bits"], 32) for r in layers], width=0.4, label="activation bits")
+    top.bar(
+        [i - 0.2 for i in idx], [min(r["weight_bits"], 32) for r in layers], width=0.4, label="weight bits"
+    )
+    top.bar(
+        [i + 0.2 for i in idx], [min(r["act_bits"], 32) for r in layers], width=0.4, label="activation bits"
+    )
     top.set_yscale("log", base=2)
     top.set_ylabel("bits")
     top.legend(fontsize=7)
     top.grid(alpha=0.3, axis="y")
-    bottom.bar([i - 0.2 for i in idx], [r.get("kept_out", 1.0) for r in layers], width=0.4, label="output channels")
-    bottom.bar([i + 0.2 for i in idx], [r.get("kept_in", 1.0) for r in layers], width=0.4, label="input channels")
+    bottom.bar(
+        [i - 0.2 for i in idx], [r.get("kept_out", 1.0) for r in layers], width=0.4, label="output channels"
+    )
+    bottom.bar(
+        [i + 0.2 for i in idx], [r.get("kept_in", 1.0) for r in layers], width=0.4, label="input channels"
+    )
     bottom.set_ylim(0, 1.05)
     bottom.set_ylabel("kept fraction")
     bottom.legend(fontsize=7)
@@ -116,8 +132,9 @@ def _tradeoff(plt: Any, report: dict[str, Any]) -> Any:
     for label, bops, acc, color in points:
         if bops > 0:
             ax.scatter([bops * 100], [acc * 100], color=color, label=label, zorder=3)
-            ax.annotate(f"{bops:.2%}", (bops * 100, acc * 100), textcoords="offset points", xytext=(5, 5),
-                        fontsize=7)
+            ax.annotate(
+                f"{bops:.2%}", (bops * 100, acc * 100), textcoords="offset points", xytext=(5, 5), fontsize=7
+            )
     ax.set_xscale("log")
     ax.set_xlabel("relative BOPs (% of dense FP32)")
     ax.set_ylabel("test accuracy (%)")

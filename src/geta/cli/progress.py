@@ -17,7 +17,9 @@ class TqdmReporter:
     otherwise (unless ``quiet``).
     """
 
-    def __init__(self, *, enabled: bool | None = None, quiet: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, *, enabled: bool | None = None, quiet: bool = False, stream: TextIO | None = None
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.quiet = quiet
@@ -27,11 +29,18 @@ class TqdmReporter:
         self.close()
         if not self.enabled or self.quiet:
             return
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         label = f"{phase} {epoch + 1}/{epochs}" + (f" [{stage}]" if stage != phase else "")
-        self._bar = tqdm(total=batches, initial=done, desc=label, file=self.stream, leave=True,
-                         dynamic_ncols=True, unit="batch")
+        self._bar = tqdm(
+            total=batches,
+            initial=done,
+            desc=label,
+            file=self.stream,
+            leave=True,
+            dynamic_ncols=True,
+            unit="batch",
+        )
 
     def batch(self, stats: EpochStats, extra: dict[str, float]) -> None:
         if self._bar is None:
@@ -51,8 +60,11 @@ class TqdmReporter:
             self._bar.set_postfix_str(_epoch_text(record), refresh=True)
             self.close()
         elif not self.quiet:
-            print(f"{record['phase']} epoch {record['epoch'] + 1} [{record['stage']}]: {_epoch_text(record)}",
-                  file=self.stream, flush=True)
+            print(
+                f"{record['phase']} epoch {record['epoch'] + 1} [{record['stage']}]: {_epoch_text(record)}",
+                file=self.stream,
+                flush=True,
+            )
 
     def note(self, text: str) -> None:
         """A line between bars (never inside one)."""

@@ -23,11 +23,20 @@ __all__ = ["add_parser", "run", "dense_of_run"]
 
 def add_parser(subparsers: Any) -> None:
     """Register ``geta report``."""
-    p = subparsers.add_parser("report", help="measure MACs, bits, BOPs and size of a compressed model",
-                              description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="geta compress output directory or module .pt file")
-    p.add_argument("--dense", metavar="FILE", help="a torch.save'd dense module: reference of relative numbers")
-    p.add_argument("--input-shape", metavar="SHAPE", help="example input shape, e.g. 1,3,32,32 (else inputs.pt)")
+    p = subparsers.add_parser(
+        "report",
+        help="measure MACs, bits, BOPs and size of a compressed model",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="geta compress output directory or module .pt file"
+    )
+    p.add_argument(
+        "--dense", metavar="FILE", help="a torch.save'd dense module: reference of relative numbers"
+    )
+    p.add_argument(
+        "--input-shape", metavar="SHAPE", help="example input shape, e.g. 1,3,32,32 (else inputs.pt)"
+    )
     p.add_argument("--input-dtype", default="float32", metavar="DTYPE", help="example input dtype [float32]")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
     p.set_defaults(func=run)
@@ -50,8 +59,10 @@ def dense_of_run(run_dir: Path) -> nn.Module | None:
         model = build_model(opts.model, load_data(opts.data, seed=opts.seed), seed=opts.seed)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as exc:
-        raise CliError(f"the dense model of {run_dir} could not be rebuilt ({type(exc).__name__}: {exc}); "
-                       "pass --dense FILE or report without a dense reference by passing the .pt file") from None
+        raise CliError(
+            f"the dense model of {run_dir} could not be rebuilt ({type(exc).__name__}: {exc}); "
+            "pass --dense FILE or report without a dense reference by passing the .pt file"
+        ) from None
     return model.eval()
 
 

@@ -12,6 +12,14 @@ inputs, and compares with the *original* torch model: the largest relative diffe
 max|onnx - torch| / max|torch| must be <= `PARITY_MAX_RELATIVE_DIFF` and the argmax over the
 last dimension must agree on >= `PARITY_MIN_ARGMAX` of the rows; otherwise `ExportError`.
 
+One session setting, `ORT_SESSION_CONFIG`, is part of the check and is recorded in the file
+(``metadata_props["geta.onnxruntime_session_config"]``): onnxruntime rewrites a weight-only
+quantized MatMul (float input, DequantizeLinear weight, e.g. a transformer projection without
+an input quantizer) into ``MatMulNBits`` whose default ``accuracy_level`` 4 quantizes the
+*activations* to int8 at run time — an approximation the model never had (about 1 % off on
+the zoo's attention model). Level 0 computes them in float and is exact; pass the same entry
+to ``SessionOptions.add_session_config_entry`` when deploying.
+
 onnx, onnxruntime and onnxscript are imported only when this is called
 (``pip install 'torch-geta[onnx]'``).
 """
@@ -33,10 +41,14 @@ from geta.export.info import ExportError, ExportInfo
 from geta.export.qdq import deployable
 from geta.graph.capture import normalize_inputs
 
-__all__ = ["PARITY_MAX_RELATIVE_DIFF", "PARITY_MIN_ARGMAX", "check_parity", "onnx"]
+__all__ = ["ORT_SESSION_CONFIG", "PARITY_MAX_RELATIVE_DIFF", "PARITY_MIN_ARGMAX", "check_parity", "onnx"]
 
 PARITY_MAX_RELATIVE_DIFF = 1e-3
 PARITY_MIN_ARGMAX = 0.99
+# torch's per-node debug records (stack traces with local paths, fx nodes, class lists): about
+# two thirds of a small model's file; the module namespace and name scopes are kept
+_DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
+ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}  # float activations in MatMulNBits
 
 
 def onnx(
@@ -56,7 +68,8 @@ def onnx(
     AVX2 CPUs without VNNI (see `geta.export.qdq`); ``dynamic_shapes`` is passed to
     ``torch.onnx.export`` (by default every shape is that of the example inputs). Returns an
     `ExportInfo`; raises `ExportError` if the export fails or (``check``) the file does not
-    reproduce the torch model in onnxruntime.
+    reproduce the torch model in onnxruntime; ``ImportError`` without onnx, onnxruntime or
+    onnxscript (``pip install 'torch-geta[onnx]'``).
     """
     args, kwargs = normalize_inputs(example_inputs)
     deploy, tensors = deployable(model, saturation_safe=saturation_safe)
@@ -65,17 +78,18 @@ def onnx(
             deploy, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
             dynamic_shapes=dynamic_shapes, verbose=False,
         )  # fmt: skip
+    except ImportError:
+        raise  # onnxscript missing: pip install 'torch-geta[onnx]'
     except Exception as exc:
         raise ExportError(
             f"torch.onnx.export failed on {type(model).__name__} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); is onnxscript installed "
-            "(pip install 'torch-geta[onnx]') and does the model export without geta?"
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); does the model export with "
+            "torch.onnx.export(dynamo=True) without geta?"
         ) from exc
     if program is None:  # only possible with dynamo=False
         raise ExportError("torch.onnx.export returned no program")
     info = ExportInfo(os.fspath(path), program.model.opset_imports.get(""), tensors)
-    program.model.metadata_props["geta"] = json.dumps(info.to_dict())
-    program.save(os.fspath(path))
+    _save(program, info)
     if not check:
         return info
     import onnx as onnx_lib
@@ -86,6 +100,16 @@ def onnx(
     if rel > PARITY_MAX_RELATIVE_DIFF or agree < PARITY_MIN_ARGMAX:
         raise ExportError(_mismatch_message(model, example_inputs, info, saturation_safe))
     return info
+
+
+def _save(program: torch.onnx.ONNXProgram, info: ExportInfo) -> None:
+    """Write the file with geta's records in its metadata and without torch's debug records."""
+    for node in program.model.graph.all_nodes():
+        for key in _DEBUG_METADATA:
+            node.metadata_props.pop(key, None)
+    program.model.metadata_props["geta"] = json.dumps(info.to_dict())
+    program.model.metadata_props["geta.onnxruntime_session_config"] = json.dumps(ORT_SESSION_CONFIG)
+    program.save(info.path)
 
 
 def _mismatch_message(
@@ -167,6 +191,8 @@ def check_parity(
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the library stays silent
+    for key, value in ORT_SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])

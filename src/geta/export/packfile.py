@@ -210,8 +210,8 @@ def _decode_raw(entry: dict[str, Any], data: bytes) -> Tensor:
 def _decode_codes(entry: dict[str, Any], data: bytes, state: dict[str, Tensor]) -> Tensor:
     """A weight whose fake-quant is exactly k·step: sign(k)·(|k|·step)**(1/t), k·step if t = 1."""
     shape, count = entry["shape"], math.prod(entry["shape"])
-    chunk = torch.frombuffer(bytearray(data[entry["offset"] : entry["offset"] + entry["nbytes"]]) or
-                             bytearray(1), dtype=torch.uint8)  # fmt: skip
+    raw = bytearray(data[entry["offset"] : entry["offset"] + entry["nbytes"]])
+    chunk = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
     k = (unpack_bits(chunk, entry["bits"], count) + entry["code_min"]).reshape(shape)
     step, qmax, t = (state[f"{entry['quantizer']}.{n}"] for n in ("step", "qmax", "exponent"))
     if float(t) == 1.0:

@@ -75,16 +75,16 @@ class _DequantizedWeight(nn.Module):
         self.register_buffer("codes", codes)
         self.register_buffer("zero_point", torch.tensor(zero_point, dtype=codes.dtype))
         self.register_buffer("scale", scale.detach().to(torch.float32).clone())
-        self.dtype = dtype
+        self.out_dtype = dtype  # the weight's dtype
 
     def forward(self, _unused: Tensor) -> Tensor:
         if torch.onnx.is_in_onnx_export():
             return torch.onnx.ops.symbolic(
                 "DequantizeLinear", (self.codes, self.scale, self.zero_point),
                 dtype=torch.float32, shape=self.codes.shape,
-            ).to(self.dtype)  # fmt: skip
+            ).to(self.out_dtype)  # fmt: skip
         k = self.codes.to(torch.float32) - self.zero_point.to(torch.float32)
-        return (k * self.scale).to(self.dtype)
+        return (k * self.scale).to(self.out_dtype)
 
 
 def _act_limits(q: LearnableQuantizer) -> tuple[int, int, bool]:
@@ -120,16 +120,17 @@ class _InputQDQ(nn.Module):
             m = torch.minimum(x.abs() if self.signed else torch.clamp(x, min=0.0), self.qmax)
             u = m**self.exponent  # u(x) = min(|x|, qmax)**t
             y = torch.sign(x) * u if self.signed else u
-        if not torch.onnx.is_in_onnx_export():
-            y = torch.clamp(y, self.clip_lo, self.clip_hi)
-            return torch.round(y / self.scale) * self.scale
+        if not torch.onnx.is_in_onnx_export():  # the grid in float32 (or float64), as the fake-quant
+            yc = torch.clamp(y.to(torch.promote_types(y.dtype, torch.float32)), self.clip_lo, self.clip_hi)
+            return (torch.round(yc / self.scale) * self.scale).to(x.dtype)
+        lo, hi, scale = (t.to(y.dtype) for t in (self.clip_lo, self.clip_hi, self.scale))
         # An explicit Clip with initializer bounds: torch.clamp would be exported as Max/Min,
         # which the onnxscript optimizer (0.7) re-fuses into Clips with dangling bounds when a
         # tensor feeds two quantized layers (a residual block's body and shortcut).
-        y = torch.onnx.ops.symbolic("Clip", (y, self.clip_lo, self.clip_hi), dtype=y.dtype, shape=y.shape)
+        y = torch.onnx.ops.symbolic("Clip", (y, lo, hi), dtype=y.dtype, shape=y.shape)
         if self.bits <= 8:
-            return _symbolic_qdq(y, self.scale, self.zero_point)
-        return torch.round(y / self.scale) * self.scale
+            return _symbolic_qdq(y, scale, self.zero_point)
+        return torch.round(y / scale) * scale
 
 
 def _apply_export_input(module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...] | None:

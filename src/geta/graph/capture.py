@@ -137,7 +137,7 @@ def _bind(model: nn.Module, program: torch.export.ExportedProgram) -> Graph:
         if tensor is None:
             continue
         owner, attr = owners[id(tensor)]
-        refs[node] = TensorRef(tensor, fqn, owner, attr, fqn in sig.inputs_to_parameters.values())
+        refs[node] = TensorRef(tensor, display_name(fqn), owner, attr, fqn in sig.inputs_to_parameters.values())
     out_node = next(n for n in program.graph.nodes if n.op == "output")
     flat = out_node.args[0] if isinstance(out_node.args[0], (tuple, list)) else (out_node.args[0],)
     user_outputs = [a for a in flat if isinstance(a, fx.Node)]
@@ -147,6 +147,15 @@ def _bind(model: nn.Module, program: torch.export.ExportedProgram) -> Graph:
         if stack:
             paths[node] = _path_of(list(stack.values())[-1][0])
     return Graph(program, refs, user_inputs, user_outputs, paths)
+
+
+def display_name(name: str) -> str:
+    """'conv.parametrizations.weight.original' -> 'conv.weight'."""
+    marker = ".parametrizations."
+    if marker in name and name.endswith(".original"):
+        head, tail = name.split(marker, 1)
+        return f"{head}.{tail[: -len('.original')]}"
+    return name
 
 
 def _path_of(key: str) -> str:

@@ -33,9 +33,9 @@ _F64 = torch.float64  # per-row sums and the rules run in double; elements stay 
 
 
 def _row_sum(a: Tensor, b: Tensor, w: Tensor | None) -> Tensor:
-    """Σ_columns w a b per row, accumulated in float64 on the CPU: shape (k,)."""
+    """Σ_columns w a b per row, accumulated in float64: shape (k,)."""
     prod = a * b if w is None else a * b * w
-    return prod.sum(1, dtype=_F64).cpu()
+    return prod.sum(1, dtype=_F64)
 
 
 class ForgetStep:
@@ -44,10 +44,14 @@ class ForgetStep:
     def __init__(self, rows: RedundantRows, table: QuantizerTable, b_hi: Tensor) -> None:
         self.rows = rows
         self.table = table
+        # the statistics live on the parameters' device: no host sync during the step
+        self.device = rows.slices[0].ref.tensor.device if rows.slices else torch.device("cpu")
+        self.block_unit = rows.block_unit.to(self.device)
+        self.block_layer = rows.block_layer.to(self.device)
         if len(table):
             step, qmax, exponent = table.scalars()  # (n_q,) before this step's update
             lo, hi = table.bounds(b_hi, qmax, exponent)
-            self.step_min, self.step_max = lo.to(_F64).cpu(), hi.to(_F64).cpu()
+            self.step_min, self.step_max = lo.to(self.device, _F64), hi.to(self.device, _F64)
         self.c: list[Tensor] = []  # clipped values c per slice, (k, m*rest); x if not quantized
         self.r: list[Tensor | None] = []  # rounding residuals r (None: not quantized)
         self.grad: list[Tensor | None] = [None] * len(rows.slices)  # ∇ rows, filled by `record`
@@ -77,9 +81,9 @@ class ForgetStep:
     def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(‖∇‖², ‖c‖², <c, ∇>) per unit (n_R,) and <∇_l, r_l> per block (n_B,)."""
         n_units, n_blocks = self.rows.units.numel(), self.rows.block_unit.numel()
-        grad_sq = torch.zeros(n_units, dtype=_F64)
+        grad_sq = torch.zeros(n_units, dtype=_F64, device=self.device)
         c_sq, c_dot = torch.zeros_like(grad_sq), torch.zeros_like(grad_sq)
-        r_dot = torch.zeros(n_blocks, dtype=_F64)
+        r_dot = torch.zeros(n_blocks, dtype=_F64, device=self.device)
         for i, rs in enumerate(self.rows.slices):
             c, g, w = self.c[i], self.grad[i], rs.owned  # (k, m*rest) each; w: ownership 0/1
             c_sq.index_add_(0, rs.unit, _row_sum(c, c, w))
@@ -98,10 +102,10 @@ class ForgetStep:
         grad_sq, c_sq, c_dot, r_dot = self._stats()
         gamma = rules.forget_rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t)
         layer_step = None
-        if self.rows.block_unit.numel():
-            layer = self.rows.block_layer
+        if self.block_unit.numel():
+            layer = self.block_layer
             gamma, block_step = rules.forget_steps(
-                gamma, grad_sq, self.rows.block_unit, r_dot, self.step_min[layer], self.step_max[layer], lr=lr
+                gamma, grad_sq, self.block_unit, r_dot, self.step_min[layer], self.step_max[layer], lr=lr
             )
             current = self.table.scalars()[0]  # (n_q,) after this step's gradient update
             device = current.device

@@ -158,7 +158,8 @@ class UnitLayout:
             rows = (ids >= 0).nonzero().squeeze(1)  # (k,) selected rows of this slice
             if rows.numel():
                 by_tensor.setdefault(id(ref.tensor), []).append(len(parts))
-                parts.append((ref, ref.positions(rows.to(ref.tensor.device)), ids[rows]))
+                device = ref.tensor.device
+                parts.append((ref, ref.positions(rows.to(device)), ids[rows].to(device)))
         owned: list[Tensor | None] = [None] * len(parts)
         for idxs in by_tensor.values():
             if len(idxs) > 1:  # slices along different dims of one tensor meet: one owner each
@@ -166,11 +167,13 @@ class UnitLayout:
                 for i, mask in zip(idxs, masks, strict=True):
                     owned[i] = mask
         n_layers = max(num_quantizers, 1)
-        keys = [ids * n_layers + ref.quant for ref, _, ids in parts if ref.quant >= 0]
+        keys = [ids.cpu() * n_layers + ref.quant for ref, _, ids in parts if ref.quant >= 0]
         uniq = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long)
         out = []
         for (ref, pos, ids), mask in zip(parts, owned, strict=True):
-            block = torch.searchsorted(uniq, ids * n_layers + ref.quant) if ref.quant >= 0 else None
+            block = None
+            if ref.quant >= 0:
+                block = torch.searchsorted(uniq, ids.cpu() * n_layers + ref.quant).to(ids.device)
             out.append(RedundantSlice(ref, pos, ids.numel(), ids, block, mask))
         return RedundantRows(units, tuple(out), uniq // n_layers, uniq % n_layers)
 

@@ -87,6 +87,20 @@ class QASSO(torch.optim.Optimizer):
     (each group keeps at least ``Config.group_divisible`` units); every quantizer's bit width
     lies in [b_lo, b_hi(step)] from the projection stage on and is an integer of the final range
     from the cool-down on. A NaN/inf gradient or loss raises `geta.optim.NonFiniteError`.
+
+    >>> import torch, geta
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> plan = geta.prepare(model, (torch.randn(2, 4),), geta.Config(target_sparsity=0.5, weight_bits=(4, 8)))
+    >>> schedule = geta.Schedule(projection=2, joint=4, cooldown=2, pruning_periods=2)
+    >>> opt = geta.QASSO(plan, lr=0.1, momentum=0.9, schedule=schedule)
+    >>> for _ in range(schedule.total):
+    ...     loss = model(torch.randn(16, 4)).pow(2).mean()
+    ...     opt.zero_grad(); loss.backward(); opt.step()
+    >>> plan.group_sparsity(), opt.stage.value
+    (0.5, 'cooldown')
+    >>> all(b == round(b) and 4 <= b <= 8 for b in opt.frozen_bits.tolist())  # integer bits in range
+    True
     """
 
     def __init__(

@@ -18,6 +18,19 @@ from geta.recipes.models import RECIPES, Recipe, build_model, load_factory
 from geta.recipes.training import EpochStats, Metrics, cosine_lr, evaluate, logits_of, train_epoch
 
 __all__ = [
-    "DATA_SETS", "DataBundle", "Task", "load_data", "RecipeError", "RECIPES", "Recipe", "build_model",
-    "load_factory", "EpochStats", "Metrics", "cosine_lr", "evaluate", "logits_of", "train_epoch",
+    "DATA_SETS",
+    "DataBundle",
+    "Task",
+    "load_data",
+    "RecipeError",
+    "RECIPES",
+    "Recipe",
+    "build_model",
+    "load_factory",
+    "EpochStats",
+    "Metrics",
+    "cosine_lr",
+    "evaluate",
+    "logits_of",
+    "train_epoch",
 ]

@@ -112,11 +112,11 @@ def load_data(spec: str, *, seed: int = 0) -> DataBundle:
         "text": lambda: text.load_text(path),
     }
     if name not in loaders:
-        raise RecipeError(
-            f"unknown data set {spec!r}; use one of: {', '.join(DATA_SETS)}"
-        )
+        raise RecipeError(f"unknown data set {spec!r}; use one of: {', '.join(DATA_SETS)}")
     if name == "digits" and path:
-        raise RecipeError(f"data set 'digits' is built in and takes no path; got {spec!r}, pass --data digits")
+        raise RecipeError(
+            f"data set 'digits' is built in and takes no path; got {spec!r}, pass --data digits"
+        )
     return loaders[name]()
 
 

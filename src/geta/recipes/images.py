@@ -79,15 +79,19 @@ def load_cifar10(directory: str) -> DataBundle:
     """CIFAR-10 from ``directory`` (or its ``cifar-10-batches-py`` sub-folder)."""
     root = Path(directory).expanduser()
     if not root.is_dir():
-        raise RecipeError(f"CIFAR-10 directory {root} does not exist; pass --data cifar10:DIR with the "
-                          "extracted cifar-10-batches-py folder")
+        raise RecipeError(
+            f"CIFAR-10 directory {root} does not exist; pass --data cifar10:DIR with the "
+            "extracted cifar-10-batches-py folder"
+        )
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
-        raise RecipeError(f"CIFAR-10 directory {root} lacks {', '.join(missing)}; it must hold "
-                          "data_batch_1..data_batch_5 and test_batch (the python-pickle layout)")
+        raise RecipeError(
+            f"CIFAR-10 directory {root} lacks {', '.join(missing)}; it must hold "
+            "data_batch_1..data_batch_5 and test_batch (the python-pickle layout)"
+        )
     train = [_unpickle(root / n) for n in names[:5]]
     x_te, y_te = _unpickle(root / "test_batch")
     x_tr = torch.cat([x for x, _ in train])
@@ -108,7 +112,9 @@ def _read_images(root: Path, classes: list[str]) -> tuple[Tensor, Tensor]:
     ys: list[int] = []
     for label, cls in enumerate(classes):
         folder = root / cls
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _SUFFIXES) if folder.is_dir() else []
+        files = (
+            sorted(p for p in folder.iterdir() if p.suffix.lower() in _SUFFIXES) if folder.is_dir() else []
+        )
         for file in files:
             try:
                 with Image.open(file) as img:
@@ -118,8 +124,9 @@ def _read_images(root: Path, classes: list[str]) -> tuple[Tensor, Tensor]:
                 raise RecipeError(f"image {file} could not be read ({exc}); remove it or fix it") from None
             ys.append(label)
     if not xs:
-        raise RecipeError(f"image folder {root} holds no images ({', '.join(sorted(_SUFFIXES))}) in its "
-                          "class sub-folders")
+        raise RecipeError(
+            f"image folder {root} holds no images ({', '.join(sorted(_SUFFIXES))}) in its class sub-folders"
+        )
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64)
 
 
@@ -127,8 +134,10 @@ def load_imagefolder(directory: str, seed: int = 0) -> DataBundle:
     """Images in ``DIR/<class>/*`` (split by seed) or ``DIR/train/<class>`` + ``DIR/test|val/<class>``."""
     root = Path(directory).expanduser()
     if not root.is_dir():
-        raise RecipeError(f"image folder {root} does not exist; pass --data imagefolder:DIR with one "
-                          "sub-folder of images per class")
+        raise RecipeError(
+            f"image folder {root} does not exist; pass --data imagefolder:DIR with one "
+            "sub-folder of images per class"
+        )
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
         classes = [p.name for p in _class_dirs(root / "train")]
@@ -139,7 +148,9 @@ def load_imagefolder(directory: str, seed: int = 0) -> DataBundle:
         return _bundle("imagefolder", x_tr, y_tr, x_te, y_te, classes=len(classes))
     classes = [p.name for p in _class_dirs(root)]
     if len(classes) < 2:
-        raise RecipeError(f"image folder {root} needs at least two class sub-folders (DIR/<class>/*.png), "
-                          f"found {len(classes)}")
+        raise RecipeError(
+            f"image folder {root} needs at least two class sub-folders (DIR/<class>/*.png), "
+            f"found {len(classes)}"
+        )
     x, y = _read_images(root, classes)
     return _bundle("imagefolder", *_split(x, y, seed), classes=len(classes))

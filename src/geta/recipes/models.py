@@ -56,8 +56,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(*_cbr(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(
+            *_cbr(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        )
         same = stride == 1 and cin == cout
         down = [nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)]
         self.shortcut = nn.Identity() if same else nn.Sequential(*down)
@@ -106,7 +107,9 @@ class ViT(nn.Module):
         tokens = (size // patch) ** 2
         self.patch = nn.Conv2d(channels, dim, patch, patch)  # (B, dim, H/p, W/p)
         self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
@@ -173,11 +176,16 @@ def build_model(spec: str, data: DataBundle, *, seed: int = 0) -> nn.Module:
 def _build_recipe(name: str, data: DataBundle) -> nn.Module:
     recipe = RECIPES.get(name)
     if recipe is None:
-        raise RecipeError(f"unknown model {name!r}; use one of {', '.join(RECIPES)} or module:factory "
-                          "(a function of your own that returns an nn.Module)")
+        raise RecipeError(
+            f"unknown model {name!r}; use one of {', '.join(RECIPES)} or module:factory "
+            "(a function of your own that returns an nn.Module)"
+        )
     if recipe.task is not data.task:
-        want = "an image data set (digits, cifar10:DIR, imagefolder:DIR)" if recipe.task is Task.CLASSIFY \
+        want = (
+            "an image data set (digits, cifar10:DIR, imagefolder:DIR)"
+            if recipe.task is Task.CLASSIFY
             else "a text data set (--data text or text:FILE)"
+        )
         raise RecipeError(f"model {name!r} needs {want}; got {data.name!r}")
     if recipe.needs and importlib.util.find_spec(recipe.needs) is None:
         raise RecipeError(f"model {name!r} needs {recipe.needs}: pip install 'torch-geta[hf]'")
@@ -211,14 +219,18 @@ def load_factory(spec: str, data: DataBundle) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise RecipeError(f"model {spec!r}: module {module_name!r} could not be imported "
-                          f"({type(exc).__name__}: {exc}); check the name and that it is on PYTHONPATH") from None
+        raise RecipeError(
+            f"model {spec!r}: module {module_name!r} could not be imported "
+            f"({type(exc).__name__}: {exc}); check the name and that it is on PYTHONPATH"
+        ) from None
     finally:
         sys.path.remove(cwd)
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise RecipeError(f"model {spec!r}: module {module_name!r} has no callable {attr!r}; "
-                          "name a function that returns an nn.Module")
+        raise RecipeError(
+            f"model {spec!r}: module {module_name!r} has no callable {attr!r}; "
+            "name a function that returns an nn.Module"
+        )
     try:
         model = factory(**_factory_kwargs(factory, data))
     except Exception as exc:

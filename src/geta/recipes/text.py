@@ -60,8 +60,10 @@ def load_text(path: str | None) -> DataBundle:
     raw = raw[:_MAX_BYTES]
     min_bytes = 20 * (SEQ_LEN + 1)
     if len(raw) < min_bytes:
-        raise RecipeError(f"text {path or '(default)'} has {len(raw)} bytes; language modelling needs at "
-                          f"least {min_bytes} (20 windows of {SEQ_LEN})")
+        raise RecipeError(
+            f"text {path or '(default)'} has {len(raw)} bytes; language modelling needs at "
+            f"least {min_bytes} (20 windows of {SEQ_LEN})"
+        )
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
     cut = int(len(data) * (1 - _TEST_FRACTION))
     x_tr, y_tr = _windows(data[:cut])

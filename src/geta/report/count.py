@@ -98,12 +98,18 @@ class _Counter:
         return ref.owner if ref is not None and isinstance(ref.owner, LearnableQuantizer) else None
 
     def layer_name(self, node: fx.Node, weight: TensorRef | None) -> str:
+        """The weight's module ('fc', 'attn.in_proj_weight' for other attributes); for a weight
+        owned outside the module running the op (a tied lm_head) that module's path; for
+        weightless ops 'module.path:op_name'. Repeated names get '#2', '#3', ..."""
+        path = self.graph.module_paths.get(node, "")
         if weight is None:
-            base = f"{self.graph.module_paths.get(node, '')}:{node.name}".lstrip(":")
+            base = f"{path}:{node.name}".lstrip(":")
         else:
             owner, attr = self.parents.get(id(weight.owner), (weight.owner, weight.attr))
             module = self.names.get(id(owner), "")
             base = module if attr == "weight" and module else f"{module}.{attr}".lstrip(".")
+            if path and module != path and not module.startswith(path + "."):
+                base = path
         self.row_names[base] += 1
         count = self.row_names[base]
         return base if count == 1 else f"{base}#{count}"
@@ -149,7 +155,7 @@ def _layer(counter: _Counter, node: fx.Node, rule: MacRule) -> LayerReport:
     operands = [counter.operand(node.args[i]) for i in rule.operands if i < len(node.args)]
     weight = next((op for op in operands if op.ref is not None), None)
     slot_w = weight if weight is not None else operands[min(1, len(operands) - 1)]
-    slot_a = next(op for op in operands if op is not slot_w)
+    slot_a = next((op for op in operands if op is not slot_w), slot_w)
     b_w, b_a = _bits(slot_w), _bits(slot_a)
     refs = [counter.operand(a).ref for a in _flat_nodes((node.args, node.kwargs))]
     fresh = counter.new_params([r for r in refs if r is not None])
