@@ -276,3 +276,14 @@ def test_quantizer_scalars_stay_in_their_domain() -> None:
     assert float(q.exponent.detach()) == rules.EXPONENT_RANGE[0] and float(q.qmax.detach()) > 0
     x, _ = batches(plan, 1)[0]
     assert bool(torch.isfinite(plan.model(x)).all())
+
+
+def test_plan_without_quantizers_prunes_like_any_other() -> None:
+    """Defect 5: an empty quantizer list is a valid plan (pruning only)."""
+    plan = mlp_plan(Config(target_sparsity=0.5, weight_bits=(4, 8)), weights=False, inputs=False)
+    assert not plan.bindings
+    opt = QASSO(plan, lr=0.05, momentum=0.9, schedule=SCHEDULE)
+    for x, y in batches(plan, SCHEDULE.total + 1):
+        train_step(plan, opt, x, y)
+    assert int(opt.committed.sum()) == 7 and plan.group_sparsity() == pytest.approx(0.5)
+    assert opt.frozen_bits is None  # nothing to freeze

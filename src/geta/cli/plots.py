@@ -68,7 +68,7 @@ def _curves(plt: Any, report: dict[str, Any]) -> Any:
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
     series = [
         (axes[0][0], "training loss", [("loss", "loss")]),
-        (axes[0][1], "test accuracy", [("test_accuracy", "compressing"), ("train_accuracy", "train")]),
+        (axes[0][1], "accuracy", [("test_accuracy", "test"), ("train_accuracy", "train")]),
         (axes[1][0], "group sparsity", [("sparsity", "sparsity")]),
         (axes[1][1], "mean bit width", [("weight_bits", "weights"), ("input_bits", "activations")]),
     ]
@@ -81,7 +81,8 @@ def _curves(plt: Any, report: dict[str, Any]) -> Any:
         _stage_marks(ax, history)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][1].axhline(report["dense"]["accuracy"], color="k", linewidth=0.8, label="dense (final)")
+    axes[0][1].axhline(report["dense"]["accuracy"], color="k", linewidth=0.8, label="dense (final, test)")
+    axes[1][1].set_yscale("log", base=2)  # warm-up bits are unconstrained and may be large
     axes[0][1].legend(fontsize=7)
     axes[1][1].legend(fontsize=7)
     for ax in axes[1]:
@@ -101,7 +102,11 @@ def _layers(plt: Any, report: dict[str, Any]) -> Any:
     top.bar(
         [i + 0.2 for i in idx], [min(r["act_bits"], 32) for r in layers], width=0.4, label="activation bits"
     )
+    ticks = sorted({min(r[k], 32) for r in layers for k in ("weight_bits", "act_bits")})
     top.set_yscale("log", base=2)
+    top.set_ylim(1, max(ticks, default=32) * 1.3)
+    top.set_yticks(ticks, [str(t) for t in ticks])
+    top.minorticks_off()
     top.set_ylabel("bits")
     top.legend(fontsize=7)
     top.grid(alpha=0.3, axis="y")
