@@ -13,7 +13,7 @@ from torch.nn.utils.parametrize import ParametrizationList
 from geta.config import Config
 from geta.errors import ConfigError
 from geta.graph.analysis import Analysis, QuantSite, analyze
-from geta.graph.capture import capture, normalize_inputs, on_meta, run_model
+from geta.graph.capture import capture, eval_mode, normalize_inputs, on_meta, run_model
 from geta.graph.groups import build_groups
 from geta.graph.trial import unconvertible_groups
 from geta.ops.elementwise import NONNEGATIVE, PASSTHROUGH
@@ -162,13 +162,19 @@ def _attach_inputs(model: nn.Module, sites: list[QuantSite], example_inputs: obj
             fresh.append(layer)
         out.append(QuantBinding(f"{names.get(layer, '?')}.input", q, layer, QuantTarget.INPUT, None))
     if fresh and not on_meta(model):
-        ranges = calibrate_input_ranges(model, fresh, example_inputs, lambda m, xs: run_model(m, xs))
+        ranges = calibrate_input_ranges(model, fresh, example_inputs, _run_eval)
         for layer in fresh:
             q = input_quantizer(layer)
             assert q is not None
             peak = ranges.get(layer, 1.0)
             q.init_from(torch.tensor(peak if peak > 0 else 1.0))
     return out
+
+
+def _run_eval(model: nn.Module, example_inputs: object) -> object:
+    """One forward in eval mode (calibration must not update BatchNorm statistics)."""
+    with eval_mode(model):
+        return run_model(model, example_inputs)
 
 
 def _nonnegative(node: fx.Node) -> bool:

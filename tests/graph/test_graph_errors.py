@@ -78,3 +78,16 @@ def test_convert_rejects_a_foreign_plan() -> None:
     plan = geta.prepare(model, (torch.randn(2, 4),))
     with pytest.raises(geta.ConvertError, match="different model"):
         geta.convert(other, plan)
+
+
+def test_prepare_leaves_batchnorm_statistics_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    geta.prepare(model, (torch.randn(2, 3, 6, 6) * 5,), geta.Config(act_bits=(4, 8)))
+    after = model.state_dict()
+    for k, v in before.items():
+        if "running" in k or "num_batches" in k:
+            assert torch.equal(after[k], v), k
+    assert model.training

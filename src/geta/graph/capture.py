@@ -13,7 +13,7 @@ from torch import fx, nn
 from geta.errors import CaptureError
 from geta.graph.ir import Graph, TensorRef
 
-__all__ = ["capture", "normalize_inputs", "run_model", "on_meta"]
+__all__ = ["capture", "normalize_inputs", "run_model", "on_meta", "eval_mode"]
 
 ExampleInputs = tuple[Any, ...] | Mapping[str, Any]
 
@@ -50,7 +50,7 @@ def run_model(model: nn.Module, example_inputs: object) -> Any:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -87,7 +87,7 @@ def capture(model: nn.Module, example_inputs: object, *, check_forward: bool = T
     """Capture ``model`` called on ``example_inputs`` as an ATen-level `Graph` (eval mode)."""
     args, kwargs = normalize_inputs(example_inputs)
     kwargs = _without_cache(model, kwargs)
-    with _eval_mode(model):
+    with eval_mode(model):
         if check_forward and not on_meta(model):  # eager code may not run on meta (HF masks)
             _check_forward(model, example_inputs)
         try:
