@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import geta
+from bench.results import write_section
 from geta.optim import QASSO, Schedule, Stage
 
 
@@ -102,28 +103,28 @@ def main() -> None:
         s_all, s_opt = _timed_step(plan_s.model, sgd, x, y)
         if step % n:  # the first step of each stage (selection, freezing) is not steady state
             rows[stage].append((q_all, s_all, q_opt, s_opt))
-    print(
+    lines = [
         f"ResNet-style CNN, {sum(p.numel() for p in plan_q.model.parameters())} parameters, batch "
         f"{args.batch}, {args.threads} thread(s), {plan_q.num_prunable_units} prunable units, "
-        f"{len(plan_q.bindings)} quantizers; median of {n - 1} steps per stage"
-    )
-    print(
+        f"{len(plan_q.bindings)} quantizers; median of {n - 1} steps per stage",
         f"{'stage':<11} {'SGD step ms':>12} {'QASSO step ms':>14} {'ratio':>6} {'SGD opt ms':>11} "
-        f"{'QASSO opt ms':>13} {'opt ratio':>10}"
-    )
+        f"{'QASSO opt ms':>13} {'opt ratio':>10}",
+    ]
     worst = 0.0
     for stage, got in rows.items():
         q_all, s_all, q_opt, s_opt = (statistics.median(col) * 1e3 for col in zip(*got))
         ratio = q_all / s_all
         worst = max(worst, ratio)
-        print(
+        lines.append(
             f"{stage.value:<11} {s_all:12.2f} {q_all:14.2f} {ratio:6.3f} {s_opt:11.3f} {q_opt:13.3f} "
             f"{q_opt / s_opt:10.2f}"
         )
-    print(
+    lines.append(
         f"headline: QASSO step / SGD step on the fake-quantised model (worst stage) = {worst:.3f}  "
         f"(target <= 1.2)"
     )
+    print("\n".join(lines))
+    write_section("QASSO step cost", lines)
 
 
 if __name__ == "__main__":
