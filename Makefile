@@ -30,9 +30,10 @@ test: venv
 test-slow: venv
 	$(RUN_ENV) $(PY) -m pytest -m slow || test $$? -eq 5
 
-# TODO(lead): switch to `$(VENV)/bin/geta compress --out runs/demo` once the CLI lands.
+# The main job on the built-in default: residual CNN on scikit-learn's digits, dense baseline,
+# GETA compression, report, plots, ONNX and packed exports in runs/demo.
 demo: venv
-	$(RUN_ENV) $(PY) examples/quickstart.py
+	$(RUN_ENV) $(VENV)/bin/geta compress --out runs/demo
 
 lint: venv
 	$(VENV)/bin/ruff check src tests examples bench

@@ -33,7 +33,7 @@ def test_finished_run_writes_every_output(finished_run: Path) -> None:
     report = json.loads((finished_run / "report.json").read_text())
     for side in ("dense", "compressed"):
         assert {"accuracy", "macs", "bops", "params", "size_bytes"} <= set(report[side])
-    assert 0 < report["relative_bops"] < 0.1 and report["group_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert 0 < report["relative_bops"] < 0.1 and report["group_sparsity"] == pytest.approx(0.6, abs=0.02)
     assert report["layers"] and {"name", "macs", "weight_bits", "act_bits", "kept_out"} <= set(
         report["layers"][0]
     )
@@ -102,7 +102,7 @@ def test_rerun_replaces_a_finished_run(
     first = json.loads((out / "report.json").read_text())
     assert geta_cli("compress", "--out", out, *TINY, "--sparsity", "0.25").code == 0
     second = json.loads((out / "report.json").read_text())
-    assert first["options"]["sparsity"] == 0.5 and second["options"]["sparsity"] == 0.25
+    assert first["options"]["sparsity"] == 0.6 and second["options"]["sparsity"] == 0.25
     assert state_path(out).is_file()
 
 
@@ -122,4 +122,4 @@ def test_resume_refuses_changed_options(tmp_path: Path, geta_cli: Callable[..., 
     out = tmp_path / "run"
     assert geta_cli("compress", "--out", out, *TINY, "--stop-after-epochs", "1").code == 130
     result = geta_cli("compress", "--out", out, *TINY, "--resume", "--sparsity", "0.3")
-    assert result.code == 2 and "sparsity 0.5 -> 0.3" in result.err and "Traceback" not in result.err
+    assert result.code == 2 and "sparsity 0.6 -> 0.3" in result.err and "Traceback" not in result.err

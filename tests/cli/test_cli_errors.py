@@ -132,6 +132,15 @@ def test_bad_input_exits_2_with_one_clear_line(
     assert result.err.startswith("geta ") and result.err.count("\n") == 1
 
 
+def test_unavailable_device(tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = geta_cli("compress", "--out", tmp_path / "o", "--device", "cuda")
+    assert result.code == 2 and "has no cuda device available; pass --device cpu" in result.err
+
+
 def test_user_files_are_left_alone(tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
     out = _setup_user_dir(tmp_path)
     assert geta_cli("compress", "--out", out).code == 2

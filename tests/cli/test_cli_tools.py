@@ -18,8 +18,8 @@ from .conftest import Result
 def test_inspect_prints_groups_params_and_unknown_ops(geta_cli: Callable[..., Result]) -> None:
     result = geta_cli("inspect")
     assert result.code == 0
-    assert "6 prunable (224 units)" in result.out and "reason: feeds the model output" in result.out
-    assert re.search(r"g0\s+9,936 / 621", result.out)
+    assert "6 prunable (288 units)" in result.out and "reason: feeds the model output" in result.out
+    assert re.search(r"g0\s+34,208 / 1,069", result.out)
     assert "ops without a handler: none" in result.out
 
 
@@ -32,6 +32,7 @@ def test_inspect_writes_graph_pictures(tmp_path: Path, suffix: str, geta_cli: Ca
     assert marker in text and "#8dd3c7" in text  # the first prunable group's colour
 
 
+@pytest.mark.filterwarnings("ignore:The tensor attributes:UserWarning")  # torch.export on nn.LSTM
 def test_inspect_user_factory_with_input_shape(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, geta_cli: Callable[..., Result]
 ) -> None:

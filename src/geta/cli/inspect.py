@@ -39,8 +39,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--input-dtype", default="float32", metavar="DTYPE", help="dtype of --input-shape [float32]"
     )
-    p.add_argument("--weight-bits", default="2,4", metavar="LO,HI", help="weight bit range [2,4]")
-    p.add_argument("--act-bits", default="2,4", metavar="LO,HI", help="activation bit range or none [2,4]")
+    p.add_argument("--weight-bits", metavar="LO,HI", help="weight bit range [as geta compress]")
+    p.add_argument("--act-bits", metavar="LO,HI", help="activation bit range or none [as geta compress]")
     p.add_argument("--graph", metavar="FILE", help="write a picture: FILE.svg, FILE.html or FILE.dot")
     p.set_defaults(func=run)
 
@@ -71,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
     if args.graph and Path(args.graph).suffix.lower() not in _GRAPH_SUFFIXES:
         raise CliError(f"--graph {args.graph}: the file must end in {', '.join(_GRAPH_SUFFIXES)}")
     data_spec = args.data or ("text" if args.model == "llama" else "digits")
+    given = dict(model=args.model, data=data_spec, weight_bits=args.weight_bits, act_bits=args.act_bits)
     opts = CompressOptions.from_mapping(
-        {"model": args.model, "data": data_spec, "weight_bits": args.weight_bits, "act_bits": args.act_bits},
-        where=lambda k: f"--{k.replace('_', '-')}",
+        {k: v for k, v in given.items() if v is not None}, where=lambda k: f"--{k.replace('_', '-')}"
     )
     data = load_data(opts.data, seed=0)
     model = build_model(opts.model, data).eval()
-    config = geta.Config(target_sparsity=0.5, weight_bits=opts.weight_bits, act_bits=opts.act_bits)
+    config = geta.Config(target_sparsity=opts.sparsity, weight_bits=opts.weight_bits, act_bits=opts.act_bits)
     plan = geta.prepare(model, _example(args, data), config)
     print(plan.summary())
     print("parameters per group (total / per unit):")

@@ -30,7 +30,7 @@ __all__ = ["CompressJob", "Interrupted", "JobResult", "Reporter", "RunState", "C
 
 CALIBRATION_SAMPLES = 64  # training samples that calibrate the activation ranges in `prepare`
 _COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart from dense ones
-_DEFAULT_LR = {"sgd": (0.1, 0.02), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)}  # (dense, QASSO)
+_DEFAULT_LR = {"sgd": (0.1, 0.05), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)}  # (dense, QASSO)
 
 
 class Reporter(Protocol):
@@ -270,28 +270,13 @@ class CompressJob:
         stage: Callable[[], str],
         lr_at: Callable[[EpochStats], float],
     ) -> None:
-        o = state.options
-        spe = self.data.num_batches(o.batch_size)
-        offset = _COMPRESS_EPOCH_SEED if state.phase == "compress" else 0
+        """Run the phase's remaining epochs; checkpoint after each (and when stopped)."""
+        spe = self.data.num_batches(state.options.batch_size)
         while state.epoch < epochs:
-            stats = EpochStats(**state.partial) if state.batch else EpochStats()
             name = stage()
             self.reporter.epoch_start(state.phase, state.epoch, epochs, name, spe, state.batch)
             t0 = time.perf_counter()
-            train_epoch(
-                self.model,
-                self.data,
-                opt,
-                batch_size=o.batch_size,
-                seed=o.seed,
-                epoch=offset + state.epoch,
-                device=self.device,
-                lr=functools.partial(lr_at, stats),
-                start=state.batch,
-                stats=stats,
-                on_batch=self._on_batch(),
-                stop=self.stop,
-            )
+            stats = self._train(state, opt, lr_at)
             if stats.batches < spe:  # stopped at a batch boundary
                 state.seconds += time.perf_counter() - t0
                 state.batch, state.partial = stats.batches, stats.to_dict()
@@ -299,17 +284,10 @@ class CompressJob:
                 raise Interrupted(f"{state.phase} epoch {state.epoch + 1}, batch {stats.batches}")
             metrics = evaluate(self.model, self.data, batch_size=256, device=self.device)
             state.seconds += time.perf_counter() - t0
-            record = {
-                "phase": state.phase,
-                "epoch": state.epoch,
-                "stage": name,
-                "loss": stats.loss,
-                "train_accuracy": stats.accuracy,
-                "test_accuracy": metrics.accuracy,
-                "test_loss": metrics.loss,
-                "lr": opt.param_groups[0]["lr"],
-                **self._extra(),
-            }
+            record = {"phase": state.phase, "epoch": state.epoch, "stage": name, "loss": stats.loss,
+                      "train_accuracy": stats.accuracy, "test_accuracy": metrics.accuracy,
+                      "test_loss": metrics.loss, "lr": opt.param_groups[0]["lr"],
+                      **self._extra()}  # fmt: skip
             state.history.append(record)
             self.reporter.epoch_end(record)
             state.epoch, state.batch, state.partial = state.epoch + 1, 0, {}
@@ -317,6 +295,19 @@ class CompressJob:
             self._epochs_run += 1
             if self.stop_after_epochs is not None and self._epochs_run >= self.stop_after_epochs:
                 raise Interrupted(f"{state.phase} epoch {state.epoch} (--stop-after-epochs)")
+
+    def _train(
+        self, state: RunState, opt: torch.optim.Optimizer, lr_at: Callable[[EpochStats], float]
+    ) -> EpochStats:
+        """Train the current epoch from the checkpoint's batch (and running sums) on."""
+        o = state.options
+        stats = EpochStats(**state.partial) if state.batch else EpochStats()
+        offset = _COMPRESS_EPOCH_SEED if state.phase == "compress" else 0
+        return train_epoch(
+            self.model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
+            device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
+            on_batch=self._on_batch(), stop=self.stop,
+        )  # fmt: skip
 
     def _extra(self) -> dict[str, float]:
         """Group sparsity and mean bit widths of the compression phase (empty before it)."""

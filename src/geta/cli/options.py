@@ -18,7 +18,7 @@ from geta.config import MAX_BITS, MIN_BITS
 
 __all__ = ["CompressOptions", "STAGE_WEIGHTS", "load_config_file", "split_epochs"]
 
-STAGE_WEIGHTS = (1, 2, 5, 6)  # default epochs of warm-up, projection, joint, cool-down
+STAGE_WEIGHTS = (1, 2, 5, 12)  # default epochs of warm-up, projection, joint, cool-down
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -28,18 +28,18 @@ class CompressOptions:
 
     model: str = "resnet"  # a recipe name or module:factory
     data: str = "digits"  # digits | cifar10:DIR | imagefolder:DIR | text[:FILE]
-    sparsity: float = 0.5  # fraction of prunable channels/heads to remove
-    weight_bits: tuple[int, int] = (2, 4)  # final range of every weight's bit width
+    sparsity: float = 0.6  # fraction of prunable channels/heads to remove
+    weight_bits: tuple[int, int] = (3, 4)  # final range of every weight's bit width
     act_bits: tuple[int, int] | None = (2, 4)  # final range of layer inputs; None: float inputs
     epochs: int | None = None  # compression epochs in total (split over the stages)
     warmup: int | None = None
     projection: int | None = None
     joint: int | None = None
     cooldown: int | None = None
-    dense_epochs: int = 10  # dense baseline training (skipped with dense_checkpoint)
+    dense_epochs: int = 20  # dense baseline training (skipped with dense_checkpoint)
     dense_lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adam/adamw
     optimizer: str = "sgd"  # sgd | adam | adamw, for both phases
-    lr: float | None = None  # QASSO lr of the weights (None: 0.02 sgd, 1e-3 adam); cosine in the cool-down
+    lr: float | None = None  # QASSO lr of the weights (None: 0.05 sgd, 1e-3 adam); cosine in the cool-down
     lr_quant: float = 1e-3  # QASSO learning rate of the quantizer scalars
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -87,9 +87,9 @@ def split_epochs(total: int | None, given: tuple[int | None, ...]) -> tuple[int,
     """Fill the unspecified stages: defaults without a total, else a share of what is left.
 
     >>> split_epochs(None, (None, None, None, None)), split_epochs(2, (None, None, None, None))
-    ((1, 2, 5, 6), (0, 0, 1, 1))
+    ((1, 2, 5, 12), (0, 0, 1, 1))
     >>> split_epochs(10, (0, None, 4, None))
-    (0, 2, 4, 4)
+    (0, 1, 4, 5)
     """
     if total is None:
         return tuple(w if g is None else g for g, w in zip(given, STAGE_WEIGHTS))  # type: ignore[return-value]
@@ -207,9 +207,12 @@ def _device(raw: Any, where: str) -> str:
 
     value = _text(raw, where)
     try:
-        torch.device(value)
+        kind = torch.device(value).type
     except (RuntimeError, ValueError):
         raise CliError(f"{where} {value!r} is not a torch device; pass cpu, cuda, cuda:1 or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind, True):
+        raise CliError(f"{where} {value!r}: this machine has no {kind} device available; pass --device cpu")
     return value
 
 

@@ -82,10 +82,14 @@ def _bits(plan: geta.Plan) -> dict[str, dict[str, int]]:
 
 
 def _measure(result: JobResult, small: nn.Module, dense: nn.Module) -> dict[str, Any]:
-    """report.json without exports and timing: accuracies, costs, bits, layers, history."""
+    """report.json without exports and timing: accuracies, costs, bits, layers, history.
+
+    ``small`` is evaluated on the run's device, then both models are measured on the CPU.
+    """
     state, data = result.state, result.data
-    example = tuple(t.to(result.device) for t in data.example(1))
-    metrics = evaluate(small, data, batch_size=256, device=result.device)
+    metrics = evaluate(small.to(result.device), data, batch_size=256, device=result.device)
+    small.cpu()
+    example = data.example(1)
     dense_rep = geta.report(dense, example)
     rep = geta.report(small, example, dense=dense_rep)
     kept = kept_fractions(dense, small)
@@ -168,14 +172,13 @@ def write_results(
     result.model.eval()
     small = geta.convert(result.model, result.plan).eval()
     o, data = result.state.options, result.data
-    dense = build_model(o.model, data, seed=o.seed).to(result.device)
+    dense = build_model(o.model, data, seed=o.seed)  # on the CPU, like everything written out
     assert result.state.dense is not None
     dense.load_state_dict(result.state.dense["state"])
     dense.eval()
     report = _measure(result, small, dense)
     compressed_md = report.pop("_markdown")
-    example = tuple(t.to(result.device) for t in data.example(1))
-    report["exports"] = _write_files(staging, small, dense, example, export=export)
+    report["exports"] = _write_files(staging, small, dense, data.example(1), export=export)
     if data.task is Task.LM:
         report["dense"]["perplexity"] = float(torch.tensor(report["dense"]["loss"]).exp())
         report["compressed"]["perplexity"] = float(torch.tensor(report["compressed"]["loss"]).exp())

@@ -3,7 +3,7 @@
 Recipes are tiny and randomly initialised; each one adapts to the data set (input channels,
 classes, vocabulary):
 
-- ``resnet`` (default): a residual CNN, three stages of basic blocks (16/32/64 channels);
+- ``resnet`` (default): a residual CNN, a stem and three basic blocks (32/48/64 channels);
 - ``vgg``: conv-bn-relu stacks with max-pooling and a two-layer classifier over a 2x2 map;
 - ``mlp``: three linear layers over the flattened image;
 - ``vit``: a small vision transformer (patch embedding, two pre-norm encoder layers, 4 heads);
@@ -67,13 +67,17 @@ class BasicBlock(nn.Module):
         return F.relu(self.body(x) + self.shortcut(x))  # (B, cout, H/stride, W/stride)
 
 
-def resnet(data: DataBundle, width: int = 16) -> nn.Module:
-    """A residual CNN: stem, then stages of width, 2 x width (stride 2), 4 x width (stride 2)."""
+def resnet(data: DataBundle, widths: tuple[int, int, int] = (32, 48, 64)) -> nn.Module:
+    """A residual CNN: a stem, then basic blocks of ``widths`` channels (strides 1, 2, 2).
+
+    The widths grow slowly (not 16/32/64) so that the first, most expensive stage has channels
+    to spare: pruning then removes MACs where they are, not only parameters in the last stage.
+    """
     c = data.input_shape[0]
-    w = width
+    w1, w2, w3 = widths
     return nn.Sequential(
-        *_cbr(c, w), BasicBlock(w, w, 1), BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 4 * w, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, data.num_classes),
+        *_cbr(c, w1), BasicBlock(w1, w1, 1), BasicBlock(w1, w2, 2), BasicBlock(w2, w3, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w3, data.num_classes),
     )  # fmt: skip
 
 
@@ -152,7 +156,7 @@ def llama(data: DataBundle) -> nn.Module:
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe("resnet", "residual CNN (16/32/64 channels)", Task.CLASSIFY, resnet),
+        Recipe("resnet", "residual CNN (32/48/64 channels)", Task.CLASSIFY, resnet),
         Recipe("vgg", "VGG-style CNN with a 2-layer classifier", Task.CLASSIFY, vgg),
         Recipe("mlp", "3-layer perceptron over flattened inputs", Task.CLASSIFY, mlp),
         Recipe("vit", "small vision transformer (2 layers, 4 heads)", Task.CLASSIFY, vit),
