@@ -1,7 +1,8 @@
 """geta: joint structured pruning and mixed-precision quantization-aware training.
 
 >>> import geta
->>> plan = geta.prepare(model, example_inputs, geta.Config(target_sparsity=0.5, weight_bits=(4, 8)))  # doctest: +SKIP
+>>> config = geta.Config(target_sparsity=0.5, weight_bits=(4, 8))
+>>> plan = geta.prepare(model, example_inputs, config)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,9 +19,25 @@ from geta.subnet import convert
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "STE", "Plan", "PruneGroup", "ParamSlice", "prepare", "convert",
-    "QASSO", "Schedule", "Stage", "report", "CompressionReport", "export", "testing",
-    "GetaError", "ConfigError", "CaptureError", "ConvertError", "UnsupportedOpError",
+    "Config",
+    "STE",
+    "Plan",
+    "PruneGroup",
+    "ParamSlice",
+    "prepare",
+    "convert",
+    "QASSO",
+    "Schedule",
+    "Stage",
+    "report",
+    "CompressionReport",
+    "export",
+    "testing",
+    "GetaError",
+    "ConfigError",
+    "CaptureError",
+    "ConvertError",
+    "UnsupportedOpError",
 ]
 
 _LAZY = {

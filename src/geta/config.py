@@ -85,7 +85,9 @@ class Config:
                 f"Config.target_sparsity={s!r} must be in [0, 1) ... (a fraction of prunable channels; "
                 "0.5 removes half)"
             )
-        object.__setattr__(self, "weight_bits", _check_bits("weight_bits", self.weight_bits, allow_none=False))
+        object.__setattr__(
+            self, "weight_bits", _check_bits("weight_bits", self.weight_bits, allow_none=False)
+        )
         object.__setattr__(self, "act_bits", _check_bits("act_bits", self.act_bits, allow_none=True))
         ib = self.init_bits
         hi = max(self.weight_bits[1], self.act_bits[1] if self.act_bits else MIN_BITS)
@@ -97,15 +99,17 @@ class Config:
             try:
                 object.__setattr__(self, "ste", STE(self.ste))
             except ValueError:
-                raise ConfigError(
-                    f"Config.ste={self.ste!r} is not one of {[e.value for e in STE]}"
-                ) from None
+                raise ConfigError(f"Config.ste={self.ste!r} is not one of {[e.value for e in STE]}") from None
         elif not isinstance(self.ste, STE):
-            raise ConfigError(f"Config.ste={self.ste!r} must be a geta.STE or one of {[e.value for e in STE]}")
+            raise ConfigError(
+                f"Config.ste={self.ste!r} must be a geta.STE or one of {[e.value for e in STE]}"
+            )
         for name in ("exclude_quant", "exclude_prune"):
             v = getattr(self, name)
             if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"Config.{name}={v!r} must be a tuple of fnmatch patterns, e.g. ('head.*',)")
+                raise ConfigError(
+                    f"Config.{name}={v!r} must be a tuple of fnmatch patterns, e.g. ('head.*',)"
+                )
             object.__setattr__(self, name, tuple(v))
         g = self.group_divisible
         if isinstance(g, bool) or not isinstance(g, int) or g < 1:

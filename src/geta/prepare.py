@@ -16,8 +16,8 @@ from geta.graph.analysis import Analysis, QuantSite, analyze
 from geta.graph.capture import capture, eval_mode, normalize_inputs, on_meta, run_model
 from geta.graph.groups import build_groups
 from geta.graph.trial import unconvertible_groups
-from geta.ops.elementwise import NONNEGATIVE, PASSTHROUGH
 from geta.ops import mha as _mha  # noqa: F401  (registers nn.MultiheadAttention rules)
+from geta.ops.elementwise import NONNEGATIVE, PASSTHROUGH
 from geta.ops.modules import apply_module_constraints, is_layer
 from geta.plan import Plan, QuantBinding, QuantTarget
 from geta.quant.attach import (
@@ -39,8 +39,16 @@ def analyze_model(model: nn.Module, example_inputs: object, config: Config) -> t
     analysis = analyze(graph, model)
     apply_module_constraints(analysis, model)
     groups, spaces = build_groups(analysis, config.exclude_prune)
-    plan = Plan(model, config, graph, groups, [], analysis=analysis, group_spaces=spaces,
-                example_inputs=example_inputs)
+    plan = Plan(
+        model,
+        config,
+        graph,
+        groups,
+        [],
+        analysis=analysis,
+        group_spaces=spaces,
+        example_inputs=example_inputs,
+    )
     for gid in unconvertible_groups(plan):
         g = plan.groups[gid]
         g.prunable, g.reason = False, "removing a unit breaks the model's forward (a size fixed in its code)"
@@ -81,12 +89,14 @@ def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _new_quantizer(config: Config, *, signed: bool = True) -> LearnableQuantizer:
-    return LearnableQuantizer(signed=signed, init_bits=config.init_bits,
-                              learn_exponent=config.learn_exponent, ste=config.ste)
+    return LearnableQuantizer(
+        signed=signed, init_bits=config.init_bits, learn_exponent=config.learn_exponent, ste=config.ste
+    )
 
 
-def _attach(model: nn.Module, analysis: Analysis, example_inputs: object,
-            config: Config) -> list[QuantBinding]:
+def _attach(
+    model: nn.Module, analysis: Analysis, example_inputs: object, config: Config
+) -> list[QuantBinding]:
     names = {m: n for n, m in model.named_modules()}
     bindings: list[QuantBinding] = []
     seen: set[int] = set()
@@ -99,8 +109,13 @@ def _attach(model: nn.Module, analysis: Analysis, example_inputs: object,
         if binding is None:
             continue
         bindings.append(binding)
-        if config.act_bits is not None and not site.embedding and site.module is not None \
-                and is_layer(site.module) and site.input_node is not None:
+        if (
+            config.act_bits is not None
+            and not site.embedding
+            and site.module is not None
+            and is_layer(site.module)
+            and site.input_node is not None
+        ):
             act_sites.append(site)
     bindings.extend(_attach_inputs(model, act_sites, example_inputs, config))
     return bindings
@@ -147,8 +162,9 @@ def _existing_weight_quantizer(site: QuantSite) -> tuple[LearnableQuantizer, nn.
     return None
 
 
-def _attach_inputs(model: nn.Module, sites: list[QuantSite], example_inputs: object,
-                   config: Config) -> list[QuantBinding]:
+def _attach_inputs(
+    model: nn.Module, sites: list[QuantSite], example_inputs: object, config: Config
+) -> list[QuantBinding]:
     names = {m: n for n, m in model.named_modules()}
     fresh: list[nn.Module] = []
     out: list[QuantBinding] = []

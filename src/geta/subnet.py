@@ -66,8 +66,9 @@ def convert(model: nn.Module, plan: Plan, *, verify: bool = True) -> nn.Module:
     return new
 
 
-def apply_removal(plan: Plan, copy_: nn.Module, removed: dict[int, torch.Tensor],
-                  memo: dict[int, object]) -> None:
+def apply_removal(
+    plan: Plan, copy_: nn.Module, removed: dict[int, torch.Tensor], memo: dict[int, object]
+) -> None:
     """Remove ``removed`` units (group id -> units) from ``copy_``, a deep copy made with ``memo``."""
     _slice_tensors(plan, removed, memo)
     _fix_attributes(plan, removed, memo)
@@ -87,7 +88,9 @@ def _slice_tensors(plan: Plan, removed: dict[int, torch.Tensor], memo: dict[int,
     for (tid, dim), parts in drop.items():
         target = memo.get(tid)
         if not isinstance(target, torch.Tensor):
-            raise ConvertError(f"internal: a sliced tensor of shape {tuple(tensors[tid].shape)} was not copied")
+            raise ConvertError(
+                f"internal: a sliced tensor of shape {tuple(tensors[tid].shape)} was not copied"
+            )
         keep = torch.ones(target.shape[dim], dtype=torch.bool)
         keep[torch.cat(parts)] = False
         index = keep.nonzero().flatten().to(target.device)
@@ -129,8 +132,11 @@ def _verify(model: nn.Module, new: nn.Module, plan: Plan) -> None:
                 ) from exc
         err = max_relative_error(out, ref)
         if err > 1e-3:
-            warnings.warn(f"geta.convert: converted model differs from the zeroed model (relative "
-                          f"error {err:.2e})", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"geta.convert: converted model differs from the zeroed model (relative error {err:.2e})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     finally:
         for m, mode in modes.items():
             m.train(mode)

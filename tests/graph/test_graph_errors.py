@@ -20,7 +20,7 @@ def test_example_inputs_must_be_tuple_or_dict(inputs: object) -> None:
 
 
 def test_model_failing_its_own_forward() -> None:
-    with pytest.raises(geta.CaptureError, match="own forward failed.*mat1 and mat2"):
+    with pytest.raises(geta.CaptureError, match=r"own forward failed.*mat1 and mat2"):
         geta.prepare(_mlp(), (torch.randn(2, 5),))
 
 
@@ -35,14 +35,14 @@ def test_untraceable_model_is_a_capture_error() -> None:
                 return self.fc(x)
             return -self.fc(x)
 
-    with pytest.raises(geta.CaptureError, match="torch.export could not capture DataDependent"):
+    with pytest.raises(geta.CaptureError, match=r"torch\.export could not capture DataDependent"):
         geta.prepare(DataDependent(), (torch.ones(2, 4),))
 
 
 def test_config_and_model_types_are_checked() -> None:
-    with pytest.raises(geta.ConfigError, match="must be a geta.Config"):
+    with pytest.raises(geta.ConfigError, match=r"must be a geta\.Config"):
         geta.prepare(_mlp(), (torch.randn(2, 4),), {"target_sparsity": 0.5})  # type: ignore[arg-type]
-    with pytest.raises(geta.ConfigError, match="torch.nn.Module"):
+    with pytest.raises(geta.ConfigError, match=r"torch\.nn\.Module"):
         geta.prepare(lambda x: x, (torch.randn(2, 4),))  # type: ignore[arg-type]
 
 

@@ -13,8 +13,11 @@ from geta.testing import zoo
 
 def _signature(groups: list[PruneGroup]) -> list[tuple]:
     return [
-        (g.size, g.prunable, tuple(sorted((id(s.tensor), s.dim, tuple(s.index.flatten().tolist()))
-                                          for s in g.slices)))
+        (
+            g.size,
+            g.prunable,
+            tuple(sorted((id(s.tensor), s.dim, tuple(s.index.flatten().tolist())) for s in g.slices)),
+        )
         for g in groups
     ]
 

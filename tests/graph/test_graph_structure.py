@@ -30,7 +30,7 @@ def test_gqa_kv_head_takes_its_query_heads() -> None:
     hd = cfg.hidden_size // heads
     plan = geta.prepare(model, inputs)
     attn = model.model.layers[0].self_attn
-    (g, k_slice), = [(g, s) for g, s in _group_of(plan, _w(attn.k_proj), 0) if g.prunable]
+    ((g, k_slice),) = [(g, s) for g, s in _group_of(plan, _w(attn.k_proj), 0) if g.prunable]
     assert g.size == kv and k_slice.index.shape == (kv, hd)
     (q_slice,) = [s for s in g.slices if s.tensor is _w(attn.q_proj)]
     r = heads // kv
@@ -46,10 +46,10 @@ def test_mlp_hidden_units_are_prunable_and_residual_stream_is_not() -> None:
     model, inputs = zoo.build("hf_llama")
     plan = geta.prepare(model, inputs)
     mlp = model.model.layers[0].mlp
-    (g, _), = _group_of(plan, _w(mlp.gate_proj), 0)
+    ((g, _),) = _group_of(plan, _w(mlp.gate_proj), 0)
     assert g.prunable and g.size == model.config.intermediate_size
     assert {id(t) for t in g.params} >= {id(_w(mlp.up_proj)), id(_w(mlp.down_proj))}
-    (stream, _), = _group_of(plan, _w(model.model.embed_tokens), 1)
+    ((stream, _),) = _group_of(plan, _w(model.model.embed_tokens), 1)
     assert not stream.prunable and stream.reason
 
 
@@ -72,7 +72,7 @@ def test_flatten_into_linear_expands_columns() -> None:
     plan = geta.prepare(model, inputs)
     linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    (g, s), = _group_of(plan, _w(linear), 1)
+    ((g, s),) = _group_of(plan, _w(linear), 1)
     channels = convs[-1].out_channels
     assert g.size == channels and s.index.shape == (channels, linear.in_features // channels)
 
@@ -81,7 +81,7 @@ def test_depthwise_conv_shares_the_group_of_its_input() -> None:
     model, inputs = zoo.build("mobilenet")
     plan = geta.prepare(model, inputs)
     dw = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
-    (g, s), = _group_of(plan, _w(dw), 0)
+    ((g, _s),) = _group_of(plan, _w(dw), 0)
     producers = [t for t in g.params if t is not _w(dw) and t.dim() == 4]
     assert g.size == dw.groups and producers, "depthwise rows go with the channels they filter"
 
@@ -97,7 +97,7 @@ def test_output_groups_are_frozen() -> None:
     model, inputs = zoo.build("plain_cnn")
     plan = geta.prepare(model, inputs)
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    (g, _), = _group_of(plan, _w(head), 0)
+    ((g, _),) = _group_of(plan, _w(head), 0)
     assert not g.prunable and "output" in (g.reason or "")
 
 
@@ -113,9 +113,15 @@ def test_user_exclusion_freezes_groups() -> None:
 
 def test_llama_on_meta_device_is_analysed_without_weights() -> None:
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
-                                   use_cache=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        use_cache=False,
+    )
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(cfg)
     ids = torch.zeros(1, 8, dtype=torch.long, device="meta")
@@ -127,8 +133,14 @@ def test_llama_on_meta_device_is_analysed_without_weights() -> None:
 
 def test_causal_lm_with_kv_cache_called_with_input_ids_only() -> None:
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=4, num_key_value_heads=2)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = transformers.LlamaForCausalLM(cfg).eval()
     assert model.config.use_cache  # the default: forward returns a cache object
     plan = geta.prepare(model, {"input_ids": torch.randint(0, 64, (2, 8))})

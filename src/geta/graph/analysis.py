@@ -10,7 +10,7 @@ activation (a tensor that depends on a user input); each one with parameter slic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -20,7 +20,7 @@ from geta.graph.space import Anon, Expr, Space, SpaceAlgebra
 
 __all__ = ["Context", "Labels", "Analysis", "AttrRule", "QuantSite", "analyze"]
 
-Labels = Union[list[Expr], tuple["Labels", ...], None]
+Labels = list[Expr] | tuple["Labels", ...] | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,8 +160,9 @@ class Context:
         if module is not None and hasattr(module, attr):
             self.attr_rules.append(AttrRule(module, attr, expr, scale))
 
-    def quant_site(self, weight: Any, module: nn.Module | None, input_node: Any, *,
-                   embedding: bool = False) -> None:
+    def quant_site(
+        self, weight: Any, module: nn.Module | None, input_node: Any, *, embedding: bool = False
+    ) -> None:
         """Declare ``weight`` quantizable; ``module`` is the layer whose first input is ``input_node``."""
         ref = self.ref(weight)
         if ref is not None and ref.is_param:
@@ -196,8 +197,11 @@ def _check(labels: Labels, val: Any) -> bool:
     if isinstance(val, torch.Tensor):
         return isinstance(labels, list) and [e.size for e in labels] == [int(s) for s in val.shape]
     if isinstance(val, (tuple, list)):
-        return isinstance(labels, tuple) and len(labels) == len(val) and all(
-            _check(lab, v) for lab, v in zip(labels, val))
+        return (
+            isinstance(labels, tuple)
+            and len(labels) == len(val)
+            and all(_check(lab, v) for lab, v in zip(labels, val))
+        )
     return True
 
 
@@ -233,8 +237,9 @@ def analyze(graph: Graph, model: nn.Module) -> Analysis:
             for e in _flat(lab):
                 for s in ctx.alg.leaves(e):
                     active[s] = None
-    return Analysis(graph, ctx.alg, ctx.labels, bindings, ctx.attr_rules, ctx.quant_sites,
-                    ctx.unknown_ops, list(active))
+    return Analysis(
+        graph, ctx.alg, ctx.labels, bindings, ctx.attr_rules, ctx.quant_sites, ctx.unknown_ops, list(active)
+    )
 
 
 def _run_handler(ctx: Context, node: fx.Node, handler: Any, val: Any) -> Labels:

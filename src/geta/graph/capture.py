@@ -137,7 +137,9 @@ def _bind(model: nn.Module, program: torch.export.ExportedProgram) -> Graph:
         if tensor is None:
             continue
         owner, attr = owners[id(tensor)]
-        refs[node] = TensorRef(tensor, display_name(fqn), owner, attr, fqn in sig.inputs_to_parameters.values())
+        refs[node] = TensorRef(
+            tensor, display_name(fqn), owner, attr, fqn in sig.inputs_to_parameters.values()
+        )
     out_node = next(n for n in program.graph.nodes if n.op == "output")
     flat = out_node.args[0] if isinstance(out_node.args[0], (tuple, list)) else (out_node.args[0],)
     user_outputs = [a for a in flat if isinstance(a, fx.Node)]

@@ -22,7 +22,9 @@ def group_positions(analysis: Analysis) -> dict[Space, list[tuple[int, torch.Ten
     return out
 
 
-def build_groups(analysis: Analysis, exclude: tuple[str, ...] = ()) -> tuple[list[PruneGroup], dict[int, Space]]:
+def build_groups(
+    analysis: Analysis, exclude: tuple[str, ...] = ()
+) -> tuple[list[PruneGroup], dict[int, Space]]:
     """Prune groups in a deterministic order, and the space behind each group id."""
     per_space = group_positions(analysis)
     groups: list[PruneGroup] = []

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
@@ -88,15 +87,20 @@ class Prod:
         return n
 
 
-Expr = Union[Space, Anon, Sum, Prod]
+Expr = Space | Anon | Sum | Prod
 
 
 def _make(kind: type, items: list[Expr]) -> Expr:
     """Normalised Sum/Prod: nested same-kind flattened, neutral items dropped, Anons fused."""
     flat: list[Expr] = []
     for it in items:
-        flat.extend(it.parts if kind is Sum and isinstance(it, Sum) else
-                    it.factors if kind is Prod and isinstance(it, Prod) else (it,))
+        flat.extend(
+            it.parts
+            if kind is Sum and isinstance(it, Sum)
+            else it.factors
+            if kind is Prod and isinstance(it, Prod)
+            else (it,)
+        )
     if kind is Prod:
         flat = [f for f in flat if f.size != 1]
     else:
@@ -293,7 +297,7 @@ class SpaceAlgebra:
         elif isinstance(e, Sum):
             start = 0
             for p in e.parts:
-                self._positions(p, pos[start:start + p.size], out)
+                self._positions(p, pos[start : start + p.size], out)
                 start += p.size
         elif isinstance(e, Prod):
             sizes = [f.size for f in e.factors]

@@ -18,9 +18,11 @@ def _names(group_slices: tuple, limit: int = 6) -> str:
 
 def plan_summary(plan: Plan) -> str:
     """What `Plan.summary` returns (and `geta inspect` prints)."""
-    lines = [f"{type(plan.model).__name__}: {len(plan.groups)} groups, "
-             f"{len(plan.prunable_groups)} prunable ({plan.num_prunable_units} units), "
-             f"{len(plan.bindings)} quantizers"]
+    lines = [
+        f"{type(plan.model).__name__}: {len(plan.groups)} groups, "
+        f"{len(plan.prunable_groups)} prunable ({plan.num_prunable_units} units), "
+        f"{len(plan.bindings)} quantizers"
+    ]
     lines.append(f"{'id':>4}  {'size':>5}  {'state':<9} tensors / reason")
     for g in plan.groups:
         state = "prunable" if g.prunable else "frozen"
@@ -34,6 +36,8 @@ def plan_summary(plan: Plan) -> str:
             lines.append(f"  {b.name:<40} {b.quantizer.bit_width:6.2f} bits ({kind})")
     unknown = plan.analysis.unknown_ops if plan.analysis is not None else {}
     if unknown:
-        lines.append("ops without a handler (their channels are frozen): " +
-                     ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items())))
+        lines.append(
+            "ops without a handler (their channels are frozen): "
+            + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items()))
+        )
     return "\n".join(lines)

@@ -102,8 +102,10 @@ def unconvertible_groups(plan: Plan, seed: int = 0) -> list[int]:
     sizes = {g.id: g.size for g in plan.groups if g.id in candidates}
     # two removal patterns: a random half, and all units but one (sizes hard-coded in the code
     # often survive the first by coincidence, never the second)
-    patterns = [{i: torch.randperm(n, generator=gen)[: max(1, n // 2)].sort().values for i, n in sizes.items()},
-                {i: torch.arange(1, n) for i, n in sizes.items()}]
+    patterns = [
+        {i: torch.randperm(n, generator=gen)[: max(1, n // 2)].sort().values for i, n in sizes.items()},
+        {i: torch.arange(1, n) for i, n in sizes.items()},
+    ]
     params = list(plan.model.parameters())
     on_meta = any(p.is_meta for p in params)
     meta = on_meta or sum(p.numel() for p in params) > NUMERIC_TRIAL_MAX_PARAMS
@@ -117,7 +119,9 @@ def unconvertible_groups(plan: Plan, seed: int = 0) -> list[int]:
     return _grow([], candidates, ok)[1]
 
 
-def _grow(accepted: list[int], chunk: list[int], ok: Callable[[list[int]], bool]) -> tuple[list[int], list[int]]:
+def _grow(
+    accepted: list[int], chunk: list[int], ok: Callable[[list[int]], bool]
+) -> tuple[list[int], list[int]]:
     """Add as much of ``chunk`` to ``accepted`` as keeps ``ok``; returns (accepted, rejected).
 
     Bisection that carries the accepted set along, so a group that only fails together with

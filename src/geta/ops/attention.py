@@ -47,6 +47,9 @@ def sdpa(ctx: Context, node: fx.Node) -> Labels:
         heads = []
     scores = batch + heads + [ql[-2], kl[-2]]
     if ctx.is_tensor(mask):
-        ctx.broadcast_labels([scores, list(ctx.label(mask) or ctx.anon(ctx.shape(mask)))],
-                             tuple(e.size for e in scores), f"attention mask ({node.name})")
+        ctx.broadcast_labels(
+            [scores, list(ctx.label(mask) or ctx.anon(ctx.shape(mask)))],
+            tuple(e.size for e in scores),
+            f"attention mask ({node.name})",
+        )
     return batch + heads + [ql[-2], vl[-1]]

@@ -47,8 +47,15 @@ def linear(ctx: Context, node: fx.Node) -> Labels:
     return xl[:-1] + [wl[0]]
 
 
-@register_op(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten.conv_transpose1d,
-             aten.conv_transpose2d, aten.conv_transpose3d)
+@register_op(
+    aten.conv1d,
+    aten.conv2d,
+    aten.conv3d,
+    aten.convolution,
+    aten.conv_transpose1d,
+    aten.conv_transpose2d,
+    aten.conv_transpose3d,
+)
 def conv(ctx: Context, node: fx.Node) -> Labels:
     x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
     target = node.target.overloadpacket
@@ -81,7 +88,7 @@ def conv(ctx: Context, node: fx.Node) -> Labels:
         ctx.rule(mod, "groups", g)
     ctx.quant_site(w, mod, x)
     out = ctx.shape(node)
-    return xl[:ch] + [out_ch] + [Anon(n) for n in out[ch + 1:]]
+    return xl[:ch] + [out_ch] + [Anon(n) for n in out[ch + 1 :]]
 
 
 def _contract(ctx: Context, node: fx.Node, a: Any, b: Any) -> list[Expr]:

@@ -38,8 +38,9 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
     number of surviving heads; ``embed_dim`` is the output width.
     """
 
-    def _projections(self, query: torch.Tensor, key: torch.Tensor,
-                     value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _projections(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.in_proj_weight is not None:
             wq, wk, wv = self.in_proj_weight.chunk(3)
         else:
@@ -49,8 +50,17 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             bq, bk, bv = self.in_proj_bias.chunk(3)
         return F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
 
-    def _mask(self, attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, b: int,
-              l_q: int, l_k: int, is_causal: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    def _mask(
+        self,
+        attn_mask: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        b: int,
+        l_q: int,
+        l_k: int,
+        is_causal: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> torch.Tensor | None:
         mask = _additive(attn_mask, dtype)
         if mask is None and is_causal:
             causal = torch.ones(l_q, l_k, dtype=torch.bool, device=device).triu(1)
@@ -64,9 +74,15 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         return mask
 
     def forward(  # type: ignore[override]
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-        attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True, is_causal: bool = False,
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batched = query.dim() == 3
         if not batched:  # (L, E) -> (1, L, E)
@@ -104,8 +120,17 @@ def _mha_constraint(analysis: Analysis, mod: nn.Module) -> None:
     if mod.bias_k is None and not mod.add_zero_attn:
         return
     reason = "nn.MultiheadAttention with add_bias_kv/add_zero_attn cannot be pruned by geta"
-    for t in (mod.in_proj_weight, mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight,
-              mod.in_proj_bias, mod.out_proj.weight, mod.out_proj.bias, mod.bias_k, mod.bias_v):
+    for t in (
+        mod.in_proj_weight,
+        mod.q_proj_weight,
+        mod.k_proj_weight,
+        mod.v_proj_weight,
+        mod.in_proj_bias,
+        mod.out_proj.weight,
+        mod.out_proj.bias,
+        mod.bias_k,
+        mod.bias_v,
+    ):
         if t is not None:
             freeze_tensor_dims(analysis, t, tuple(range(t.dim())), reason)
 

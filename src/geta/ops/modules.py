@@ -15,8 +15,14 @@ from torch import nn
 from geta.errors import GetaError
 from geta.graph.analysis import Analysis
 
-__all__ = ["register_layer_type", "is_layer", "register_module_constraint", "apply_module_constraints",
-           "register_module_fixer", "apply_module_fixers"]
+__all__ = [
+    "register_layer_type",
+    "is_layer",
+    "register_module_constraint",
+    "apply_module_constraints",
+    "register_module_fixer",
+    "apply_module_fixers",
+]
 
 _LAYERS: set[type] = {nn.Linear, nn.modules.conv._ConvNd}
 Constraint = Callable[[Analysis, nn.Module], None]

@@ -53,9 +53,24 @@ def _fit(ctx: Context, lab: list[Expr], out_shape: tuple[int, ...], node: fx.Nod
     return ctx.anon(out_shape)
 
 
-@register_op(aten.sum, aten.mean, aten.amax, aten.amin, aten.prod, aten.any, aten.all, aten.var,
-             aten.std, aten.logsumexp, aten.argmax, aten.argmin, aten.nansum, aten.count_nonzero,
-             aten.linalg_vector_norm, aten.norm)
+@register_op(
+    aten.sum,
+    aten.mean,
+    aten.amax,
+    aten.amin,
+    aten.prod,
+    aten.any,
+    aten.all,
+    aten.var,
+    aten.std,
+    aten.logsumexp,
+    aten.argmax,
+    aten.argmin,
+    aten.nansum,
+    aten.count_nonzero,
+    aten.linalg_vector_norm,
+    aten.norm,
+)
 def reduction(ctx: Context, node: fx.Node) -> Labels:
     ndim = len(ctx.shape(node.args[0]))
     arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
@@ -68,8 +83,17 @@ def reduction(ctx: Context, node: fx.Node) -> Labels:
     return _reduce(ctx, node, _dims(arg, ndim))
 
 
-@register_op(aten.max, aten.min, aten.var_mean, aten.std_mean, aten.sort, aten.topk, aten.median,
-             aten.mode, aten.kthvalue)
+@register_op(
+    aten.max,
+    aten.min,
+    aten.var_mean,
+    aten.std_mean,
+    aten.sort,
+    aten.topk,
+    aten.median,
+    aten.mode,
+    aten.kthvalue,
+)
 def reduction_pair(ctx: Context, node: fx.Node) -> Labels:
     """Ops returning (values, indices) or a full reduction."""
     val = node.meta.get("val")
@@ -77,20 +101,24 @@ def reduction_pair(ctx: Context, node: fx.Node) -> Labels:
     if isinstance(val, torch.Tensor):  # max(x) over everything
         ctx.freeze(lab, f"{node.target} reduces over channels at {node.name}")
         return ctx.anon(ctx.shape(node))
-    d_arg = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], int) else node.kwargs.get("dim", -1)
+    d_arg = (
+        node.args[1] if len(node.args) > 1 and isinstance(node.args[1], int) else node.kwargs.get("dim", -1)
+    )
     d = d_arg + len(lab) if d_arg < 0 else d_arg
     ctx.freeze([lab[d]], f"{node.target} reduces over channels at {node.name}")
     outs = []
     for v in val:
         shape = tuple(int(s) for s in v.shape)
-        kept = [e for k, e in enumerate(lab) if k != d] if len(shape) < len(lab) else \
-            [Anon(shape[k]) if k == d else e for k, e in enumerate(lab)]
+        kept = (
+            [e for k, e in enumerate(lab) if k != d]
+            if len(shape) < len(lab)
+            else [Anon(shape[k]) if k == d else e for k, e in enumerate(lab)]
+        )
         outs.append(_fit(ctx, kept, shape, node))
     return tuple(outs)
 
 
-@register_op(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum,
-             aten.cumprod)
+@register_op(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum, aten.cumprod)
 def along_dim(ctx: Context, node: fx.Node) -> Labels:
     """Same shape, but channels along ``dim`` are mixed (softmax denominator, running sums)."""
     lab = _lab(ctx, node.args[0])
@@ -101,13 +129,28 @@ def along_dim(ctx: Context, node: fx.Node) -> Labels:
 
 
 _POOL = {
-    aten.adaptive_avg_pool1d: 1, aten.adaptive_avg_pool2d: 2, aten.adaptive_avg_pool3d: 3,
-    aten.avg_pool1d: 1, aten.avg_pool2d: 2, aten.avg_pool3d: 3, aten.max_pool1d: 1,
-    aten.max_pool2d: 2, aten.max_pool3d: 3, aten.max_pool2d_with_indices: 2,
-    aten.max_pool3d_with_indices: 3, aten.adaptive_max_pool1d: 1, aten.adaptive_max_pool2d: 2,
-    aten.adaptive_max_pool3d: 3, aten.upsample_nearest1d: 1, aten.upsample_nearest2d: 2,
-    aten.upsample_nearest3d: 3, aten.upsample_bilinear2d: 2, aten.upsample_linear1d: 1,
-    aten.upsample_bicubic2d: 2, aten.upsample_trilinear3d: 3, aten._adaptive_avg_pool2d: 2,
+    aten.adaptive_avg_pool1d: 1,
+    aten.adaptive_avg_pool2d: 2,
+    aten.adaptive_avg_pool3d: 3,
+    aten.avg_pool1d: 1,
+    aten.avg_pool2d: 2,
+    aten.avg_pool3d: 3,
+    aten.max_pool1d: 1,
+    aten.max_pool2d: 2,
+    aten.max_pool3d: 3,
+    aten.max_pool2d_with_indices: 2,
+    aten.max_pool3d_with_indices: 3,
+    aten.adaptive_max_pool1d: 1,
+    aten.adaptive_max_pool2d: 2,
+    aten.adaptive_max_pool3d: 3,
+    aten.upsample_nearest1d: 1,
+    aten.upsample_nearest2d: 2,
+    aten.upsample_nearest3d: 3,
+    aten.upsample_bilinear2d: 2,
+    aten.upsample_linear1d: 1,
+    aten.upsample_bicubic2d: 2,
+    aten.upsample_trilinear3d: 3,
+    aten._adaptive_avg_pool2d: 2,
 }
 
 
@@ -120,7 +163,7 @@ def pool(ctx: Context, node: fx.Node) -> Labels:
     lead = lab[: len(lab) - k]
 
     def one(shape: tuple[int, ...]) -> list[Expr]:
-        return lead + [Anon(n) for n in shape[len(lead):]]
+        return lead + [Anon(n) for n in shape[len(lead) :]]
 
     if isinstance(val, (tuple, list)):
         return tuple(one(tuple(int(s) for s in v.shape)) for v in val)

@@ -25,11 +25,34 @@ aten = torch.ops.aten
 __all__ = ["VIEW_LIKE", "reshape_labels"]
 
 # Ops that move values without changing them (used to look through for sign information).
-VIEW_LIKE = {aten.view, aten._unsafe_view, aten.reshape, aten.flatten, aten.unflatten, aten.squeeze,
-             aten.unsqueeze, aten.permute, aten.transpose, aten.t, aten.expand, aten.contiguous,
-             aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.adaptive_avg_pool1d,
-             aten.adaptive_avg_pool2d, aten.adaptive_avg_pool3d, aten.avg_pool1d, aten.avg_pool2d,
-             aten.avg_pool3d, aten.mean, aten.dropout, aten.cat, aten.slice, aten.split}
+VIEW_LIKE = {
+    aten.view,
+    aten._unsafe_view,
+    aten.reshape,
+    aten.flatten,
+    aten.unflatten,
+    aten.squeeze,
+    aten.unsqueeze,
+    aten.permute,
+    aten.transpose,
+    aten.t,
+    aten.expand,
+    aten.contiguous,
+    aten.max_pool1d,
+    aten.max_pool2d,
+    aten.max_pool3d,
+    aten.adaptive_avg_pool1d,
+    aten.adaptive_avg_pool2d,
+    aten.adaptive_avg_pool3d,
+    aten.avg_pool1d,
+    aten.avg_pool2d,
+    aten.avg_pool3d,
+    aten.mean,
+    aten.dropout,
+    aten.cat,
+    aten.slice,
+    aten.split,
+}
 
 
 def _lab(ctx: Context, arg: Any) -> list[Expr]:
@@ -79,9 +102,21 @@ def reshape_labels(ctx: Context, lab: list[Expr], out_shape: tuple[int, ...], wh
     return out
 
 
-@register_op(aten.view, aten._unsafe_view, aten.reshape, aten.flatten, aten.unflatten, aten.squeeze,
-             aten.squeeze_, aten.unsqueeze, aten.unsqueeze_, aten.view_as, aten.reshape_as,
-             aten.view_copy, aten.alias_copy)
+@register_op(
+    aten.view,
+    aten._unsafe_view,
+    aten.reshape,
+    aten.flatten,
+    aten.unflatten,
+    aten.squeeze,
+    aten.squeeze_,
+    aten.unsqueeze,
+    aten.unsqueeze_,
+    aten.view_as,
+    aten.reshape_as,
+    aten.view_copy,
+    aten.alias_copy,
+)
 def view(ctx: Context, node: fx.Node) -> Labels:
     return reshape_labels(ctx, _lab(ctx, node.args[0]), ctx.shape(node), node.name)
 
@@ -127,8 +162,9 @@ def expand(ctx: Context, node: fx.Node) -> Labels:
     lab = _lab(ctx, node.args[0])
     out = ctx.shape(node)
     offset = len(out) - len(lab)
-    return [Anon(n) if k < offset or lab[k - offset].size != n else lab[k - offset]
-            for k, n in enumerate(out)]
+    return [
+        Anon(n) if k < offset or lab[k - offset].size != n else lab[k - offset] for k, n in enumerate(out)
+    ]
 
 
 @register_op(aten.repeat)
@@ -159,7 +195,7 @@ def stack(ctx: Context, node: fx.Node) -> Labels:
     tensors = list(node.args[0])
     out_shape = ctx.shape(node)
     d = _dim(node.args[1] if len(node.args) > 1 else 0, len(out_shape))
-    first = ctx.broadcast(tensors, out_shape[:d] + out_shape[d + 1:], f"stack ({node.name})")
+    first = ctx.broadcast(tensors, out_shape[:d] + out_shape[d + 1 :], f"stack ({node.name})")
     return first[:d] + [Anon(out_shape[d])] + first[d:]
 
 
@@ -172,7 +208,7 @@ def _split(ctx: Context, node: fx.Node, sizes: list[int], d: int) -> Labels:
     except LayoutConflict as exc:
         ctx.alg.freeze(e, f"split at {node.name} cuts a channel ({exc})")
         parts = [Anon(n) for n in sizes]
-    return tuple(lab[:d] + [p] + lab[d + 1:] for p in parts)
+    return tuple(lab[:d] + [p] + lab[d + 1 :] for p in parts)
 
 
 def _cut(ctx: Context, e: Expr, sizes: list[int]) -> list[Expr]:
@@ -216,7 +252,7 @@ def unbind(ctx: Context, node: fx.Node) -> Labels:
     lab = _lab(ctx, node.args[0])
     d = _dim(node.args[1] if len(node.args) > 1 else 0, len(lab))
     ctx.freeze([lab[d]], f"unbind of a channel dimension at {node.name}")
-    rest = lab[:d] + lab[d + 1:]
+    rest = lab[:d] + lab[d + 1 :]
     return tuple(list(rest) for _ in range(lab[d].size))
 
 
@@ -242,21 +278,28 @@ def slice_(ctx: Context, node: fx.Node) -> Labels:
     return parts[1]  # type: ignore[return-value,index]
 
 
-@register_op(aten.select, aten.index_select, aten.gather, aten.index, aten.take_along_dim,
-             aten.flip, aten.roll)
+@register_op(
+    aten.select, aten.index_select, aten.gather, aten.index, aten.take_along_dim, aten.flip, aten.roll
+)
 def pick(ctx: Context, node: fx.Node) -> Labels:
     """Channel picking/reordering: the picked dim's spaces are frozen; other dims keep labels."""
     lab = _lab(ctx, node.args[0])
     out = ctx.shape(node)
-    if len(lab) == len(out) and all(e.size == n for e, n in zip(lab, out)) and node.target in (
-            aten.flip.default, aten.roll.default):
+    if (
+        len(lab) == len(out)
+        and all(e.size == n for e, n in zip(lab, out))
+        and node.target in (aten.flip.default, aten.roll.default)
+    ):
         ctx.freeze(lab, f"{node.target} reorders a channel dimension at {node.name}")
         return ctx.anon(out)
-    if node.target in (aten.select.int, aten.index_select.default, aten.gather.default) and \
-            len(node.args) > 1 and isinstance(node.args[1], int):
+    if (
+        node.target in (aten.select.int, aten.index_select.default, aten.gather.default)
+        and len(node.args) > 1
+        and isinstance(node.args[1], int)
+    ):
         d = _dim(node.args[1], len(lab))
         ctx.freeze([lab[d]], f"{node.target} picks channels at {node.name}")
-        rest = lab[:d] + ([Anon(out[d])] if len(out) == len(lab) else []) + lab[d + 1:]
+        rest = lab[:d] + ([Anon(out[d])] if len(out) == len(lab) else []) + lab[d + 1 :]
         if [e.size for e in rest] == list(out):
             return rest
     ctx.freeze(lab, f"{node.target} indexes a tensor at {node.name}")
