@@ -23,6 +23,11 @@ MODULES = [
     "geta.report.model",
     "geta.export.bitpack",
     "geta.export.qdq",
+    "geta.recipes.data",
+    "geta.recipes.text",
+    "geta.recipes.models",
+    "geta.recipes.training",
+    "geta.cli.options",
 ]
 
 

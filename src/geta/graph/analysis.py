@@ -85,6 +85,11 @@ class Context:
             return lab if isinstance(lab, list) else None
         return None
 
+    def label_or_anon(self, arg: Any) -> list[Expr]:
+        """A copy of the labels of ``arg``, or unlabelled dims of its shape when it has none."""
+        lab = self.label(arg)
+        return list(lab) if lab is not None else self.anon(self.shape(arg))
+
     def shape(self, arg: Any) -> tuple[int, ...]:
         val = arg.meta.get("val") if isinstance(arg, fx.Node) else arg
         return tuple(int(s) for s in val.shape) if isinstance(val, torch.Tensor) else ()

@@ -24,11 +24,6 @@ aten = torch.ops.aten
 __all__: list[str] = []
 
 
-def _lab(ctx: Context, arg: Any) -> list[Expr]:
-    lab = ctx.label(arg)
-    return list(lab) if lab is not None else ctx.anon(ctx.shape(arg))
-
-
 def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
@@ -36,10 +31,10 @@ def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
 @register_op(aten.linear)
 def linear(ctx: Context, node: fx.Node) -> Labels:
     x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
-    xl, wl = _lab(ctx, x), _lab(ctx, w)  # x: (..., in)   w: (out, in)
+    xl, wl = ctx.label_or_anon(x), ctx.label_or_anon(w)  # x: (..., in)   w: (out, in)
     ctx.unify(xl[-1], wl[1], f"linear ({node.name})")
     if b is not None:
-        ctx.unify(_lab(ctx, b)[0], wl[0], f"linear bias ({node.name})")
+        ctx.unify(ctx.label_or_anon(b)[0], wl[0], f"linear bias ({node.name})")
     mod = ctx.module_of(node)
     ctx.rule(mod, "in_features", wl[1])
     ctx.rule(mod, "out_features", wl[0])
@@ -65,7 +60,7 @@ def conv(ctx: Context, node: fx.Node) -> Labels:
         transposed, groups = True, int(_arg(node, 6, "groups", 1))
     else:
         transposed, groups = False, int(_arg(node, 6, "groups", 1))
-    xl, wl = _lab(ctx, x), _lab(ctx, w)
+    xl, wl = ctx.label_or_anon(x), ctx.label_or_anon(w)
     ch = 1 if len(xl) == len(wl) else 0  # batched (N, C, ...) or unbatched (C, ...)
     why = f"{target} ({node.name})"
     g = ctx.alg.new(groups) if groups > 1 else None
@@ -80,7 +75,7 @@ def conv(ctx: Context, node: fx.Node) -> Labels:
             ctx.unify(wl[0], prod(g, ctx.alg.new(wl[0].size // groups)), why)
         out_ch = prod(g, wl[1]) if g else wl[1]
     if b is not None:
-        ctx.unify(_lab(ctx, b)[0], out_ch, why)
+        ctx.unify(ctx.label_or_anon(b)[0], out_ch, why)
     mod = ctx.module_of(node)
     ctx.rule(mod, "in_channels", xl[ch])
     ctx.rule(mod, "out_channels", out_ch)
@@ -93,7 +88,7 @@ def conv(ctx: Context, node: fx.Node) -> Labels:
 
 def _contract(ctx: Context, node: fx.Node, a: Any, b: Any) -> list[Expr]:
     """Labels of ``a @ b`` with broadcasting batch dims (torch.matmul semantics)."""
-    al, bl = _lab(ctx, a), _lab(ctx, b)
+    al, bl = ctx.label_or_anon(a), ctx.label_or_anon(b)
     why = f"{node.target} ({node.name})"
     a1, b1 = len(al) == 1, len(bl) == 1
     if a1:
@@ -125,32 +120,32 @@ def addmm(ctx: Context, node: fx.Node) -> Labels:
     bias, a, b = node.args[0], node.args[1], node.args[2]
     mod = ctx.module_of(node)
     out = _contract(ctx, node, a, b)
-    bl = _lab(ctx, b)
+    bl = ctx.label_or_anon(b)
     ctx.rule(mod, "nf", bl[-1])  # HF's transposed linear (Conv1D) stores its out features as nf
     if ctx.is_static(b) and not ctx.is_static(a):
         ctx.quant_site(b, mod, a)
-    return ctx.broadcast_labels([out, _lab(ctx, bias)], ctx.shape(node), f"addmm ({node.name})")
+    return ctx.broadcast_labels([out, ctx.label_or_anon(bias)], ctx.shape(node), f"addmm ({node.name})")
 
 
 @register_op(aten.batch_norm, aten.instance_norm)
 def batch_norm(ctx: Context, node: fx.Node) -> Labels:
-    xl = _lab(ctx, node.args[0])
+    xl = ctx.label_or_anon(node.args[0])
     ch = xl[1] if len(xl) > 1 else xl[0]
     for t in node.args[1:5]:
         if ctx.is_tensor(t):
-            ctx.unify(ch, _lab(ctx, t)[0], f"batch_norm ({node.name})")
+            ctx.unify(ch, ctx.label_or_anon(t)[0], f"batch_norm ({node.name})")
     ctx.rule(ctx.module_of(node), "num_features", ch)
     return xl
 
 
 @register_op(aten.layer_norm, aten.rms_norm)
 def layer_norm(ctx: Context, node: fx.Node) -> Labels:
-    xl = _lab(ctx, node.args[0])
+    xl = ctx.label_or_anon(node.args[0])
     k = len(node.args[1])
     why = f"{node.target} normalises over these channels ({node.name})"
     for t in node.args[2:4]:
         if ctx.is_tensor(t):
-            for e, d in zip(xl[-k:], _lab(ctx, t)):
+            for e, d in zip(xl[-k:], ctx.label_or_anon(t)):
                 ctx.unify(e, d, why)
     ctx.freeze(xl[-k:], why)
     return xl
@@ -158,7 +153,7 @@ def layer_norm(ctx: Context, node: fx.Node) -> Labels:
 
 @register_op(aten.group_norm)
 def group_norm(ctx: Context, node: fx.Node) -> Labels:
-    xl = _lab(ctx, node.args[0])
+    xl = ctx.label_or_anon(node.args[0])
     groups, ch = int(node.args[1]), xl[1]
     why = f"group_norm ({node.name})"
     g, inner = ctx.alg.new(groups), ctx.alg.new(ch.size // groups)
@@ -166,7 +161,7 @@ def group_norm(ctx: Context, node: fx.Node) -> Labels:
     ctx.freeze([inner], f"group_norm normalises within each group of channels ({node.name})")
     for t in node.args[2:4]:
         if ctx.is_tensor(t):
-            ctx.unify(ch, _lab(ctx, t)[0], why)
+            ctx.unify(ch, ctx.label_or_anon(t)[0], why)
     mod = ctx.module_of(node)
     ctx.rule(mod, "num_groups", g)
     ctx.rule(mod, "num_channels", ch)
@@ -176,7 +171,7 @@ def group_norm(ctx: Context, node: fx.Node) -> Labels:
 @register_op(aten.embedding)
 def embedding(ctx: Context, node: fx.Node) -> Labels:
     w, idx = node.args[0], node.args[1]
-    wl = _lab(ctx, w)  # (vocab, dim)
+    wl = ctx.label_or_anon(w)  # (vocab, dim)
     mod = ctx.module_of(node)
     ctx.rule(mod, "embedding_dim", wl[1])
     ctx.quant_site(w, mod, None, embedding=True)

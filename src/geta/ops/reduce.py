@@ -21,11 +21,6 @@ aten = torch.ops.aten
 __all__: list[str] = []
 
 
-def _lab(ctx: Context, arg: Any) -> list[Expr]:
-    lab = ctx.label(arg)
-    return list(lab) if lab is not None else ctx.anon(ctx.shape(arg))
-
-
 def _dims(arg: Any, ndim: int) -> list[int]:
     if arg is None:
         return list(range(ndim))
@@ -36,7 +31,7 @@ def _dims(arg: Any, ndim: int) -> list[int]:
 
 
 def _reduce(ctx: Context, node: fx.Node, dims: list[int]) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     for d in dims:
         ctx.freeze([lab[d]], f"{node.target} reduces over channels at {node.name}")
     out_shape = ctx.shape(node)
@@ -97,7 +92,7 @@ def reduction(ctx: Context, node: fx.Node) -> Labels:
 def reduction_pair(ctx: Context, node: fx.Node) -> Labels:
     """Ops returning (values, indices) or a full reduction."""
     val = node.meta.get("val")
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     if isinstance(val, torch.Tensor):  # max(x) over everything
         ctx.freeze(lab, f"{node.target} reduces over channels at {node.name}")
         return ctx.anon(ctx.shape(node))
@@ -121,7 +116,7 @@ def reduction_pair(ctx: Context, node: fx.Node) -> Labels:
 @register_op(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum, aten.cumprod)
 def along_dim(ctx: Context, node: fx.Node) -> Labels:
     """Same shape, but channels along ``dim`` are mixed (softmax denominator, running sums)."""
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
     d = d + len(lab) if d < 0 else d
     ctx.freeze([lab[d]], f"{node.target} mixes channels along dim {d} at {node.name}")
@@ -158,7 +153,7 @@ _POOL = {
 def pool(ctx: Context, node: fx.Node) -> Labels:
     """Spatial pooling/resampling: leading (batch, channel) dims keep labels."""
     k = _POOL[node.target.overloadpacket]
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     val = node.meta.get("val")
     lead = lab[: len(lab) - k]
 

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import fx
 
@@ -24,15 +22,26 @@ aten = torch.ops.aten
 
 __all__ = ["VIEW_LIKE", "reshape_labels"]
 
-# Ops that move values without changing them (used to look through for sign information).
-VIEW_LIKE = {
+# Ops that only reshape: their labels come from `reshape_labels`.
+_RESHAPES = (
     aten.view,
     aten._unsafe_view,
     aten.reshape,
     aten.flatten,
     aten.unflatten,
     aten.squeeze,
+    aten.squeeze_,
     aten.unsqueeze,
+    aten.unsqueeze_,
+    aten.view_as,
+    aten.reshape_as,
+    aten.view_copy,
+    aten.alias_copy,
+)
+
+# Ops that move values without changing them (used to look through for sign information).
+VIEW_LIKE = {
+    *_RESHAPES,
     aten.permute,
     aten.transpose,
     aten.t,
@@ -53,11 +62,6 @@ VIEW_LIKE = {
     aten.slice,
     aten.split,
 }
-
-
-def _lab(ctx: Context, arg: Any) -> list[Expr]:
-    lab = ctx.label(arg)
-    return list(lab) if lab is not None else ctx.anon(ctx.shape(arg))
 
 
 def _dim(d: int, ndim: int) -> int:
@@ -102,35 +106,21 @@ def reshape_labels(ctx: Context, lab: list[Expr], out_shape: tuple[int, ...], wh
     return out
 
 
-@register_op(
-    aten.view,
-    aten._unsafe_view,
-    aten.reshape,
-    aten.flatten,
-    aten.unflatten,
-    aten.squeeze,
-    aten.squeeze_,
-    aten.unsqueeze,
-    aten.unsqueeze_,
-    aten.view_as,
-    aten.reshape_as,
-    aten.view_copy,
-    aten.alias_copy,
-)
+@register_op(*_RESHAPES)
 def view(ctx: Context, node: fx.Node) -> Labels:
-    return reshape_labels(ctx, _lab(ctx, node.args[0]), ctx.shape(node), node.name)
+    return reshape_labels(ctx, ctx.label_or_anon(node.args[0]), ctx.shape(node), node.name)
 
 
 @register_op(aten.permute, aten.permute_copy)
 def permute(ctx: Context, node: fx.Node) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     dims = [_dim(d, len(lab)) for d in node.args[1]]
     return [lab[d] for d in dims]
 
 
 @register_op(aten.transpose, aten.transpose_, aten.swapaxes, aten.swapdims)
 def transpose(ctx: Context, node: fx.Node) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     a, b = (_dim(d, len(lab)) for d in node.args[1:3])
     lab[a], lab[b] = lab[b], lab[a]
     return lab
@@ -138,12 +128,12 @@ def transpose(ctx: Context, node: fx.Node) -> Labels:
 
 @register_op(aten.t, aten.numpy_T)
 def t(ctx: Context, node: fx.Node) -> Labels:
-    return list(reversed(_lab(ctx, node.args[0])))
+    return list(reversed(ctx.label_or_anon(node.args[0])))
 
 
 @register_op(aten.movedim)
 def movedim(ctx: Context, node: fx.Node) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     src, dst = node.args[1], node.args[2]
     src = [src] if isinstance(src, int) else list(src)
     dst = [dst] if isinstance(dst, int) else list(dst)
@@ -159,7 +149,7 @@ def movedim(ctx: Context, node: fx.Node) -> Labels:
 
 @register_op(aten.expand, aten.expand_copy)
 def expand(ctx: Context, node: fx.Node) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     out = ctx.shape(node)
     offset = len(out) - len(lab)
     return [
@@ -169,7 +159,7 @@ def expand(ctx: Context, node: fx.Node) -> Labels:
 
 @register_op(aten.repeat)
 def repeat(ctx: Context, node: fx.Node) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     reps = list(node.args[1])
     lab = ctx.anon((1,) * (len(reps) - len(lab))) + lab
     return [prod(Anon(r), e) for r, e in zip(reps, lab)]
@@ -180,7 +170,7 @@ def cat(ctx: Context, node: fx.Node) -> Labels:
     tensors = [a for a in node.args[0] if ctx.shape(a) != (0,)]
     out_shape = ctx.shape(node)
     d = _dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(out_shape))
-    labs = [_lab(ctx, a) for a in tensors]
+    labs = [ctx.label_or_anon(a) for a in tensors]
     out = list(labs[0])
     for lab in labs[1:]:
         for k in range(len(out)):
@@ -200,7 +190,7 @@ def stack(ctx: Context, node: fx.Node) -> Labels:
 
 
 def _split(ctx: Context, node: fx.Node, sizes: list[int], d: int) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     e = lab[d]
     parts: list[Expr]
     try:
@@ -249,7 +239,7 @@ def split(ctx: Context, node: fx.Node) -> Labels:
 
 @register_op(aten.unbind)
 def unbind(ctx: Context, node: fx.Node) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     d = _dim(node.args[1] if len(node.args) > 1 else 0, len(lab))
     ctx.freeze([lab[d]], f"unbind of a channel dimension at {node.name}")
     rest = lab[:d] + lab[d + 1 :]
@@ -258,7 +248,7 @@ def unbind(ctx: Context, node: fx.Node) -> Labels:
 
 @register_op(aten.slice, aten.narrow, aten.slice_copy)
 def slice_(ctx: Context, node: fx.Node) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     d = _dim(node.args[1] if len(node.args) > 1 else 0, len(lab))
     n, out = lab[d].size, ctx.shape(node)[d]
     if out == n:
@@ -283,7 +273,7 @@ def slice_(ctx: Context, node: fx.Node) -> Labels:
 )
 def pick(ctx: Context, node: fx.Node) -> Labels:
     """Channel picking/reordering: the picked dim's spaces are frozen; other dims keep labels."""
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     out = ctx.shape(node)
     if (
         len(lab) == len(out)
@@ -308,7 +298,7 @@ def pick(ctx: Context, node: fx.Node) -> Labels:
 
 @register_op(aten.constant_pad_nd, aten.pad)
 def pad(ctx: Context, node: fx.Node) -> Labels:
-    lab = _lab(ctx, node.args[0])
+    lab = ctx.label_or_anon(node.args[0])
     pads = list(node.args[1])
     out = ctx.shape(node)
     for k in range(len(pads) // 2):
