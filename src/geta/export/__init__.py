@@ -14,6 +14,7 @@ from __future__ import annotations
 from geta.export.info import ExportError, ExportInfo, TensorExport
 from geta.export.onnx_export import check_parity, onnx
 from geta.export.packfile import PackedInfo, load_packed, packed, read_manifest
+from geta.export.pretrained import load_pretrained, pretrained
 from geta.export.qdq import deployable
 
 __all__ = [
@@ -24,7 +25,9 @@ __all__ = [
     "check_parity",
     "deployable",
     "load_packed",
+    "load_pretrained",
     "onnx",
     "packed",
+    "pretrained",
     "read_manifest",
 ]
