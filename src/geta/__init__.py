@@ -44,8 +44,8 @@ _LAZY = {
     "QASSO": ("geta.optim", "QASSO"),
     "Schedule": ("geta.optim", "Schedule"),
     "Stage": ("geta.optim", "Stage"),
-    "report": ("geta.report", "report"),
-    "CompressionReport": ("geta.report", "CompressionReport"),
+    "report": ("geta.reporting", "report"),
+    "CompressionReport": ("geta.reporting", "CompressionReport"),
     "export": ("geta.export", None),
     "testing": ("geta.testing", None),
 }

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from geta.cli.diagram import build_diagram, to_dot, to_svg
 from geta.cli.main import build_parser
@@ -100,3 +101,14 @@ def test_every_subcommand_has_help() -> None:
     text = parser.format_help()
     for name in ("compress", "inspect", "report", "export", "env"):
         assert name in text
+
+
+def test_hugging_face_model_inside_a_recipe_wrapper_is_found_for_save_pretrained() -> None:
+    pytest.importorskip("transformers")
+    from geta.cli.outputs import _hf_model
+    from geta.recipes.models import CausalLM
+    from geta.testing import zoo
+
+    lm, _ = zoo.build("hf_llama")
+    assert _hf_model(CausalLM(lm)) is lm
+    assert _hf_model(torch.nn.Linear(2, 2)) is None

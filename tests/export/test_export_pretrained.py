@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ class RoundTrip:
     loaded: nn.Module
 
     @property
-    def field(self) -> dict[str, object]:
+    def field(self) -> dict[str, Any]:
         return json.loads((self.folder / "config.json").read_text())["geta"]
 
 
@@ -68,6 +69,8 @@ def test_loaded_model_computes_what_the_converted_model_computes(trip: RoundTrip
     assert set(after) == set(trip.before)
     assert max_relative_error(after, trip.before) <= 1e-4
     assert type(trip.loaded) is type(trip.converted) and not trip.loaded.training
+    attn = trip.converted.config._attn_implementation  # eager here; HF alone would load sdpa
+    assert trip.loaded.config._attn_implementation == attn
     assert not any(weight_quantizers(m) for m in trip.loaded.modules())  # plain HF weights
 
 
@@ -101,7 +104,8 @@ def test_config_field_lists_every_shape_that_differs_from_the_global_config(trip
     field = trip.field
     assert field["format"] == 1 and field["version"] == geta.__version__
     assert set(field["input_quantizers"]) == _names_with_input_quantizers(trip.converted)
-    assert all(set(e) == {"step", "qmax", "exponent", "signed", "bits"} for e in field["input_quantizers"].values())
+    entries = field["input_quantizers"].values()
+    assert all(set(e) == {"step", "qmax", "exponent", "signed", "bits"} for e in entries)
     shapes = {n: list(p.shape) for n, p in trip.loaded.state_dict().items()}
     assert field["shapes"] and all(shapes[k] == v for k, v in field["shapes"].items())
     saved = load_file(str(trip.folder / "model.safetensors"))

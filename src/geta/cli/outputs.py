@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def _side(accuracy: float, loss: float, rep: Any) -> dict[str, Any]:
 
 
 def _bits(plan: geta.Plan) -> dict[str, dict[str, int]]:
-    from geta.report import rounded_bits
+    from geta.reporting import rounded_bits
 
     out: dict[str, dict[str, int]] = {"weight": {}, "input": {}}
     for name, q in plan.quantizers.items():
@@ -128,16 +129,33 @@ def _write_files(
     torch.save(dense.state_dict(), staging / "dense.pt")
     if not export:
         return {}
+    files = {"onnx": staging / "model.onnx", "packed": staging / "model.geta", "pretrained": staging / "hf"}
     with quiet_exporters():
         exports = {
-            "onnx": _export(lambda: geta.export.onnx(small, example, str(staging / "model.onnx"))),
-            "packed": _export(lambda: geta.export.packed(small, str(staging / "model.geta"))),
+            "onnx": _export(lambda: geta.export.onnx(small, example, str(files["onnx"]))),
+            "packed": _export(lambda: geta.export.packed(small, str(files["packed"]))),
         }
+        hf = _hf_model(small)
+        if hf is not None:  # a Hugging Face model: also save_pretrained with its pruned shapes
+            exports["pretrained"] = _export(lambda: geta.export.pretrained(hf, str(files["pretrained"])))
     for name, info in exports.items():
-        file = staging / ("model.onnx" if name == "onnx" else "model.geta")
+        file = files[name]
         if "error" not in info and file.exists():
-            info["path"], info["bytes"] = file.name, file.stat().st_size
+            size = (
+                sum(f.stat().st_size for f in file.rglob("*") if f.is_file())
+                if file.is_dir()
+                else file.stat().st_size
+            )
+            info["path"], info["bytes"] = file.name, size
     return exports
+
+
+def _hf_model(model: nn.Module) -> nn.Module | None:
+    """The outermost transformers PreTrainedModel in ``model`` (a recipe may wrap one), if any."""
+    transformers = sys.modules.get("transformers")  # a model of that kind means it is loaded
+    if transformers is None:
+        return None
+    return next((m for m in model.modules() if isinstance(m, transformers.PreTrainedModel)), None)
 
 
 def _markdown(report: dict[str, Any], compressed_md: str) -> str:

@@ -43,7 +43,7 @@ from geta.export.bitpack import pack_bits, unpack_bits
 from geta.quant.attach import weight_quantizers
 from geta.quant.functional import integer_codes
 from geta.quant.quantizer import LearnableQuantizer
-from geta.report.count import rounded_bits
+from geta.reporting.count import rounded_bits
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "PackedInfo", "load_packed", "packed", "read_manifest"]
 

@@ -219,7 +219,7 @@ def pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
     export = copy.deepcopy(model).eval()
     if _bake_weights(export):
-        pass  # lm_head is quantized, the embedding is not
+        export.config.tie_word_embeddings = False  # lm_head is quantized, the embedding is not
     table = _drop_input_quantizers(export)
     attn = export.config._attn_implementation
     fresh = _build_meta(type(export), export.config, attn)

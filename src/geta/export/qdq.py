@@ -33,7 +33,7 @@ from geta.export.info import ExportError, TensorExport
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, input_quantizer, weight_quantizers
 from geta.quant.functional import MIN_QMAX, MIN_STEP, code_range, integer_codes
 from geta.quant.quantizer import LearnableQuantizer
-from geta.report.count import rounded_bits
+from geta.reporting.count import rounded_bits
 
 __all__ = ["SATURATION_FREE_CODE", "deployable", "encode_weight_codes"]
 

@@ -1,4 +1,4 @@
-"""`geta.report`: MACs against hand-derived formulas, bits from the bound quantizers, BOPs, sizes."""
+"""`geta.report` (geta.reporting): MACs vs hand-derived formulas, bits from the quantizers, BOPs, sizes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import geta
-from geta.report import LayerReport, report, rounded_bits
+from geta.reporting import LayerReport, report, rounded_bits
 from geta.testing import zero_random_groups, zoo
 
 

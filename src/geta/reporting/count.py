@@ -27,8 +27,8 @@ from torch.nn.utils import parametrize
 from geta.graph.capture import capture
 from geta.graph.ir import Graph, TensorRef
 from geta.quant.quantizer import LearnableQuantizer
-from geta.report.macs import MacRule, mac_rule
-from geta.report.model import FP32_BITS, CompressionReport, LayerReport
+from geta.reporting.macs import MacRule, mac_rule
+from geta.reporting.model import FP32_BITS, CompressionReport, LayerReport
 
 __all__ = ["dtype_bits", "report", "rounded_bits"]
 
