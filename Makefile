@@ -14,7 +14,7 @@ STAMP      := $(VENV)/.stamp
 # Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
 RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: venv test test-slow demo lint format bench-qasso clean
+.PHONY: venv test test-slow demo lint format bench-qasso bench-prepare clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,9 @@ format: venv
 
 bench-qasso: venv
 	$(RUN_ENV) $(PY) -m bench.qasso_step
+
+bench-prepare: venv
+	$(RUN_ENV) $(PY) -m bench.prepare_scale
 
 clean:
 	rm -rf build dist runs out .pytest_cache .ruff_cache .hypothesis .mypy_cache
