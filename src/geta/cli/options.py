@@ -18,7 +18,7 @@ from geta.config import MAX_BITS, MIN_BITS
 
 __all__ = ["CompressOptions", "STAGE_WEIGHTS", "load_config_file", "split_epochs"]
 
-STAGE_WEIGHTS = (1, 2, 5, 12)  # default epochs of warm-up, projection, joint, cool-down
+STAGE_WEIGHTS = (2, 3, 7, 18)  # default epochs of warm-up, projection, joint, cool-down
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -36,7 +36,7 @@ class CompressOptions:
     projection: int | None = None
     joint: int | None = None
     cooldown: int | None = None
-    dense_epochs: int = 20  # dense baseline training (skipped with dense_checkpoint)
+    dense_epochs: int = 40  # dense baseline training (skipped with dense_checkpoint)
     dense_lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adam/adamw
     optimizer: str = "sgd"  # sgd | adam | adamw, for both phases
     lr: float | None = None  # QASSO lr of the weights (None: 0.05 sgd, 1e-3 adam); cosine in the cool-down
@@ -87,7 +87,7 @@ def split_epochs(total: int | None, given: tuple[int | None, ...]) -> tuple[int,
     """Fill the unspecified stages: defaults without a total, else a share of what is left.
 
     >>> split_epochs(None, (None, None, None, None)), split_epochs(2, (None, None, None, None))
-    ((1, 2, 5, 12), (0, 0, 1, 1))
+    ((2, 3, 7, 18), (0, 0, 1, 1))
     >>> split_epochs(10, (0, None, 4, None))
     (0, 1, 4, 5)
     """
