@@ -109,7 +109,7 @@ class Context:
                 return self.graph.refs[node]
             if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
                 return None
-            if getattr(node.target, "_geta_passthrough", False) or _is_passthrough(node.target):
+            if _is_passthrough(node.target):
                 node = node.args[0]
             else:
                 return None

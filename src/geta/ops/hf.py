@@ -13,6 +13,12 @@ __all__: list[str] = []
 register_layer_type(Conv1D)  # GPT-2's transposed linear: forward(x) -> addmm(b, x, W)
 
 
+@register_module_fixer(Conv1D)
+def _conv1d(mod: nn.Module) -> None:
+    """HF's transposed linear keeps its output width in ``nf`` (weight: (in, out))."""
+    mod.nf = mod.weight.shape[1]
+
+
 @register_module_fixer(GPT2Attention)
 def _gpt2_attention(mod: nn.Module) -> None:
     """GPT-2 splits its fused q|k|v output by ``split_size``: keep it equal to the q width."""

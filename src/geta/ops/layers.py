@@ -120,8 +120,6 @@ def addmm(ctx: Context, node: fx.Node) -> Labels:
     bias, a, b = node.args[0], node.args[1], node.args[2]
     mod = ctx.module_of(node)
     out = _contract(ctx, node, a, b)
-    bl = ctx.label_or_anon(b)
-    ctx.rule(mod, "nf", bl[-1])  # HF's transposed linear (Conv1D) stores its out features as nf
     if ctx.is_static(b) and not ctx.is_static(a):
         ctx.quant_site(b, mod, a)
     return ctx.broadcast_labels([out, ctx.label_or_anon(bias)], ctx.shape(node), f"addmm ({node.name})")
