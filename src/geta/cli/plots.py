@@ -140,6 +140,8 @@ def _tradeoff(plt: Any, report: dict[str, Any]) -> Any:
             ax.annotate(
                 f"{bops:.2%}", (bops * 100, acc * 100), textcoords="offset points", xytext=(5, 5), fontsize=7
             )
+    lowest = min(acc for _, _, acc, _ in points) * 100
+    ax.set_ylim(max(0.0, lowest - 2.0), min(100.5, max(d["accuracy"], c["accuracy"]) * 100 + 1.0))
     ax.set_xscale("log")
     ax.set_xlabel("relative BOPs (% of dense FP32)")
     ax.set_ylabel("test accuracy (%)")
