@@ -59,7 +59,13 @@ def convert(model: nn.Module, plan: Plan, *, verify: bool = True) -> nn.Module:
         raise ConvertError("convert(model, plan): plan was prepared for a different model object")
     removed = removed_units(plan)
     memo: dict[int, object] = {}
-    new = copy.deepcopy(model, memo)
+    try:
+        new = copy.deepcopy(model, memo)
+    except Exception as exc:
+        raise ConvertError(
+            f"convert works on a copy of the model, but copy.deepcopy({type(model).__name__}) failed "
+            f"({type(exc).__name__}: {exc}); keep non-copyable objects out of the module's attributes"
+        ) from exc
     apply_removal(plan, new, removed, memo)
     if verify and plan.example_inputs is not None:
         _verify(model, new, plan)

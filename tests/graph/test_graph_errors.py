@@ -91,3 +91,21 @@ def test_prepare_leaves_batchnorm_statistics_alone() -> None:
         if "running" in k or "num_batches" in k:
             assert torch.equal(after[k], v), k
     assert model.training
+
+
+def test_a_model_that_cannot_be_copied_is_analysed_and_convert_says_why() -> None:
+    class HoldsAGenerator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+            self.ids = (i for i in range(3))  # copy.deepcopy cannot copy a generator
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    model = HoldsAGenerator()
+    with pytest.warns(RuntimeWarning, match="trial conversion could not run"):
+        plan = geta.prepare(model, (torch.randn(2, 4),))
+    assert [g.size for g in plan.prunable_groups] == [8]
+    with pytest.raises(geta.ConvertError, match=r"copy\.deepcopy"):
+        geta.convert(model, plan)

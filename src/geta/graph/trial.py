@@ -11,6 +11,7 @@ groups out of n.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -55,8 +56,8 @@ def _runs(plan: Plan, removed: dict[int, torch.Tensor], inputs: Any, meta: bool)
     from geta.testing.invariance import max_relative_error
 
     memo = _meta_memo(plan.model) if meta else {}
-    zeroed = copy.deepcopy(plan.model, memo)
     try:
+        zeroed = copy.deepcopy(plan.model, memo)
         with torch.no_grad():
             zeroed.eval()
             if not meta:
@@ -110,8 +111,14 @@ def unconvertible_groups(plan: Plan, seed: int = 0) -> list[int]:
     on_meta = any(p.is_meta for p in params)
     meta = on_meta or sum(p.numel() for p in params) > NUMERIC_TRIAL_MAX_PARAMS
     inputs = _to_meta(plan.example_inputs) if meta else plan.example_inputs
-    if meta and not _runs(plan, {}, inputs, meta=True):
-        return []  # the model cannot run on meta: nothing to check here
+    if not _runs(plan, {}, inputs, meta):  # the trial itself cannot run (no meta kernels, no deepcopy)
+        warnings.warn(
+            "geta.prepare: the trial conversion could not run on a copy of this model; groups are "
+            "declared prunable without it (geta.convert still checks its result)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return []
 
     def ok(ids: list[int]) -> bool:
         return all(_runs(plan, {i: p[i] for i in ids}, inputs, meta) for p in patterns)
