@@ -211,4 +211,6 @@ def _nonnegative(node: fx.Node) -> bool:
 
 def _register_known_layers() -> None:
     if "transformers" in sys.modules:
-        from geta.ops import hf  # noqa: F401  (registers HF layer types and module rules)
+        from geta.ops import hf  # registers HF layer types and module rules
+
+        hf.register_loaded_attention_classes()

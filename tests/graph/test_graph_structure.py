@@ -161,3 +161,26 @@ def test_multihead_attention_heads_are_pruned_in_a_subclass() -> None:
     new = next(m for m in small.modules() if isinstance(m, nn.MultiheadAttention))
     assert isinstance(new, PrunedMultiheadAttention) and new.num_heads == mha.num_heads - 2
     assert max_relative_error(model_outputs(small, inputs), ref) <= 1e-4
+
+
+def test_opt_attention_heads_follow_q_proj_after_convert() -> None:
+    transformers = pytest.importorskip("transformers")
+    from geta.testing import max_relative_error, model_outputs
+
+    cfg = transformers.OPTConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        ffn_dim=64,
+        word_embed_proj_dim=32,
+    )
+    model = transformers.OPTForCausalLM(cfg).eval()
+    inputs = {"input_ids": torch.randint(0, 64, (2, 8))}
+    plan = geta.prepare(model, inputs)
+    (heads,) = [g for g in plan.prunable_groups if g.size == cfg.num_attention_heads]
+    heads.zero_(torch.tensor([1, 3]))
+    ref = model_outputs(model, inputs)
+    small = geta.convert(model, plan)
+    assert small.model.decoder.layers[0].self_attn.num_heads == 2
+    assert max_relative_error(model_outputs(small, inputs), ref) <= 1e-4

@@ -78,6 +78,10 @@ def register_module_fixer(cls: type) -> Callable[[Fixer], Fixer]:
     return deco
 
 
+def has_module_fixer(cls: type) -> bool:
+    return cls in _FIXERS
+
+
 def apply_module_fixers(model: nn.Module) -> None:
     for mod in model.modules():
         for cls, fn in _FIXERS.items():
