@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import sys
 
@@ -78,9 +79,7 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
         raise ConfigError(f"prepare(model=...) must be a torch.nn.Module, got {type(model).__name__}")
     normalize_inputs(example_inputs)
     analysis, plan = analyze_model(model, example_inputs, config)
-    plan.bindings = _attach(model, analysis, example_inputs, config)
-    plan.__post_init__()
-    return plan
+    return dataclasses.replace(plan, bindings=_attach(model, analysis, example_inputs, config))
 
 
 def _excluded(name: str, patterns: tuple[str, ...]) -> bool:

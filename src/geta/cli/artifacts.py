@@ -15,7 +15,7 @@ from torch import nn
 
 from geta.cli.errors import CliError
 
-__all__ = ["RunFiles", "locate", "load_module", "load_inputs", "parse_shape"]
+__all__ = ["RunFiles", "add_checkpoint_argument", "locate", "load_module", "load_inputs", "parse_shape"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,13 @@ class RunFiles:
     model: Path  # a torch.save'd nn.Module
     inputs: Path | None  # a torch.save'd tuple of example inputs, if known
     run_dir: Path | None  # the ``geta compress`` output directory, if the model came from one
+
+
+def add_checkpoint_argument(parser: Any) -> None:
+    """The CHECKPOINT positional of ``geta report`` / ``geta export`` (resolved by `locate`)."""
+    parser.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="geta compress output directory or module .pt file"
+    )
 
 
 def locate(path: str) -> RunFiles:

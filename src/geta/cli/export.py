@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from geta.cli.artifacts import load_inputs, load_module, locate
+from geta.cli.artifacts import add_checkpoint_argument, load_inputs, load_module, locate
 from geta.cli.errors import CliError
 
 __all__ = ["add_parser", "run", "quiet_exporters"]
@@ -44,9 +44,7 @@ def add_parser(subparsers: Any) -> None:
         help="export a compressed model to ONNX (QDQ) or a packed low-bit file",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    p.add_argument(
-        "checkpoint", metavar="CHECKPOINT", help="geta compress output directory or module .pt file"
-    )
+    add_checkpoint_argument(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx or packed")
     p.add_argument("--out", required=True, metavar="PATH", help="file to write")
     p.add_argument("--input-shape", metavar="SHAPE", help="example input shape for ONNX, e.g. 1,3,32,32")

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from geta.cli.artifacts import RunFiles, load_inputs, load_module, locate
+from geta.cli.artifacts import RunFiles, add_checkpoint_argument, load_inputs, load_module, locate
 from geta.cli.errors import CliError
 
 __all__ = ["add_parser", "run", "dense_of_run"]
@@ -28,9 +28,7 @@ def add_parser(subparsers: Any) -> None:
         help="measure MACs, bits, BOPs and size of a compressed model",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    p.add_argument(
-        "checkpoint", metavar="CHECKPOINT", help="geta compress output directory or module .pt file"
-    )
+    add_checkpoint_argument(p)
     p.add_argument(
         "--dense", metavar="FILE", help="a torch.save'd dense module: reference of relative numbers"
     )
