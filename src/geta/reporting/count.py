@@ -30,7 +30,7 @@ from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.macs import MacRule, mac_rule
 from geta.reporting.model import FP32_BITS, CompressionReport, LayerReport
 
-__all__ = ["dtype_bits", "report", "rounded_bits"]
+__all__ = ["LayerCost", "dtype_bits", "layer_costs", "report", "rounded_bits"]
 
 aten = torch.ops.aten
 
@@ -174,6 +174,53 @@ def _layer(counter: _Counter, node: fx.Node, rule: MacRule) -> LayerReport:
         size_bits=size + FP32_BITS * n_quant,
         quantizers=n_quant,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class LayerCost:
+    """The cost terms of one multiplying op, by identity: MACs and the quantizers setting its bits.
+
+    BOPs of the op = ``macs`` · b_w · b_a, where b_w is the bit width of ``weight_quantizer``
+    (``weight_bits`` when it is None: the float width of the operand) and b_a likewise.
+    ``weight`` is the parameter the op multiplies (None for activation x activation products).
+    """
+
+    macs: int
+    weight: torch.Tensor | None
+    weight_quantizer: LearnableQuantizer | None
+    act_quantizer: LearnableQuantizer | None
+    weight_bits: int  # dtype bits of an unquantized weight operand
+    act_bits: int  # dtype bits of an unquantized activation operand
+
+
+def layer_costs(model: nn.Module, example_inputs: object) -> list[LayerCost]:
+    """Every multiplying op of ``model`` with its MACs and quantizers (the terms of its BOPs).
+
+    Counted exactly as `report` counts (same capture, same operand tracing), so a bit-width
+    allocation computed from these terms gives the BOPs `report` measures.
+    """
+    graph = capture(model, example_inputs)
+    counter = _Counter(model, graph)
+    costs: list[LayerCost] = []
+    for node in graph.call_nodes():
+        rule = mac_rule(node.target)
+        if rule is None:
+            continue
+        operands = [counter.operand(node.args[i]) for i in rule.operands if i < len(node.args)]
+        weight = next((op for op in operands if op.ref is not None), None)
+        slot_w = weight if weight is not None else operands[min(1, len(operands) - 1)]
+        slot_a = next((op for op in operands if op is not slot_w), slot_w)
+        costs.append(
+            LayerCost(
+                macs=rule.macs(node),
+                weight=weight.ref.tensor if weight is not None else None,
+                weight_quantizer=slot_w.quantizer,
+                act_quantizer=slot_a.quantizer if slot_a is not slot_w else None,
+                weight_bits=dtype_bits(slot_w.dtype),
+                act_bits=dtype_bits(slot_a.dtype),
+            )
+        )
+    return costs
 
 
 def _has_matrix_param(counter: _Counter, node: fx.Node) -> bool:
