@@ -16,6 +16,7 @@ from torch import nn
 
 from geta.config import Config
 from geta.graph.group import PruneGroup
+from geta.graph.summary import plan_summary
 
 if TYPE_CHECKING:
     from geta.graph.analysis import Analysis
@@ -88,6 +89,4 @@ class Plan:
 
     def summary(self) -> str:
         """A plain-text table of the groups and quantizers (what `geta inspect` prints)."""
-        from geta.graph.summary import plan_summary
-
         return plan_summary(self)

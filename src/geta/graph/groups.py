@@ -6,7 +6,7 @@ import fnmatch
 
 import torch
 
-from geta.graph.analysis import Analysis
+from geta.graph.context import Analysis
 from geta.graph.group import ParamSlice, PruneGroup
 from geta.graph.space import Space
 

@@ -1,13 +1,45 @@
-"""Plain-text summary of a `Plan`: groups, their sizes and tensors, quantizers, unknown ops."""
+"""Plain-text summary of a `Plan`: groups, their sizes and tensors, quantizers, unknown ops.
+
+It sits below `geta.plan` (``Plan.summary`` calls it), so it reads a plan through the small
+protocols below instead of importing the class.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from geta.plan import Plan
+from torch import nn
+
+from geta.graph.context import Analysis
+from geta.graph.group import PruneGroup
+from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = ["plan_summary"]
+
+
+class _Binding(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def quantizer(self) -> LearnableQuantizer: ...
+
+
+class _Plan(Protocol):
+    """The parts of a `geta.Plan` the summary reads."""
+
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def groups(self) -> Sequence[PruneGroup]: ...
+    @property
+    def prunable_groups(self) -> Sequence[PruneGroup]: ...
+    @property
+    def num_prunable_units(self) -> int: ...
+    @property
+    def bindings(self) -> Sequence[_Binding]: ...
+    @property
+    def analysis(self) -> Analysis | None: ...
 
 
 def _names(group_slices: tuple, limit: int = 6) -> str:
@@ -16,7 +48,7 @@ def _names(group_slices: tuple, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def plan_summary(plan: Plan) -> str:
+def plan_summary(plan: _Plan) -> str:
     """What `Plan.summary` returns (and `geta inspect` prints)."""
     lines = [
         f"{type(plan.model).__name__}: {len(plan.groups)} groups, "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from geta.graph.analysis import Context, Labels
+from geta.graph.context import Context, Labels
 from geta.graph.space import prod
 from geta.ops.registry import register_op
 

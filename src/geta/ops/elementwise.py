@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from geta.graph.analysis import Context, Labels
+from geta.graph.context import Context, Labels
 from geta.ops.registry import register_op
 from geta.quant import functional as _qf  # noqa: F401  (registers torch.ops.geta.fake_quant)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geta.graph.analysis import Analysis
+from geta.graph.context import Analysis
 from geta.ops.modules import freeze_tensor_dims, register_module_constraint, register_module_fixer
 
 __all__ = ["PrunedMultiheadAttention"]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from torch import nn
 
 from geta.errors import GetaError
-from geta.graph.analysis import Analysis
+from geta.graph.context import Analysis
 
 __all__ = [
     "register_layer_type",

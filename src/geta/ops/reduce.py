@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from geta.graph.analysis import Context, Labels
+from geta.graph.context import Context, Labels
 from geta.graph.space import Anon, Expr
 from geta.ops.registry import register_op
 

@@ -2,28 +2,38 @@
 
 A handler is a function ``handler(ctx, node) -> labels`` called once per graph node, in
 topological order. It reads the labels of the node's inputs from ``ctx`` (one `Expr` per
-dimension, see `geta.graph.space`), states which channels must coincide (``ctx.unify``), which
-cannot be removed (``ctx.freeze``), and returns the labels of the node's output. Handlers are
-keyed by op object (an ATen ``OpOverload``/``OpOverloadPacket`` or a Python callable such as
-``operator.getitem``), never by a string. An op without a handler freezes every channel it
+dimension, see `geta.graph.space` and `geta.graph.context`), states which channels must
+coincide (``ctx.unify``), which cannot be removed (``ctx.freeze``), and returns the labels of
+the node's output. Handlers are keyed by op object (an ATen ``OpOverload``/``OpOverloadPacket``
+or a Python callable such as ``operator.getitem``), never by a string.
+
+This module only stores handlers; it imports none. The built-in families
+(``geta.ops.{layers,elementwise,shape,reduce,attention}``) register themselves with
+`register_op` when `geta.ops.catalog` imports them, and the interpreter
+(`geta.graph.analysis`) imports the catalog. An op without a handler freezes every channel it
 touches and names itself as the reason; analysis never crashes on an unknown op.
+
+To cover a new op, add a handler to the family it belongs to (or a new family module listed in
+`geta.ops.catalog`)::
+
+    @register_op(aten.my_op)
+    def my_op(ctx: Context, node: fx.Node) -> Labels:
+        return ctx.label_or_anon(node.args[0])  # channel-wise: labels pass through
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from torch import fx
 
 from geta.errors import GetaError
-
-if TYPE_CHECKING:
-    from torch import fx
-
-    from geta.graph.analysis import Context, Labels
+from geta.graph.context import Context, Labels
 
 __all__ = ["Handler", "register_op", "handler_for", "registered_ops"]
 
-Handler = Callable[["Context", "fx.Node"], "Labels"]
+Handler = Callable[[Context, fx.Node], Labels]
 
 _HANDLERS: dict[Any, Handler] = {}
 
@@ -32,9 +42,9 @@ def register_op(*targets: Any) -> Callable[[Handler], Handler]:
     """Register ``handler`` for each op object in ``targets`` (duplicates raise).
 
     >>> import torch
-    >>> from geta.ops.registry import handler_for
-    >>> handler_for(torch.ops.aten.relu.default) is not None
-    True
+    >>> from geta.ops import catalog  # registers the built-in handler families
+    >>> handler_for(torch.ops.aten.relu.default).__name__
+    'unary'
     """
 
     def deco(fn: Handler) -> Handler:
@@ -49,7 +59,6 @@ def register_op(*targets: Any) -> Callable[[Handler], Handler]:
 
 def handler_for(target: Any) -> Handler | None:
     """The handler of an op: by overload first, then by its overload packet."""
-    _load_builtin_handlers()
     fn = _HANDLERS.get(target)
     if fn is None:
         packet = getattr(target, "overloadpacket", None)
@@ -58,16 +67,5 @@ def handler_for(target: Any) -> Handler | None:
 
 
 def registered_ops() -> list[Any]:
-    _load_builtin_handlers()
+    """Every op object with a handler (the built-in ones once `geta.ops.catalog` is imported)."""
     return list(_HANDLERS)
-
-
-_loaded = False
-
-
-def _load_builtin_handlers() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from geta.ops import attention, elementwise, layers, reduce, shape  # noqa: F401  (register)

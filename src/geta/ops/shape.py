@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from geta.graph.analysis import Context, Labels
+from geta.graph.context import Context, Labels
 from geta.graph.space import Anon, Expr, LayoutConflict, Sum, concat, prod
 from geta.ops.registry import register_op
 

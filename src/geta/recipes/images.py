@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geta.recipes.data import DataBundle, Task
+from geta.recipes.bundle import DataBundle, Task
 from geta.recipes.errors import RecipeError
 
 __all__ = ["load_digits_bundle", "load_cifar10", "load_imagefolder", "IMAGE_SIZE"]

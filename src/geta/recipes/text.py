@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from geta.recipes.data import DataBundle, Task
+from geta.recipes.bundle import DataBundle, Task
 from geta.recipes.errors import RecipeError
 
 __all__ = ["load_text", "default_corpus", "SEQ_LEN", "VOCAB_SIZE"]
