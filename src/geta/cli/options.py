@@ -9,45 +9,63 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from geta.cli.errors import CliError
 from geta.config import MAX_BITS, MIN_BITS
 
-__all__ = ["CompressOptions", "STAGE_WEIGHTS", "load_config_file", "split_epochs"]
+__all__ = [
+    "CompressOptions",
+    "DEFAULT_LR",
+    "STAGE_NAMES",
+    "STAGE_WEIGHTS",
+    "default_text",
+    "load_config_file",
+    "split_epochs",
+]
 
 STAGE_WEIGHTS = (2, 3, 7, 18)  # default epochs of warm-up, projection, joint, cool-down
+STAGE_NAMES = ("warm-up", "projection", "joint", "cool-down")
+_STAGE_PRIORITY = (2, 3, 1, 0)  # who gets an epoch first when there are too few: joint, cool-down, ...
 OPTIMIZERS = ("sgd", "adam", "adamw")
+DEFAULT_LR = {"sgd": (0.1, 0.05), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)}  # (dense, QASSO)
+
+
+def _opt(default: Any, text: str) -> Any:
+    """A field with its ``--help`` text (the default is appended from the code, `default_text`)."""
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class CompressOptions:
     """What ``geta compress`` trains, on what, and how (defaults tuned for the digits demo)."""
 
-    model: str = "resnet"  # a recipe name or module:factory
-    data: str = "digits"  # digits | cifar10:DIR | imagefolder:DIR | text[:FILE]
-    sparsity: float = 0.6  # fraction of prunable channels/heads to remove
-    weight_bits: tuple[int, int] = (3, 4)  # final range of every weight's bit width
-    act_bits: tuple[int, int] | None = (2, 4)  # final range of layer inputs; None: float inputs
-    epochs: int | None = None  # compression epochs in total (split over the stages)
-    warmup: int | None = None
-    projection: int | None = None
-    joint: int | None = None
-    cooldown: int | None = None
-    dense_epochs: int = 40  # dense baseline training (skipped with dense_checkpoint)
-    dense_lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adam/adamw
-    optimizer: str = "sgd"  # sgd | adam | adamw, for both phases
-    lr: float | None = None  # QASSO lr of the weights (None: 0.05 sgd, 1e-3 adam); cosine in the cool-down
-    lr_quant: float = 1e-3  # QASSO learning rate of the quantizer scalars
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    grad_clip: float | None = None  # element-wise gradient clip inside QASSO
-    batch_size: int = 64
-    device: str = "cpu"
-    seed: int = 0
-    dense_checkpoint: str | None = None  # a state_dict of the dense model: skip dense training
+    model: str = _opt("resnet", "model recipe or module:factory")
+    data: str = _opt("digits", "data set")
+    sparsity: float = _opt(0.6, "fraction of prunable channels/heads to remove")
+    weight_bits: tuple[int, int] = _opt((3, 4), "final bit range of the weights, LO,HI")
+    act_bits: tuple[int, int] | None = _opt((2, 4), "final bit range of layer inputs, LO,HI or none (float)")
+    epochs: int | None = _opt(None, "compression epochs in total, split over the four stages")
+    warmup: int | None = _opt(None, "warm-up epochs")
+    projection: int | None = _opt(None, "projection epochs")
+    joint: int | None = _opt(None, "joint (pruning) epochs")
+    cooldown: int | None = _opt(None, "cool-down epochs")
+    dense_epochs: int = _opt(40, "epochs of dense baseline training (skipped with --dense-checkpoint)")
+    dense_lr: float | None = _opt(None, "dense training learning rate")
+    optimizer: str = _opt("sgd", "sgd, adam or adamw, for both phases")
+    lr: float | None = _opt(None, "QASSO learning rate of the weights (cosine decay in the cool-down)")
+    lr_quant: float = _opt(1e-3, "QASSO learning rate of the quantizer scalars")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(1e-4, "weight decay")
+    grad_clip: float | None = _opt(None, "element-wise gradient clip inside QASSO")
+    batch_size: int = _opt(64, "batch size")
+    device: str = _opt("cpu", "torch device")
+    seed: int = _opt(0, "seed of the data split, init and shuffling")
+    dense_checkpoint: str | None = _opt(
+        None, "state_dict of the dense model (e.g. dense.pt of a run): skip dense training"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: Callable[[str], str]) -> CompressOptions:
@@ -70,7 +88,7 @@ class CompressOptions:
 
     def stage_epochs(self) -> tuple[int, int, int, int]:
         """Epochs of (warm-up, projection, joint, cool-down) after splitting ``epochs``."""
-        stages = split_epochs(self.epochs, (self.warmup, self.projection, self.joint, self.cooldown))
+        stages = split_epochs(self.epochs, self._given_stages())
         if self.sparsity > 0 and stages[2] == 0:
             raise CliError(
                 f"--sparsity {self.sparsity} needs at least one joint (pruning) epoch; "
@@ -78,18 +96,59 @@ class CompressOptions:
             )
         return stages
 
+    def empty_stages(self) -> list[str]:
+        """Stages left without an epoch because ``epochs`` is too small (not those set to 0)."""
+        given = self._given_stages()
+        return [STAGE_NAMES[i] for i, n in enumerate(self.stage_epochs()) if n == 0 and given[i] is None]
+
+    def learning_rates(self) -> tuple[float, float]:
+        """(dense lr, QASSO lr): the options', or the optimizer's `DEFAULT_LR` where they are None."""
+        dense, qasso = DEFAULT_LR[self.optimizer]
+        return (
+            self.dense_lr if self.dense_lr is not None else dense,
+            self.lr if self.lr is not None else qasso,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists), as written to ``config.yaml`` and checkpoints."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    def _given_stages(self) -> tuple[int | None, int | None, int | None, int | None]:
+        return (self.warmup, self.projection, self.joint, self.cooldown)
+
+
+def default_text(name: str) -> str | None:
+    """The default of option ``name`` as ``--help`` shows it, from the values the code applies.
+
+    >>> default_text("weight_bits"), default_text("epochs"), default_text("joint"), default_text("lr")
+    ('3,4', '30', '7', 'sgd 0.05, adam 0.001, adamw 0.001')
+    """
+    f = next(f for f in fields(CompressOptions) if f.name == name)
+    stages = ("warmup", "projection", "joint", "cooldown")
+    if name == "epochs":
+        return str(sum(STAGE_WEIGHTS))
+    if name in stages:
+        return str(STAGE_WEIGHTS[stages.index(name)])
+    if name in ("dense_lr", "lr"):
+        side = 0 if name == "dense_lr" else 1
+        return ", ".join(f"{opt} {lrs[side]:g}" for opt, lrs in DEFAULT_LR.items())
+    if f.default is None:
+        return "none" if name in ("act_bits", "grad_clip") else None
+    if isinstance(f.default, tuple):
+        return ",".join(str(v) for v in f.default)
+    return f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
 
 
 def split_epochs(total: int | None, given: tuple[int | None, ...]) -> tuple[int, int, int, int]:
     """Fill the unspecified stages: defaults without a total, else a share of what is left.
 
+    Shares follow `STAGE_WEIGHTS`, but every unspecified stage gets at least one epoch while
+    there are enough (the joint stage first, then cool-down, projection and warm-up).
+
     >>> split_epochs(None, (None, None, None, None)), split_epochs(2, (None, None, None, None))
     ((2, 3, 7, 18), (0, 0, 1, 1))
-    >>> split_epochs(10, (0, None, 4, None))
-    (0, 1, 4, 5)
+    >>> split_epochs(8, (None, None, None, None)), split_epochs(10, (0, None, 4, None))
+    ((1, 1, 2, 4), (0, 1, 4, 5))
     """
     if total is None:
         return tuple(w if g is None else g for g, w in zip(given, STAGE_WEIGHTS))  # type: ignore[return-value]
@@ -105,6 +164,11 @@ def split_epochs(total: int | None, given: tuple[int | None, ...]) -> tuple[int,
     alloc = {i: int(s) for i, s in share.items()}
     for i in sorted(free, key=lambda i: alloc[i] - share[i])[: left - sum(alloc.values())]:
         alloc[i] += 1  # largest remainders first
+    for i in sorted(free, key=_STAGE_PRIORITY.index):  # an empty stage takes one from the largest
+        donor = max((j for j in free if alloc[j] > 1), key=lambda j: alloc[j], default=None)
+        if alloc[i] == 0 and donor is not None:
+            alloc[donor] -= 1
+            alloc[i] = 1
     if 2 in alloc and alloc[2] == 0 and left > 0:  # pruning needs a joint epoch: take one
         donor = max((i for i in free if alloc[i] > 0), key=lambda i: alloc[i])
         alloc[donor] -= 1
