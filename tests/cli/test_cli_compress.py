@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +29,8 @@ def test_finished_run_writes_every_output(finished_run: Path) -> None:
         "config.yaml",
         "model.onnx",
         "model.geta",
-        ".checkpoint",
     } <= names
+    assert not state_path(finished_run).parent.exists(), "a finished run keeps no checkpoint"
     report = json.loads((finished_run / "report.json").read_text())
     for side in ("dense", "compressed"):
         assert {"accuracy", "macs", "bops", "params", "size_bytes"} <= set(report[side])
@@ -60,16 +61,59 @@ def test_summary_table_is_printed(tmp_path: Path, geta_cli: Callable[..., Result
     assert result.code == 0
     assert "BOPs (W+A)" in result.out and "group sparsity" in result.out and "compressed" in result.out
     assert "compress epoch 2 [cooldown]" in result.err
+    assert "compression epochs: warm-up 0, projection 0, joint 1, cool-down 1 (2 in total)" in result.err
+    assert "warning: --epochs 2 leaves no epoch for warm-up and projection" in result.err
 
 
 def test_stop_and_resume_gives_identical_numbers(tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert geta_cli("compress", "--out", straight, *TINY).code == 0
+    t0 = time.perf_counter()
     stopped = geta_cli("compress", "--out", resumed, *TINY, "--stop-after-epochs", "2")
+    first = time.perf_counter() - t0
     assert stopped.code == 130 and "--resume" in stopped.err
     assert state_path(resumed).is_file() and not (resumed / "report.json").exists()
-    assert geta_cli("compress", "--out", resumed, *TINY, "--resume").code == 0
+    t0 = time.perf_counter()
+    again = geta_cli("compress", "--out", resumed, *[a for a in TINY if a != "--quiet"], "--resume")
+    second = time.perf_counter() - t0
+    assert again.code == 0 and "resuming at epoch 2 of the compression" in again.err
     assert report_numbers(resumed) == report_numbers(straight)
+    wall = json.loads((resumed / "report.json").read_text())["wall_seconds"]
+    assert 0.9 * (first + second) <= wall <= first + second  # both processes, not just the last
+    assert not state_path(resumed).parent.exists()
+
+
+def test_an_interrupted_run_is_kept_unless_a_flag_says_otherwise(
+    tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
+    out = tmp_path / "run"
+    assert geta_cli("compress", "--out", out, *TINY, "--stop-after-epochs", "1").code == 130
+    saved = state_path(out).read_bytes()
+    plain = geta_cli("compress", "--out", out, *TINY)
+    assert plain.code == 2 and "holds an interrupted run; pass --resume" in plain.err
+    assert state_path(out).read_bytes() == saved
+    both = geta_cli("compress", "--out", out, *TINY, "--resume", "--overwrite")
+    assert both.code == 2 and state_path(out).read_bytes() == saved
+    fresh = geta_cli("compress", "--out", out, *TINY, "--overwrite", "--stop-after-epochs", "1")
+    assert fresh.code == 130 and "dense epoch 1" in fresh.err  # started over, not resumed
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(
+    tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
+    out = tmp_path / "again"
+    assert geta_cli("compress", "--out", out, *TINY).code == 0
+    first = (out / "report.json").read_bytes()
+    stamp = (out / "compressed.pt").stat().st_mtime_ns
+    refused = geta_cli("compress", "--out", out, *TINY, "--sparsity", "0.25")
+    assert refused.code == 2 and "holds a finished run; pass --overwrite" in refused.err
+    done = geta_cli("compress", "--out", out, *TINY, "--resume")
+    assert done.code == 0 and "already complete" in done.err
+    assert (out / "report.json").read_bytes() == first and (out / "compressed.pt").stat().st_mtime_ns == stamp
+    assert geta_cli("compress", "--out", out, *TINY, "--sparsity", "0.25", "--overwrite").code == 0
+    second = json.loads((out / "report.json").read_text())
+    assert json.loads(first)["options"]["sparsity"] == 0.6 and second["options"]["sparsity"] == 0.25
+    assert not state_path(out).parent.exists()
 
 
 def test_ctrl_c_mid_epoch_then_resume(
@@ -92,18 +136,6 @@ def test_ctrl_c_mid_epoch_then_resume(
     monkeypatch.setattr(TqdmReporter, "batch", original)
     assert geta_cli("compress", "--out", resumed, *TINY, "--resume").code == 0
     assert report_numbers(resumed) == report_numbers(straight)
-
-
-def test_rerun_replaces_a_finished_run(
-    finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]
-) -> None:
-    out = tmp_path / "again"
-    assert geta_cli("compress", "--out", out, *TINY).code == 0
-    first = json.loads((out / "report.json").read_text())
-    assert geta_cli("compress", "--out", out, *TINY, "--sparsity", "0.25").code == 0
-    second = json.loads((out / "report.json").read_text())
-    assert first["options"]["sparsity"] == 0.6 and second["options"]["sparsity"] == 0.25
-    assert state_path(out).is_file()
 
 
 def test_dense_checkpoint_skips_dense_training(

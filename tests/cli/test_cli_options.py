@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from geta.cli.compress import add_parser, options_from_args
 from geta.cli.errors import CliError
-from geta.cli.options import STAGE_WEIGHTS, CompressOptions, split_epochs
+from geta.cli.options import OPTIMIZERS, STAGE_WEIGHTS, CompressOptions, split_epochs
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -30,6 +32,50 @@ def test_split_epochs_keeps_given_stages() -> None:
     assert split_epochs(9, (1, 1, 1, None)) == (1, 1, 1, 6)
     with pytest.raises(CliError, match="--epochs 2 is less than"):
         split_epochs(2, (1, 1, 1, None))
+
+
+@pytest.mark.parametrize("total", range(4, 31))
+def test_split_epochs_runs_every_stage_when_there_are_enough_epochs(total: int) -> None:
+    stages = split_epochs(total, (None, None, None, None))
+    assert sum(stages) == total and min(stages) >= 1  # --epochs 8 used to leave warm-up at 0
+
+
+def test_too_few_epochs_name_the_empty_stages() -> None:
+    assert CompressOptions(epochs=2).empty_stages() == ["warm-up", "projection"]
+    assert CompressOptions(epochs=8).empty_stages() == []
+    assert CompressOptions(epochs=3, warmup=0).empty_stages() == []  # asked for: no warning
+
+
+def _help_defaults() -> dict[str, str]:
+    """``--flag`` -> the text in [brackets] at the end of its ``geta compress --help`` entry."""
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    compress = parser._subparsers._group_actions[0].choices["compress"]  # type: ignore[union-attr]
+    out = {}
+    for action in compress._actions:
+        found = re.search(r"\[([^\]]+)\]$", action.help or "")
+        if found and action.option_strings:
+            out[action.option_strings[0]] = found.group(1)
+    return out
+
+
+def test_help_shows_the_defaults_the_code_applies() -> None:
+    shown = _help_defaults()
+    applied = options_from_args(_parse())  # nothing given: every default as the run uses it
+    for f in fields(CompressOptions):
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is not None and f.name != "device":
+            assert flag in shown, flag
+            again = CompressOptions.from_mapping({f.name: shown[flag]}, where=str)
+            assert getattr(again, f.name) == getattr(applied, f.name), flag
+    stages = applied.stage_epochs()
+    for flag, epochs in zip(("--warmup", "--projection", "--joint", "--cooldown"), stages):
+        assert shown[flag] == str(epochs)
+    assert shown["--epochs"] == str(sum(stages))
+    for flag, side in (("--dense-lr", 0), ("--lr", 1)):
+        for optimizer in OPTIMIZERS:
+            lr = CompressOptions(optimizer=optimizer).learning_rates()[side]
+            assert f"{optimizer} {lr:g}" in shown[flag]
 
 
 def test_flags_convert_and_validate() -> None:

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -22,38 +22,26 @@ from typing import Any
 from geta.cli.checkpoint import load_state, state_path
 from geta.cli.errors import EXIT_INTERRUPTED, CliError
 from geta.cli.job import CompressJob, Interrupted, JobResult, RunState
-from geta.cli.options import CompressOptions, load_config_file
-from geta.cli.outputs import check_out_dir, publish, write_results
+from geta.cli.options import CompressOptions, default_text, load_config_file
+from geta.cli.outputs import RunStatus, check_out_dir, publish, run_status, write_results
 from geta.cli.progress import TqdmReporter, summary_table
 from geta.errors import GetaError
 from geta.recipes import DATA_SETS, RECIPES
 
-__all__ = ["add_parser", "run", "options_from_args", "StopFlag"]
+__all__ = ["add_parser", "run", "options_from_args", "option_help", "StopFlag"]
 
-_HELP = {
-    "model": f"model recipe ({', '.join(RECIPES)}) or module:factory [resnet]",
-    "data": f"data set: {', '.join(DATA_SETS)} [digits]",
-    "sparsity": "fraction of prunable channels/heads to remove [0.6]",
-    "weight_bits": "final bit range of the weights, LO,HI [3,4]",
-    "act_bits": "final bit range of layer inputs, LO,HI or none [2,4]",
-    "epochs": "compression epochs in total, split over the four stages [30]",
-    "warmup": "warm-up epochs [1]",
-    "projection": "projection epochs [2]",
-    "joint": "joint (pruning) epochs [5]",
-    "cooldown": "cool-down epochs [12]",
-    "dense_epochs": "epochs of dense baseline training [40]",
-    "dense_lr": "dense training learning rate [0.1 sgd, 1e-3 adam]",
-    "optimizer": "sgd, adam or adamw [sgd]",
-    "lr": "QASSO learning rate [0.05 sgd, 1e-3 adam]",
-    "lr_quant": "learning rate of quantizer scalars [1e-3]",
-    "momentum": "SGD momentum [0.9]",
-    "weight_decay": "weight decay [1e-4]",
-    "grad_clip": "element-wise gradient clip inside QASSO [none]",
-    "batch_size": "batch size [64]",
-    "device": "torch device [cpu]",
-    "seed": "seed of the data split, init and shuffling [0]",
-    "dense_checkpoint": "state_dict of the dense model (e.g. dense.pt of a run): skip dense training",
+_METAVARS = {"weight_bits": "LO,HI", "act_bits": "LO,HI", "dense_checkpoint": "FILE"} | {
+    name: "N" for name in ("epochs", "warmup", "projection", "joint", "cooldown", "dense_epochs")
 }
+_CHOICES = {"model": f"one of {', '.join(RECIPES)}", "data": f"one of {', '.join(DATA_SETS)}"}
+
+
+def option_help(name: str) -> str:
+    """``--help`` text of a compress option: its description, then its default from the code."""
+    f = next(f for f in fields(CompressOptions) if f.name == name)
+    text = f.metadata["help"] + (f" ({_CHOICES[name]})" if name in _CHOICES else "")
+    default = default_text(name)
+    return text if default is None else f"{text} [{default}]"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -64,10 +52,15 @@ def add_parser(subparsers: Any) -> None:
                     "mixed-precision quantization), convert, evaluate and write report, plots and exports "
                     "into --out. Ctrl-C leaves a checkpoint; --resume continues it.")  # fmt: skip
     p.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory (created; replaced at the end)"
-    )
+        "--out", required=True, metavar="DIR",
+        help="output directory (created; a run already there needs --resume or --overwrite)",
+    )  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file with the options below")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    again.add_argument(
+        "--overwrite", action="store_true", help="start over, replacing the run (finished or not) in --out"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-export", action="store_true", help="skip model.onnx and model.geta")
@@ -80,8 +73,8 @@ def add_parser(subparsers: Any) -> None:
             flag,
             dest=f.name,
             default=argparse.SUPPRESS,
-            metavar=f.name.split("_")[-1].upper(),
-            help=_HELP.get(f.name),
+            metavar=_METAVARS.get(f.name, f.name.split("_")[-1].upper()),
+            help=option_help(f.name),
         )
     p.set_defaults(func=run)
 
@@ -151,17 +144,24 @@ def run(args: argparse.Namespace) -> int:
     """Run ``geta compress``; 0 on success, 130 when stopped (resumable), 2 on bad input."""
     start = time.perf_counter()
     out = Path(args.out).expanduser()
-    check_out_dir(out)
+    status = run_status(out)
+    check_out_dir(out, status, resume=args.resume, overwrite=args.overwrite)
+    if args.resume and status is RunStatus.FINISHED:
+        print(f"geta compress: the run in {out} is already complete ({out / 'report.json'}); "
+              "nothing to resume (pass --overwrite to run it again)", file=sys.stderr)  # fmt: skip
+        return 0
+    if args.overwrite and status is RunStatus.INTERRUPTED:
+        shutil.rmtree(state_path(out).parent)  # asked for: the interrupted run starts over
     state = _resume_state(args, out) if args.resume else RunState(options_from_args(args))
     reporter = TqdmReporter(quiet=args.quiet)
     stop = StopFlag()
-    job = CompressJob(out, reporter, stop=stop, stop_after_epochs=args.stop_after_epochs)
+    job = CompressJob(out, reporter, stop=stop, stop_after_epochs=args.stop_after_epochs, started=start)
     resume_hint = f"resume with: geta compress --out {out} --resume"
     try:
         with stop.installed():
             result = job.run(state)
         reporter.note("converting, evaluating and exporting ...")
-        report = _finish(result, out, args, start)
+        report = _finish(result, out, args, job.wall_seconds)
     except Interrupted as exc:
         reporter.close()
         print(f"geta compress: stopped at {exc.where}; checkpoint saved; {resume_hint}", file=sys.stderr)
@@ -179,13 +179,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish(result: JobResult, out: Path, args: argparse.Namespace, start: float) -> dict[str, Any]:
+def _finish(
+    result: JobResult, out: Path, args: argparse.Namespace, wall_clock: Callable[[], float]
+) -> dict[str, Any]:
     """Write the results into a staging folder and swap it into place as ``out``."""
     staging = out.parent / f".{out.name}.staging-{os.getpid()}"
     try:
         report = write_results(
             result, staging, plots=not args.no_plots, export=not args.no_export,
-            wall_seconds=time.perf_counter() - start,
+            wall_clock=wall_clock,
         )  # fmt: skip
         publish(staging, out)
     finally:

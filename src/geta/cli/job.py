@@ -23,14 +23,22 @@ from torch import nn
 import geta
 from geta.cli.checkpoint import FORMAT, atomic_save, rng_state, set_rng_state, state_path
 from geta.cli.errors import CliError
-from geta.cli.options import CompressOptions
+from geta.cli.options import STAGE_NAMES, CompressOptions
+from geta.plan import QuantTarget
 from geta.recipes import DataBundle, EpochStats, build_model, cosine_lr, evaluate, load_data, train_epoch
 
-__all__ = ["CompressJob", "Interrupted", "JobResult", "Reporter", "RunState", "CALIBRATION_SAMPLES"]
+__all__ = [
+    "CompressJob",
+    "Interrupted",
+    "JobResult",
+    "Reporter",
+    "RunState",
+    "CALIBRATION_SAMPLES",
+    "mean_bits",
+]
 
 CALIBRATION_SAMPLES = 64  # training samples that calibrate the activation ranges in `prepare`
 _COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart from dense ones
-_DEFAULT_LR = {"sgd": (0.1, 0.05), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)}  # (dense, QASSO)
 
 
 class Reporter(Protocol):
@@ -42,6 +50,7 @@ class Reporter(Protocol):
     def batch(self, stats: EpochStats, extra: dict[str, float]) -> None: ...
     def epoch_end(self, record: dict[str, Any]) -> None: ...
     def note(self, text: str) -> None: ...
+    def warning(self, text: str) -> None: ...
 
 
 class Interrupted(Exception):
@@ -67,12 +76,14 @@ class RunState:
     optimizer: dict[str, Any] | None = None  # optimizer state_dict at the checkpoint
     rng: dict[str, Any] | None = None
     seconds: float = 0.0  # training and evaluation time so far
+    wall_seconds: float = 0.0  # wall-clock time of all processes of the run, up to the checkpoint
 
     def to_checkpoint(self) -> dict[str, Any]:
         return {"format": FORMAT, "options": self.options.to_dict(), "phase": self.phase,
                 "epoch": self.epoch, "batch": self.batch, "partial": dict(self.partial),
                 "history": list(self.history), "dense": self.dense, "model": self.model,
-                "optimizer": self.optimizer, "rng": self.rng, "seconds": self.seconds}  # fmt: skip
+                "optimizer": self.optimizer, "rng": self.rng, "seconds": self.seconds,
+                "wall_seconds": self.wall_seconds}  # fmt: skip
 
     @classmethod
     def from_checkpoint(cls, raw: dict[str, Any], path: Path) -> RunState:
@@ -90,7 +101,7 @@ class RunState:
                 "rng",
                 "seconds",
             )
-            return cls(options, **{k: raw[k] for k in keys})
+            return cls(options, **{k: raw[k] for k in keys}, wall_seconds=float(raw.get("wall_seconds", 0.0)))
         except (KeyError, TypeError) as exc:
             raise CliError(
                 f"checkpoint {path} is incomplete ({exc}); delete {path.parent} and start over"
@@ -106,15 +117,6 @@ class JobResult:
     data: DataBundle
     state: RunState
     device: torch.device
-
-
-def resolved_lrs(options: CompressOptions) -> tuple[float, float]:
-    """(dense lr, QASSO lr): the options', or the optimizer's defaults where they are None."""
-    dense, qasso = _DEFAULT_LR[options.optimizer]
-    return (
-        options.dense_lr if options.dense_lr is not None else dense,
-        options.lr if options.lr is not None else qasso,
-    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -156,24 +158,52 @@ def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
         ) from None
 
 
+def mean_bits(plan: geta.Plan) -> dict[str, float]:
+    """``weight_bits`` / ``input_bits``: mean real-valued bit width of the plan's quantizers per target."""
+    out = {}
+    for target in QuantTarget:
+        bits = [b.quantizer.bit_width for b in plan.bindings if b.target is target]
+        if bits:
+            out[f"{target.value}_bits"] = sum(bits) / len(bits)
+    return out
+
+
 class CompressJob:
     """Runs (or resumes) the dense and compression phases of one ``geta compress`` run."""
 
     def __init__(
-        self, out: Path, reporter: Reporter, *, stop: Callable[[], bool], stop_after_epochs: int | None = None
+        self,
+        out: Path,
+        reporter: Reporter,
+        *,
+        stop: Callable[[], bool],
+        stop_after_epochs: int | None = None,
+        started: float | None = None,
     ) -> None:
+        """``started`` is the ``time.perf_counter()`` this process began the run at (default: now)."""
         self.out, self.reporter, self.stop = out, reporter, stop
         self.stop_after_epochs = stop_after_epochs
+        self.started = time.perf_counter() if started is None else started
+        self._wall_before = 0.0  # wall time of the earlier processes of a resumed run
         self._epochs_run = 0
+
+    def wall_seconds(self) -> float:
+        """Wall-clock time of the run so far, over every process that worked on it."""
+        return self._wall_before + time.perf_counter() - self.started
 
     def run(self, state: RunState) -> JobResult:
         """Advance ``state`` to the end of the compression phase (raises `Interrupted` on stop)."""
         o = state.options
-        if state.rng is None:
+        self._wall_before = state.wall_seconds
+        resumed = state.rng is not None  # only a checkpoint holds RNG states
+        if not resumed:
             _seed_everything(o.seed)
         self.device = torch.device(o.device)
         self.data = load_data(o.data, seed=o.seed)
         self.model = build_model(o.model, self.data, seed=o.seed).to(self.device)
+        if state.phase == "dense" and o.dense_checkpoint:
+            _load_dense_checkpoint(o.dense_checkpoint, self.model)
+        self._announce(state, resumed=resumed)  # after the inputs are checked: errors come alone
         if state.phase == "dense":
             self._dense(state)
         else:
@@ -183,14 +213,28 @@ class CompressJob:
         self._epochs(state, opt, sum(o.stage_epochs()), lambda: opt.stage.value, self._qasso_lr(state, opt))
         return JobResult(self.model, plan, self.data, state, self.device)
 
+    def _announce(self, state: RunState, *, resumed: bool) -> None:
+        """Note the stage split (and where a resumed run goes on); warn about stages left empty."""
+        o = state.options
+        split = ", ".join(f"{name} {n}" for name, n in zip(STAGE_NAMES, o.stage_epochs()))
+        self.reporter.note(f"compression epochs: {split} ({sum(o.stage_epochs())} in total)")
+        empty = o.empty_stages()
+        if empty:
+            self.reporter.warning(
+                f"--epochs {o.epochs} leaves no epoch for {' and '.join(empty)}; "
+                f"pass --epochs {len(STAGE_NAMES)} or more to run every stage"
+            )
+        if resumed:
+            phase = "dense training" if state.phase == "dense" else "compression"
+            batch = f", batch {state.batch + 1}" if state.batch else ""
+            self.reporter.note(f"resuming at epoch {state.epoch + 1} of the {phase}{batch}")
+
     # -- phases -----------------------------------------------------------------------------------
 
     def _dense(self, state: RunState) -> None:
         o = state.options
-        lr, _ = resolved_lrs(o)
-        if o.dense_checkpoint:
-            _load_dense_checkpoint(o.dense_checkpoint, self.model)
-        else:
+        lr, _ = o.learning_rates()
+        if not o.dense_checkpoint:  # (a dense checkpoint is loaded in `run`)
             opt = _dense_optimizer(o, self.model, lr)
             if state.model is not None and state.optimizer is not None:
                 self.model.load_state_dict(state.model)
@@ -225,7 +269,7 @@ class CompressJob:
             joint=joint,
             cooldown=cooldown,
         )
-        _, lr = resolved_lrs(o)
+        _, lr = o.learning_rates()
         extra = {"momentum": o.momentum} if o.optimizer == "sgd" else {}
         opt = geta.QASSO(
             plan,
@@ -252,7 +296,7 @@ class CompressJob:
 
     def _qasso_lr(self, state: RunState, opt: geta.QASSO) -> Callable[[EpochStats], float]:
         """Constant lr until the cool-down (the forget rule reads it), then cosine decay to 0."""
-        _, lr = resolved_lrs(state.options)
+        _, lr = state.options.learning_rates()
         sch = opt.schedule
         return lambda s: (
             lr
@@ -314,12 +358,7 @@ class CompressJob:
         plan: geta.Plan | None = getattr(self, "plan", None)
         if plan is None:
             return {}
-        out = {"sparsity": plan.group_sparsity()}
-        for kind in ("weight", "input"):
-            bits = [q.bit_width for n, q in plan.quantizers.items() if n.endswith("." + kind)]
-            if bits:
-                out[f"{kind}_bits"] = sum(bits) / len(bits)
-        return out
+        return {"sparsity": plan.group_sparsity(), **mean_bits(plan)}
 
     def _on_batch(self) -> Callable[[EpochStats], None]:
         extra: dict[str, float] = self._extra()
@@ -335,4 +374,5 @@ class CompressJob:
         state.model = self.model.state_dict() if opt is not None else None
         state.optimizer = opt.state_dict() if opt is not None else None
         state.rng = rng_state()
+        state.wall_seconds = self.wall_seconds()
         atomic_save(state.to_checkpoint(), state_path(self.out))

@@ -2,16 +2,18 @@
 
 Everything is written into a staging directory next to ``OUT`` and swapped into place at the
 end, so a run that fails half-way never leaves a half-written folder that looks like a result.
-The run's checkpoint (``OUT/.checkpoint``) is carried over into the new folder.
+The run's checkpoint (``OUT/.checkpoint``) is not carried over: a finished run needs none.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +21,78 @@ import torch
 from torch import nn
 
 import geta
-from geta.cli.checkpoint import CHECKPOINT_DIR
+from geta.cli.checkpoint import CHECKPOINT_DIR, state_path
 from geta.cli.errors import CliError
 from geta.cli.export import quiet_exporters
 from geta.cli.job import JobResult
 from geta.cli.plots import write_plots
 from geta.cli.progress import summary_table
+from geta.plan import QuantTarget
 from geta.recipes import Task, build_model, evaluate
 
-__all__ = ["check_out_dir", "write_results", "publish", "kept_fractions"]
+__all__ = [
+    "RunStatus",
+    "check_out_dir",
+    "kept_fractions",
+    "publish",
+    "quantizer_bits",
+    "run_status",
+    "write_results",
+]
 
-_RESULT_FILES = ("report.json", CHECKPOINT_DIR)  # what marks a directory as a geta run
+
+class RunStatus(enum.Enum):
+    """What an ``--out`` directory holds."""
+
+    NEW = "new"  # nothing there (missing or empty)
+    INTERRUPTED = "interrupted"  # a checkpoint newer than any result: resumable
+    FINISHED = "finished"  # a report.json and no newer checkpoint
+    FOREIGN = "foreign"  # files that are not a geta run
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse an ``--out`` that is a file or a non-empty directory that holds no geta run."""
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} is a file; pass a directory path (it is created if missing)")
-    if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in _RESULT_FILES):
+def run_status(out: Path) -> RunStatus:
+    """Classify ``out``; a file is `RunStatus.FOREIGN` too."""
+    if not out.exists():
+        return RunStatus.NEW
+    if not out.is_dir():
+        return RunStatus.FOREIGN
+    state, report = state_path(out), out / "report.json"
+    if state.is_file() and not (report.is_file() and report.stat().st_mtime_ns >= state.stat().st_mtime_ns):
+        return RunStatus.INTERRUPTED  # (a run before geta 0.1.1 kept its checkpoint after finishing)
+    if report.is_file():
+        return RunStatus.FINISHED
+    others = [p for p in out.iterdir() if p.name != CHECKPOINT_DIR]  # (a checkpoint folder, no state)
+    return RunStatus.FOREIGN if others else RunStatus.NEW
+
+
+def check_out_dir(out: Path, status: RunStatus, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse an ``--out`` whose contents the run would lose without ``--resume``/``--overwrite``.
+
+    A file or a directory of other files is always refused; a run there needs ``--resume``
+    (continue it) or ``--overwrite`` (start over); ``--resume`` needs an interrupted run (a
+    finished one is reported complete by the caller).
+    """
+    if status is RunStatus.FOREIGN:
+        if not out.is_dir():
+            raise CliError(f"--out {out} is a file; pass a directory path (it is created if missing)")
         raise CliError(
             f"--out {out} is a non-empty directory that holds no geta run; pass a new or empty "
             "directory so that nothing of yours is replaced"
         )
+    if resume and status is RunStatus.NEW:
+        raise CliError(
+            f"no checkpoint to resume at {state_path(out)}; run without --resume to start a new run"
+        )
+    if resume or overwrite or status is RunStatus.NEW:
+        return
+    if status is RunStatus.INTERRUPTED:
+        raise CliError(
+            f"--out {out} holds an interrupted run; pass --resume to continue it or --overwrite to "
+            "start over (its checkpoint is deleted), or choose another --out"
+        )
+    raise CliError(
+        f"--out {out} holds a finished run; pass --overwrite to replace it, or choose another --out"
+    )
 
 
 @torch.no_grad()
@@ -72,13 +124,17 @@ def _side(accuracy: float, loss: float, rep: Any) -> dict[str, Any]:
     }
 
 
-def _bits(plan: geta.Plan) -> dict[str, dict[str, int]]:
+def quantizer_bits(plan: geta.Plan) -> dict[str, dict[str, int]]:
+    """``{"weight": {name: bits}, "input": {name: bits}}``: rounded bits of every bound quantizer.
+
+    The kind is the binding's target and the name its `geta.Plan.quantizers` key
+    (``"conv1.weight"``, ``"attn.in_proj_weight"``, ``"conv1.input"``).
+    """
     from geta.reporting import rounded_bits
 
-    out: dict[str, dict[str, int]] = {"weight": {}, "input": {}}
-    for name, q in plan.quantizers.items():
-        layer, _, kind = name.rpartition(".")
-        out.setdefault(kind, {})[layer] = rounded_bits(q)
+    out: dict[str, dict[str, int]] = {target.value: {} for target in QuantTarget}
+    for b in plan.bindings:
+        out[b.target.value][b.name] = rounded_bits(b.quantizer)
     return out
 
 
@@ -102,7 +158,7 @@ def _measure(result: JobResult, small: nn.Module, dense: nn.Module) -> dict[str,
         "dense": _side(state.dense["accuracy"], state.dense["loss"], dense_rep),
         "compressed": {**_side(metrics.accuracy, metrics.loss, rep), "relative_size": rep.relative_size},
         "relative_bops": rep.relative_bops, "relative_bops_weight_only": rep.relative_bops_weight_only,
-        "group_sparsity": result.plan.group_sparsity(), "bits": _bits(result.plan), "layers": layers,
+        "group_sparsity": result.plan.group_sparsity(), "bits": quantizer_bits(result.plan), "layers": layers,
         "unknown_ops": rep.unknown_ops, "history": state.history, "train_seconds": state.seconds,
         "_markdown": rep.to_markdown(),
     }  # fmt: skip
@@ -179,12 +235,12 @@ def write_results(
     *,
     plots: bool = True,
     export: bool = True,
-    wall_seconds: float | None = None,
+    wall_clock: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Convert, evaluate, report, export and plot into ``staging``; return the report dict.
 
-    ``wall_seconds`` (this process's run time) is recorded next to the training time of all
-    sessions of the run (``train_seconds``).
+    ``wall_clock()`` (the run's wall time so far, over all its processes) is read last and
+    recorded as ``wall_seconds``, next to the training time of all of them (``train_seconds``).
     """
     staging.mkdir(parents=True)
     result.model.eval()
@@ -200,25 +256,23 @@ def write_results(
     if data.task is Task.LM:
         report["dense"]["perplexity"] = float(torch.tensor(report["dense"]["loss"]).exp())
         report["compressed"]["perplexity"] = float(torch.tensor(report["compressed"]["loss"]).exp())
-    report["wall_seconds"] = wall_seconds
     report["plots"] = write_plots(report, staging) if plots else []
     with (staging / "config.yaml").open("w", encoding="utf-8") as f:
         import yaml
 
         yaml.safe_dump(o.to_dict(), f, sort_keys=False)
+    report["wall_seconds"] = wall_clock() if wall_clock is not None else None
     (staging / "report.md").write_text(_markdown(report, compressed_md), encoding="utf-8")
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Swap ``staging`` into place as ``out``, carrying ``out``'s checkpoint over."""
+    """Swap ``staging`` into place as ``out``; the old contents, checkpoint included, go."""
     if not out.exists():
         os.replace(staging, out)
         return
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     os.replace(out, old)
     os.replace(staging, out)
-    if (old / CHECKPOINT_DIR).exists():
-        os.replace(old / CHECKPOINT_DIR, out / CHECKPOINT_DIR)
     shutil.rmtree(old, ignore_errors=True)

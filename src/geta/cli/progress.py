@@ -72,6 +72,11 @@ class TqdmReporter:
         if not self.quiet:
             print(text, file=self.stream, flush=True)
 
+    def warning(self, text: str) -> None:
+        """A warning line, shown even with ``quiet``."""
+        self.close()
+        print(f"geta compress: warning: {text}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
