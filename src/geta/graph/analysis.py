@@ -6,6 +6,10 @@ freezing spaces. Afterwards the *channel spaces* are the unrefined root spaces t
 activation (a tensor that depends on a user input); each one with parameter slices becomes a
 `PruneGroup` (`geta.graph.groups`).
 
+`prepare` never fails on an op: an op without a handler, a handler that raises, and a handler
+whose labels do not match the op's shapes all freeze the spaces the op touches, with a reason
+naming the op.
+
 This module is the top of the analysis layers: it imports the vocabulary
 (`geta.graph.context`), the registry and, through `geta.ops.catalog`, the handler families;
 none of them imports it.
@@ -79,12 +83,30 @@ def _run_handler(ctx: Context, node: fx.Node, handler: Handler | None, val: Any)
         for a in node.all_input_nodes:
             ctx.freeze(ctx.labels.get(a), f"touches {name}, an op geta has no handler for")
         return value_labels(ctx, val)
-    labels = handler(ctx, node)
+    try:
+        labels = handler(ctx, node)
+    except Exception as err:  # a handler bug must not stop prepare: freeze what the op touches
+        reason = f"{node.target} at {node.name}: its handler raised {type(err).__name__}: {err}"
+        for a in node.all_input_nodes:
+            ctx.freeze(ctx.labels.get(a), reason)
+        return _frozen_labels(ctx, val, reason)
     if not _check(labels, val):  # a handler bug must not corrupt the analysis: freeze instead
         for a in node.all_input_nodes:
             ctx.freeze(ctx.labels.get(a), f"internal: handler for {node.target} gave wrong shapes")
         return value_labels(ctx, val)
     return labels
+
+
+def _frozen_labels(ctx: Context, val: Any, reason: str) -> Labels:
+    """Fresh spaces for a node's value, frozen with ``reason`` (so that the layers consuming it
+    name the op that blocked them)."""
+    if isinstance(val, torch.Tensor):
+        dims: list[Expr] = [ctx.alg.new(int(n)) for n in val.shape]
+        ctx.freeze(dims, reason)
+        return dims
+    if isinstance(val, (tuple, list)):
+        return tuple(_frozen_labels(ctx, v, reason) for v in val)
+    return None
 
 
 def _check(labels: Labels, val: Any) -> bool:

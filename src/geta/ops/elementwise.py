@@ -106,6 +106,8 @@ _BINARY = [
     aten.div_,
     aten.maximum,
     aten.minimum,
+    aten.max.other,  # max(a, b): element-wise (the other overloads of max/min reduce, ops/reduce.py)
+    aten.min.other,
     aten.where,
     aten.masked_fill,
     aten.masked_fill_,

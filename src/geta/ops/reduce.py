@@ -30,15 +30,28 @@ def _dims(arg: Any, ndim: int) -> list[int]:
     return [d + ndim if d < 0 else d for d in dims]
 
 
+def _dim_arg(node: fx.Node, pos: int, default: Any) -> Any:
+    """The ``dim`` argument of ``node``: by keyword, else at ``args[pos]`` (a bool there is not one)."""
+    if "dim" in node.kwargs:
+        return node.kwargs["dim"]
+    if len(node.args) > pos and not isinstance(node.args[pos], bool):
+        return node.args[pos]
+    return default
+
+
+def _kept(lab: list[Expr], dims: list[int], shape: tuple[int, ...]) -> list[Expr]:
+    """Labels of a reduction's output: reduced dims dropped, or kept (keepdim, topk) unlabelled."""
+    if len(shape) == len(lab):
+        return [Anon(shape[k]) if k in dims else e for k, e in enumerate(lab)]
+    return [e for k, e in enumerate(lab) if k not in dims]
+
+
 def _reduce(ctx: Context, node: fx.Node, dims: list[int]) -> Labels:
     lab = ctx.label_or_anon(node.args[0])
     for d in dims:
         ctx.freeze([lab[d]], f"{node.target} reduces over channels at {node.name}")
     out_shape = ctx.shape(node)
-    kept = [e if d not in dims else Anon(1) for d, e in enumerate(lab)]
-    if len(out_shape) != len(lab):
-        kept = [e for d, e in enumerate(lab) if d not in dims]
-    return _fit(ctx, kept, out_shape, node)
+    return _fit(ctx, _kept(lab, dims, out_shape), out_shape, node)
 
 
 def _fit(ctx: Context, lab: list[Expr], out_shape: tuple[int, ...], node: fx.Node) -> Labels:
@@ -68,7 +81,7 @@ def _fit(ctx: Context, lab: list[Expr], out_shape: tuple[int, ...], node: fx.Nod
 )
 def reduction(ctx: Context, node: fx.Node) -> Labels:
     ndim = len(ctx.shape(node.args[0]))
-    arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    arg = _dim_arg(node, 1, None)
     if node.target in (aten.norm.ScalarOpt_dim, aten.linalg_vector_norm.default):
         arg = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
     if isinstance(arg, (int, float)) and node.target in (aten.norm.Scalar,):
@@ -78,39 +91,40 @@ def reduction(ctx: Context, node: fx.Node) -> Labels:
     return _reduce(ctx, node, _dims(arg, ndim))
 
 
-@register_op(
-    aten.max,
-    aten.min,
-    aten.var_mean,
-    aten.std_mean,
-    aten.sort,
-    aten.topk,
-    aten.median,
-    aten.mode,
-    aten.kthvalue,
-)
+# Where the ``dim`` argument of a (values, indices) op sits, and its default (None: all dims).
+# topk and kthvalue take k before dim; sort.stable takes dim by keyword only.
+_PAIR_DIM: dict[Any, tuple[int, Any]] = {
+    aten.max: (1, None),
+    aten.min: (1, None),
+    aten.median: (1, None),
+    aten.var_mean: (1, None),
+    aten.std_mean: (1, None),
+    aten.mode: (1, -1),
+    aten.sort: (1, -1),
+    aten.topk: (2, -1),
+    aten.kthvalue: (2, -1),
+}
+
+
+@register_op(*_PAIR_DIM)
 def reduction_pair(ctx: Context, node: fx.Node) -> Labels:
-    """Ops returning (values, indices) or a full reduction."""
-    val = node.meta.get("val")
+    """Ops returning (values, indices) along ``dim``, or one tensor when they reduce everything.
+
+    Channels along ``dim`` are compared or sorted against each other: that space is frozen.
+    The other dims keep their labels (a top-k over the sequence keeps the channels).
+    """
     lab = ctx.label_or_anon(node.args[0])
-    if isinstance(val, torch.Tensor):  # max(x) over everything
-        ctx.freeze(lab, f"{node.target} reduces over channels at {node.name}")
-        return ctx.anon(ctx.shape(node))
-    d_arg = (
-        node.args[1] if len(node.args) > 1 and isinstance(node.args[1], int) else node.kwargs.get("dim", -1)
-    )
-    d = d_arg + len(lab) if d_arg < 0 else d_arg
-    ctx.freeze([lab[d]], f"{node.target} reduces over channels at {node.name}")
+    pos, default = _PAIR_DIM[node.target.overloadpacket]
+    dims = [d for d in _dims(_dim_arg(node, pos, default), len(lab)) if 0 <= d < len(lab)]
+    for d in dims:
+        ctx.freeze([lab[d]], f"{node.target} reduces over channels at {node.name}")
+    val = node.meta.get("val")
+    vals = list(val) if isinstance(val, (tuple, list)) else [val]
     outs = []
-    for v in val:
+    for v in vals:
         shape = tuple(int(s) for s in v.shape)
-        kept = (
-            [e for k, e in enumerate(lab) if k != d]
-            if len(shape) < len(lab)
-            else [Anon(shape[k]) if k == d else e for k, e in enumerate(lab)]
-        )
-        outs.append(_fit(ctx, kept, shape, node))
-    return tuple(outs)
+        outs.append(_fit(ctx, _kept(lab, dims, shape), shape, node))
+    return tuple(outs) if isinstance(val, (tuple, list)) else outs[0]
 
 
 @register_op(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum, aten.cumprod)

@@ -11,7 +11,8 @@ This module only stores handlers; it imports none. The built-in families
 (``geta.ops.{layers,elementwise,shape,reduce,attention}``) register themselves with
 `register_op` when `geta.ops.catalog` imports them, and the interpreter
 (`geta.graph.analysis`) imports the catalog. An op without a handler freezes every channel it
-touches and names itself as the reason; analysis never crashes on an unknown op.
+touches and names itself as the reason; a handler that raises freezes what its op touches (the
+reason names the op and the error): analysis never crashes on an op.
 
 To cover a new op, add a handler to the family it belongs to (or a new family module listed in
 `geta.ops.catalog`)::
