@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -20,3 +21,31 @@ def test_quickstart_runs_and_converts_exactly() -> None:
     assert "parameters:" in out.stdout
     diff = float(out.stdout.strip().splitlines()[-1].split()[-1])
     assert diff < 1e-4
+
+
+def _readme_api_block() -> list[str]:
+    """The lines of the README's first ``python`` block under ``## API`` (imports aside)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("import ")]
+
+
+def test_readme_api_example_is_the_api_script() -> None:
+    script = (ROOT / "examples" / "api.py").read_text()
+    body = script.split("# --- the README's example from here on", 1)[1].split("# --- end of", 1)[0]
+    lines = [line[4:] for line in body.splitlines()[1:] if line.strip() and "# fmt:" not in line]
+    readme = _readme_api_block()
+    assert readme == lines[: len(readme)]  # the README shows the script's lines, in order
+
+
+def test_api_script_compresses_and_reports_against_the_original() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "api.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    macs, reference = re.search(r"- MACs: ([\d,]+) \(dense reference: ([\d,]+)\)", out.stdout).groups()
+    assert int(macs.replace(",", "")) < int(reference.replace(",", ""))  # convert removed units
+    assert "group sparsity 0.50" in out.stdout

@@ -29,6 +29,7 @@ from geta.quant.attach import (
     weight_quantizers,
 )
 from geta.quant.quantizer import LearnableQuantizer
+from geta.reporting.count import dense_counts
 
 __all__ = ["prepare", "analyze_model"]
 
@@ -61,7 +62,9 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
 
     ``example_inputs`` is a tuple of positional inputs or a dict of keyword inputs (HF models).
     Quantizers are inserted in place: weights through ``torch.nn.utils.parametrize``, layer
-    inputs through forward pre-hooks (when ``config.act_bits`` is set). A model that already
+    inputs through forward pre-hooks (when ``config.act_bits`` is set). The plan records the
+    MACs and parameter count of the model as it was (``plan.dense``, counts only), the
+    reference of `geta.report` for the converted model. A model that already
     carries geta quantizers keeps them, and its groups are the same as its float model's.
 
     >>> import torch, geta
@@ -79,7 +82,8 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
         raise ConfigError(f"prepare(model=...) must be a torch.nn.Module, got {type(model).__name__}")
     normalize_inputs(example_inputs)
     analysis, plan = analyze_model(model, example_inputs, config)
-    return dataclasses.replace(plan, bindings=_attach(model, analysis, example_inputs, config))
+    dense = dense_counts(model, plan.graph, example_inputs)  # before quantizers: the original model
+    return dataclasses.replace(plan, bindings=_attach(model, analysis, example_inputs, config), dense=dense)
 
 
 def _excluded(name: str, patterns: tuple[str, ...]) -> bool:

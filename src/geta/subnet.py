@@ -4,7 +4,8 @@ Walks the groups once: the zero units of each prunable group (all but one if eve
 zero) give, per tensor dimension, the positions to drop; every tensor is sliced once; then the
 module attributes recorded by the op handlers (``out_features``, ``in_channels``, ``groups``,
 ``num_groups``, ...) are set to the surviving sizes. The result is a deep copy of the user's
-model, of the user's own classes, with the quantizers kept at their learned state.
+model, of the user's own classes, with the quantizers kept at their learned state, carrying
+the original model's counts (``Plan.dense``) for `geta.report`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from geta.errors import ConvertError
 from geta.graph.space import Space
 from geta.ops.modules import apply_module_fixers
 from geta.plan import Plan
+from geta.reporting.model import DENSE_COUNTS_ATTR
 
 __all__ = ["convert", "removed_units", "apply_removal"]
 
@@ -67,6 +69,8 @@ def convert(model: nn.Module, plan: Plan, *, verify: bool = True) -> nn.Module:
             f"({type(exc).__name__}: {exc}); keep non-copyable objects out of the module's attributes"
         ) from exc
     apply_removal(plan, new, removed, memo)
+    if plan.dense is not None:  # the original model's counts: the reference of geta.report(new, ...)
+        setattr(new, DENSE_COUNTS_ATTR, plan.dense)
     if verify and plan.example_inputs is not None:
         _verify(model, new, plan)
     return new

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import pickle
+import sys
 
 import pytest
 import torch
@@ -197,3 +200,57 @@ def test_markdown_and_dict_views() -> None:
         LayerReport(**{k: v for k, v in data["layers"][0].items() if k not in ("bops", "bops_weight_only")})
         == r.layers[0]
     )
+
+
+def test_converted_model_is_reported_against_the_original() -> None:
+    model, x = zoo.build("resnet")  # batch 2
+    original = report(copy.deepcopy(model), x)  # an untouched copy, measured on its own
+    plan = geta.prepare(model, x, geta.Config(weight_bits=(4, 8), act_bits=(4, 8)))
+    zero_random_groups(plan, 0.5, seed=0)
+    small = geta.convert(model, plan)
+    r = report(small, x)  # no dense=: the counts prepare recorded are the reference
+    assert (r.dense_macs, r.dense_params) == (original.macs, original.params)
+    assert r.macs < original.macs and r.relative_bops == pytest.approx(
+        report(small, x, dense=original).relative_bops
+    )
+    one = tuple(t[:1] for t in x)  # another batch size: MACs scale, parameters do not
+    assert report(small, one).dense_macs * 2 == original.macs
+    assert report(small, one).dense_params == original.params
+    assert report(small, x, dense=small).relative_bops > r.relative_bops  # dense= still decides
+
+
+def test_dense_counts_are_counts_only_and_work_on_meta() -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    plan = geta.prepare(model, (torch.empty(4, 512, device="meta"),), geta.Config(weight_bits=(4, 8)))
+    assert plan.dense is not None
+    assert plan.dense.macs == 4 * (512 * 1024 + 1024 * 10) and plan.dense.params == 512 * 1024 + 1024 + 10250
+    assert [macs for _, macs in plan.dense.layers] == [4 * 512 * 1024, 4 * 1024 * 10]
+    assert len(pickle.dumps(plan.dense)) < 1_000  # numbers, not the 0.5 M parameters
+
+
+def test_prepare_captures_the_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import geta.graph.capture as capture_module
+
+    calls = []
+    original = capture_module.capture
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    for module in {sys.modules[f.__module__] for f in (geta.prepare, report)} | {capture_module}:
+        if hasattr(module, "capture"):
+            monkeypatch.setattr(module, "capture", counting)
+    model, x = zoo.build("mlp")
+    geta.prepare(model, x)
+    assert len(calls) == 1
+
+
+def test_carried_counts_refuse_inputs_of_another_shape() -> None:
+    model, x = zoo.build("plain_cnn")
+    plan = geta.prepare(model, x)
+    small = geta.convert(model, plan)
+    wider = tuple(torch.randn(*t.shape[:-1], t.shape[-1] + 4) for t in x)
+    with pytest.raises(geta.GetaError, match="pass dense="):
+        report(small, wider)

@@ -24,13 +24,13 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from geta.graph.capture import capture
+from geta.graph.capture import capture, normalize_inputs
 from geta.graph.ir import Graph, TensorRef
 from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.macs import MacRule, mac_rule
-from geta.reporting.model import FP32_BITS, CompressionReport, LayerReport
+from geta.reporting.model import DENSE_COUNTS_ATTR, FP32_BITS, CompressionReport, DenseCounts, LayerReport
 
-__all__ = ["LayerCost", "dtype_bits", "layer_costs", "report", "rounded_bits"]
+__all__ = ["LayerCost", "dense_counts", "dtype_bits", "input_shapes", "layer_costs", "report", "rounded_bits"]
 
 aten = torch.ops.aten
 
@@ -223,6 +223,31 @@ def layer_costs(model: nn.Module, example_inputs: object) -> list[LayerCost]:
     return costs
 
 
+def input_shapes(example_inputs: object) -> tuple[tuple[int, ...], ...]:
+    """Shapes of the tensors among ``example_inputs`` (positional, then keyword by name)."""
+    args, kwargs = normalize_inputs(example_inputs)
+    values = [*args, *(kwargs[k] for k in sorted(kwargs))]
+    return tuple(tuple(v.shape) for v in values if isinstance(v, torch.Tensor))
+
+
+def dense_counts(model: nn.Module, graph: Graph, example_inputs: object) -> DenseCounts:
+    """MACs per layer and parameters of ``model`` from its captured ``graph`` (shapes only).
+
+    Counted as `report` counts them; bits are not read, so a model on the ``meta`` device works.
+    """
+    counter = _Counter(model, graph)
+    layers: list[tuple[str, int]] = []
+    for node in graph.call_nodes():
+        rule = mac_rule(node.target)
+        if rule is None:
+            continue
+        operands = [counter.operand(node.args[i]) for i in rule.operands if i < len(node.args)]
+        weight = next((op.ref for op in operands if op.ref is not None), None)
+        layers.append((counter.layer_name(node, weight), rule.macs(node)))
+    params, _ = _other_params(model, _Counter(model, graph))  # nothing counted yet: every parameter
+    return DenseCounts(sum(m for _, m in layers), params, tuple(layers), input_shapes(example_inputs))
+
+
 def _has_matrix_param(counter: _Counter, node: fx.Node) -> bool:
     """Does ``node`` consume a parameter of rank >= 2 (a likely multiplying op we cannot count)?
 
@@ -251,13 +276,18 @@ def _other_params(model: nn.Module, counter: _Counter) -> tuple[int, int]:
 
 
 def report(
-    model: nn.Module, example_inputs: object, *, dense: CompressionReport | nn.Module | None = None
+    model: nn.Module,
+    example_inputs: object,
+    *,
+    dense: CompressionReport | DenseCounts | nn.Module | None = None,
 ) -> CompressionReport:
     """Measure MACs, bit widths, BOPs and sizes of ``model`` called on ``example_inputs``.
 
-    ``dense`` is the reference of the relative numbers: a `CompressionReport` or a model (run on
-    the same inputs) — typically the original float model; without it the model's own MACs
-    and parameter count are used, so an unquantized model has ``relative_bops == 1``.
+    ``dense`` is the reference of the relative numbers: a `CompressionReport`, `DenseCounts` or
+    a model (run on the same inputs) — typically the original float model. Without it, a module
+    made by `geta.convert` is compared with the original model's counts it carries (recorded by
+    `geta.prepare`); any other model with its own MACs and parameter count, so an unquantized
+    model has ``relative_bops == 1``.
 
     >>> import torch, geta
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -278,6 +308,8 @@ def report(
     other_count, other_bits = _other_params(model, counter)
     own_macs = sum(layer.macs for layer in layers)
     own_params = sum(layer.params for layer in layers) + other_count
+    if dense is None and isinstance(getattr(model, DENSE_COUNTS_ATTR, None), DenseCounts):
+        dense = getattr(model, DENSE_COUNTS_ATTR).for_inputs(input_shapes(example_inputs))
     if isinstance(dense, nn.Module):
         dense = report(dense, example_inputs)
     return CompressionReport(

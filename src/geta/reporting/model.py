@@ -1,5 +1,7 @@
 """`LayerReport` and `CompressionReport`: what `geta.report` measures, as plain data.
 
+`DenseCounts` are the counts of the original model that a converted module carries.
+
 Definitions (method.md §4); b_w and b_a are the rounded bit widths of the layer's weight and
 input-activation quantizers, or the bit width of the float dtype (32 for float32) when the
 tensor is not quantized:
@@ -20,9 +22,48 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["CompressionReport", "LayerReport", "FP32_BITS"]
+from geta.errors import GetaError
+
+__all__ = ["CompressionReport", "DENSE_COUNTS_ATTR", "DenseCounts", "LayerReport", "FP32_BITS"]
 
 FP32_BITS = 32  # the reference precision of "dense FP32" in relative BOPs and sizes
+DENSE_COUNTS_ATTR = "geta_dense_counts"  # attribute of a converted module holding its `DenseCounts`
+
+
+@dataclass(frozen=True)
+class DenseCounts:
+    """MACs and parameter count of a model before compression: counts, never weights.
+
+    `geta.prepare` records them (``Plan.dense``) from the graph it captures and `geta.convert`
+    attaches them to the converted module (attribute `DENSE_COUNTS_ATTR`), so that `geta.report`
+    of that module is relative to the original model. MACs depend on the inputs: they were
+    counted on inputs of ``input_shapes`` and are rescaled for another batch size only.
+
+    >>> counts = DenseCounts(macs=96, params=36, layers=(("0", 96),), input_shapes=((3, 8),))
+    >>> counts.for_inputs(((6, 8),)).macs
+    192
+    """
+
+    macs: int
+    params: int  # every parameter, counted once (quantizer scalars excluded)
+    layers: tuple[tuple[str, int], ...]  # (layer name, MACs) of every multiplying op
+    input_shapes: tuple[tuple[int, ...], ...]  # shapes of the tensor inputs they were counted on
+
+    def for_inputs(self, shapes: tuple[tuple[int, ...], ...]) -> DenseCounts:
+        """The counts for inputs of ``shapes``: the same shapes, or another batch size (dim 0)."""
+        if shapes == self.input_shapes:
+            return self
+        old, new = {s[0] for s in self.input_shapes if s}, {s[0] for s in shapes if s}
+        same_rest = [s[1:] for s in shapes] == [s[1:] for s in self.input_shapes]
+        if not (same_rest and len(old) == 1 and len(new) == 1):
+            raise GetaError(
+                f"geta.report: this model's dense reference (recorded by geta.prepare) was counted on "
+                f"inputs of shapes {list(self.input_shapes)}, not {list(shapes)}; report on inputs of "
+                "those shapes (any batch size), or pass dense= (the dense model or its report)"
+            )
+        (b_old,), (b_new,) = old, new
+        layers = tuple((name, macs * b_new // b_old) for name, macs in self.layers)
+        return DenseCounts(sum(m for _, m in layers), self.params, layers, tuple(shapes))
 
 
 @dataclass(frozen=True)
