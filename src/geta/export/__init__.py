@@ -1,27 +1,38 @@
-"""Write compressed models for deployment: ONNX (QDQ) and a packed low-bit file.
+"""Write compressed models for deployment: ONNX (QDQ), a packed low-bit file, a plain torch module.
 
 - `onnx(model, example_inputs, path)`: an ONNX graph with QuantizeLinear/DequantizeLinear per
-  quantized tensor, checked against the torch model in onnxruntime (`geta.export.onnx_export`);
-- `packed(model, path)` / `load_packed(path, skeleton)`: integer codes at their real bit width,
-  per-tensor scales, the other tensors raw, and a JSON manifest (`geta.export.packfile`);
-- `deployable(model)`: the QDQ form of a model as an ``nn.Module`` (`geta.export.qdq`).
+  quantized tensor, a dynamic batch axis and named outputs, checked against the torch model in
+  onnxruntime (`geta.export.onnx_export`, `geta.export.interface`);
+- `packed(model, path)` / `load_packed(path, model)`: integer codes at their real bit width,
+  per-tensor scales, the other tensors raw, and a JSON manifest; loads into a freshly built
+  model of the same class (`geta.export.packfile`, `geta.export.skeleton`);
+- `baked(model)`: a plain eval-mode ``nn.Module`` for fast PyTorch inference: weights baked to
+  their quantized values, activation quantizers removed, BatchNorm optionally folded into the
+  preceding convolution (`geta.export.bake`);
+- `deployable(model)`: the QDQ form of a model as an ``nn.Module``, what `onnx` exports
+  (`geta.export.qdq`);
+- `pretrained(model, path)` / `load_pretrained(path)`: Hugging Face ``save_pretrained`` folders.
 
-Importing this package does not import onnx, onnxruntime or onnxscript.
+docs/deploy.md shows each in use. Importing this package does not import onnx, onnxruntime or
+onnxscript.
 """
 
 from __future__ import annotations
 
+from geta.export.bake import baked
 from geta.export.info import ExportError, ExportInfo, TensorExport
-from geta.export.onnx_export import check_parity, onnx
+from geta.export.onnx_export import ORT_SESSION_CONFIG, check_parity, onnx
 from geta.export.packfile import PackedInfo, load_packed, packed, read_manifest
 from geta.export.pretrained import load_pretrained, pretrained
 from geta.export.qdq import deployable
 
 __all__ = [
+    "ORT_SESSION_CONFIG",
     "ExportError",
     "ExportInfo",
     "PackedInfo",
     "TensorExport",
+    "baked",
     "check_parity",
     "deployable",
     "load_packed",

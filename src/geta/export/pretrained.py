@@ -34,15 +34,14 @@ import copy
 import json
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from geta.export.bake import bake_weights
 from geta.export.info import ExportError
 from geta.ops.modules import apply_module_fixers
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, attach_input_quantizer, input_quantizer
@@ -90,37 +89,6 @@ def _quiet(hf: ModuleType) -> Iterator[None]:
     finally:
         if was_enabled:
             logging.enable_progress_bar()
-
-
-def _bake_weights(model: nn.Module) -> bool:
-    """Replace every parametrized tensor by its current value, in place; True if a tie broke.
-
-    Like ``remove_parametrizations(..., leave_parametrized=True)``, but the module's class is
-    set back to its base class instead of deleting properties from the parametrized class: a
-    deep copy shares that (dynamically created) class with the original model, which must keep
-    working. A tie breaks when a baked original was also used elsewhere unquantized (GPT-2's
-    ``lm_head`` quantized, its tied ``wte`` embedding not): the two now hold different values.
-    """
-    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
-    broke = False
-    for module in list(model.modules()):
-        if not parametrize.is_parametrized(module):
-            continue
-        chains = dict(module.parametrizations.items())
-        with torch.no_grad():
-            values = {name: getattr(module, name).detach().clone() for name in chains}
-        originals = {name: getattr(chain, "original", None) for name, chain in chains.items()}
-        broke |= any(uses[id(t)] > 1 for t in originals.values() if t is not None)
-        module.__class__ = type(module).__bases__[0]  # the user's class, e.g. nn.Linear
-        delattr(module, "parametrizations")
-        for name, value in values.items():
-            original = originals[name]
-            if original is None or isinstance(original, nn.Parameter):  # several originals: a parameter
-                grad = True if original is None else original.requires_grad
-                module.register_parameter(name, nn.Parameter(value, requires_grad=grad))
-            else:
-                module.register_buffer(name, value)
-    return broke
 
 
 def _quantizer_entry(q: LearnableQuantizer) -> dict[str, Any]:
@@ -218,7 +186,7 @@ def pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
     from geta import __version__
 
     export = copy.deepcopy(model).eval()
-    if _bake_weights(export):
+    if bake_weights(export):
         export.config.tie_word_embeddings = False  # lm_head is quantized, the embedding is not
     table = _drop_input_quantizers(export)
     attn = export.config._attn_implementation

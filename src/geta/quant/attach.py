@@ -45,6 +45,7 @@ __all__ = [
     "attach_input_quantizer",
     "attach_weight_quantizer",
     "calibrate_input_ranges",
+    "detach_input_quantizer",
     "init_input_quantizers",
     "input_quantizer",
     "is_quantized",
@@ -178,6 +179,24 @@ def attach_input_quantizer(module: nn.Module, quantizer: LearnableQuantizer) -> 
         quantizer.to(device=device)
     module.add_module(INPUT_QUANTIZER_ATTR, quantizer)
     module.register_forward_pre_hook(_quantize_first_input)
+
+
+def detach_input_quantizer(module: nn.Module) -> LearnableQuantizer | None:
+    """Remove ``module``'s input quantizer and its pre-hook (inputs then pass untouched); return it.
+
+    Returns None if the module has none. Torch has no public way to remove a hook without the
+    handle `attach_input_quantizer` dropped, so the hook is found by identity in the module's
+    hook table.
+    """
+    quantizer = input_quantizer(module)
+    if quantizer is None:
+        return None
+    delattr(module, INPUT_QUANTIZER_ATTR)
+    hooks = module._forward_pre_hooks
+    for key in [k for k, fn in hooks.items() if fn is _quantize_first_input]:
+        del hooks[key]
+        module._forward_pre_hooks_with_kwargs.pop(key, None)
+    return quantizer
 
 
 def input_quantizer(module: nn.Module) -> LearnableQuantizer | None:

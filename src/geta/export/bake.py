@@ -1,0 +1,200 @@
+"""`baked(model)`: a plain PyTorch inference module, so that pruning turns into speed in eager mode.
+
+A converted model still computes with geta's fake-quant: every quantized weight is re-quantized
+on every call (a ``parametrize`` parametrization) and every quantized layer input goes through a
+`LearnableQuantizer` in a forward pre-hook. Those ops cost about as much as the pruning saves.
+`baked` returns a copy in eval mode where
+
+- each quantized **weight** is replaced by its value Q(W) = k·step, a plain ``nn.Parameter``
+  (the module gets its own class back: ``nn.Linear``, not ``ParametrizedLinear``). The outputs of
+  a weights-only quantized model are unchanged;
+- each **layer-input quantizer is removed**, with its pre-hook. Layers then see float inputs,
+  so the outputs of a model trained with activation quantization change by about one
+  quantization step of those inputs: the baked model is the float model with the learned
+  weights, not a simulation of integer activations (use `geta.export.onnx` for that);
+- optionally (``fold_batchnorm=True``) every BatchNorm that directly follows a convolution is
+  folded into that convolution's weight and bias and replaced by ``nn.Identity``:
+  W' = W·γ/√(σ²+ε) per output channel, b' = (b - μ)·γ/√(σ²+ε) + β. Exact in eval mode (up to
+  float rounding); the pairs are found in a ``torch.export`` graph of the model on
+  ``example_inputs``, and only a convolution whose output feeds that BatchNorm alone is folded.
+
+Low-bit kernels in plain PyTorch: on CPU, torch 2.13 offers int8 GEMMs only through the
+``torch.ao.quantization`` eager API (``quantize_dynamic`` for ``nn.Linear``), which is deprecated
+(it warns that it is being removed in favour of the separate torchao package), has no
+convolutions in its dynamic form, and quantizes the *activations* to int8 at run time with their
+own per-batch range, which is not the model geta trained. `baked` therefore computes in float;
+for integer kernels export the QDQ ONNX graph and run it in onnxruntime.
+
+>>> small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+>>> fast = baked(small, (torch.randn(1, 3, 8, 8),), fold_batchnorm=True)
+>>> type(fast[1]).__name__
+'Identity'
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from geta.export.info import ExportError
+from geta.quant.attach import detach_input_quantizer
+from geta.quant.quantizer import LearnableQuantizer
+
+__all__ = ["baked", "bake_weights", "fold_batchnorms", "remove_input_quantizers"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def bake_weights(model: nn.Module) -> bool:
+    """Replace every parametrized tensor by its current value, in place; True if a tie broke.
+
+    Like ``remove_parametrizations(..., leave_parametrized=True)``, but the module's class is
+    set back to its base class instead of deleting properties from the parametrized class: a
+    deep copy shares that (dynamically created) class with the original model, which must keep
+    working. A tie breaks when a baked original was also used elsewhere unquantized (GPT-2's
+    ``lm_head`` quantized, its tied ``wte`` embedding not): the two now hold different values.
+    """
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    broke = False
+    for module in list(model.modules()):
+        if not parametrize.is_parametrized(module):
+            continue
+        chains = dict(module.parametrizations.items())
+        with torch.no_grad():
+            values = {name: getattr(module, name).detach().clone() for name in chains}
+        originals = {name: getattr(chain, "original", None) for name, chain in chains.items()}
+        broke |= any(uses[id(t)] > 1 for t in originals.values() if t is not None)
+        module.__class__ = parametrize.type_before_parametrizations(module)  # e.g. nn.Linear
+        delattr(module, "parametrizations")
+        for name, value in values.items():
+            original = originals[name]
+            if original is None or isinstance(original, nn.Parameter):  # several originals: a parameter
+                grad = True if original is None else original.requires_grad
+                module.register_parameter(name, nn.Parameter(value, requires_grad=grad))
+            else:
+                module.register_buffer(name, value)
+    return broke
+
+
+def remove_input_quantizers(model: nn.Module) -> int:
+    """Remove every layer-input quantizer and its forward pre-hook, in place; return how many.
+
+    Raises `ExportError` if a `LearnableQuantizer` is left that geta did not attach (so it
+    cannot know how to remove it).
+    """
+    count = sum(detach_input_quantizer(m) is not None for m in list(model.modules()))
+    left = [n for n, m in model.named_modules() if isinstance(m, LearnableQuantizer)]
+    if left:
+        raise ExportError(
+            f"quantizers not attached by geta (not a weight parametrization or a layer input): {left}; "
+            "attach them with geta.quant.attach so that export can convert them"
+        )
+    return count
+
+
+def _module_path(node: torch.fx.Node) -> str | None:
+    """The path of the innermost module that produced ``node`` (``nn_module_stack``), or None."""
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _conv_bn_pairs(model: nn.Module, example_inputs: object) -> list[tuple[nn.Module, nn.Module]]:
+    """(conv, bn) module pairs where the BatchNorm reads the convolution's output, and nothing else does.
+
+    Both modules must be called exactly once (one node each in the exported graph): a shared
+    convolution or BatchNorm cannot be folded for one of its uses only.
+    """
+    from geta.graph.capture import normalize_inputs
+
+    args, kwargs = normalize_inputs(example_inputs)
+    with torch.no_grad():
+        graph = torch.export.export(model, args, kwargs=kwargs, strict=False).graph
+    modules = dict(model.named_modules())
+    nodes = [n for n in graph.nodes if n.op == "call_function"]
+    calls = Counter(_module_path(n) for n in nodes)
+    pairs = []
+    for node in nodes:
+        bn = modules.get(_module_path(node) or "")
+        if not isinstance(bn, _NORMS) or calls[_module_path(node)] != 1 or not node.args:
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or len(source.users) != 1:
+            continue
+        conv = modules.get(_module_path(source) or "")
+        if isinstance(conv, _CONVS) and calls[_module_path(source)] == 1:
+            pairs.append((conv, bn))
+    return pairs
+
+
+@torch.no_grad()
+def _fold(conv: nn.Module, bn: nn.Module) -> bool:
+    """Fold eval-mode ``bn`` into ``conv`` (in float64, then back to the weight's dtype)."""
+    if bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels:
+        return False  # batch statistics at inference (track_running_stats=False): nothing to fold
+    w = conv.weight
+    scale = bn.running_var.double().add(bn.eps).rsqrt()  # 1/√(σ²+ε), (out,)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()  # γ/√(σ²+ε)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    bias = (bias - bn.running_mean.double()) * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias.double()
+    shape = (-1,) + (1,) * (w.dim() - 1)  # (out, 1, 1, ...): one factor per output channel
+    conv.weight = nn.Parameter((w.double() * scale.reshape(shape)).to(w.dtype), requires_grad=w.requires_grad)
+    conv.bias = nn.Parameter(bias.to(w.dtype), requires_grad=w.requires_grad)
+    return True
+
+
+def fold_batchnorms(model: nn.Module, example_inputs: object) -> int:
+    """Fold every BatchNorm that directly follows a convolution into it, in place; return how many.
+
+    ``model`` must be in eval mode and free of parametrizations on the folded convolutions
+    (call `bake_weights` first). Each folded BatchNorm is replaced by ``nn.Identity`` in its
+    parent, so the model's own ``forward`` keeps working.
+    """
+    if any(m.training for m in model.modules()):
+        raise ExportError(
+            "fold_batchnorms needs a model in eval mode: training BatchNorm uses batch statistics"
+        )
+    parents = {
+        id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()
+    }
+    folded = 0
+    for conv, bn in _conv_bn_pairs(model, example_inputs):
+        if parametrize.is_parametrized(conv) or not _fold(conv, bn):
+            continue
+        parent, name = parents[id(bn)]
+        setattr(parent, name, nn.Identity().train(bn.training))
+        folded += 1
+    return folded
+
+
+def baked(model: nn.Module, example_inputs: object = None, *, fold_batchnorm: bool = False) -> nn.Module:
+    """A copy of ``model`` in eval mode with weights baked and no geta quantizer left (module docstring).
+
+    - quantized weights become plain parameters holding Q(W) (same outputs for weight-only
+      quantization);
+    - layer-input (activation) quantizers are **removed**: layers see float inputs, so a model
+      trained with activation quantization computes slightly different outputs;
+    - ``fold_batchnorm``: BatchNorms that follow a convolution are folded into it (exact in eval
+      mode); needs ``example_inputs`` (a tuple, or a dict of keyword inputs) to trace the model.
+
+    ``model`` itself is not modified; it may also be a plain float model (only folding then
+    changes anything). Raises `ExportError` for quantizers geta did not attach, or for
+    ``fold_batchnorm`` without ``example_inputs``.
+    """
+    if fold_batchnorm and example_inputs is None:
+        raise ExportError(
+            "baked(..., fold_batchnorm=True) needs example_inputs to find conv -> BatchNorm pairs"
+        )
+    new = copy.deepcopy(model).eval()
+    bake_weights(new)
+    remove_input_quantizers(new)
+    if fold_batchnorm:
+        fold_batchnorms(new, example_inputs)
+    return new
