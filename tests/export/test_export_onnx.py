@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import geta
-from geta.export import ExportError, deployable, onnx
+from geta.export import ExportError, check_parity, deployable, onnx
 from geta.export.qdq import SATURATION_FREE_CODE, encode_weight_codes
 from geta.quant import input_quantizer, weight_quantizers
 from geta.testing import max_relative_error, model_outputs, zero_random_groups, zoo
@@ -148,6 +148,94 @@ def test_weight_only_attention_is_exact_with_the_recorded_session_config(tmp_pat
         options.add_session_config_entry(key, value)
     ort.InferenceSession(str(tmp_path / "mha.onnx"), options, providers=["CPUExecutionProvider"])
     assert "MatMulNBits" in {n.op_type for n in onnx_lib.load(options.optimized_model_filepath).graph.node}
+
+
+def _at_batch(inputs: object, batch: int) -> object:
+    """The example inputs with a new batch size (random values of the same kind)."""
+    gen = torch.Generator().manual_seed(batch)
+
+    def one(t: torch.Tensor) -> torch.Tensor:
+        shape = (batch, *t.shape[1:])
+        if t.is_floating_point():
+            return torch.randn(shape, generator=gen)
+        return torch.randint(0, max(int(t.max()), 1) + 1, shape, generator=gen, dtype=t.dtype)
+
+    if isinstance(inputs, dict):
+        return {k: one(v) for k, v in inputs.items()}
+    return tuple(one(t) for t in inputs)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("name", "inputs", "outputs"), [
+    ("resnet", ["input"], ["output"]),
+    ("mha", ["x"], ["output"]),
+    ("hf_bert", ["input_ids", "attention_mask"], ["logits"]),
+])  # fmt: skip
+def test_onnx_runs_at_any_batch_size_with_named_inputs_and_outputs(
+    tmp_path: Path, name: str, inputs: list[str], outputs: list[str]
+) -> None:
+    import onnxruntime as ort
+
+    if name.startswith("hf_"):
+        pytest.importorskip("transformers")
+    model, x = _quantized(name, 8)
+    path = tmp_path / f"{name}.onnx"
+    onnx(model, x, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == inputs  # forward's argument names
+    assert [o.name for o in session.get_outputs()] == outputs
+    assert all(i.shape[0] == "batch" for i in session.get_inputs())
+    for batch in (1, 8):
+        xb = _at_batch(x, batch)
+        rel, agree = check_parity(model, xb, path)  # onnxruntime vs the torch model at this batch
+        assert rel <= 1e-3 and agree == 1.0, (batch, rel, agree)
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.body, self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(8, 2)
+        self.as_dict = as_dict
+
+    def forward(self, features: torch.Tensor) -> object:
+        h = torch.relu(self.body(features))  # (B, 8)
+        return {"logits": self.a(h), "aux": self.b(h)} if self.as_dict else (self.a(h), self.b(h))
+
+
+@pytest.mark.parametrize(("as_dict", "names"), [(True, ["logits", "aux"]), (False, ["output_0", "output_1"])])
+def test_several_outputs_are_named_from_what_forward_returns(
+    tmp_path: Path, as_dict: bool, names: list[str]
+) -> None:
+    import onnxruntime as ort
+
+    model = _TwoHeads(as_dict).eval()
+    x = (torch.randn(3, 4),)
+    plan = geta.prepare(model, x, geta.Config(weight_bits=(8, 8)))
+    with torch.no_grad():
+        for q in plan.quantizers.values():
+            q.set_bits(8)
+    onnx(model, x, tmp_path / "two.onnx")
+    session = ort.InferenceSession(str(tmp_path / "two.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == names
+    assert [i.name for i in session.get_inputs()] == ["features"]
+
+
+def test_static_batch_on_request(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    model, x = _quantized("mlp", 8)
+    onnx(model, x, tmp_path / "static.onnx", dynamic_batch=False)
+    session = ort.InferenceSession(str(tmp_path / "static.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [2, 20] and session.get_outputs()[0].shape[0] == 2
+
+
+def test_a_float_model_exports_as_a_float_graph(tmp_path: Path) -> None:
+    import onnx as onnx_lib
+
+    model, x = zoo.build("resnet")
+    info = onnx(geta.export.baked(model.eval(), x, fold_batchnorm=True), x, tmp_path / "float.onnx")
+    assert info.tensors == [] and info.max_relative_diff is not None and info.max_relative_diff <= 1e-5
+    ops = {n.op_type for n in onnx_lib.load(str(tmp_path / "float.onnx")).graph.node}
+    assert not ops & {"QuantizeLinear", "DequantizeLinear", "BatchNormalization"}
 
 
 def test_no_geta_module_imports_onnx_at_import_time() -> None:

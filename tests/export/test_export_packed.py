@@ -11,12 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 import geta
 from geta.errors import GetaError
 from geta.export import load_packed, packed, read_manifest
 from geta.export.bitpack import pack_bits, packed_nbytes, unpack_bits
-from geta.testing import model_outputs, zero_random_groups, zoo
+from geta.testing import max_relative_error, model_outputs, zero_random_groups, zoo
 
 
 @settings(max_examples=60, deadline=None)
@@ -105,15 +106,48 @@ def test_tied_tensors_are_stored_once(tmp_path: Path) -> None:
     assert restored[0].weight is restored[1].weight or torch.equal(restored[0].weight, restored[1].weight)
 
 
-def test_skeleton_of_another_shape_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["resnet", "mha", "transformer_pre_ln", "hf_llama"])
+def test_loads_into_the_model_as_built_before_prepare(tmp_path: Path, name: str) -> None:
+    """No skeleton to keep: a fresh, dense, unquantized model of the class is enough."""
+    if name.startswith("hf_"):
+        pytest.importorskip("transformers")
+    model, x = _compressed(name, 4, exponent=0.9)
+    packed(model, tmp_path / "m.geta")
+    fresh, _ = zoo.build(name, seed=1)  # other random weights, full widths, no quantizers
+    restored = load_packed(tmp_path / "m.geta", fresh)
+    assert restored is fresh
+    assert max_relative_error(model_outputs(restored, x), model_outputs(model, x)) == 0.0
+    kinds = {n: type_before_parametrizations(m) for n, m in model.named_modules()}
+    assert {n: type_before_parametrizations(m) for n, m in restored.named_modules()} == kinds
+    shapes = {k: t.shape for k, t in model.state_dict().items()}
+    assert {k: t.shape for k, t in restored.state_dict().items()} == shapes
+
+    def sizes(m: nn.Module) -> dict[str, tuple[object, object]]:
+        return {n: (vars(s).get("out_features"), vars(s).get("num_heads")) for n, s in m.named_modules()}
+
+    assert sizes(restored) == sizes(model)
+
+
+def test_loads_into_a_model_built_on_meta(tmp_path: Path) -> None:
+    model, x = _compressed("resnet", 3)
+    packed(model, tmp_path / "m.geta")
+    with torch.device("meta"):
+        skeleton, _ = zoo.build("resnet")
+    restored = load_packed(tmp_path / "m.geta", skeleton)
+    assert not any(t.is_meta for t in restored.state_dict().values())
+    assert torch.equal(model_outputs(restored, x), model_outputs(model, x))  # type: ignore[arg-type]
+
+
+def test_a_model_of_another_architecture_is_refused(tmp_path: Path) -> None:
     model, _ = _compressed("mlp", 4)
     packed(model, tmp_path / "m.geta")
-    other, x = zoo.build("mlp")
-    geta.prepare(other, x, geta.Config(weight_bits=(2, 8), act_bits=(2, 8)))  # not pruned
-    with pytest.raises(GetaError, match="shape"):
+    with pytest.raises(GetaError, match="class that was saved"):
+        load_packed(tmp_path / "m.geta", nn.Linear(2, 2))
+    other = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Conv1d(32, 32, 1), nn.ReLU(), nn.Linear(32, 5))
+    with pytest.raises(GetaError, match="class that was saved"):
         load_packed(tmp_path / "m.geta", other)
     with pytest.raises(GetaError, match="does not fit"):
-        load_packed(tmp_path / "m.geta", nn.Linear(2, 2))
+        load_packed(tmp_path / "m.geta", nn.Sequential(*zoo.build("mlp")[0], nn.Linear(5, 5)))  # one more
 
 
 def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,7 @@ import dataclasses
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from geta.export.info import ExportError, ExportInfo
+from geta.export.interface import batch_shapes, output_names
 from geta.export.qdq import deployable
 from geta.graph.capture import normalize_inputs
 
@@ -59,35 +61,61 @@ def onnx(
     opset: int | None = None,
     check: bool = True,
     saturation_safe: bool = True,
+    dynamic_batch: bool = True,
     dynamic_shapes: Any = None,
 ) -> ExportInfo:
     """Export ``model`` (with geta quantizers) to ``path`` as an ONNX QDQ graph.
 
+    The file's inputs carry the names of ``forward``'s arguments and its outputs are named from
+    what the model returns (``"output"``, or a dict's keys such as ``"logits"``; see
+    `geta.export.interface`). With ``dynamic_batch`` dim 0 of every input is a symbolic
+    ``"batch"`` dimension, so the file runs at any batch size; ``dynamic_shapes`` (passed to
+    ``torch.onnx.export``) replaces that rule when given. A model without geta quantizers is
+    exported as a plain float graph.
+
     ``opset`` is the ai.onnx opset (None: the exporter's default). ``saturation_safe`` stores
     full-range 8-bit weights as uint8 with zero point 128 so that onnxruntime stays exact on
-    AVX2 CPUs without VNNI (see `geta.export.qdq`); ``dynamic_shapes`` is passed to
-    ``torch.onnx.export`` (by default every shape is that of the example inputs). Returns an
-    `ExportInfo`; raises `ExportError` if the export fails or (``check``) the file does not
-    reproduce the torch model in onnxruntime; ``ImportError`` without onnx, onnxruntime or
-    onnxscript (``pip install 'torch-geta[onnx]'``).
+    AVX2 CPUs without VNNI (see `geta.export.qdq`). Returns an `ExportInfo`; raises
+    `ExportError` if the export fails or (``check``) the file does not reproduce the torch model
+    in onnxruntime; ``ImportError`` without onnx, onnxruntime or onnxscript
+    (``pip install 'torch-geta[onnx]'``).
+
+    Load it with the session setting recorded in the file (`ORT_SESSION_CONFIG`)::
+
+        options = onnxruntime.SessionOptions()
+        for key, value in geta.export.ORT_SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
+        session = onnxruntime.InferenceSession("model.onnx", options)
+        logits = session.run(["output"], {"x": images})[0]  # any batch size
     """
     args, kwargs = normalize_inputs(example_inputs)
     deploy, tensors = deployable(model, saturation_safe=saturation_safe)
+    names = output_names(_run(deploy, args, kwargs))
+    auto_batch = dynamic_shapes is None and dynamic_batch
+    shapes = batch_shapes(deploy, args, kwargs) if auto_batch else dynamic_shapes
     try:
-        program = torch.onnx.export(
-            deploy, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-            dynamic_shapes=dynamic_shapes, verbose=False,
-        )  # fmt: skip
+        with warnings.catch_warnings():
+            # one shared "batch" dim over several inputs: torch says it renames the axis once
+            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+            program = torch.onnx.export(
+                deploy, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+                dynamic_shapes=shapes, verbose=False,
+            )  # fmt: skip
     except ImportError:
         raise  # onnxscript missing: pip install 'torch-geta[onnx]'
     except Exception as exc:
+        hint = (
+            "if the model fixes its batch size (e.g. a reshape to a constant), pass dynamic_batch=False"
+            if auto_batch
+            else "does the model export with torch.onnx.export(dynamo=True) without geta?"
+        )
         raise ExportError(
             f"torch.onnx.export failed on {type(model).__name__} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); does the model export with "
-            "torch.onnx.export(dynamo=True) without geta?"
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); {hint}"
         ) from exc
     if program is None:  # only possible with dynamo=False
         raise ExportError("torch.onnx.export returned no program")
+    _name_outputs(program.model.graph, names)
     info = ExportInfo(os.fspath(path), program.model.opset_imports.get(""), tensors)
     _save(program, info)
     if not check:
@@ -100,6 +128,23 @@ def onnx(
     if rel > PARITY_MAX_RELATIVE_DIFF or agree < PARITY_MIN_ARGMAX:
         raise ExportError(_mismatch_message(model, example_inputs, info, saturation_safe))
     return info
+
+
+def _name_outputs(graph: Any, names: list[str]) -> None:
+    """Rename the graph's outputs (an onnx-ir graph) to ``names`` where that is unambiguous.
+
+    Left as the exporter named them when the counts differ (a non-tensor leaf in the outputs),
+    when an output is itself a graph input, or when a name is already taken inside the graph.
+    """
+    outputs = list(graph.outputs)
+    if len(outputs) != len(names) or any(v in list(graph.inputs) for v in outputs):
+        return
+    taken = {v.name for node in graph.all_nodes() for v in node.outputs if v not in outputs}
+    taken |= {v.name for v in graph.inputs} | set(graph.initializers)
+    if taken & set(names):
+        return
+    for value, name in zip(outputs, names):
+        value.name = name
 
 
 def _save(program: torch.onnx.ONNXProgram, info: ExportInfo) -> None:
@@ -166,16 +211,20 @@ def _feeds(
     return {n: t.detach().cpu().numpy() for n, t in zip(names, flat)}
 
 
-def _torch_outputs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[np.ndarray]:
+def _run(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``model(*args, **kwargs)`` in eval mode without gradients; train/eval modes restored."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
-            out = model(*args, **kwargs)
+            return model(*args, **kwargs)
     finally:
         for m, mode in modes.items():
             m.train(mode)
-    return [t.detach().float().cpu().numpy() for t in _tensors(out)]
+
+
+def _torch_outputs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[np.ndarray]:
+    return [t.detach().float().cpu().numpy() for t in _tensors(_run(model, args, kwargs))]
 
 
 def check_parity(

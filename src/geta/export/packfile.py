@@ -16,12 +16,21 @@ The file is therefore as large as the model really is: Σ numel·bits / 8 for th
 weights plus the raw bytes of the rest plus the manifest. It is written atomically (a
 temporary file in the same folder, then ``os.replace``).
 
-`load_packed(path, skeleton)` restores the tensors into ``skeleton``: a module with the same
-structure, shapes and attached quantizers as the saved one — e.g. ``copy.deepcopy`` of the
-compressed model, or the same pipeline (``prepare`` + ``convert`` of the same plan) run
-again. Each quantized weight is restored to a value whose fake-quant gives exactly k·step
+The manifest also records, under ``"structure"``, which weights and layer inputs carry
+quantizers, every module's class and integer size attributes (`geta.export.skeleton`).
+
+`load_packed(path, model)` restores the file into ``model``, a module of the saved class. The
+simplest one is the model exactly as your code builds it before ``prepare`` (dense, without
+quantizers, even on the ``meta`` device): geta attaches the recorded quantizers, shrinks the
+tensors and size attributes to the saved ones, and loads the values::
+
+    small = geta.export.load_packed("model.geta", MyNet())
+
+A copy of the compressed model, or the same pipeline (``prepare`` + ``convert``) run again,
+works too. Each quantized weight is restored to a value whose fake-quant gives exactly k·step
 (k·step itself when the exponent is 1), so the restored module's outputs equal the saved
 module's bit for bit. Its float weights before rounding are gone: that is the compression.
+The file holds no code (nothing is unpickled): the architecture always comes from your class.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from torch import Tensor, nn
 
 from geta.errors import GetaError
 from geta.export.bitpack import pack_bits, unpack_bits
+from geta.export.skeleton import describe, fit
 from geta.quant.attach import weight_quantizers
 from geta.quant.functional import integer_codes
 from geta.quant.quantizer import LearnableQuantizer
@@ -164,7 +174,7 @@ def packed(model: nn.Module, path: str | os.PathLike[str]) -> PackedInfo:
     manifest = json.dumps({
         "format": "geta.packed", "version": FORMAT_VERSION,
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
-        "data_bytes": data_bytes, "tensors": entries,
+        "data_bytes": data_bytes, "tensors": entries, "structure": describe(model),
     }, separators=(",", ":")).encode("utf-8")  # fmt: skip
     manifest = zlib.compress(manifest, 9)  # names repeat a lot: ~5x smaller
     target = os.fspath(path)
@@ -226,13 +236,25 @@ def _decode_codes(entry: dict[str, Any], data: bytes, state: dict[str, Tensor]) 
 
 
 def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
-    """Load a packed file into ``skeleton`` (same structure, shapes and quantizers); return it.
+    """Load a packed file into ``skeleton``, a model of the saved class, and return it (changed in place).
 
-    A skeleton on the ``meta`` device is materialised (``load_state_dict(assign=True)``).
+    ``skeleton`` may be built exactly as before ``prepare`` (dense, no quantizers): the
+    recorded quantizers are attached and its tensors and size attributes shrunk to the saved
+    ones first (module docstring). A skeleton on the ``meta`` device is materialised on the
+    CPU (``load_state_dict(assign=True)``); otherwise tensors stay on their device. Raises
+    `GetaError` for a file that does not fit (another architecture) or is damaged.
+
+    >>> model = MyNet()  # doctest: +SKIP
+    >>> small = geta.export.load_packed("model.geta", model)  # doctest: +SKIP
+    >>> small is model  # doctest: +SKIP
+    True
     """
     manifest, data = _read(os.fspath(path))
-    expected = skeleton.state_dict(keep_vars=True)
     entries = {e["name"]: e for e in manifest["tensors"]}
+    if "structure" in manifest:
+        shapes = {n: e["shape"] for n, e in entries.items() if "shape" in e}
+        fit(skeleton, manifest["structure"], shapes)
+    expected = skeleton.state_dict(keep_vars=True)
     if set(entries) != set(expected):
         missing, extra = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
         raise GetaError(
