@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from geta.errors import ConfigError
 
-__all__ = ["Config", "STE", "MIN_BITS", "MAX_BITS"]
+__all__ = ["Config", "STE", "Selection", "MIN_BITS", "MAX_BITS"]
 
 MIN_BITS = 2
 MAX_BITS = 16
@@ -19,6 +19,13 @@ class STE(enum.Enum):
 
     CLIPPED = "clipped"  # zero where |x| > qmax (default, method.md §1.3)
     FIXED = "fixed"  # zero where |x| > 2, as in the authors' release (kept for comparison)
+
+
+class Selection(enum.Enum):
+    """How a pruning period's quota of units is spread over the prune groups."""
+
+    UNIFORM = "uniform"  # every group loses the same share of its units (default; bench-chosen)
+    GLOBAL = "global"  # the lowest-saliency units wherever they are (the paper), above the floors
 
 
 def _check_bits(name: str, value: object, *, allow_none: bool) -> tuple[int, int] | None:
@@ -41,6 +48,19 @@ def _check_bits(name: str, value: object, *, allow_none: bool) -> tuple[int, int
     if lo > hi:
         raise ConfigError(f"Config.{name}={value!r}: lo ({lo}) must be <= hi ({hi}); pass ({hi}, {lo})?")
     return (lo, hi)
+
+
+def _check_enum(config: object, name: str, kind: type[enum.Enum]) -> None:
+    """Accept a member of ``kind`` or its string value; store the member."""
+    value = getattr(config, name)
+    allowed = [e.value for e in kind]
+    if isinstance(value, str):
+        try:
+            object.__setattr__(config, name, kind(value))
+        except ValueError:
+            raise ConfigError(f"Config.{name}={value!r} is not one of {allowed}") from None
+    elif not isinstance(value, kind):
+        raise ConfigError(f"Config.{name}={value!r} must be a geta.{kind.__name__} or one of {allowed}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,15 @@ class Config:
     """Keep each group's surviving channel count a multiple of this (hardware-friendly)."""
     calibration_batches: int = 1
     """How many example-input batches calibrate activation ranges (the example inputs are one)."""
+    selection: Selection = Selection.UNIFORM
+    """How the pruned units are spread over the groups: the same share of each, or globally."""
+    min_keep_fraction: float = 0.1
+    """Every prunable group keeps at least this fraction of its units (no layer collapse)."""
+    min_keep_units: int = 1
+    """... and at least this many units."""
+    target_bops: float | None = None
+    """Budget of W+A BOPs relative to the dense FP32 model, in (0, 1]; the run's bit widths
+    are allocated by sensitivity to meet it. None: the budget of the middle of the bit ranges."""
 
     def __post_init__(self) -> None:
         s = self.target_sparsity
@@ -95,15 +124,7 @@ class Config:
             raise ConfigError(
                 f"Config.init_bits={ib!r} must be an integer in [{hi}, 32] (at least the largest hi bound)"
             )
-        if isinstance(self.ste, str):
-            try:
-                object.__setattr__(self, "ste", STE(self.ste))
-            except ValueError:
-                raise ConfigError(f"Config.ste={self.ste!r} is not one of {[e.value for e in STE]}") from None
-        elif not isinstance(self.ste, STE):
-            raise ConfigError(
-                f"Config.ste={self.ste!r} must be a geta.STE or one of {[e.value for e in STE]}"
-            )
+        _check_enum(self, "ste", STE)
         for name in ("exclude_quant", "exclude_prune"):
             v = getattr(self, name)
             if isinstance(v, str) or not all(isinstance(p, str) for p in v):
@@ -114,6 +135,19 @@ class Config:
         g = self.group_divisible
         if isinstance(g, bool) or not isinstance(g, int) or g < 1:
             raise ConfigError(f"Config.group_divisible={g!r} must be a positive integer (1 disables it)")
+        _check_enum(self, "selection", Selection)
+        f = self.min_keep_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+            raise ConfigError(f"Config.min_keep_fraction={f!r} must be in [0, 1] (0.1 keeps a tenth)")
+        k = self.min_keep_units
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"Config.min_keep_units={k!r} must be an integer >= 0")
+        b = self.target_bops
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 < b <= 1.0):
+            raise ConfigError(
+                f"Config.target_bops={b!r} must be None or in (0, 1]: W+A BOPs relative to the dense "
+                "FP32 model, e.g. 0.005 for 0.5 %"
+            )
         c = self.calibration_batches
         if isinstance(c, bool) or not isinstance(c, int) or c < 1:
             raise ConfigError(f"Config.calibration_batches={c!r} must be a positive integer")

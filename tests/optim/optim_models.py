@@ -77,7 +77,7 @@ def mlp_plan(config: Config, *, weights: bool = True, inputs: bool = False, seed
     ]  # fmt: skip
     layers = {"fc1": model.fc1, "fc2": model.fc2, "fc3": model.fc3}
     bindings = _quantize(layers, config, example, model, weights=weights, inputs=inputs)
-    return Plan(model, config, None, groups, bindings)  # type: ignore[arg-type]
+    return Plan(model, config, None, groups, bindings, example_inputs=(example,))  # type: ignore[arg-type]
 
 
 class ConvNet(nn.Module):
@@ -114,7 +114,7 @@ def conv_plan(config: Config, *, weights: bool = True, inputs: bool = False, see
     ]  # fmt: skip
     layers = {"conv1": c1, "conv2": c2, "fc": fc}
     bindings = _quantize(layers, config, example, model, weights=weights, inputs=inputs)
-    return Plan(model, config, None, groups, bindings)  # type: ignore[arg-type]
+    return Plan(model, config, None, groups, bindings, example_inputs=(example,))  # type: ignore[arg-type]
 
 
 def batches(plan: Plan, n: int, *, seed: int = 1, batch: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -12,6 +12,11 @@ A step of the joint stage runs in three phases around the ordinary update:
    `geta.optim.rules` for γ and the per-layer steps, the new step of each touched quantizer,
    and finally x_R <- x_R - γ (c + d_l r) with one ``index_add_`` per slice.
 
+With ``step_rule=False`` (the default bit rule of geta, `geta.optim.modes.BitRule.BUDGET`) the
+quantizers' steps belong to the bit allocation: the forgetting shrinks the raw rows,
+x_R <- x_R - α∇ - γ x_R, and never writes a step (the paper's rule would overwrite what the bits
+learned, pinning every touched layer at b_lo — method.md §3.5).
+
 An element shared by two selected units (a weight's row in one group and its column in
 another) belongs to one of them only (`geta.optim.layout`: its first slice owns it), so the
 units' element sets are disjoint: each unit's statistics and update cover exactly the elements
@@ -41,14 +46,24 @@ def _row_sum(a: Tensor, b: Tensor, w: Tensor | None) -> Tensor:
 class ForgetStep:
     """The forgetting of one step; see the module docstring for the three phases."""
 
-    def __init__(self, rows: RedundantRows, table: QuantizerTable, b_hi: Tensor) -> None:
+    def __init__(
+        self,
+        rows: RedundantRows,
+        table: QuantizerTable,
+        b_hi: Tensor,
+        *,
+        floor: float = 0.0,
+        step_rule: bool = True,
+    ) -> None:
         self.rows = rows
         self.table = table
+        self.floor = floor  # γ >= floor / (T - t), see `rules.forget_rate`
+        self.step_rule = step_rule and len(table) > 0
         # the statistics live on the parameters' device: no host sync during the step
         self.device = rows.slices[0].ref.tensor.device if rows.slices else torch.device("cpu")
         self.block_unit = rows.block_unit.to(self.device)
         self.block_layer = rows.block_layer.to(self.device)
-        if len(table):
+        if self.step_rule:
             step, qmax, exponent = table.scalars()  # (n_q,) before this step's update
             lo, hi = table.bounds(b_hi, qmax, exponent)
             self.step_min, self.step_max = lo.to(self.device, _F64), hi.to(self.device, _F64)
@@ -60,7 +75,7 @@ class ForgetStep:
             ref = rs.ref
             self._slots.setdefault(id(ref.tensor), []).append(i)
             x = gather_rows(ref.tensor.detach(), ref.dim, rs.pos, rs.rows)  # x_R rows
-            if ref.quant >= 0:
+            if ref.quant >= 0 and self.step_rule:
                 q, signed = ref.quant, table.quantizers[ref.quant].signed
                 c, r = rules.forget_parts(x, step[q], qmax[q], exponent[q], signed=signed)
                 self.c.append(c)
@@ -100,9 +115,9 @@ class ForgetStep:
     def apply(self, *, lr: float, period_len: int, t: int) -> Tensor:
         """Choose γ and the layer steps, set the steps, forget; returns γ per unit (n_R,)."""
         grad_sq, c_sq, c_dot, r_dot = self._stats()
-        gamma = rules.forget_rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t)
+        gamma = rules.forget_rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t, floor=self.floor)
         layer_step = None
-        if self.block_unit.numel():
+        if self.step_rule and self.block_unit.numel():
             layer = self.block_layer
             gamma, block_step = rules.forget_steps(
                 gamma, grad_sq, self.block_unit, r_dot, self.step_min[layer], self.step_max[layer], lr=lr

@@ -6,10 +6,15 @@ The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookk
     step s:  stage = schedule.stage_at(s)
       1) check the gradients (NaN/inf -> NonFiniteError), clip them element-wise if asked
       2) joint stage, first step of a pruning period: score the alive units, select the quota
+         (uniform: each group's own quota; global: the lowest scores above the groups' floors)
       3) base direction ∇ of every parameter; p <- p - lr ∇ (quantizer scalars at lr_quant,
          then qmax kept positive and the exponent inside rules.EXPONENT_RANGE)
-      4) joint stage: forget the selected rows, setting the steps of the layers they touch
-      5) projection/joint: project every quantizer's step onto [b_lo, b_hi(s)];
+      4) joint stage: forget the selected rows (bit rule DESCENT: also set the steps of the
+         layers they touch, the paper's step rule)
+      5) bit rule BUDGET: fold this step's measured sensitivity; at each projection period
+         start (re)allocate the bits under the BOPs budget (final at the joint start) and pin
+         every step to its bits, descending from the initial bits over the projection periods;
+         bit rule DESCENT: project every quantizer's step onto [b_lo, b_hi(s)];
          cool-down: freeze the rounded bits once, then reset every step to them
       6) last step of a pruning period: commit the selection (rows set exactly to zero)
       7) committed rows are set to exactly zero again (every stage, every step)
@@ -25,15 +30,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from geta.config import Selection
 from geta.errors import ConfigError
 from geta.optim import rules
+from geta.optim.budget import BitBudget
 from geta.optim.direction import Variant, adam_direction, sgd_direction
 from geta.optim.forget import ForgetStep
 from geta.optim.guard import check_finite, check_loss
 from geta.optim.layout import RedundantRows, UnitLayout
+from geta.optim.modes import BitRule, Forget
 from geta.optim.quantizers import QuantizerTable
-from geta.optim.saliency import saliency_scores, select_units
+from geta.optim.quota import cumulative_quotas, group_floors, uniform_quotas
+from geta.optim.saliency import saliency_scores, select_per_group, select_units
 from geta.optim.schedule import Schedule, Stage
+from geta.optim.sensitivity import FisherTracker
 from geta.plan import Plan
 
 __all__ = ["QASSO"]
@@ -69,9 +79,11 @@ def _validate(
         raise ConfigError("QASSO(nesterov=True) needs momentum > 0 and dampening = 0")
 
 
-def _capacity(sizes: list[int], divisible: int) -> int:
-    """How many units may go at most: each group keeps `divisible` units (or all it has)."""
-    return sum(n - (divisible if n >= divisible else n) for n in sizes)
+def _choice(kind: type[Any], value: object, name: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"QASSO({name}={value!r}) must be one of {[v.value for v in kind]}") from None
 
 
 class QASSO(torch.optim.Optimizer):
@@ -83,10 +95,18 @@ class QASSO(torch.optim.Optimizer):
     ``nesterov``), ``"adam"`` or ``"adamw"`` (``betas``, ``eps``). ``grad_clip`` clamps every
     gradient element-wise to [-grad_clip, grad_clip] in place before the step.
 
+    ``forget`` (`Forget`): how fast the selected rows shrink during a pruning period —
+    ``"linear"`` (default) γ = 1/(T - t), ``"descent"`` the paper's descent-safe rate. ``bits``
+    (`BitRule`): ``"budget"`` (default) allocates every quantizer's bits by measured sensitivity
+    under the BOPs budget (``Config.target_bops``, or the middle of the bit ranges), ``"descent"``
+    learns steps by gradient with the paper's step rule. Both defaults come from the
+    compression benchmark (docs/benchmarks.md); the paper's rules are kept for comparison.
+
     At the end of the joint stage round(target_sparsity x prunable units) units are exactly zero
-    (each group keeps at least ``Config.group_divisible`` units); every quantizer's bit width
-    lies in [b_lo, b_hi(step)] from the projection stage on and is an integer of the final range
-    from the cool-down on. A NaN/inf gradient or loss raises `geta.optim.NonFiniteError`.
+    (each group keeps at least its floor: ``Config.min_keep_fraction``, ``min_keep_units``,
+    ``group_divisible``); every quantizer's bit width lies in [b_lo, b_hi(step)] from the
+    projection stage on and is an integer of the final range from the cool-down on. A NaN/inf
+    gradient or loss raises `geta.optim.NonFiniteError`.
 
     >>> import torch, geta
     >>> _ = torch.manual_seed(0)
@@ -118,14 +138,18 @@ class QASSO(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         grad_clip: float | None = None,
+        forget: Forget | str = Forget.LINEAR,
+        bits: BitRule | str = BitRule.BUDGET,
     ) -> None:
         _validate(lr, lr_quant, momentum, dampening, nesterov, betas, eps, weight_decay, grad_clip)
-        try:
-            self.variant = Variant(variant)
-        except ValueError:
+        self.variant: Variant = _choice(Variant, variant, "variant")
+        self.forget: Forget = _choice(Forget, forget, "forget")
+        self.bit_rule: BitRule = _choice(BitRule, bits, "bits")
+        if self.bit_rule is BitRule.DESCENT and plan.config.target_bops is not None:
             raise ConfigError(
-                f"QASSO(variant={variant!r}) must be one of {[v.value for v in Variant]}"
-            ) from None
+                f"Config.target_bops={plan.config.target_bops} needs QASSO(bits='budget'); "
+                "the paper's step rule (bits='descent') has no budget"
+            )
         if not isinstance(schedule, Schedule):
             raise ConfigError(f"QASSO(schedule={schedule!r}) must be a geta.Schedule")
         self.plan, self.schedule, self.grad_clip = plan, schedule, grad_clip
@@ -145,6 +169,17 @@ class QASSO(torch.optim.Optimizer):
         self._frozen: Tensor | None = None  # cool-down bits, (n_quantizers,)
         self._rows: RedundantRows | None = None
         self._zeros: list[tuple[Tensor, int, Tensor]] = []
+        n_q = len(self.table)
+        self._budget: BitBudget | None = None
+        self._tracker: FisherTracker | None = None
+        self._targets: Tensor | None = None  # allocated bits per quantizer, (n_q,)
+        self._final = False  # the allocation of the joint stage was made
+        self._pinned: Tensor | None = None  # the bits every step is pinned to now, (n_q,)
+        self._fisher_sum = torch.zeros(n_q, dtype=torch.float64)  # Σ over steps of Σ (∂L/∂Q)²
+        self._fisher_steps = 0
+        if n_q and self.bit_rule is BitRule.BUDGET:
+            self._budget = BitBudget(plan, self.table, self.layout, self._group_quota)
+            self._tracker = FisherTracker(self.table.quantizers)
 
     def _param_groups(self, lr_quant: float) -> list[dict[str, Any]]:
         """Group 0: every model parameter but the quantizers' (at ``lr``); group 1: quantizers."""
@@ -157,17 +192,29 @@ class QASSO(torch.optim.Optimizer):
         return groups
 
     def _init_quota(self, plan: Plan) -> None:
-        sizes = [g.size for g in plan.prunable_groups]
-        self.divisible = plan.config.group_divisible
-        target = math.floor(plan.config.target_sparsity * sum(sizes) + 0.5)  # K
-        capacity = _capacity(sizes, self.divisible)
+        cfg = plan.config
+        sizes = torch.tensor([g.size for g in plan.prunable_groups], dtype=torch.long)  # (G,)
+        self.divisible = cfg.group_divisible
+        self.selection = cfg.selection
+        self.floors = group_floors(
+            sizes, fraction=cfg.min_keep_fraction, count=cfg.min_keep_units, divisible=self.divisible
+        )  # (G,) units every group keeps
+        target = math.floor(cfg.target_sparsity * int(sizes.sum()) + 0.5)  # K
+        capacity = int((sizes - self.floors).sum())
         if target > capacity:
             warnings.warn(
-                f"target_sparsity={plan.config.target_sparsity} asks for {target} of {sum(sizes)} "
-                f"units, but every group keeps {self.divisible} (or all it has): pruning {capacity}",
+                f"target_sparsity={cfg.target_sparsity} asks for {target} of {int(sizes.sum())} "
+                f"units, but the groups' floors (min_keep_fraction={cfg.min_keep_fraction}, "
+                f"min_keep_units={cfg.min_keep_units}, group_divisible={self.divisible}) allow "
+                f"{capacity}: pruning {capacity}",
                 stacklevel=3,
             )
             target = capacity
+        # each group's share; the exact quota under uniform selection, a prediction under global
+        self._group_quota = uniform_quotas(sizes, target, self.floors, divisible=self.divisible)
+        if self.selection is Selection.UNIFORM:
+            target = int(self._group_quota.sum())
+        self._group_cum = cumulative_quotas(self._group_quota, periods=self.schedule.pruning_periods)
         if target > 0 and self.schedule.joint == 0:
             raise ConfigError(
                 f"target_sparsity={plan.config.target_sparsity} prunes {target} units but "
@@ -266,14 +313,51 @@ class QASSO(torch.optim.Optimizer):
         )
 
     def _bits(self, stage: Stage, s: int) -> None:
+        if self._tracker is not None:
+            self._fisher_sum += self._tracker.take().cpu()
+            self._fisher_steps += 1
         if not len(self.table) or stage is Stage.WARMUP:
             return
         if stage is Stage.COOLDOWN:
+            if self._budget is not None and self._targets is None:
+                self._allocate(final=True)  # a schedule without projection and joint stages
+                self.table.reset_to_(self._targets)
             if self._frozen is None:
                 self._frozen = self.table.freeze()
             self.table.reset_to_(self._frozen)
+        elif self._budget is not None:
+            sched = self.schedule
+            period_start = stage is Stage.PROJECTION and self._projection_period_start(s)
+            if not self._final and (self._targets is None or period_start or stage is Stage.JOINT):
+                self._allocate(final=stage is Stage.JOINT)
+            pinned = self.table.upper(sched, s, self._targets)
+            changed = (
+                pinned != self._pinned
+                if self._pinned is not None
+                else torch.ones_like(pinned, dtype=torch.bool)
+            )
+            if bool(changed.any()):
+                self.table.fit_weight_ranges_(pinned, changed)  # clipping follows the new bits
+                self._pinned = pinned
+            self.table.reset_to_(pinned)
         else:
             self.table.project_(self.table.upper(self.schedule, s))
+
+    def _projection_period_start(self, s: int) -> bool:
+        k = self.schedule.projection_period_at(s)
+        return k is not None and (k == 0 or self.schedule.projection_period_at(s - 1) != k)
+
+    def _allocate(self, *, final: bool) -> None:
+        """Bits per quantizer from the sensitivity measured so far, under the BOPs budget."""
+        assert self._budget is not None
+        fisher = self._broadcast(self._fisher_sum / max(self._fisher_steps, 1))
+        rng, signed = self.table.ranges_of()
+        self._targets = self._budget.allocate(fisher, rng, signed).to(self.table.b_lo)
+        if final:
+            self._final = True
+            if self._tracker is not None:
+                self._tracker.remove()
+                self._tracker = None
 
     # -- the joint stage --------------------------------------------------------------------------
 
@@ -285,7 +369,13 @@ class QASSO(torch.optim.Optimizer):
             self._select(period)
         if self._rows is None or self._rows.units.numel() == 0:
             return None
-        return ForgetStep(self._rows, self.table, self.table.upper(self.schedule, s))
+        return ForgetStep(
+            self._rows,
+            self.table,
+            self.table.upper(self.schedule, s),
+            floor=1.0 if self.forget is Forget.LINEAR else 0.0,
+            step_rule=self.bit_rule is BitRule.DESCENT,
+        )
 
     def _select(self, period: int) -> None:
         """Score the alive units and select this period's quota (method.md §3.3)."""
@@ -293,25 +383,37 @@ class QASSO(torch.optim.Optimizer):
         quota = self._cum_quota[period] - int(self._committed.sum())
         alive = ~self._committed
         selected = torch.zeros_like(alive)
+        unit_group = self.layout.unit_group
+        uniform = self.selection is Selection.UNIFORM
+        if uniform:
+            done = torch.bincount(unit_group[self._committed], minlength=self.layout.num_groups)
+            need = (self._group_cum[period] - done).clamp_min(0)  # (G,) this period's units
+            quota = int(need.sum())
         if quota > 0 and bool(alive.any()):
             x_sq, xg, g_sq = self.layout.unit_stats(lambda t: t.grad)
             scores = torch.full((self.layout.num_units,), math.inf, dtype=torch.float64)
             scores[alive] = saliency_scores(x_sq[alive], xg[alive], g_sq[alive], self.layout.length[alive])
-            selected = select_units(scores, self.layout.unit_group, alive, quota, divisible=self.divisible)
+            if uniform:
+                selected = select_per_group(scores, unit_group, alive, need)
+            else:
+                selected = select_units(
+                    scores, unit_group, alive, quota, divisible=self.divisible, keep=self.floors
+                )
         self._selected = self._broadcast(selected)
         self._rows = self.layout.redundant(self._selected, len(self.table))
 
-    def _broadcast(self, mask: Tensor) -> Tensor:
-        """Under torch.distributed every rank adopts rank 0's selection."""
+    def _broadcast(self, value: Tensor) -> Tensor:
+        """Under torch.distributed every rank adopts rank 0's selection / sensitivity (on CPU)."""
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return mask
+            return value
         device = self.param_groups[0]["params"][0].device
         if dist.get_backend() == "nccl" and device.type != "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
-        buf = mask.to(device=device, dtype=torch.uint8)
+        wire = torch.uint8 if value.dtype is torch.bool else value.dtype
+        buf = value.to(device=device, dtype=wire)
         dist.broadcast(buf, src=0)
-        return buf.to(device="cpu", dtype=torch.bool)
+        return buf.to(device="cpu", dtype=value.dtype)
 
     def _joint_end(self, s: int) -> None:
         _, end = self.schedule.pruning_period_bounds(self._period)
@@ -335,6 +437,11 @@ class QASSO(torch.optim.Optimizer):
             "selected": self._selected.clone(),
             "committed": self._committed.clone(),
             "frozen": None if self._frozen is None else self._frozen.clone(),
+            "targets": None if self._targets is None else self._targets.clone(),
+            "final": self._final,
+            "pinned": None if self._pinned is None else self._pinned.clone(),
+            "fisher_sum": self._fisher_sum.clone(),
+            "fisher_steps": self._fisher_steps,
         }
         return sd
 
@@ -357,6 +464,16 @@ class QASSO(torch.optim.Optimizer):
         self._committed = run["committed"].to(dtype=torch.bool, device="cpu").clone()
         frozen = run["frozen"]
         self._frozen = None if frozen is None else frozen.to(self.table.b_lo).clone()
+        targets = run.get("targets")
+        self._targets = None if targets is None else targets.to(self.table.b_lo).clone()
+        self._final = bool(run.get("final", False))
+        pinned = run.get("pinned")
+        self._pinned = None if pinned is None else pinned.to(self.table.b_lo).clone()
+        self._fisher_sum = run.get("fisher_sum", self._fisher_sum).to(torch.float64).clone()
+        self._fisher_steps = int(run.get("fisher_steps", 0))
+        if self._final and self._tracker is not None:
+            self._tracker.remove()
+            self._tracker = None
         has_rows = bool(self._selected.any())
         self._rows = self.layout.redundant(self._selected, len(self.table)) if has_rows else None
         self._zeros = self.layout.zero_positions(self._committed)

@@ -22,10 +22,12 @@ from torch import Tensor
 from geta.optim import rules
 from geta.optim.schedule import Schedule
 from geta.plan import Plan, QuantTarget
-from geta.quant.functional import MIN_QMAX
+from geta.quant.functional import MIN_QMAX, fake_quant, step_for_bits
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = ["QuantizerTable"]
+
+CLIP_FRACTIONS = tuple(0.3 + 0.05 * k for k in range(15))  # candidate q_m / max|W|, 0.3 .. 1.0
 
 
 class QuantizerTable:
@@ -52,6 +54,10 @@ class QuantizerTable:
         self._tensor_quant = {
             id(b.tensor): seen[id(b.quantizer)] for b in plan.bindings if b.tensor is not None
         }
+        self.weights: dict[int, Tensor] = {}  # quantizer index -> the weight it quantizes
+        for b in plan.bindings:
+            if b.tensor is not None:
+                self.weights.setdefault(seen[id(b.quantizer)], b.tensor)
         device = quantizers[0].step.device if quantizers else torch.device("cpu")
         self.is_act = torch.tensor(is_act, dtype=torch.bool, device=device)  # (n,)
         self.signed = torch.tensor([q.signed for q in quantizers], dtype=torch.bool, device=device)
@@ -59,6 +65,15 @@ class QuantizerTable:
         hi = [act[1] if a else cfg.weight_bits[1] for a in is_act]
         self.b_lo = torch.tensor(lo, dtype=torch.float32, device=device)  # (n,) final lower bound
         self.b_final = torch.tensor(hi, dtype=torch.float32, device=device)  # (n,) final upper bound
+
+    def index_of_quantizer(self, quantizer: LearnableQuantizer | None) -> int:
+        """Position of ``quantizer`` (by identity) in the table, -1 if None or not in it."""
+        return -1 if quantizer is None else self._index.get(id(quantizer), -1)
+
+    def ranges_of(self) -> tuple[Tensor, Tensor]:
+        """q_m^t of every quantizer (its grid's range R), (n,), and whether it is signed."""
+        _, qmax, exponent = self.scalars()
+        return qmax**exponent, self.signed
 
     def __len__(self) -> int:
         return len(self.quantizers)
@@ -97,12 +112,18 @@ class QuantizerTable:
             torch.stack([q.exponent.detach() for q in qs]),
         )
 
-    def upper(self, schedule: Schedule, step: int) -> Tensor:
-        """The upper bit bound b_hi in force at ``step`` for every quantizer, (n,)."""
-        (_, w_hi), (_, a_hi) = self.ranges
-        w = schedule.bit_upper_at(step, init_bits=self.init_bits, final_bits=w_hi)
-        a = schedule.bit_upper_at(step, init_bits=self.init_bits, final_bits=a_hi)
-        return torch.where(self.is_act, float(a), float(w))
+    def upper(self, schedule: Schedule, step: int, final: Tensor | None = None) -> Tensor:
+        """The upper bit bound b_hi in force at ``step`` for every quantizer, (n,).
+
+        It descends from the initial bits to ``final`` (n,) (default: the range's upper ends)
+        over the projection periods (`Schedule.bit_upper_at`, per distinct final value).
+        """
+        final = self.b_final if final is None else final
+        out = torch.empty_like(final)
+        for value in torch.unique(final).tolist():
+            b = schedule.bit_upper_at(step, init_bits=self.init_bits, final_bits=int(value))
+            out[final == value] = float(b)
+        return out
 
     @torch.no_grad()
     def bounds(self, b_hi: Tensor, qmax: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,6 +144,31 @@ class QuantizerTable:
         step, qmax, exponent = self.scalars()
         lo, hi = self.bounds(b_hi, qmax, exponent)
         self.write_steps(torch.minimum(torch.maximum(step, lo), hi))
+
+    @torch.no_grad()
+    def fit_weight_ranges_(self, bits: Tensor, which: Tensor) -> None:
+        """Set q_m of the weight quantizers in ``which`` (n,) bool to the clipping that minimises
+        ‖Q(W) - W‖² on a ``bits`` (n,) grid, among `CLIP_FRACTIONS` of max|W|.
+
+        Clipping at max|W| wastes a low-bit grid on a few outliers (at 2 bits most weights
+        would round to zero); when the bit rule lowers a layer's bits its clipping follows,
+        then learns on by gradient.
+        """
+        for i, w in self.weights.items():
+            if not bool(which[i]) or w.device.type == "meta":
+                continue
+            q = self.quantizers[i]
+            peak = (w.detach().abs() if q.signed else w.detach().clamp_min(0.0)).amax().clamp_min(MIN_QMAX)
+            best, best_err = peak, math.inf
+            for frac in CLIP_FRACTIONS:
+                qmax = (peak * frac).to(q.qmax.dtype)
+                step = step_for_bits(bits[i], qmax, q.exponent, signed=q.signed).to(q.step.dtype)
+                err = float(
+                    (fake_quant(w.detach(), step, qmax, q.exponent, signed=q.signed) - w).pow(2).sum()
+                )
+                if err < best_err:
+                    best, best_err = qmax, err
+            q.qmax.copy_(best)
 
     @torch.no_grad()
     def freeze(self) -> Tensor:

@@ -130,6 +130,7 @@ def forget_rate(
     period_len: int,
     t: int,
     eta: float = ETA,
+    floor: float = 0.0,
 ) -> Tensor:
     """Forget rate γ per redundant unit; inputs are vectors (n,) of ‖∇‖², ‖c‖², <c, ∇>.
 
@@ -138,6 +139,12 @@ def forget_rate(
     - <c, ∇> < 0: γ = -(1 - η) α ‖∇‖² / <c, ∇>, i.e. -(1-η)α‖∇‖ / (cos(c,∇)‖c‖) written without
       the cosine, so no clamping of cos is needed. geta caps it at 1 / (T - t): the paper's value
       can explode when cos ≈ 0⁻, and a smaller γ only reduces the harm to descent.
+
+    ``floor`` raises γ to at least ``floor / (T - t)`` (not for already-zero units). With
+    ``floor=1`` every unit follows the linear schedule γ = 1/(T - t), which shrinks a row to
+    1/T of its norm by the period's last step (Π (1 - 1/(T - t)) telescopes), so the commit
+    barely changes the function; ``floor=0`` is the paper's descent-safe rule (method.md §3.5:
+    on a trained model it leaves 54-104 % of the norm and the commit is a hard cut).
     """
     if not 0 <= t < period_len:
         raise ValueError(f"forget_rate: t={t} must be in [0, period_len={period_len})")
@@ -145,6 +152,8 @@ def forget_rate(
     safe_dot = torch.where(c_dot < 0, c_dot, torch.full_like(c_dot, -1.0))
     against = torch.minimum(-(1.0 - eta) * lr * grad_sq / safe_dot, scheduled)
     gamma = torch.where(c_dot >= 0, scheduled, against)
+    if floor > 0:
+        gamma = torch.maximum(gamma, floor * scheduled)
     return torch.where(c_sq.sqrt() <= ZERO_NORM, torch.zeros_like(gamma), gamma)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["CRITERIA_WEIGHTS", "saliency_scores", "select_units"]
+__all__ = ["CRITERIA_WEIGHTS", "saliency_scores", "select_per_group", "select_units"]
 
 CRITERIA_WEIGHTS = (0.2, 0.2, 0.2, 0.2, 0.2)
 """Mixing weights of the five criteria, in the order listed by `saliency_scores`."""
@@ -48,8 +48,40 @@ def saliency_scores(
     return (w[:, None] * criteria).sum(0)
 
 
+def _by_group(scores: Tensor, unit_group: Tensor, cand: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Candidates sorted by (group, score, id): (order, group, rank in group, alive per group)."""
+    order = cand[torch.argsort(scores[cand], stable=True)]
+    order = order[torch.argsort(unit_group[order], stable=True)]
+    grp = unit_group[order]  # (m,) non-decreasing
+    n_alive = torch.bincount(grp, minlength=int(unit_group.max()) + 1)  # (G,)
+    first = torch.cumsum(n_alive, 0) - n_alive  # position of each group's first unit in `order`
+    rank = torch.arange(order.numel(), device=scores.device) - first[grp]  # rank inside group
+    return order, grp, rank, n_alive
+
+
+def select_per_group(scores: Tensor, unit_group: Tensor, alive: Tensor, need: Tensor) -> Tensor:
+    """In every group g, the ``need[g]`` lowest-scoring alive units (uniform selection).
+
+    ``scores`` (n,), ``unit_group`` (n,) int64, ``alive`` (n,) bool, ``need`` (G,) int64.
+    Returns the bool mask (n,) of the selected units; ties go to the lower unit id.
+    """
+    out = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    cand = alive.nonzero().squeeze(1)
+    if cand.numel() == 0:
+        return out
+    order, grp, rank, _ = _by_group(scores, unit_group, cand)
+    out[order[rank < need.to(rank.device)[grp]]] = True
+    return out
+
+
 def select_units(
-    scores: Tensor, unit_group: Tensor, alive: Tensor, quota: int, *, divisible: int = 1
+    scores: Tensor,
+    unit_group: Tensor,
+    alive: Tensor,
+    quota: int,
+    *,
+    divisible: int = 1,
+    keep: Tensor | None = None,
 ) -> Tensor:
     """Pick up to ``quota`` of the lowest-scoring alive units, globally across groups.
 
@@ -62,14 +94,15 @@ def select_units(
     lowest-scoring alive units of their group in order, scored by their mean; blocks are taken
     in order of mean score (ties: lower group, then earlier block) while their sizes fit the
     quota. With ``divisible=1`` this picks exactly the ``quota`` lowest units (or all that may
-    go), each group keeping its highest-scoring unit.
+    go), each group keeping its highest-scoring unit. ``keep`` (G,) raises the units each group
+    keeps to its floor (`geta.optim.quota.group_floors`, a multiple of ``divisible``).
     """
     n = scores.shape[0]
     out = torch.zeros(n, dtype=torch.bool, device=scores.device)
     cand = alive.nonzero().squeeze(1)
     if quota <= 0 or cand.numel() == 0:
         return out
-    order, grp, block = _blocks(scores, unit_group, cand, divisible)
+    order, grp, block = _blocks(scores, unit_group, cand, divisible, keep)
     if order.numel() == 0:
         return out
     key = grp * (int(block.max()) + 1) + block  # sorted (group, block) key
@@ -87,17 +120,15 @@ def select_units(
     return out
 
 
-def _blocks(scores: Tensor, unit_group: Tensor, cand: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
+def _blocks(
+    scores: Tensor, unit_group: Tensor, cand: Tensor, g: int, floor: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """(unit, group, block index) of every candidate that may go, sorted by (group, score, id)."""
     # 1) candidates sorted by (group, score, unit id): argsort score, then stable by group
-    order = cand[torch.argsort(scores[cand], stable=True)]
-    order = order[torch.argsort(unit_group[order], stable=True)]
-    grp = unit_group[order]  # (m,) non-decreasing
-    n_alive = torch.bincount(grp, minlength=int(unit_group.max()) + 1)  # (G,)
-    first = torch.cumsum(n_alive, 0) - n_alive  # position of each group's first unit in `order`
-    rank = torch.arange(order.numel(), device=scores.device) - first[grp]  # rank inside group
-    # 2) blocks: a leading remainder block, then blocks of g; the last g units stay alive
-    keep = torch.where(n_alive >= g, torch.full_like(n_alive, g), n_alive)
+    order, grp, rank, n_alive = _by_group(scores, unit_group, cand)
+    # 2) blocks: a leading remainder block, then blocks of g; the last g (or floor) units stay
+    least = torch.full_like(n_alive, g) if floor is None else floor.to(n_alive)[: n_alive.numel()]
+    keep = torch.minimum(least, n_alive)
     eligible = rank < (n_alive - keep)[grp]
     r = (n_alive % g)[grp]
     block = torch.where(r > 0, torch.where(rank < r, 0, 1 + (rank - r) // g), rank // g)

@@ -1,0 +1,400 @@
+"""Compression quality: geta vs the sequential pipeline (prune -> fine-tune -> QAT), side by side.
+
+    python -m bench.compression [--tasks digits,mnist1d] [--seeds 3] [--jobs 2] [--quick]
+
+For every task and seed one dense model is trained (``dense_epochs``) and shared; then every
+method gets the same budget of ``epochs`` more epochs from it, with the same loop, batch order,
+SGD (momentum 0.9, wd 1e-4) and cosine learning rate (peak ``Task.lr``; no per-method search):
+
+- dense FP32: ``epochs`` more float epochs;
+- sequential pipeline: Torch-Pruning group-magnitude pruning (``GroupMagnitudeImportance``,
+  ``MetaPruner``, the same channel sparsity in every layer, the classifier left alone) ->
+  ``epochs / 2`` float fine-tuning -> ``epochs / 2`` QAT at fixed 2, 3, 4 or 8 bits (weights and
+  inputs) with geta's own `LearnableQuantizer` (a QASSO run that is all cool-down: fixed bits,
+  learned clipping); sparsity 0 of the same pipeline is plain fixed-bit QAT;
+- geta: one QASSO run (warm-up 2, projection 6, joint 12 in 4 pruning periods, cool-down 20
+  epochs of 40) with weights + activations, bits in [2, 8], at several sparsities and BOPs
+  budgets, and weights only.
+
+Reported: accuracy of the *converted* model (mean ± std over seeds), relative BOPs against the
+dense FP32 model (W+A; weights-only rows use weight-only BOPs and are not on the W+A front),
+and for geta the lowest test accuracy during the joint stage and the largest drop at the end of
+a pruning period against the joint stage's start. The headline per task: the pipeline's
+relative BOPs ÷ geta's at equal accuracy, the pipeline's Pareto front (seed means) interpolated
+in log BOPs at geta's accuracy, for geta's default configuration (sparsity 0.5, default budget).
+Jobs run as single-thread processes, ``--jobs`` at a time. Writes its section of
+docs/benchmarks.md and docs/compression_pareto.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+
+from bench.compression_tasks import TASKS, Task, accuracy, fit
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CACHE = ROOT / "runs" / "bench-compression"
+PLOT = ROOT / "docs" / "compression_pareto.png"
+SPARSITIES = (0.3, 0.5, 0.7)
+PIPELINE_BITS = (2, 3, 4, 8)
+GETA_BITS = (2, 8)
+DEFAULT = "geta W+A s=0.5"  # the headline configuration
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs (each runs in its own single-thread process)
+# ---------------------------------------------------------------------------------------------
+
+
+def _sgd(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+
+
+def _dense_path(task: str, seed: int) -> pathlib.Path:
+    return CACHE / f"{task}-s{seed}-dense.pt"
+
+
+def _load_dense(task: Task, seed: int) -> torch.nn.Module:
+    model = task.build()
+    model.load_state_dict(torch.load(_dense_path(task.name, seed), weights_only=True))
+    return model
+
+
+def job_dense(task_name: str, seed: int) -> dict[str, Any]:
+    task = TASKS[task_name]
+    data = task.data()
+    torch.manual_seed(seed)
+    model = task.build()
+    fit(model, _sgd(model.parameters(), 0.05), data, task.dense_epochs, seed=seed, lr=0.05)
+    _dense_path(task_name, seed).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), _dense_path(task_name, seed))
+    return {"acc": accuracy(model, data[2], data[3])}
+
+
+def _measure(
+    small: torch.nn.Module, dense: torch.nn.Module, x: torch.Tensor, weights_only: bool
+) -> dict[str, float]:
+    import geta
+
+    rep = geta.report(small, (x[:2],), dense=dense)
+    return {
+        "bops": rep.relative_bops_weight_only if weights_only else rep.relative_bops,
+        "size": rep.size_bits,
+    }
+
+
+def job_float(task_name: str, seed: int) -> dict[str, Any]:
+    task = TASKS[task_name]
+    data = task.data()
+    model = _load_dense(task, seed)
+    fit(model, _sgd(model.parameters(), task.lr), data, task.epochs, seed=seed + 100, lr=task.lr)
+    return {"acc": accuracy(model, data[2], data[3]), "bops": 1.0}
+
+
+def job_finetune(task_name: str, seed: int, sparsity: float) -> dict[str, Any]:
+    """Torch-Pruning group magnitude to ``sparsity`` of every layer's channels, then float FT."""
+    import torch_pruning as tp
+
+    task = TASKS[task_name]
+    data = task.data()
+    model = _load_dense(task, seed)
+    if sparsity > 0:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            data[0][:2],
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=sparsity,
+            ignored_layers=[model.head],
+        )
+        pruner.step()
+    fit(model, _sgd(model.parameters(), task.lr), data, task.epochs // 2, seed=seed + 100, lr=task.lr)
+    path = CACHE / f"{task_name}-s{seed}-ft{sparsity}.pt"
+    torch.save(model, path)
+    return {"path": str(path), "acc": accuracy(model, data[2], data[3])}
+
+
+def job_qat(task_name: str, seed: int, sparsity: float, bits: int) -> dict[str, Any]:
+    """Fixed-bit QAT of the fine-tuned pruned model with geta's quantizers (all cool-down)."""
+    import geta
+
+    task = TASKS[task_name]
+    data = task.data()
+    model = torch.load(CACHE / f"{task_name}-s{seed}-ft{sparsity}.pt", weights_only=False)
+    config = geta.Config(target_sparsity=0.0, weight_bits=(bits, bits), act_bits=(bits, bits))
+    plan = geta.prepare(model, (data[0][:64],), config)
+    steps = task.epochs // 2 * (len(data[1]) // 64)
+    opt = geta.QASSO(plan, lr=task.lr, lr_quant=1e-3, momentum=0.9, weight_decay=1e-4,
+                     schedule=geta.Schedule(cooldown=steps))  # fmt: skip
+    fit(model, opt, data, task.epochs // 2, seed=seed + 200, lr=task.lr)
+    small = geta.convert(model, plan)
+    return {
+        "acc": accuracy(small, data[2], data[3]),
+        **_measure(small, _load_dense(task, seed), data[0], False),
+    }
+
+
+def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """One geta run from the dense model; the test accuracy after every epoch is recorded."""
+    import geta
+
+    task = TASKS[task_name]
+    data = task.data()
+    model = _load_dense(task, seed)
+    config = geta.Config(
+        target_sparsity=spec["sparsity"],
+        weight_bits=GETA_BITS,
+        act_bits=GETA_BITS if spec.get("acts", True) else None,
+        target_bops=spec.get("budget"),
+        selection=spec.get("selection", "uniform"),
+    )
+    plan = geta.prepare(model, (data[0][:64],), config)
+    per_epoch = len(data[1]) // 64
+    e = task.epochs
+    w, pr, j = round(0.05 * e), round(0.15 * e), round(0.3 * e)  # 2 / 6 / 12 / 20 of 40 epochs
+    schedule = geta.Schedule.from_epochs(steps_per_epoch=per_epoch, warmup=w, projection=pr, joint=j,
+                                         cooldown=e - w - pr - j, projection_periods=3,
+                                         pruning_periods=4)  # fmt: skip
+    rules = {"forget": spec.get("forget", "linear"), "bits": spec.get("bits", "budget")}
+    opt = geta.QASSO(plan, lr=task.lr, lr_quant=1e-3, momentum=0.9, weight_decay=1e-4, schedule=schedule,
+                     grad_clip=1.0, **rules)  # fmt: skip
+    path: list[float] = []
+    loss_fn = _distill_loss(_load_dense(task, seed)) if spec.get("distill") else None
+    fit(model, opt, data, e, seed=seed + 100, lr=task.lr, loss_fn=loss_fn,
+        on_epoch=lambda _: path.append(accuracy(model, data[2], data[3])))  # fmt: skip
+    small = geta.convert(model, plan)
+    acc = accuracy(small, data[2], data[3])
+    start = w + pr - 1  # the epoch that ends the projection stage: accuracy at the joint start
+    ends = [(schedule.pruning_period_bounds(k)[1] - 1) // per_epoch for k in range(4)]  # commit epochs
+    out = {"acc": acc, "path": path, "joint_min": min(path[start + 1 : w + pr + j]), "start": path[start]}
+    out["period_drop"] = max(path[start] - path[k] for k in ends)
+    out["bits"] = sorted({round(b.quantizer.bit_width) for b in plan.bindings})
+    return {**out, **_measure(small, _load_dense(task, seed), data[0], not spec.get("acts", True))}
+
+
+def _distill_loss(teacher: torch.nn.Module, temperature: float = 2.0) -> Any:
+    """Cross-entropy + T² KL(teacher || student) at temperature T (the dense model teaches)."""
+    import torch.nn.functional as F
+
+    teacher.eval()
+
+    def loss(out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = F.log_softmax(teacher(x) / temperature, -1)
+        kl = F.kl_div(F.log_softmax(out / temperature, -1), soft, log_target=True, reduction="batchmean")
+        return F.cross_entropy(out, y) + temperature**2 * kl
+
+    return loss
+
+
+def _run(fn_name: str, *args: Any) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    out = globals()[fn_name](*args)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the grid, the table, the headline
+# ---------------------------------------------------------------------------------------------
+
+
+def geta_specs(quick: bool) -> dict[str, dict[str, Any]]:
+    specs: dict[str, dict[str, Any]] = {}
+    for s in (0.5,) if quick else SPARSITIES:
+        specs[f"geta W+A s={s}"] = {"sparsity": s}
+    if not quick:
+        specs["geta W+A s=0.5 budget 0.2%"] = {"sparsity": 0.5, "budget": 0.002}
+        specs["geta W+A s=0.7 budget 0.06%"] = {"sparsity": 0.7, "budget": 0.0006}
+        specs["geta W s=0.5"] = {"sparsity": 0.5, "acts": False}
+        specs["geta W+A s=0.5 paper rules"] = {"sparsity": 0.5, "forget": "descent", "bits": "descent",
+                                              "selection": "global"}  # fmt: skip
+    return specs
+
+
+def run_all(
+    tasks: list[str], seeds: int, jobs: int, quick: bool
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    sparsities = (0.5,) if quick else (0.0, *SPARSITIES)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        dense = {(t, s): pool.submit(_run, "job_dense", t, s) for t in tasks for s in range(seeds)}
+        for (t, _), f in dense.items():
+            results.setdefault((t, "dense (start)"), []).append(f.result())
+        wave: dict[tuple[str, str], list[Any]] = {}
+        for t in tasks:
+            for s in range(seeds):
+                for sp in sparsities:
+                    wave.setdefault((t, f"ft {sp}"), []).append(pool.submit(_run, "job_finetune", t, s, sp))
+                for name, spec in geta_specs(quick).items():
+                    wave.setdefault((t, name), []).append(pool.submit(_run, "job_geta", t, s, spec))
+                wave.setdefault((t, "dense FP32"), []).append(pool.submit(_run, "job_float", t, s))
+        qat: dict[tuple[str, str], list[Any]] = {}
+        for (t, name), futures in wave.items():
+            if name.startswith("ft "):
+                sp = float(name[3:])
+                for s, f in enumerate(futures):
+                    f.result()
+                    for b in (4,) if quick else (4, 8) if sp == 0 else PIPELINE_BITS:
+                        key = (t, f"pipeline s={sp} {b}-bit")
+                        qat.setdefault(key, []).append(pool.submit(_run, "job_qat", t, s, sp, b))
+        for key, futures in {**wave, **qat}.items():
+            if not key[1].startswith("ft "):
+                results[key] = [f.result() for f in futures]
+    return results
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(bops, acc) points not dominated (lower BOPs and higher accuracy), by increasing BOPs."""
+    front: list[tuple[float, float]] = []
+    for b, a in sorted(points):
+        if not front or a > front[-1][1]:
+            front.append((b, a))
+    return front
+
+
+def bops_at(front: list[tuple[float, float]], acc: float) -> float | None:
+    """The front's BOPs at accuracy ``acc``, linear in log BOPs between points; None outside."""
+    for (b0, a0), (b1, a1) in itertools.pairwise(front):
+        if a0 <= acc <= a1:
+            w = 0.0 if a1 == a0 else (acc - a0) / (a1 - a0)
+            return math.exp(math.log(b0) + w * (math.log(b1) - math.log(b0)))
+    if front and acc <= front[0][1]:
+        return front[0][0]  # below the front's cheapest point: its BOPs (the ratio is a lower bound)
+    return None  # above the front's best accuracy
+
+
+def summarize(results: dict[tuple[str, str], list[dict[str, Any]]], task: str) -> tuple[list[str], str]:
+    rows = [(name, rs) for (t, name), rs in results.items() if t == task]
+    cols = f"{'accuracy %':>15} {'rel. BOPs %':>12} {'joint min %':>12} {'drop@period':>12}  bits"
+    lines = [f"{'method':<34} {cols}", "-" * 100]
+    front_pts = []
+    for name, rs in sorted(rows, key=lambda r: r[0]):
+        m, sd = _mean_std([100 * r["acc"] for r in rs])
+        bops = statistics.fmean(r.get("bops", float("nan")) for r in rs)
+        jm = f"{statistics.fmean(100 * r['joint_min'] for r in rs):.1f}" if "joint_min" in rs[0] else ""
+        drop = f"{max(100 * r['period_drop'] for r in rs):.1f}" if "period_drop" in rs[0] else ""
+        bits = str(sorted({b for r in rs for b in r.get("bits", [])})) if "bits" in rs[0] else ""
+        lines.append(f"{name:<34} {m:>8.2f} ± {sd:<4.2f} {100 * bops:>12.4f} {jm:>12} {drop:>12}  {bits}")
+        if name.startswith("pipeline"):
+            front_pts.append((bops, m))
+    front = pareto(front_pts)
+    lines.append("")
+    headline = f"{task}: no geta default row"
+    for name, rs in rows:
+        if name.startswith("geta W+A"):
+            m = statistics.fmean(100 * r["acc"] for r in rs)
+            g = statistics.fmean(r["bops"] for r in rs)
+            at = bops_at(front, m)
+            if at is None and front:  # more accurate than any pipeline point: compare with its best
+                ratio = f">= {front[-1][0] / g:.2f}x (more accurate than every pipeline point)"
+            else:
+                ratio = "n/a" if at is None else f"{at / g:.2f}x"
+            lines.append(f"pipeline BOPs / geta BOPs at equal accuracy, {name}: {ratio}")
+            if name == DEFAULT:
+                _, sd = _mean_std([100 * r["acc"] for r in rs])
+                headline = (
+                    f"{task}: {ratio} fewer BOPs than prune->FT->QAT at equal accuracy "
+                    f"({name}: {m:.2f} ± {sd:.2f} %, {100 * g:.3f} % rel. BOPs)"
+                )
+    return lines, headline
+
+
+def plot(results: dict[tuple[str, str], list[dict[str, Any]]], tasks: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        groups = {"pipeline (TP -> FT -> QAT)": [], "geta W+A": [], "geta W only (weight-only BOPs)": []}
+        for (t, name), rs in results.items():
+            if t != task or "bops" not in rs[0] or name == "dense FP32":
+                continue
+            m = statistics.fmean(100 * r["acc"] for r in rs)
+            b = statistics.fmean(100 * r["bops"] for r in rs)
+            key = (
+                "pipeline (TP -> FT -> QAT)"
+                if name.startswith("pipeline")
+                else ("geta W only (weight-only BOPs)" if name.startswith("geta W ") else "geta W+A")
+            )
+            groups[key].append((b, m, name))
+        for (label, pts), style in zip(groups.items(), ("o", "s", "^")):
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=style, label=label)
+        front = pareto([(b, m) for b, m, _ in groups["pipeline (TP -> FT -> QAT)"]])
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="C0", linewidth=1)
+        dense = [r["acc"] for (t, n), rs in results.items() if t == task and n == "dense FP32" for r in rs]
+        if dense:
+            ax.axhline(100 * statistics.fmean(dense), color="gray", linestyle=":", label="dense FP32")
+        ax.set_xscale("log")
+        ax.set_xlabel("relative BOPs, % of dense FP32 (log)")
+        ax.set_ylabel("test accuracy of the converted model, %")
+        ax.set_title(task)
+        lo = min(m for pts in groups.values() for _, m, _ in pts) if any(groups.values()) else 0
+        ax.set_ylim(max(lo - 2, 0), 100.5)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default="digits,mnist1d")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="one geta and one pipeline configuration")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    args = parser.parse_args(argv)
+    tasks = args.tasks.split(",")
+    t0 = time.perf_counter()
+    results = run_all(tasks, args.seeds, args.jobs, args.quick)
+    import geta
+
+    lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, geta "
+             f"{geta.__version__}; {args.seeds} seeds, {args.jobs} single-thread jobs at a time"]  # fmt: skip
+    headlines = []
+    for task in tasks:
+        t = TASKS[task]
+        lines += ["", f"== {task}: dense {t.dense_epochs} epochs, then {t.epochs} epochs per method =="]
+        body, head = summarize(results, task)
+        lines += body
+        headlines.append(head)
+    lines += ["", f"wall time {time.perf_counter() - t0:.0f} s", *headlines]
+    print("\n".join(lines))
+    if not args.no_write:
+        from bench.results import write_section
+
+        write_section("compression quality", lines)
+        plot(results, tasks)
+        print(f"wrote docs/benchmarks.md and {PLOT.relative_to(ROOT)}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / "summary.json").write_text(json.dumps({"lines": lines, "headlines": headlines}))
+    print(" | ".join(headlines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Tasks of the compression benchmark: offline data, small models, one training loop for all.
+
+- ``digits``: scikit-learn's 8x8 digits (1797 images), a residual CNN (conv 1->32, one basic
+  block at 32 channels, a strided conv 32->64, global pool, linear 64->10);
+- ``mnist1d``: MNIST-1D generated offline (`mnist1d.data.make_dataset`, 4000 / 1000 signals of
+  length 40), a 1-D residual CNN of the same shape.
+
+Every method of the benchmark trains with `fit` (SGD, momentum 0.9, weight decay 1e-4, a
+cosine learning rate over the call, batch 64, a seeded batch order), so methods differ only in
+what they do to the model, never in the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["TASKS", "Task", "accuracy", "fit"]
+
+BATCH = 64
+
+
+class ResCNN(nn.Module):
+    """stem conv -> one residual basic block -> strided conv -> global pool -> linear."""
+
+    def __init__(self, dims: int, width: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        k = 3 if dims == 2 else 5
+        self.stem = nn.Sequential(conv(1, width, k, padding=k // 2), bn(width), nn.ReLU())
+        self.conv1, self.bn1 = conv(width, width, k, padding=k // 2), bn(width)
+        self.conv2, self.bn2 = conv(width, width, k, padding=k // 2), bn(width)
+        self.down = nn.Sequential(
+            conv(width, 2 * width, k, stride=2, padding=k // 2), bn(2 * width), nn.ReLU()
+        )
+        self.head = nn.Linear(2 * width, classes)
+        self.dims = dims
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (batch, 1, 8, 8) or (batch, 1, 40)
+        h = self.stem(x)  # (batch, width, ...)
+        h = F.relu(h + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(h))))))  # residual add
+        pooled = self.down(h).flatten(2).mean(2)  # (batch, 2 * width)
+        return self.head(pooled)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    build: Callable[[], nn.Module]
+    data: Callable[[], tuple[Tensor, Tensor, Tensor, Tensor]]  # x_train, y_train, x_test, y_test
+    dense_epochs: int
+    epochs: int  # the compression budget every method gets after the shared dense training
+    lr: float  # peak learning rate of the compression phase (all methods)
+
+
+def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    y = torch.tensor(data.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    cut = int(0.8 * len(y))
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = make_dataset(get_dataset_args())  # generated offline, seeded by the package's defaults
+
+    def t(a: object) -> Tensor:
+        return torch.as_tensor(a)
+
+    x, xt = t(d["x"]).float().unsqueeze(1), t(d["x_test"]).float().unsqueeze(1)  # (N, 1, 40)
+    return x, t(d["y"]).long(), xt, t(d["y_test"]).long()
+
+
+TASKS = {
+    "digits": Task("digits", lambda: ResCNN(2), _digits, dense_epochs=20, epochs=40, lr=0.02),
+    "mnist1d": Task("mnist1d", lambda: ResCNN(1), _mnist1d, dense_epochs=20, epochs=20, lr=0.02),
+}
+
+
+def fit(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: tuple[Tensor, Tensor, Tensor, Tensor],
+    epochs: int,
+    *,
+    seed: int,
+    lr: float,
+    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Train ``epochs`` epochs (cosine lr from ``lr`` to 0 in param group 0, other groups fixed)."""
+    x, y = data[0], data[1]
+    steps = len(y) // BATCH
+    total, s = epochs * steps, 0
+    g = torch.Generator().manual_seed(seed)
+    import math
+
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(steps):
+            idx = perm[i * BATCH : (i + 1) * BATCH]
+            opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * s / total))
+            out = model(x[idx])
+            loss = F.cross_entropy(out, y[idx]) if loss_fn is None else loss_fn(out, y[idx], x[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            s += 1
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    was = model.training
+    model.eval()
+    acc = float((model(x).argmax(1) == y).float().mean())
+    model.train(was)
+    return acc

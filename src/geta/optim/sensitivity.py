@@ -1,0 +1,55 @@
+"""`FisherTracker`: how much each quantizer's rounding would hurt the loss, measured in training.
+
+For every quantizer it accumulates Σ (∂L/∂Q(x))² over the elements of its output Q(x) during
+backward passes — the diagonal empirical Fisher information summed over the tensor, the F_i of
+`geta.optim.bits`. The same measure serves weights (Q(W)) and activations (Q(x)): for a weight
+the batch-mean gradient squared underestimates the per-sample Fisher by the batch size when the
+mean gradient is small, and for an activation the per-sample gradients of the mean loss carry
+the same 1/batch factor, so the two stay comparable.
+
+The tracker hooks the quantizer modules (a forward hook that registers a tensor hook on the
+output when it requires grad): no change to the model or its outputs, nothing in eval or
+``no_grad`` forwards. `FisherTracker.take` returns what was summed since the last call (one
+optimizer step, including gradient accumulation) and resets it; `remove` drops the hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FisherTracker"]
+
+
+class FisherTracker:
+    """Σ (∂L/∂Q)² per quantizer since the last `take`, over ``quantizers`` (in table order)."""
+
+    def __init__(self, quantizers: Sequence[nn.Module]) -> None:
+        device = next((p.device for q in quantizers for p in q.parameters()), torch.device("cpu"))
+        self._sums = torch.zeros(len(quantizers), dtype=torch.float64, device=device)  # (n,)
+        self._handles = [q.register_forward_hook(self._hook(i)) for i, q in enumerate(quantizers)]
+
+    def _hook(self, i: int) -> Any:
+        def on_forward(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            if isinstance(out, Tensor) and out.requires_grad:
+                out.register_hook(lambda g: self._add(i, g))
+
+        return on_forward
+
+    def _add(self, i: int, grad: Tensor) -> None:
+        self._sums[i] += grad.detach().double().pow(2).sum().to(self._sums.device)
+
+    def take(self) -> Tensor:
+        """The sums since the last call, (n,) float64 (on the quantizers' device); resets them."""
+        out = self._sums.clone()
+        self._sums.zero_()
+        return out
+
+    def remove(self) -> None:
+        """Detach the hooks (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
