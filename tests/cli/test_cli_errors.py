@@ -35,6 +35,22 @@ def _setup_bad_config(tmp: Path) -> Path:
     return path
 
 
+def _setup_pickled_module(tmp: Path) -> Path:
+    import torch
+
+    path = tmp / "compressed.pt"  # a whole module, as geta compress writes compressed.pt
+    torch.save(torch.nn.Linear(2, 2), path)
+    return path
+
+
+def _setup_foreign_state_dict(tmp: Path) -> Path:
+    import torch
+
+    path = tmp / "other.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    return path
+
+
 def _setup_user_dir(tmp: Path) -> Path:
     (tmp / "mine").mkdir()
     (tmp / "mine" / "thesis.tex").write_text("keep me")
@@ -105,6 +121,22 @@ CASES: list[tuple[str, Callable[[Path], list[object]], str]] = [
         lambda t: ["compress", "--out", t / "o", "--dense-checkpoint", t / "d.pt", *TINY],
         "--dense-checkpoint",
     ),
+    (
+        "corrupt dense checkpoint",
+        lambda t: ["compress", "--out", t / "o", "--dense-checkpoint", _setup_file(t), *TINY],
+        "is not a state_dict file (corrupt, or a pickled object",
+    ),
+    (
+        "module as dense checkpoint",
+        lambda t: ["compress", "--out", t / "o", "--dense-checkpoint", _setup_pickled_module(t), *TINY],
+        "compressed.pt is not a state_dict file",
+    ),
+    (
+        "dense checkpoint of another model",
+        lambda t: ["compress", "--out", t / "o", "--dense-checkpoint", _setup_foreign_state_dict(t), *TINY],
+        "is not a state_dict of this model (missing: 1.weight, 1.bias, 3.weight, ... (6 in all); "
+        "unexpected: weight, bias)",
+    ),
     ("report of a missing file", lambda t: ["report", t / "nope.pt"], "does not exist"),
     ("report of a corrupt file", lambda t: ["report", _setup_file(t)], "could not be loaded"),
     (
@@ -112,7 +144,7 @@ CASES: list[tuple[str, Callable[[Path], list[object]], str]] = [
         lambda t: ["export", _setup_file(t), "--format", "packed", "--out", t / "no" / "m.geta"],
         "does not exist; create it first",
     ),
-    ("inspect bad graph suffix", lambda t: ["inspect", "--model", "mlp", "--graph", t / "g.png"], "--graph"),
+    ("inspect bad graph suffix", lambda t: ["inspect", "--model", "mlp", "--graph", t / "g.jpg"], "--graph"),
     ("inspect bad model", lambda t: ["inspect", "--model", "nope"], "unknown model 'nope'"),
 ]
 
@@ -128,7 +160,7 @@ def test_bad_input_exits_2_with_one_clear_line(
     result = geta_cli(*argv(tmp_path))
     assert result.code == 2, result.err
     assert message in result.err
-    assert "Traceback" not in result.err
+    assert "Traceback" not in result.err and "\x1b" not in result.err  # no terminal escapes either
     assert result.err.startswith("geta ") and result.err.count("\n") == 1
 
 
@@ -151,3 +183,11 @@ def test_argparse_errors_exit_2(geta_cli: Callable[..., Result]) -> None:
     assert geta_cli("compress").code == 2  # --out is required
     assert geta_cli("export", "x", "--format", "tflite", "--out", "y").code == 2
     assert geta_cli().code == 2
+
+
+def test_messages_are_one_clean_line() -> None:
+    from geta.cli.main import one_line
+
+    assert one_line("load failed.\n\x1b[1mdo this\x1b[0m first\n\n  then that") == (
+        "load failed.; do this first; then that"
+    )

@@ -39,3 +39,11 @@ def test_summary_table() -> None:
               "bits": {"weight": {"a": 3, "b": 4}, "input": {"a": 4}}}  # fmt: skip
     table = summary_table(report)
     assert "0.400%" in table and "3.50 / 4.00" in table and "3.9 KiB" in table and "99.00%" in table
+
+
+def test_summary_table_shows_perplexity_of_language_models() -> None:
+    side = {"accuracy": 0.5, "params": 10, "size_bytes": 40, "macs": 50}
+    report = {"task": "lm", "dense": {**side, "perplexity": 3.25}, "compressed": {**side, "perplexity": 4.5},
+              "relative_bops": 0.01, "relative_bops_weight_only": 0.1, "group_sparsity": 0.5}  # fmt: skip
+    row = next(line for line in summary_table(report).splitlines() if line.startswith("perplexity"))
+    assert row.split()[1:] == ["3.25", "4.50"]

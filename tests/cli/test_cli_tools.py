@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,17 +15,21 @@ import pytest
 import torch
 
 from geta.cli.diagram import build_diagram, to_dot, to_svg
-from geta.cli.main import build_parser
 
 from .conftest import Result
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_inspect_prints_groups_params_and_unknown_ops(geta_cli: Callable[..., Result]) -> None:
-    result = geta_cli("inspect")
+    result = geta_cli("inspect", "--weight-bits", "3,4", "--act-bits", "none")
     assert result.code == 0
     assert "6 prunable (288 units)" in result.out and "reason: feeds the model output" in result.out
     assert re.search(r"g0\s+34,208 / 1,069", result.out)
     assert "ops without a handler: none" in result.out
+    # the summary lists every quantizer at its initial width; the output says so, and where training ends
+    assert "16.00 bits" in result.out
+    assert "bits above are the initial bits (16)" in result.out and "weights end in 3-4 bits" in result.out
 
 
 @pytest.mark.parametrize("suffix", [".svg", ".html", ".dot"])
@@ -33,7 +41,6 @@ def test_inspect_writes_graph_pictures(tmp_path: Path, suffix: str, geta_cli: Ca
     assert marker in text and "#8dd3c7" in text  # the first prunable group's colour
 
 
-@pytest.mark.filterwarnings("ignore:The tensor attributes:UserWarning")  # torch.export on nn.LSTM
 def test_inspect_user_factory_with_input_shape(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, geta_cli: Callable[..., Result]
 ) -> None:
@@ -49,8 +56,13 @@ def test_inspect_user_factory_with_input_shape(
         "def build():\n    return Net()\n"
     )
     monkeypatch.chdir(tmp_path)
-    result = geta_cli("inspect", "--model", "netmod:build", "--input-shape", "2,5,8", "--act-bits", "none")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = geta_cli(
+            "inspect", "--model", "netmod:build", "--input-shape", "2,5,8", "--act-bits", "none"
+        )
     assert result.code == 0
+    assert [str(w.message) for w in caught] == []  # torch.export's nn.LSTM warning stays inside
     assert "touches aten.lstm.input" in result.out and "ops without a handler: aten.lstm.input" in result.out
 
 
@@ -70,13 +82,35 @@ def test_diagram_of_a_residual_net_colours_both_branches() -> None:
 
 
 def test_report_of_a_run_directory(finished_run: Path, geta_cli: Callable[..., Result]) -> None:
+    saved = json.loads((finished_run / "report.json").read_text())
     result = geta_cli("report", finished_run, "--json")
     assert result.code == 0
     measured = json.loads(result.out)
-    saved = json.loads((finished_run / "report.json").read_text())
     assert measured["totals"]["relative_bops"] == pytest.approx(saved["relative_bops"])
+    assert measured["run"]["compressed"]["accuracy"] == saved["compressed"]["accuracy"]
+    text = geta_cli("report", finished_run)
+    assert text.code == 0 and "| layer | kind |" in text.out
+    accuracy = re.search(r"^accuracy\s+([\d.]+)%\s+([\d.]+)%$", text.out, re.M)  # dense vs compressed
+    assert accuracy is not None
+    assert float(accuracy.group(1)) == pytest.approx(100 * saved["dense"]["accuracy"], abs=0.01)
+    assert float(accuracy.group(2)) == pytest.approx(100 * saved["compressed"]["accuracy"], abs=0.01)
     markdown = geta_cli("report", finished_run / "compressed.pt")
     assert markdown.code == 0 and "| layer | kind |" in markdown.out
+
+
+def test_report_piped_into_head_ends_quietly(finished_run: Path) -> None:
+    # the reader is gone before geta writes: exactly what `geta report DIR --json | head -0` does
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geta.cli.main", "report", str(finished_run), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+    assert proc.returncode == 141
 
 
 def test_export_both_formats(finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
@@ -94,13 +128,17 @@ def test_env_lists_versions(geta_cli: Callable[..., Result]) -> None:
     assert result.code == 0 and {"geta", "python", "torch", "transformers", "onnxruntime", "platform"} <= set(
         info
     )
+    assert "Pillow" in info  # imagefolder data needs it
+    assert isinstance(info["cuda available"], bool) and isinstance(info["threads"], int)
 
 
-def test_every_subcommand_has_help() -> None:
-    parser = build_parser()
-    text = parser.format_help()
-    for name in ("compress", "inspect", "report", "export", "env"):
-        assert name in text
+@pytest.mark.parametrize("command", ["compress", "inspect", "report", "export", "env"])
+def test_every_subcommand_has_help(command: str, geta_cli: Callable[..., Result]) -> None:
+    result = geta_cli(command, "--help")
+    assert result.code == 0 and result.out.startswith(f"usage: geta {command}")
+    documented = (ROOT / "docs" / "cli.md").read_text()
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", result.out)) - {"--help"}
+    assert flags and {f for f in flags if f not in documented} == set()  # docs/cli.md covers --help
 
 
 def test_hugging_face_model_inside_a_recipe_wrapper_is_found_for_save_pretrained() -> None:

@@ -20,6 +20,9 @@ _PACKAGES = (
     "numpy",
     "scikit-learn",
     "matplotlib",
+    "Pillow",
+    "PyYAML",
+    "tqdm",
 )
 
 
@@ -39,19 +42,24 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def environment() -> dict[str, str]:
-    """Versions and platform facts; optional packages are looked up without importing them."""
+def environment() -> dict[str, str | bool | int]:
+    """Versions and platform facts (strings), CUDA availability (bool) and torch threads (int).
+
+    Optional packages are looked up without importing them.
+    """
     import torch
 
     import geta
 
-    info = {"geta": geta.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine()}  # fmt: skip
+    info: dict[str, str | bool | int] = {
+        "geta": geta.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "machine": platform.machine(),
+    }  # fmt: skip
     info.update({name: _version(name) for name in _PACKAGES})
     info["torch"] = torch.__version__
     info["cuda"] = torch.version.cuda or "none"
-    info["cuda available"] = str(torch.cuda.is_available())
-    info["threads"] = str(torch.get_num_threads())
+    info["cuda available"] = torch.cuda.is_available()
+    info["threads"] = torch.get_num_threads()
     return info
 
 
@@ -63,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
-        print(f"{key:<{width}}  {value}")
+        print(f"{key:<{width}}  {'yes' if value is True else 'no' if value is False else value}")
     return 0

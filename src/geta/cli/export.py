@@ -7,34 +7,17 @@ A thin wrapper over `geta.export.onnx` (QDQ graph, checked in onnxruntime) and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from geta.cli.artifacts import add_checkpoint_argument, load_inputs, load_module, locate
 from geta.cli.errors import CliError
+from geta.cli.quiet import quiet_exporters
 
-__all__ = ["add_parser", "run", "quiet_exporters"]
+__all__ = ["add_parser", "run"]
 
 FORMATS = ("onnx", "packed")
-
-
-@contextlib.contextmanager
-def quiet_exporters() -> Iterator[None]:
-    """Silence torch.onnx's informational logging and warnings while exporting (console stays readable)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def add_parser(subparsers: Any) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from geta.cli.errors import CliError
+from geta.cli.quiet import quiet_capture
 from geta.recipes import DATA_SETS, RECIPES
 
 __all__ = ["add_parser", "run", "group_params"]
@@ -54,6 +55,16 @@ def group_params(plan: Any) -> list[tuple[int, int, int]]:
     return out
 
 
+def _bits_note(config: Any) -> str:
+    """What the quantizer bits of the summary are: the initial ones, not what training ends at."""
+    w_lo, w_hi = config.weight_bits
+    acts = "stay float" if config.act_bits is None else "end in {}-{} bits".format(*config.act_bits)
+    return (
+        f"note: the quantizer bits above are the initial bits ({config.init_bits}); after QASSO "
+        f"training (geta compress) weights end in {w_lo}-{w_hi} bits and layer inputs {acts}"
+    )
+
+
 def _example(args: argparse.Namespace, data: Any) -> tuple[Any, ...]:
     if args.input_shape is None:
         return tuple(data.example(2))
@@ -78,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(opts.data, seed=0)
     model = build_model(opts.model, data).eval()
     config = geta.Config(target_sparsity=opts.sparsity, weight_bits=opts.weight_bits, act_bits=opts.act_bits)
-    plan = geta.prepare(model, _example(args, data), config)
+    with quiet_capture():
+        plan = geta.prepare(model, _example(args, data), config)
     print(plan.summary())
+    print(_bits_note(config))
     print("parameters per group (total / per unit):")
     for gid, total, per_unit in group_params(plan):
         print(f"  g{gid:<4} {total:>10,} / {per_unit:,}")

@@ -141,6 +141,7 @@ def _dense_optimizer(options: CompressOptions, model: nn.Module, lr: float) -> t
 
 def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
     file = Path(path).expanduser()
+    fix = "pass the dense.pt of a run with the same --model and --data"
     if not file.is_file():
         raise CliError(
             f"--dense-checkpoint {file} does not exist; pass a state_dict saved with torch.save "
@@ -148,14 +149,34 @@ def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
         )
     try:
         sd = torch.load(file, map_location="cpu", weights_only=True)
-        sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
-        model.load_state_dict(sd)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception:  # torch's message is pages long (and coloured): say what it means instead
         raise CliError(
-            f"--dense-checkpoint {file} is not a state_dict of this model ({first[:200]}); pass the "
-            "dense.pt of a run with the same --model and --data"
+            f"--dense-checkpoint {file} is not a state_dict file (corrupt, or a pickled object such as "
+            f"compressed.pt, which is a whole module); {fix}"
         ) from None
+    if isinstance(sd, dict):
+        sd = sd.get("state_dict", sd.get("model", sd))
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CliError(f"--dense-checkpoint {file} holds a {type(sd).__name__}, not a state_dict; {fix}")
+    mismatch = _state_dict_mismatch(model.state_dict(), sd)
+    if mismatch:
+        raise CliError(f"--dense-checkpoint {file} is not a state_dict of this model ({mismatch}); {fix}")
+    model.load_state_dict(sd)
+
+
+def _state_dict_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """A short description of how ``given`` differs from ``own`` (keys, shapes); '' if it fits."""
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+
+    missing = [k for k in own if k not in given]  # in the model's order
+    unexpected = [k for k in given if k not in own]
+    shapes = [f"{k} {tuple(given[k].shape)} instead of {tuple(own[k].shape)}"
+              for k in own if k in given and own[k].shape != given[k].shape]  # fmt: skip
+    found = (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+    parts = [f"{label}: {few(names)}" for label, names in found if names]
+    return "; ".join(parts)
 
 
 def mean_bits(plan: geta.Plan) -> dict[str, float]:

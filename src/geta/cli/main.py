@@ -2,6 +2,8 @@
 
 Bad input (a `geta.GetaError`, which includes every `CliError` and `RecipeError`) is printed as
 one sentence on stderr with exit status 2 and no traceback; a bug still shows its traceback.
+A reader that closes the pipe early (``geta report DIR --json | head``) ends the command
+quietly with exit status 141, like a program killed by SIGPIPE.
 
 >>> main(["env", "--json"]) == 0  # doctest: +SKIP
 True
@@ -10,13 +12,17 @@ True
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from collections.abc import Sequence
 
-from geta.cli.errors import EXIT_USAGE
+from geta.cli.errors import EXIT_BROKEN_PIPE, EXIT_USAGE
 from geta.errors import GetaError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "one_line"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and cursor moves in messages from torch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +59,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except GetaError as exc:
-        print(f"geta {args.command}: error: {exc}", file=sys.stderr)
+        print(f"geta {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (`geta report DIR --json | head`): not an error
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def one_line(text: str) -> str:
+    """``text`` without terminal escape sequences, its lines joined: one clean sentence."""
+    text = _ANSI.sub("", text)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. captured output)
+        pass
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ from torch import nn
 import geta
 from geta.cli.checkpoint import CHECKPOINT_DIR, state_path
 from geta.cli.errors import CliError
-from geta.cli.export import quiet_exporters
 from geta.cli.job import JobResult
 from geta.cli.plots import write_plots
 from geta.cli.progress import summary_table
+from geta.cli.quiet import quiet_exporters
 from geta.plan import QuantTarget
 from geta.recipes import Task, build_model, evaluate
 

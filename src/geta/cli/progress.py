@@ -109,6 +109,7 @@ def summary_table(report: dict[str, Any]) -> str:
     rows = [
         ("", "dense", "compressed"),
         (metric, f"{d['accuracy']:.2%}", f"{c['accuracy']:.2%}"),
+        *([("perplexity", f"{d['perplexity']:.2f}", f"{c['perplexity']:.2f}")] if "perplexity" in c else []),
         ("parameters", f"{d['params']:,}", f"{c['params']:,}"),
         ("size", _size(d["size_bytes"]), _size(c["size_bytes"])),
         ("MACs", f"{d['macs']:,}", f"{c['macs']:,}"),

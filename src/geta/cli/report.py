@@ -17,6 +17,7 @@ from torch import nn
 
 from geta.cli.artifacts import RunFiles, add_checkpoint_argument, load_inputs, load_module, locate
 from geta.cli.errors import CliError
+from geta.cli.quiet import quiet_capture
 
 __all__ = ["add_parser", "run", "dense_of_run"]
 
@@ -70,23 +71,54 @@ def _dense(args: argparse.Namespace, files: RunFiles) -> nn.Module | None:
     return dense_of_run(files.run_dir) if files.run_dir is not None else None
 
 
+def _run_record(files: RunFiles) -> dict[str, Any] | None:
+    """The report.json of the run CHECKPOINT comes from (accuracies, the dense side), if any."""
+    path = files.run_dir / "report.json" if files.run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and {"dense", "compressed"} <= set(record) else None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print the report of CHECKPOINT (markdown, or JSON with ``--json``)."""
+    """Print the report of CHECKPOINT (markdown, or JSON with ``--json``).
+
+    For a run directory, the run's evaluation (accuracy, perplexity for language models) and
+    its dense-vs-compressed table come first, from its report.json.
+    """
     import geta
+    from geta.cli.progress import summary_table
+    from geta.reporting.model import DENSE_COUNTS_ATTR
 
     files = locate(args.checkpoint)
     model = load_module(files.model)
     inputs = load_inputs(files, args.input_shape, args.input_dtype)
     dense = _dense(args, files)
     try:
-        rep = geta.report(model, inputs, dense=dense)
+        with quiet_capture():
+            rep = geta.report(model, inputs, dense=dense)
     except geta.CaptureError as exc:
         raise CliError(f"{files.model} could not be measured on its example inputs: {exc}") from None
+    record = _run_record(files)
     if args.json:
-        json.dump(rep.to_dict(), sys.stdout, indent=2)
+        out = rep.to_dict()
+        if record is not None:
+            out["run"] = {
+                key: record[key] for key in ("task", "data", "dense", "compressed") if key in record
+            }
+        json.dump(out, sys.stdout, indent=2)
         print()
-    else:
-        if dense is None:
-            print("(no dense reference: relative numbers are against this model at FP32)")
-        print(rep.to_markdown())
+        return 0
+    if record is not None:
+        print(
+            f"run {files.run_dir}: {record.get('options', {}).get('model', '?')} on {record.get('data', '?')}"
+        )
+        print(summary_table(record))
+        print()
+    if dense is None and getattr(model, DENSE_COUNTS_ATTR, None) is None:
+        print("(no dense reference: relative numbers are against this model at FP32; pass --dense)")
+    print(rep.to_markdown())
     return 0
