@@ -77,13 +77,15 @@ def test_names_filter_by_tags() -> None:
     assert "mlp" not in zoo.names(tags={"residual"})
     assert not set(zoo.names(exclude={"hf"})) & set(zoo.names(tags={"hf"}))
     assert set(zoo.names(tags={"gqa"})) == {"hf_llama", "hf_llama_sdpa", "hf_qwen2"}
+    assert set(zoo.names(tags={"moe"})) == {"hf_mixtral", "hf_qwen2_moe"}
     assert zoo.names() == ALL
     assert all(ZOO[n].needs == "transformers" for n in zoo.names(tags={"hf"}))
 
 
 @pytest.mark.parametrize(
     "tag", ["cnn", "residual", "concat", "split", "depthwise", "grouped", "shuffle", "flatten", "gate",
-            "attention", "unknown-op", "embedding", "functional", "groupnorm", "layernorm", "hf", "gqa"],
+            "attention", "unknown-op", "embedding", "functional", "groupnorm", "layernorm", "hf", "gqa",
+            "moe"],
 )  # fmt: skip
 def test_zoo_covers_structure(tag: str) -> None:
     assert zoo.names(tags={tag}), f"no zoo entry exercises {tag!r}"

@@ -4,7 +4,7 @@ Layering (every import points down)::
 
     graph/analysis.py     the interpreter: walks the graph, calls one handler per node
     ops/catalog.py        the one place that loads the built-in handler families
-    ops/<family>.py       the handlers (layers, elementwise, shape, reduce, attention)
+    ops/<family>.py       the handlers (layers, elementwise, shape, indexing, reduce, ...)
     ops/registry.py       register_op / handler_for: op object -> handler
     graph/context.py      this module: Labels, Context, AttrRule, QuantSite, Binding, Analysis
     graph/space.py, ir.py the label algebra and the captured graph

@@ -1,18 +1,35 @@
-"""Hugging Face transformers knowledge (imported only when transformers is already loaded)."""
+"""Hugging Face transformers knowledge (imported only when transformers is already loaded).
+
+Layer types and module fixers of transformers' classes, and the handlers of transformers' own
+custom ops (which exist only once transformers is imported, so `geta.ops.catalog` cannot
+register them).
+"""
 
 from __future__ import annotations
 
 import sys
 
+import torch
 from torch import nn
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 from transformers.pytorch_utils import Conv1D
 
+from geta.ops.experts import grouped_mm
 from geta.ops.modules import has_module_fixer, register_layer_type, register_module_fixer
+from geta.ops.registry import register_op
 
 __all__ = ["register_loaded_attention_classes"]
 
 register_layer_type(Conv1D)  # GPT-2's transposed linear: forward(x) -> addmm(b, x, W)
+
+try:  # stacked Mixture-of-Experts weights (transformers >= 5): defines the op below
+    import transformers.integrations.moe  # noqa: F401
+except ImportError:
+    pass
+# The grouped expert matmul transformers runs where torch's grouped_mm cannot (CPU, export).
+_GROUPED_MM_FALLBACK = getattr(torch.ops.transformers, "grouped_mm_fallback", None)
+if _GROUPED_MM_FALLBACK is not None:
+    register_op(_GROUPED_MM_FALLBACK)(grouped_mm)
 
 
 @register_module_fixer(Conv1D)

@@ -127,7 +127,9 @@ def reduction_pair(ctx: Context, node: fx.Node) -> Labels:
     return tuple(outs) if isinstance(val, (tuple, list)) else outs[0]
 
 
-@register_op(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum, aten.cumprod)
+@register_op(
+    aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum, aten.cumprod, aten.argsort
+)
 def along_dim(ctx: Context, node: fx.Node) -> Labels:
     """Same shape, but channels along ``dim`` are mixed (softmax denominator, running sums)."""
     lab = ctx.label_or_anon(node.args[0])
@@ -135,6 +137,29 @@ def along_dim(ctx: Context, node: fx.Node) -> Labels:
     d = d + len(lab) if d < 0 else d
     ctx.freeze([lab[d]], f"{node.target} mixes channels along dim {d} at {node.name}")
     return lab
+
+
+@register_op(aten.histc, aten.bincount)
+def histogram(ctx: Context, node: fx.Node) -> Labels:
+    """Counts over every element: all input channels are mixed; the bins have no channel meaning."""
+    why = f"{node.target} counts over channels at {node.name}"
+    for a in node.all_input_nodes:  # the counted tensor (and bincount's weights)
+        ctx.freeze(ctx.label(a), why)
+    return ctx.anon(ctx.shape(node))
+
+
+@register_op(aten.diff)
+def difference(ctx: Context, node: fx.Node) -> Labels:
+    """``x[..., 1:] - x[..., :-1]`` along ``dim``: neighbouring channels there are mixed."""
+    lab = ctx.label_or_anon(node.args[0])
+    out = ctx.shape(node)
+    why = f"{node.target} mixes neighbouring positions at {node.name}"
+    dims = [d for d in _dims(_dim_arg(node, 2, -1), len(lab)) if 0 <= d < len(lab)]
+    for d in dims:
+        ctx.freeze([lab[d]], why)
+    for extra in list(node.args[3:]) + [node.kwargs.get("prepend"), node.kwargs.get("append")]:
+        ctx.freeze(ctx.label(extra), why)  # tensors concatenated along dim before differencing
+    return _fit(ctx, _kept(lab, dims, out), out, node)
 
 
 _POOL = {

@@ -7,9 +7,9 @@ coincide (``ctx.unify``), which cannot be removed (``ctx.freeze``), and returns 
 the node's output. Handlers are keyed by op object (an ATen ``OpOverload``/``OpOverloadPacket``
 or a Python callable such as ``operator.getitem``), never by a string.
 
-This module only stores handlers; it imports none. The built-in families
-(``geta.ops.{layers,elementwise,shape,reduce,attention}``) register themselves with
-`register_op` when `geta.ops.catalog` imports them, and the interpreter
+This module only stores handlers; it imports none. The built-in families (``geta.ops.layers``,
+``elementwise``, ``shape``, ... listed in `geta.ops.catalog`) register themselves with
+`register_op` when the catalog imports them, and the interpreter
 (`geta.graph.analysis`) imports the catalog. An op without a handler freezes every channel it
 touches and names itself as the reason; a handler that raises freezes what its op touches (the
 reason names the op and the error): analysis never crashes on an op.

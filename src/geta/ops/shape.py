@@ -6,7 +6,7 @@
   ``Prod(channels, H*W)``; a channel shuffle reorders factors).
 - ``cat`` builds a ``Sum``; ``split``/``chunk``/``slice`` refine a space into one.
 - Picking single channels (``select``, ``index_select``, ``gather`` on a channel dim) cannot be
-  followed: those spaces are frozen.
+  followed: those spaces are frozen (``x[idx]`` indexing: `geta.ops.indexing`).
 """
 
 from __future__ import annotations
@@ -165,6 +165,21 @@ def repeat(ctx: Context, node: fx.Node) -> Labels:
     return [prod(Anon(r), e) for r, e in zip(reps, lab)]
 
 
+@register_op(aten.repeat_interleave.self_int, aten.repeat_interleave.self_Tensor)
+def repeat_interleave(ctx: Context, node: fx.Node) -> Labels:
+    """Each position along ``dim`` repeated r times in a row: ``Prod(label, r)`` (r minor)."""
+    lab = ctx.label_or_anon(node.args[0])
+    out = ctx.shape(node)
+    reps = node.args[1]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    if isinstance(reps, int) and isinstance(dim, int) and lab:
+        d = _dim(dim, len(lab))
+        lab[d] = prod(lab[d], Anon(reps))
+        return lab
+    ctx.freeze(lab, f"{node.target} repeats positions unevenly at {node.name}")
+    return ctx.anon(out)
+
+
 @register_op(aten.cat, aten.concat, aten.concatenate)
 def cat(ctx: Context, node: fx.Node) -> Labels:
     tensors = [a for a in node.args[0] if ctx.shape(a) != (0,)]
@@ -268,9 +283,7 @@ def slice_(ctx: Context, node: fx.Node) -> Labels:
     return parts[1]  # type: ignore[return-value,index]
 
 
-@register_op(
-    aten.select, aten.index_select, aten.gather, aten.index, aten.take_along_dim, aten.flip, aten.roll
-)
+@register_op(aten.select, aten.index_select, aten.gather, aten.take_along_dim, aten.flip, aten.roll)
 def pick(ctx: Context, node: fx.Node) -> Labels:
     """Channel picking/reordering: the picked dim's spaces are frozen; other dims keep labels."""
     lab = ctx.label_or_anon(node.args[0])

@@ -19,6 +19,10 @@ What each one exercises:
 - ``hf_qwen2``: grouped-query attention with biases on q/k/v projections.
 - ``hf_vit``: patch-embedding Conv2d (stride = kernel = patch size), a CLS token and
   classifier on pixel inputs.
+- ``hf_mixtral`` / ``hf_qwen2_moe``: Mixture-of-Experts blocks (4 experts, top-2 routing) whose
+  experts are stacked 3-D parameters run by a grouped matmul; the experts' hidden units prune
+  alike across experts (in aligned blocks), the router stays whole. Qwen2-MoE adds a shared
+  expert behind a sigmoid gate.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["SPECS", "bert", "gpt2", "llama", "llama_sdpa", "qwen2", "vit"]
+__all__ = ["SPECS", "bert", "gpt2", "llama", "llama_sdpa", "qwen2", "vit", "mixtral", "qwen2_moe"]
 
 _VOCAB, _HIDDEN, _LAYERS, _HEADS, _FFN, _SEQ = 64, 32, 2, 4, 64, 8
 
@@ -109,6 +113,28 @@ def vit() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return ViTForImageClassification(cfg).eval(), {"pixel_values": torch.randn(2, 3, 8, 8)}
 
 
+def mixtral() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """MixtralForCausalLM: 4 experts of 64 hidden units (stacked 3-D weights), top-2 routing."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    cfg = MixtralConfig(
+        **_decoder_kwargs(), num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.0,
+        attn_implementation="eager",
+    )  # fmt: skip
+    return MixtralForCausalLM(cfg).eval(), _ids()
+
+
+def qwen2_moe() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Qwen2MoeForCausalLM: 4 routed experts of 32 hidden units, top-2, plus a gated shared expert."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    cfg = Qwen2MoeConfig(
+        **_decoder_kwargs(), num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=_FFN, attn_implementation="eager",
+    )  # fmt: skip
+    return Qwen2MoeForCausalLM(cfg).eval(), _ids()
+
+
 _HF = frozenset({"hf", "attention", "transformer", "residual"})
 _Factory = Callable[[], tuple[nn.Module, dict[str, torch.Tensor]]]
 
@@ -119,5 +145,7 @@ SPECS: tuple[tuple[str, _Factory, frozenset[str]], ...] = (
     ("hf_llama_sdpa", llama_sdpa, _HF | {"gqa", "rmsnorm", "text", "causal-lm", "sdpa"}),
     ("hf_qwen2", qwen2, _HF | {"gqa", "rmsnorm", "text", "causal-lm"}),
     ("hf_vit", vit, _HF | {"layernorm", "vision", "encoder"}),
+    ("hf_mixtral", mixtral, _HF | {"moe", "rmsnorm", "text", "causal-lm"}),
+    ("hf_qwen2_moe", qwen2_moe, _HF | {"moe", "rmsnorm", "text", "causal-lm"}),
 )
 """``(name, factory, tags)`` of every Hugging Face zoo entry."""
