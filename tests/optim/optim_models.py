@@ -134,3 +134,15 @@ def train_step(plan: Plan, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch
     loss.backward()
     opt.step()
     return float(loss.detach())
+
+
+def make_trained(kind: str, config: Config | None = None, *, steps: int = 150) -> Plan:
+    """A plan (weight quantizers only) whose model was first trained ``steps`` SGD steps on a
+    fixed set of batches: the "trained model" that forgetting must handle gently."""
+    config = config or Config(target_sparsity=0.5, weight_bits=(4, 8), init_bits=12)
+    plan = (mlp_plan if kind == "mlp" else conv_plan)(config, weights=True, inputs=False)
+    opt = torch.optim.SGD(plan.model.parameters(), lr=0.05, momentum=0.9)
+    data = batches(plan, 8, seed=7)
+    for s in range(steps):
+        train_step(plan, opt, *data[s % len(data)])
+    return plan

@@ -2,7 +2,7 @@
 
 Sparsity 0.5, weights and activations quantized to (4, 8) bits; the converted model must be
 within 2 points of the dense model trained with the same budget (30 epochs, SGD with momentum,
-cosine learning rate for both). Marked ``slow`` (about a minute on one CPU thread).
+cosine learning rate for both). About 30 s of CPU: part of ``make test`` (CI runs only that).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-pytestmark = pytest.mark.slow
 
 EPOCHS = 30
 BATCH = 64
