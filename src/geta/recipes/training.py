@@ -17,7 +17,18 @@ from torch import Tensor, nn
 
 from geta.recipes.data import DataBundle, Task
 
-__all__ = ["EpochStats", "Metrics", "train_epoch", "evaluate", "logits_of", "loss_and_hits", "cosine_lr"]
+__all__ = [
+    "EpochStats",
+    "Metrics",
+    "cosine_lr",
+    "distillation_loss",
+    "evaluate",
+    "logits_of",
+    "loss_and_hits",
+    "train_epoch",
+]
+
+DISTILL_TEMPERATURE = 2.0  # softens both distributions; the KL term is scaled by T² (Hinton et al.)
 
 
 @dataclass
@@ -77,6 +88,16 @@ def loss_and_hits(task: Task, logits: Tensor, y: Tensor) -> tuple[Tensor, int, i
     return loss, hits, y.numel()
 
 
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float = DISTILL_TEMPERATURE) -> Tensor:
+    """T² · KL(softmax(teacher / T) || softmax(student / T)), averaged over samples (or tokens).
+
+    Logits of shape (..., classes); the teacher's are treated as constants.
+    """
+    s = F.log_softmax(student.reshape(-1, student.shape[-1]) / temperature, -1)
+    t = F.log_softmax(teacher.detach().reshape(-1, teacher.shape[-1]) / temperature, -1)
+    return temperature**2 * F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
 def train_epoch(
     model: nn.Module,
     data: DataBundle,
@@ -91,12 +112,14 @@ def train_epoch(
     stats: EpochStats | None = None,
     on_batch: Callable[[EpochStats], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    teacher: nn.Module | None = None,
 ) -> EpochStats:
     """Train ``model`` for one epoch from batch ``start``; return the epoch's running sums.
 
     ``lr()`` (if given) is read before every step and written into the optimizer's first param
     group. The epoch ends early, at a batch boundary, as soon as ``stop()`` returns True; the
-    returned ``stats.batches`` then tells where to resume.
+    returned ``stats.batches`` then tells where to resume. With a ``teacher`` (the dense model,
+    in eval mode) the loss adds `distillation_loss` of the model's logits against the teacher's.
     """
     stats = stats if stats is not None else EpochStats()
     model.train()
@@ -106,7 +129,12 @@ def train_epoch(
         if lr is not None:
             optimizer.param_groups[0]["lr"] = lr()
         x, y = x.to(device), y.to(device)
-        loss, hits, count = loss_and_hits(data.task, logits_of(model(x)), y)
+        logits = logits_of(model(x))
+        loss, hits, count = loss_and_hits(data.task, logits, y)
+        if teacher is not None:
+            with torch.no_grad():
+                target = logits_of(teacher(x))
+            loss = loss + distillation_loss(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
