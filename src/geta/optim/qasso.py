@@ -33,7 +33,7 @@ from torch import Tensor
 from geta.config import Selection
 from geta.errors import ConfigError
 from geta.optim import rules
-from geta.optim.budget import BitBudget
+from geta.optim.allocation import BitAllocation
 from geta.optim.direction import Variant, adam_direction, sgd_direction
 from geta.optim.forget import ForgetStep
 from geta.optim.guard import check_finite, check_loss
@@ -43,7 +43,6 @@ from geta.optim.quantizers import QuantizerTable
 from geta.optim.quota import cumulative_quotas, group_floors, uniform_quotas
 from geta.optim.saliency import saliency_scores, select_per_group, select_units
 from geta.optim.schedule import Schedule, Stage
-from geta.optim.sensitivity import FisherTracker
 from geta.plan import Plan
 
 __all__ = ["QASSO"]
@@ -169,17 +168,9 @@ class QASSO(torch.optim.Optimizer):
         self._frozen: Tensor | None = None  # cool-down bits, (n_quantizers,)
         self._rows: RedundantRows | None = None
         self._zeros: list[tuple[Tensor, int, Tensor]] = []
-        n_q = len(self.table)
-        self._budget: BitBudget | None = None
-        self._tracker: FisherTracker | None = None
-        self._targets: Tensor | None = None  # allocated bits per quantizer, (n_q,)
-        self._final = False  # the allocation of the joint stage was made
-        self._pinned: Tensor | None = None  # the bits every step is pinned to now, (n_q,)
-        self._fisher_sum = torch.zeros(n_q, dtype=torch.float64)  # Σ over steps of Σ (∂L/∂Q)²
-        self._fisher_steps = 0
-        if n_q and self.bit_rule is BitRule.BUDGET:
-            self._budget = BitBudget(plan, self.table, self.layout, self._group_quota)
-            self._tracker = FisherTracker(self.table.quantizers)
+        self.allocation: BitAllocation | None = None  # the BUDGET bit rule's state
+        if len(self.table) and self.bit_rule is BitRule.BUDGET:
+            self.allocation = BitAllocation(plan, self.table, self.layout, self._group_quota, self._broadcast)
 
     def _param_groups(self, lr_quant: float) -> list[dict[str, Any]]:
         """Group 0: every model parameter but the quantizers' (at ``lr``); group 1: quantizers."""
@@ -313,51 +304,21 @@ class QASSO(torch.optim.Optimizer):
         )
 
     def _bits(self, stage: Stage, s: int) -> None:
-        if self._tracker is not None:
-            self._fisher_sum += self._tracker.take().cpu()
-            self._fisher_steps += 1
+        alloc = self.allocation
+        if alloc is not None:
+            alloc.observe()
         if not len(self.table) or stage is Stage.WARMUP:
             return
         if stage is Stage.COOLDOWN:
-            if self._budget is not None and self._targets is None:
-                self._allocate(final=True)  # a schedule without projection and joint stages
-                self.table.reset_to_(self._targets)
+            if alloc is not None and alloc.targets is None:  # no projection or joint stage ran
+                self.table.reset_to_(alloc.allocate(final=True))
             if self._frozen is None:
                 self._frozen = self.table.freeze()
             self.table.reset_to_(self._frozen)
-        elif self._budget is not None:
-            sched = self.schedule
-            period_start = stage is Stage.PROJECTION and self._projection_period_start(s)
-            if not self._final and (self._targets is None or period_start or stage is Stage.JOINT):
-                self._allocate(final=stage is Stage.JOINT)
-            pinned = self.table.upper(sched, s, self._targets)
-            changed = (
-                pinned != self._pinned
-                if self._pinned is not None
-                else torch.ones_like(pinned, dtype=torch.bool)
-            )
-            if bool(changed.any()):
-                self.table.fit_weight_ranges_(pinned, changed)  # clipping follows the new bits
-                self._pinned = pinned
-            self.table.reset_to_(pinned)
+        elif alloc is not None:
+            alloc.pin(self.schedule, stage, s)
         else:
             self.table.project_(self.table.upper(self.schedule, s))
-
-    def _projection_period_start(self, s: int) -> bool:
-        k = self.schedule.projection_period_at(s)
-        return k is not None and (k == 0 or self.schedule.projection_period_at(s - 1) != k)
-
-    def _allocate(self, *, final: bool) -> None:
-        """Bits per quantizer from the sensitivity measured so far, under the BOPs budget."""
-        assert self._budget is not None
-        fisher = self._broadcast(self._fisher_sum / max(self._fisher_steps, 1))
-        rng, signed = self.table.ranges_of()
-        self._targets = self._budget.allocate(fisher, rng, signed).to(self.table.b_lo)
-        if final:
-            self._final = True
-            if self._tracker is not None:
-                self._tracker.remove()
-                self._tracker = None
 
     # -- the joint stage --------------------------------------------------------------------------
 
@@ -437,11 +398,7 @@ class QASSO(torch.optim.Optimizer):
             "selected": self._selected.clone(),
             "committed": self._committed.clone(),
             "frozen": None if self._frozen is None else self._frozen.clone(),
-            "targets": None if self._targets is None else self._targets.clone(),
-            "final": self._final,
-            "pinned": None if self._pinned is None else self._pinned.clone(),
-            "fisher_sum": self._fisher_sum.clone(),
-            "fisher_steps": self._fisher_steps,
+            "allocation": None if self.allocation is None else self.allocation.state_dict(),
         }
         return sd
 
@@ -464,16 +421,8 @@ class QASSO(torch.optim.Optimizer):
         self._committed = run["committed"].to(dtype=torch.bool, device="cpu").clone()
         frozen = run["frozen"]
         self._frozen = None if frozen is None else frozen.to(self.table.b_lo).clone()
-        targets = run.get("targets")
-        self._targets = None if targets is None else targets.to(self.table.b_lo).clone()
-        self._final = bool(run.get("final", False))
-        pinned = run.get("pinned")
-        self._pinned = None if pinned is None else pinned.to(self.table.b_lo).clone()
-        self._fisher_sum = run.get("fisher_sum", self._fisher_sum).to(torch.float64).clone()
-        self._fisher_steps = int(run.get("fisher_steps", 0))
-        if self._final and self._tracker is not None:
-            self._tracker.remove()
-            self._tracker = None
+        if self.allocation is not None and run.get("allocation") is not None:
+            self.allocation.load_state_dict(run["allocation"])
         has_rows = bool(self._selected.any())
         self._rows = self.layout.redundant(self._selected, len(self.table)) if has_rows else None
         self._zeros = self.layout.zero_positions(self._committed)

@@ -1,0 +1,110 @@
+"""`BitAllocation`: the state of QASSO's default bit rule (`BitRule.BUDGET`) over a run.
+
+Per step (from the projection stage on, until the joint stage's first step):
+
+1. `observe` folds the sensitivity measured during this step's backward passes
+   (`FisherTracker`) into a running sum;
+2. `pin` (projection and joint stages) re-allocates the bits under the BOPs budget at the
+   first step of every projection period and, for good, at the joint stage's first step
+   (`BitBudget.allocate`), then pins every quantizer's step to b(s): the bits descend from the
+   initial bits to the allocation over the projection periods (`QuantizerTable.upper`). When a
+   quantizer's pinned bits change, its weight clipping q_m is refitted for the new grid
+   (`QuantizerTable.fit_weight_ranges_`) and then learns on by gradient.
+
+The cool-down freezes round(bits) as in every rule (`QASSO`), which here is the allocation.
+Everything a resumed run needs is in `state_dict` (bitwise resume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from geta.optim.budget import BitBudget
+from geta.optim.layout import UnitLayout
+from geta.optim.quantizers import QuantizerTable
+from geta.optim.schedule import Schedule, Stage
+from geta.optim.sensitivity import FisherTracker
+from geta.plan import Plan
+
+__all__ = ["BitAllocation"]
+
+
+class BitAllocation:
+    """Sensitivity sums, the allocated bits (n_q,) and the bits pinned now, for one run."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        table: QuantizerTable,
+        layout: UnitLayout,
+        removed: Tensor,
+        broadcast: Callable[[Tensor], Tensor],
+    ) -> None:
+        self.table = table
+        self.budget = BitBudget(plan, table, layout, removed)
+        self._broadcast = broadcast  # rank 0's sensitivity under torch.distributed
+        self._tracker: FisherTracker | None = FisherTracker(table.quantizers)
+        self.targets: Tensor | None = None  # allocated bits per quantizer, (n_q,)
+        self.final = False  # the joint stage's allocation was made: no more changes
+        self._pinned: Tensor | None = None  # the bits every step is pinned to now, (n_q,)
+        self._fisher_sum = torch.zeros(len(table), dtype=torch.float64)  # Σ steps Σ (∂L/∂Q)²
+        self._fisher_steps = 0
+
+    def observe(self) -> None:
+        """Fold the sensitivity of this step's backward passes into the running sum."""
+        if self._tracker is not None:
+            self._fisher_sum += self._tracker.take().cpu()
+            self._fisher_steps += 1
+
+    def allocate(self, *, final: bool) -> Tensor:
+        """Bits per quantizer from the sensitivity measured so far, under the BOPs budget."""
+        fisher = self._broadcast(self._fisher_sum / max(self._fisher_steps, 1))
+        rng, signed = self.table.ranges_of()
+        self.targets = self.budget.allocate(fisher, rng, signed).to(self.table.b_lo)
+        if final:
+            self._finish()
+        return self.targets
+
+    def pin(self, schedule: Schedule, stage: Stage, s: int) -> None:
+        """(Re)allocate when due, then pin every step to the bits b(s) of its descent."""
+        k = schedule.projection_period_at(s)
+        period_start = k is not None and (k == 0 or schedule.projection_period_at(s - 1) != k)
+        if not self.final and (self.targets is None or period_start or stage is Stage.JOINT):
+            self.allocate(final=stage is Stage.JOINT)
+        pinned = self.table.upper(schedule, s, self.targets)
+        changed = (
+            torch.ones_like(pinned, dtype=torch.bool) if self._pinned is None else pinned != self._pinned
+        )
+        if bool(changed.any()):
+            self.table.fit_weight_ranges_(pinned, changed)  # clipping follows the new bits
+            self._pinned = pinned
+        self.table.reset_to_(pinned)
+
+    def _finish(self) -> None:
+        self.final = True
+        if self._tracker is not None:
+            self._tracker.remove()
+            self._tracker = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "targets": None if self.targets is None else self.targets.clone(),
+            "final": self.final,
+            "pinned": None if self._pinned is None else self._pinned.clone(),
+            "fisher_sum": self._fisher_sum.clone(),
+            "fisher_steps": self._fisher_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        like = self.table.b_lo
+        self.targets = None if state["targets"] is None else state["targets"].to(like).clone()
+        self._pinned = None if state["pinned"] is None else state["pinned"].to(like).clone()
+        self._fisher_sum = state["fisher_sum"].to(torch.float64).clone()
+        self._fisher_steps = int(state["fisher_steps"])
+        self.final = False
+        if state["final"]:
+            self._finish()
