@@ -40,6 +40,8 @@ def test_finished_run_writes_every_output(finished_run: Path) -> None:
     )
     assert report["exports"]["onnx"]["argmax_agreement"] == 1.0 and report["exports"]["packed"]["bytes"] > 0
     assert [r["phase"] for r in report["history"]] == ["dense", "compress", "compress"]
+    path = [r["relative_bops"] for r in report["history"] if r["phase"] == "compress"]  # per epoch
+    assert len(path) == 2 and path[-1] == pytest.approx(report["relative_bops"])  # ends where convert does
     model = torch.load(finished_run / "compressed.pt", weights_only=False)
     inputs = torch.load(finished_run / "inputs.pt", weights_only=True)
     assert model(*inputs).shape == (1, 10)

@@ -144,7 +144,11 @@ CASES: list[tuple[str, Callable[[Path], list[object]], str]] = [
         lambda t: ["export", _setup_file(t), "--format", "packed", "--out", t / "no" / "m.geta"],
         "does not exist; create it first",
     ),
-    ("inspect bad graph suffix", lambda t: ["inspect", "--model", "mlp", "--graph", t / "g.jpg"], "--graph"),
+    (
+        "inspect bad graph suffix",
+        lambda t: ["inspect", "--model", "mlp", "--graph", t / "g.jpg"],
+        "the file must end in .svg, .html, .htm, .png, .dot, .gv",
+    ),
     ("inspect bad model", lambda t: ["inspect", "--model", "nope"], "unknown model 'nope'"),
 ]
 

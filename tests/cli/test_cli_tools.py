@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from geta.cli.diagram import build_diagram, to_dot, to_svg
+from geta.cli.diagram import build_diagram, legend_entries, to_dot, to_svg
 
 from .conftest import Result
 
@@ -32,13 +33,39 @@ def test_inspect_prints_groups_params_and_unknown_ops(geta_cli: Callable[..., Re
     assert "bits above are the initial bits (16)" in result.out and "weights end in 3-4 bits" in result.out
 
 
-@pytest.mark.parametrize("suffix", [".svg", ".html", ".dot"])
+_HAS_DOT = shutil.which("dot") is not None
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        ".svg",
+        ".html",
+        ".dot",
+        pytest.param(".png", marks=pytest.mark.skipif(not _HAS_DOT, reason="no Graphviz")),
+    ],
+)
 def test_inspect_writes_graph_pictures(tmp_path: Path, suffix: str, geta_cli: Callable[..., Result]) -> None:
     path = tmp_path / f"graph{suffix}"
     assert geta_cli("inspect", "--model", "vgg", "--graph", path).code == 0
+    if suffix == ".png":
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        return
     text = path.read_text()
     marker = {".svg": "<svg", ".html": "<table>", ".dot": "digraph geta {"}[suffix]
     assert marker in text and "#8dd3c7" in text  # the first prunable group's colour
+    assert "prune groups" in text and "g0: " in text and "frozen (not prunable)" in text  # the legend
+
+
+def test_png_without_graphviz_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, geta_cli: Callable[..., Result]
+) -> None:
+    import geta.cli.diagram
+
+    monkeypatch.setattr(geta.cli.diagram.shutil, "which", lambda name: None)
+    result = geta_cli("inspect", "--model", "mlp", "--graph", tmp_path / "g.png")
+    assert result.code == 2 and "Graphviz's dot" in result.err and "install graphviz" in result.err
+    assert ".svg or .html, which need nothing" in result.err and not (tmp_path / "g.png").exists()
 
 
 def test_inspect_user_factory_with_input_shape(
@@ -73,12 +100,30 @@ def test_diagram_of_a_residual_net_colours_both_branches() -> None:
     data = load_data("digits")
     plan = geta.prepare(build_model("resnet", data).eval(), data.example(2), geta.Config())
     d = build_diagram(plan)
-    shortcut = d.boxes["4.shortcut.0"]
-    body = d.boxes["4.body.3"]
+    shortcut = d.boxes["4.shortcut.1"]
+    body = d.boxes["4.body.4"]
     assert shortcut.produces == body.produces  # the residual add merges both into one group
     assert d.fill(shortcut) == d.fill(body) != "#ffffff"
-    assert ("4.body.4", "4") in d.edges and to_dot(d).count("->") == len(d.edges)
-    assert to_svg(d).count("<rect") == len(d.boxes)
+    # the block's residual add is a box of its own, fed by both branches
+    (add,) = {b for a, b in d.edges if a == "4.body.4"} & {b for a, b in d.edges if a == "4.shortcut.1"}
+    assert d.boxes[add].label == "add"
+    assert to_dot(d).count("->") == len(d.edges)
+    assert to_svg(d).count("<rect") == len(d.boxes) + len(legend_entries(d))
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet"])
+def test_diagram_edges_follow_the_data_flow(name: str) -> None:
+    import geta
+    from geta.recipes import build_model, load_data
+
+    data = load_data("digits")
+    d = build_diagram(geta.prepare(build_model(name, data).eval(), data.example(2), geta.Config()))
+    order = {key: i for i, key in enumerate(d.boxes)}
+    assert all(order[a] < order[b] for a, b in d.edges)  # no box folds a block's adds into a cycle
+    for line in to_dot(d).splitlines():
+        if line.strip().startswith("n") and "label=" in line:
+            tags = re.findall(r"\bg\d+\b", line)
+            assert len(tags) == len(set(tags)), line  # every group named once per box
 
 
 def test_report_of_a_run_directory(finished_run: Path, geta_cli: Callable[..., Result]) -> None:

@@ -117,6 +117,7 @@ def test_attention_matmuls_and_sdpa_are_counted() -> None:
     assert r.layers[2].macs == b * h * t * t * hd  # scores·v
     assert r.layers[3].macs == 2 * b * h * t * t * hd  # both, fused
     assert all(layer.params == 0 and layer.weight_bits == 32 for layer in r.layers[1:])
+    assert [layer.weighted for layer in r.layers] == [True, False, False, False]  # only qkv has a weight
 
 
 def test_unquantized_model_has_relative_bops_one() -> None:
@@ -254,3 +255,26 @@ def test_carried_counts_refuse_inputs_of_another_shape() -> None:
     wider = tuple(torch.randn(*t.shape[:-1], t.shape[-1] + 4) for t in x)
     with pytest.raises(geta.GetaError, match="pass dense="):
         report(small, wider)
+
+
+def test_fused_qkv_weight_is_found_behind_chunks() -> None:
+    class SelfAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    model, x = SelfAttention().eval(), (torch.randn(2, 5, 16),)
+    in_proj = model.attn.in_proj_weight
+    plan = geta.prepare(model, x, geta.Config(weight_bits=(2, 8)))
+    for b in plan.bindings:
+        b.quantizer.set_bits(5 if b.tensor is in_proj else 7)
+    heads = next(g for g in plan.groups if g.prunable)  # 4 heads of 4 channels
+    heads.zero_(torch.tensor([0]))  # one head less: PrunedMultiheadAttention chunks q/k/v apart
+    small = geta.convert(model, plan)
+    projections = [layer for layer in report(small, x).layers if layer.kind == "linear"][:3]
+    assert [layer.weighted for layer in projections] == [True, True, True]
+    assert [layer.weight_bits for layer in projections] == [5, 5, 5]  # the in_proj quantizer's bits
+    assert sum(layer.params for layer in projections) == 3 * 12 * 16 + 3 * 12  # weight and bias, once

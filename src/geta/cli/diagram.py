@@ -1,26 +1,43 @@
-"""A picture of a plan's graph: boxes per layer, prunable groups coloured; DOT, SVG and HTML.
+"""A picture of a plan's graph: boxes per layer, prunable groups coloured; DOT, SVG, HTML, PNG.
 
-Graphviz is not needed: `to_svg` lays the graph out itself (longest-path layers from the
-inputs, one barycentre pass to order each layer) and `to_dot` writes DOT text for those who
-have Graphviz. One box per module that runs ops (its quantizers folded in), one per function
-op of a ``forward``; a box is filled with the colour of the prunable group whose channels it
-produces (``out``), and lists the groups whose channels it consumes (``in``).
+Graphviz is not needed for SVG and HTML: `to_svg` lays the graph out itself (longest-path
+layers from the inputs, one barycentre pass to order each layer); `to_dot` writes DOT text, and
+PNG is DOT rendered by Graphviz's ``dot`` where it is installed. One box per layer module that
+runs ops (its quantizers folded in), one per function op of a ``forward`` (a residual add of a
+block is its own box); a box is filled with the colour of the prunable group whose channels it
+produces (``out``), and lists the groups whose channels it consumes (``in``). Every picture
+carries a colour legend of the groups.
 """
 
 from __future__ import annotations
 
 import html
 import operator
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import fx
 
+from geta.errors import GetaError
+
 if TYPE_CHECKING:
     from geta.plan import Plan
 
-__all__ = ["Box", "Diagram", "build_diagram", "to_dot", "to_svg", "to_html", "write_graph"]
+__all__ = [
+    "Box",
+    "Diagram",
+    "GraphvizMissing",
+    "build_diagram",
+    "legend_entries",
+    "render_png",
+    "to_dot",
+    "to_html",
+    "to_svg",
+    "write_graph",
+]
 
 PALETTE = (
     "#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",
@@ -54,31 +71,44 @@ class Diagram:
         return self.colors[box.produces[0]] if box.produces else "#ffffff"
 
 
-def _box_key(node: fx.Node, paths: dict[fx.Node, str], keys: dict[fx.Node, str]) -> str:
+def _module_path(node: fx.Node, paths: dict[fx.Node, str]) -> str:
+    """The module path of ``node`` with quantizer paths folded into the layer they serve."""
+    parts = paths.get(node, "").split(".") if paths.get(node) else []
+    for marker in _FOLD:
+        if marker in parts:
+            parts = parts[: parts.index(marker)]
+    return ".".join(parts)
+
+
+def _containers(nodes: list[fx.Node], paths: dict[fx.Node, str]) -> set[str]:
+    """Module paths with a sub-module that runs ops of its own (a block, not a layer)."""
+    used = {_module_path(n, paths) for n in nodes if n.op == "call_function"}
+    return {p for p in used for q in used if q.startswith(p + ".")} | ({""} if used else set())
+
+
+def _box_key(node: fx.Node, paths: dict[fx.Node, str], keys: dict[fx.Node, str], containers: set[str]) -> str:
     if node.op == "placeholder":
         return f"input:{node.name}"
     if node.op == "output":
         return "output"
     if node.target is operator.getitem and isinstance(node.args[0], fx.Node):
         return keys[node.args[0]]  # plumbing: part of its producer's box
-    path = paths.get(node, "")
-    parts = path.split(".") if path else []
-    for marker in _FOLD:
-        if marker in parts:
-            parts = parts[: parts.index(marker)]
-    return ".".join(parts) if parts else f"op:{node.name}"
+    path = _module_path(node, paths)
+    # an op in the forward of a block (a residual add, an activation) is a box of its own:
+    # folded into the block's box it would hide the data flow and draw cycles
+    return f"op:{path}:{node.name}" if path in containers else path
 
 
 def _label(key: str, plan: Plan, ops: list[str]) -> str:
-    if key.startswith(("input:", "op:")) or key == "output":
-        return key.split(":", 1)[-1] if not key.startswith("op:") else ", ".join(dict.fromkeys(ops))
+    if key.startswith("input:") or key == "output":
+        return key.split(":", 1)[-1]
+    if key.startswith("op:"):
+        return ", ".join(dict.fromkeys(ops))
     try:
         module = plan.model.get_submodule(key)
     except AttributeError:
         return key
-    cls = type(module).__name__.removeprefix("Parametrized")  # torch's parametrize renames the class
-    leaf = all(name in _FOLD for name, _ in module.named_children())
-    return f"{key}: {cls}" if leaf else f"{key}: {cls} ({', '.join(dict.fromkeys(ops))})"
+    return f"{key}: {type(module).__name__.removeprefix('Parametrized')}"  # parametrize renames the class
 
 
 def _op_name(node: fx.Node) -> str:
@@ -93,10 +123,11 @@ def build_diagram(plan: Plan) -> Diagram:
     boxes: dict[str, Box] = {}
     edges: dict[tuple[str, str], None] = {}
     users_of: dict[int, set[str]] = {}  # id(tensor) -> boxes that read it
+    containers = _containers(list(graph.nodes), graph.module_paths)
     for node in graph.nodes:
         if node in graph.refs:
             continue
-        key = keys[node] = _box_key(node, graph.module_paths, keys)
+        key = keys[node] = _box_key(node, graph.module_paths, keys, containers)
         box = boxes.setdefault(key, Box(key, ""))
         if node.op == "call_function":
             box.ops.append(_op_name(node))
@@ -136,10 +167,24 @@ def _group_colors(
 
 def _box_text(d: Diagram, box: Box) -> list[str]:
     lines = [box.label]
-    tags = [f"out g{i}" for i in box.produces] + [f"in g{i}" for i in box.consumes if i not in box.produces]
+    produced = list(dict.fromkeys(box.produces))
+    consumed = [i for i in dict.fromkeys(box.consumes) if i not in produced]
+    tags = ([f"out {', '.join(f'g{i}' for i in produced)}"] if produced else []) + (
+        [f"in {', '.join(f'g{i}' for i in consumed)}"] if consumed else []
+    )
     if tags:
-        lines.append(" ".join(tags))
+        lines.append("; ".join(tags))
     return lines
+
+
+def legend_entries(d: Diagram) -> list[tuple[str, str]]:
+    """(colour, text) rows of the legend: each prunable group, then one row for the frozen ones."""
+    rows = [(d.colors[g], text) for g, text in d.legend.items() if d.colors[g] != FROZEN]
+    frozen = [g for g in d.legend if d.colors[g] == FROZEN]
+    if frozen:
+        rows.append((FROZEN, f"frozen (not prunable): {', '.join(f'g{g}' for g in frozen)}"))
+    rows.append(("#ffffff", "no group: produces no prunable channels"))
+    return rows
 
 
 def to_dot(d: Diagram) -> str:
@@ -150,6 +195,12 @@ def to_dot(d: Diagram) -> str:
         out.append(f'  n{i} [label="{text}", fillcolor="{d.fill(box)}"];')
     index = {k: i for i, k in enumerate(d.boxes)}
     out += [f"  n{index[a]} -> n{index[b]};" for a, b in d.edges]
+    rows = "".join(
+        f'<tr><td bgcolor="{color}" width="18" border="1"></td><td align="left">{html.escape(text)}</td></tr>'
+        for color, text in legend_entries(d)
+    )
+    out.append(f'  legend [shape=plaintext, style="", label=<<table border="0" cellspacing="2">'
+               f'<tr><td colspan="2"><b>prune groups</b></td></tr>{rows}</table>>];')  # fmt: skip
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -194,7 +245,9 @@ def _positions(d: Diagram) -> tuple[dict[str, tuple[float, float, float]], float
 def to_svg(d: Diagram) -> str:
     """A self-made layered SVG rendering of the diagram (no Graphviz needed)."""
     pos, width, height = _positions(d)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+    total_width = width + _legend_width(d)
+    height = max(height, 40 + 20 * (len(legend_entries(d)) + 1))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_width:.0f}" height="{height:.0f}" '
            'font-family="Helvetica, Arial, sans-serif" font-size="11">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" '
            'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>']  # fmt: skip
@@ -218,8 +271,23 @@ def to_svg(d: Diagram) -> str:
                 f'<text x="{x:.1f}" y="{y + 16 + 14 * i:.1f}" text-anchor="middle">{html.escape(text)}</text>'
             )
         out.append("</g>")
+    out += _svg_legend(d, x=width + 10, y=20)
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _svg_legend(d: Diagram, *, x: float, y: float) -> list[str]:
+    """The colour legend as SVG elements, in a column starting at (x, y)."""
+    out = [f'<text x="{x:.0f}" y="{y + 12:.0f}" font-weight="bold">prune groups</text>']
+    for i, (color, text) in enumerate(legend_entries(d), start=1):
+        top = y + 6 + 20 * i
+        out.append(f'<rect x="{x:.0f}" y="{top:.0f}" width="14" height="14" fill="{color}" stroke="#333"/>')
+        out.append(f'<text x="{x + 20:.0f}" y="{top + 11:.0f}">{html.escape(text)}</text>')
+    return out
+
+
+def _legend_width(d: Diagram) -> float:
+    return 40 + 6.6 * max(len(text) for _, text in legend_entries(d))
 
 
 def to_html(d: Diagram, summary: str) -> str:
@@ -237,9 +305,15 @@ def to_html(d: Diagram, summary: str) -> str:
 
 
 def write_graph(plan: Plan, path: Path) -> None:
-    """Write the picture of ``plan`` as DOT (.dot/.gv), SVG (.svg) or HTML (.html/.htm)."""
+    """Write the picture of ``plan``: DOT (.dot/.gv), SVG (.svg), HTML (.html/.htm) or PNG (.png).
+
+    PNG is rendered by Graphviz's ``dot`` program; without it `GraphvizMissing` is raised.
+    """
     d = build_diagram(plan)
     suffix = path.suffix.lower()
+    if suffix == ".png":
+        render_png(to_dot(d), path)
+        return
     if suffix in (".dot", ".gv"):
         text = to_dot(d)
     elif suffix == ".svg":
@@ -247,3 +321,24 @@ def write_graph(plan: Plan, path: Path) -> None:
     else:
         text = to_html(d, plan.summary())
     path.write_text(text, encoding="utf-8")
+
+
+class GraphvizMissing(GetaError):
+    """Graphviz's ``dot`` is not on PATH (needed for PNG pictures only)."""
+
+
+def render_png(dot_text: str, path: Path) -> None:
+    """Render DOT text to a PNG file with Graphviz's ``dot``."""
+    exe = shutil.which("dot")
+    if exe is None:
+        raise GraphvizMissing(
+            f"--graph {path}: a PNG is drawn by Graphviz's dot program, which is not installed (or not "
+            "on PATH); install graphviz (apt-get install graphviz, brew install graphviz, conda install "
+            "graphviz) or write .svg or .html, which need nothing"
+        )
+    try:
+        subprocess.run([exe, "-Tpng", "-o", str(path)], input=dot_text.encode(), check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = exc.stderr.decode(errors="replace").strip().splitlines()[:1] if exc.stderr else []
+        raise GetaError(f"--graph {path}: Graphviz's dot failed ({'; '.join(detail) or exc})") from None

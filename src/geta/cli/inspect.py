@@ -1,7 +1,7 @@
 """``geta inspect``: the prune groups and quantizers of a model, the ops that block pruning.
 
 A thin wrapper over `geta.prepare` and `Plan.summary`; ``--graph FILE`` also writes a picture
-of the graph with prunable groups coloured (`geta.cli.diagram`: .dot, .svg or .html).
+of the graph with prunable groups coloured (`geta.cli.diagram`: .svg, .html, .png or .dot).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from geta.recipes import DATA_SETS, RECIPES
 
 __all__ = ["add_parser", "run", "group_params"]
 
-_GRAPH_SUFFIXES = (".dot", ".gv", ".svg", ".html", ".htm")
+_GRAPH_SUFFIXES = (".svg", ".html", ".htm", ".png", ".dot", ".gv")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -42,7 +42,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--weight-bits", metavar="LO,HI", help="weight bit range [as geta compress]")
     p.add_argument("--act-bits", metavar="LO,HI", help="activation bit range or none [as geta compress]")
-    p.add_argument("--graph", metavar="FILE", help="write a picture: FILE.svg, FILE.html or FILE.dot")
+    p.add_argument(
+        "--graph",
+        metavar="FILE",
+        help="write a picture: FILE.svg, FILE.html, FILE.png (needs Graphviz) or FILE.dot",
+    )
     p.set_defaults(func=run)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import geta
 from geta.cli.checkpoint import FORMAT, atomic_save, rng_state, set_rng_state, state_path
 from geta.cli.errors import CliError
 from geta.cli.options import STAGE_NAMES, CompressOptions
+from geta.cli.quiet import quiet_capture
 from geta.plan import QuantTarget
 from geta.recipes import DataBundle, EpochStats, build_model, cosine_lr, evaluate, load_data, train_epoch
 
@@ -352,7 +354,7 @@ class CompressJob:
             record = {"phase": state.phase, "epoch": state.epoch, "stage": name, "loss": stats.loss,
                       "train_accuracy": stats.accuracy, "test_accuracy": metrics.accuracy,
                       "test_loss": metrics.loss, "lr": opt.param_groups[0]["lr"],
-                      **self._extra()}  # fmt: skip
+                      **self._extra(), **self._costs()}  # fmt: skip
             state.history.append(record)
             self.reporter.epoch_end(record)
             state.epoch, state.batch, state.partial = state.epoch + 1, 0, {}
@@ -380,6 +382,24 @@ class CompressJob:
         if plan is None:
             return {}
         return {"sparsity": plan.group_sparsity(), **mean_bits(plan)}
+
+    def _costs(self) -> dict[str, float]:
+        """Relative BOPs (W+A) of the model as it would convert now (compression phase only).
+
+        A converted copy is measured on one example against the original model's counts; the
+        RNG states are left as they were, so a resumed run stays bit-for-bit the same.
+        """
+        plan: geta.Plan | None = getattr(self, "plan", None)
+        if plan is None:
+            return {}
+        with torch.random.fork_rng(devices=[]), quiet_capture(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a measurement, not the user's business
+            try:
+                small = geta.convert(self.model, plan, verify=False).eval()
+                rep = geta.report(small, tuple(t.to(self.device) for t in self.data.example(1)))
+            except geta.GetaError:  # a model convert cannot handle: the final report will say why
+                return {}
+        return {"relative_bops": rep.relative_bops}
 
     def _on_batch(self) -> Callable[[EpochStats], None]:
         extra: dict[str, float] = self._extra()

@@ -1,19 +1,29 @@
 """PNG plots of a ``geta compress`` run (matplotlib, imported lazily, Agg backend).
 
-- ``training_curves.png``: loss, test accuracy, group sparsity and mean bits per epoch, with
-  the stage boundaries (dense, warm-up, projection, joint, cool-down) marked;
+- ``training_curves.png``: loss, accuracy, group sparsity and mean bits per epoch; the stages
+  (dense, warm-up, projection, joint, cool-down) are shaded, with their legend above the panels;
 - ``layers.png``: per-layer weight/activation bit widths and kept-channel fractions;
-- ``tradeoff.png``: accuracy against relative BOPs, compressed vs the dense model.
+- ``tradeoff.png``: test accuracy against relative BOPs: the dense model, the run's path epoch
+  by epoch through the compression stages, and the converted model.
+
+Legends sit outside the data; bit axes are linear with integer ticks.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_plots", "PLOT_FILES"]
+__all__ = ["write_plots", "PLOT_FILES", "short_name"]
 
 PLOT_FILES = ("training_curves.png", "layers.png", "tradeoff.png")
+STAGE_COLORS = {"dense": "#9e9e9e", "warmup": "#8dd3c7", "projection": "#80b1d3", "joint": "#fb8072",
+                "cooldown": "#b3de69"}  # fmt: skip
+STAGE_LABELS = {"dense": "dense", "warmup": "warm-up", "projection": "projection", "joint": "joint",
+                "cooldown": "cool-down"}  # fmt: skip
+FLOAT_BITS = 32  # bits of an unquantized float32 operand
+_NAME_WIDTH = 22  # layer names longer than this are shortened on the axis
 
 
 def _pyplot() -> Any:
@@ -43,109 +53,212 @@ def write_plots(report: dict[str, Any], directory: Path) -> list[str]:
     return written
 
 
-def _stage_marks(ax: Any, history: list[dict[str, Any]]) -> None:
-    """Dashed lines where the stage changes, labelled with the new stage."""
-    previous = None
-    for i, record in enumerate(history):
-        if record["stage"] != previous:
-            ax.axvline(i + 0.5, color="0.6", linestyle="--", linewidth=0.8)
-            ax.text(
-                i + 0.6,
-                1.0,
-                record["stage"],
-                transform=ax.get_xaxis_transform(),
-                fontsize=7,
-                va="top",
-                rotation=90,
-                color="0.35",
-            )
-            previous = record["stage"]
+def short_name(name: str, width: int = _NAME_WIDTH) -> str:
+    """``name`` in at most ``width`` characters: outer path components shrink to their initial.
+
+    Indices and the last component stay, so that layers of different blocks stay apart.
+
+    >>> short_name("encoder.layers.0.self_attn.in_proj_weight"), short_name("fc")
+    ('e.l.0.s.in_proj_weight', 'fc')
+    """
+    parts = re.split(r"([.:])", name)  # components and the separators between them
+    for i in range(0, len(parts) - 1, 2):
+        if len("".join(parts)) <= width:
+            break
+        if not parts[i].isdigit():
+            parts[i] = parts[i][:1]
+    short = "".join(parts)
+    return short if len(short) <= width else "…" + short[-(width - 1) :]
+
+
+def _spans(history: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """(stage, first x, last x) of each run of equal stages, x being the 1-based epoch."""
+    spans: list[tuple[str, float, float]] = []
+    for i, record in enumerate(history, start=1):
+        if spans and spans[-1][0] == record["stage"]:
+            spans[-1] = (spans[-1][0], spans[-1][1], i)
+        else:
+            spans.append((record["stage"], i, i))
+    return spans
+
+
+def _shade_stages(ax: Any, spans: list[tuple[str, float, float]]) -> None:
+    """A light band per stage and a dashed line where one stage ends (no text on the data)."""
+    for k, (stage, first, last) in enumerate(spans):
+        ax.axvspan(first - 0.5, last + 0.5, color=STAGE_COLORS.get(stage, "#dddddd"), alpha=0.18, lw=0)
+        if k:
+            ax.axvline(first - 0.5, color="0.5", linestyle="--", linewidth=0.7)
+
+
+def _stage_handles(plt: Any, spans: list[tuple[str, float, float]]) -> list[Any]:
+    from matplotlib.patches import Patch
+
+    stages = list(dict.fromkeys(stage for stage, _, _ in spans))
+    return [
+        Patch(color=STAGE_COLORS.get(s, "#dddddd"), alpha=0.5, label=STAGE_LABELS.get(s, s)) for s in stages
+    ]
+
+
+def _bit_cap(report: dict[str, Any]) -> int:
+    """Top of the bit axis: the final ranges and the bits of the stages that keep them in range.
+
+    Warm-up bits are unconstrained and projection starts at the initial bits (16 and more):
+    drawn to scale they would squash the 3 vs 4 bits that matter.
+    """
+    options = report.get("options", {})
+    his = [int(b[1]) for b in (options.get("weight_bits"), options.get("act_bits")) if b]
+    late = [r[k] for r in report["history"] if r["stage"] in ("joint", "cooldown")
+            for k in ("weight_bits", "input_bits") if r.get(k) is not None]  # fmt: skip
+    return int(max([*his, *late], default=8)) + 1
+
+
+def _plot_bits(ax: Any, x: list[int], history: list[dict[str, Any]], cap: int) -> None:
+    """Mean bits per epoch on a linear axis up to ``cap``; larger values as ▲ with their value."""
+    kinds = (
+        ("weight_bits", "mean weight bits", "tab:green"),
+        ("input_bits", "mean activation bits", "tab:purple"),
+    )
+    for row, (key, label, color) in enumerate(kinds):
+        pts = [(xi, r[key]) for xi, r in zip(x, history) if r.get(key) is not None]
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [min(p[1], cap) for p in pts], marker=".", color=color, label=label)
+        for xi, y in pts:
+            if y > cap:
+                ax.plot([xi], [cap], marker="^", color=color)
+                where = {"textcoords": "offset points", "xytext": (-6, -4 - 10 * row), "ha": "right"}
+                ax.annotate(
+                    f"{y:.0f}", (xi, cap), fontsize=7, color=color, **where
+                )  # left of ▲: no line there
+    ax.set_ylim(0, cap + 0.5)
 
 
 def _curves(plt: Any, report: dict[str, Any]) -> Any:
+    from matplotlib.ticker import MaxNLocator
+
     history = report["history"]
     x = list(range(1, len(history) + 1))
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
-    series = [
-        (axes[0][0], "training loss", [("loss", "loss")]),
-        (axes[0][1], "accuracy", [("test_accuracy", "test"), ("train_accuracy", "train")]),
-        (axes[1][0], "group sparsity", [("sparsity", "sparsity")]),
-        (axes[1][1], "mean bit width", [("weight_bits", "weights"), ("input_bits", "activations")]),
-    ]
-    for ax, title, keys in series:
-        for key, label in keys:
-            ys = [r.get(key) for r in history]
-            pts = [(xi, y) for xi, y in zip(x, ys) if y is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker=".", label=label)
-        _stage_marks(ax, history)
+    spans = _spans(history)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharex=True)
+    (loss, acc), (sparsity, bits) = axes
+    for ax, title in ((loss, "training loss"), (acc, "accuracy (%)"), (sparsity, "group sparsity"),
+                      (bits, "mean bit width (larger values: ▲ at the top, with their value)")):  # fmt: skip
+        _shade_stages(ax, spans)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][1].axhline(report["dense"]["accuracy"], color="k", linewidth=0.8, label="dense (final, test)")
-    axes[1][1].set_yscale("log", base=2)  # warm-up bits are unconstrained and may be large
-    axes[0][1].legend(fontsize=7)
-    axes[1][1].legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax, key, scale, color, label in ((loss, "loss", 1.0, "tab:blue", None),
+                                         (acc, "test_accuracy", 100.0, "tab:blue", "test accuracy"),
+                                         (acc, "train_accuracy", 100.0, "tab:orange", "train accuracy"),
+                                         (sparsity, "sparsity", 1.0, "tab:red", None)):  # fmt: skip
+        pts = [(xi, r[key] * scale) for xi, r in zip(x, history) if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", color=color, label=label)
+    acc.axhline(100 * report["dense"]["accuracy"], color="k", linewidth=0.8, label="dense model (test)")
+    _plot_bits(bits, x, history, _bit_cap(report))
+    bits.yaxis.set_major_locator(MaxNLocator(integer=True))  # linear: 3.4 vs 3.7 bits readable
     for ax in axes[1]:
         ax.set_xlabel("epoch")
-    fig.suptitle(f"{report['options']['model']} on {report['data']}", fontsize=10)
+    handles = [*acc.get_legend_handles_labels()[0], *bits.get_legend_handles_labels()[0]]
+    fig.suptitle(f"{report['options']['model']} on {report['data']}", fontsize=10, y=0.995)
+    fig.legend(handles=_stage_handles(plt, spans), loc="upper center", bbox_to_anchor=(0.5, 0.975),
+               ncol=len(spans) or 1, fontsize=8, frameon=False)  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
+               fontsize=8, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     return fig
 
 
 def _layers(plt: Any, report: dict[str, Any]) -> Any:
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
     layers = [r for r in report["layers"] if r.get("kind") != "embedding" or r.get("params")]
-    names = [r["name"] for r in layers]
     idx = list(range(len(layers)))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(layers) + 2), 6), sharex=True)
-    top.bar(
-        [i - 0.2 for i in idx], [min(r["weight_bits"], 32) for r in layers], width=0.4, label="weight bits"
-    )
-    top.bar(
-        [i + 0.2 for i in idx], [min(r["act_bits"], 32) for r in layers], width=0.4, label="activation bits"
-    )
-    ticks = sorted({min(r[k], 32) for r in layers for k in ("weight_bits", "act_bits")})
-    top.set_yscale("log", base=2)
-    top.set_ylim(1, max(ticks, default=32) * 1.3)
-    top.set_yticks(ticks, [str(t) for t in ticks])
-    top.minorticks_off()
+    quantized = [r[k] for r in layers for k in ("weight_bits", "act_bits") if r[k] < FLOAT_BITS]
+    top_bits = max(quantized, default=8) + 1  # float operands are drawn to the top, hatched
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.42 * len(layers) + 3), 6), sharex=True)
+    for offset, key, color in ((-0.2, "weight_bits", "tab:blue"), (0.2, "act_bits", "tab:orange")):
+        for i, r in zip(idx, layers):
+            if key == "weight_bits" and not r.get("weighted", True):
+                continue  # q·kᵀ and the like multiply two activations: no weight to draw
+            value = r[key]
+            is_float = value >= FLOAT_BITS
+            style = {"alpha": 0.35, "hatch": "//"} if is_float else {"alpha": 0.9}
+            top.bar(
+                i + offset, top_bits if is_float else value, width=0.4, color=color, edgecolor=color, **style
+            )
+    top.set_ylim(0, top_bits + 0.2)
+    top.yaxis.set_major_locator(MaxNLocator(integer=True))
     top.set_ylabel("bits")
-    top.legend(fontsize=7)
     top.grid(alpha=0.3, axis="y")
-    bottom.bar(
-        [i - 0.2 for i in idx], [r.get("kept_out", 1.0) for r in layers], width=0.4, label="output channels"
-    )
-    bottom.bar(
-        [i + 0.2 for i in idx], [r.get("kept_in", 1.0) for r in layers], width=0.4, label="input channels"
-    )
+    patches = [
+        Patch(color="tab:blue", label="weight bits"),
+        Patch(color="tab:orange", label="activation bits"),
+        Patch(facecolor="white", edgecolor="0.3", hatch="//", label="float (not quantized)"),
+    ]
+    top.legend(handles=patches, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    for offset, key, label in ((-0.2, "kept_out", "output channels"), (0.2, "kept_in", "input channels")):
+        pts = [(i + offset, r[key]) for i, r in zip(idx, layers) if key in r]
+        if pts:
+            bottom.bar(*zip(*pts), width=0.4, label=label)
     bottom.set_ylim(0, 1.05)
     bottom.set_ylabel("kept fraction")
-    bottom.legend(fontsize=7)
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     bottom.grid(alpha=0.3, axis="y")
     bottom.set_xticks(idx)
-    bottom.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    bottom.set_xticklabels([short_name(r["name"]) for r in layers], rotation=60, ha="right", fontsize=7)
     fig.suptitle("per-layer bit widths and kept channels", fontsize=10)
     return fig
 
 
+def _percent(value: float, _pos: object = None) -> str:
+    """A tick label of a percentage axis: 0.05%, 0.3%, 2%, 100%."""
+    return f"{value:.3g}%"
+
+
 def _tradeoff(plt: Any, report: dict[str, Any]) -> Any:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     d, c = report["dense"], report["compressed"]
-    points = [
-        ("dense FP32", 1.0, d["accuracy"], "k"),
-        ("compressed (W+A)", report["relative_bops"], c["accuracy"], "tab:red"),
-        ("compressed (W only)", report["relative_bops_weight_only"], c["accuracy"], "tab:orange"),
-    ]
-    for label, bops, acc, color in points:
-        if bops > 0:
-            ax.scatter([bops * 100], [acc * 100], color=color, label=label, zorder=3)
-            ax.annotate(
-                f"{bops:.2%}", (bops * 100, acc * 100), textcoords="offset points", xytext=(5, 5), fontsize=7
-            )
-    lowest = min(acc for _, _, acc, _ in points) * 100
-    ax.set_ylim(max(0.0, lowest - 2.0), min(100.5, max(d["accuracy"], c["accuracy"]) * 100 + 1.0))
+    path = [r for r in report["history"] if r.get("relative_bops")]
+    xs = [100 * r["relative_bops"] for r in path]
+    ys = [100 * r["test_accuracy"] for r in path]
+    if path:
+        ax.plot(xs, ys, color="0.6", linewidth=0.8, zorder=1)
+        ax.scatter(xs, ys, c=[STAGE_COLORS.get(r["stage"], "0.5") for r in path], s=22, edgecolor="0.3",
+                   linewidth=0.4, zorder=2)  # fmt: skip
+    final = 100 * report["relative_bops"]
+    ax.scatter([100.0], [100 * d["accuracy"]], color="k", marker="o", s=40, zorder=3)
+    ax.scatter([final], [100 * c["accuracy"]], facecolor="none", edgecolor="tab:red", marker="*", s=260,
+               linewidth=1.4, zorder=4)  # hollow: the last epochs' points stay visible inside  # fmt: skip
+    ax.annotate(f"{final:.3g}% BOPs, {100 * c['accuracy']:.2f}%", (final, 100 * c["accuracy"]),
+                textcoords="offset points", xytext=(6, -12), fontsize=8)  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("relative BOPs (% of dense FP32)")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_percent))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    lo_x = min([final, *xs]) / 1.6
+    ax.set_xlim(lo_x, max([160.0, *xs]) * 1.3)  # warm-up bits are unbounded: BOPs may exceed 100 %
+    accuracies = [100 * d["accuracy"], 100 * c["accuracy"], *ys]
+    ax.set_ylim(max(0.0, min(accuracies) - 2.0), min(100.5, max(accuracies) + 1.0))
+    ax.set_xlabel("relative BOPs, weights x activations (% of the dense FP32 model, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    ax.set_title("accuracy vs cost", fontsize=10)
+    ax.grid(alpha=0.3, which="major")
+    stages = list(dict.fromkeys(r["stage"] for r in path))
+    dot = {"marker": "o", "linestyle": ""}
+    star = {"marker": "*", "markersize": 12, "linestyle": ""}
+    handles = [
+        Line2D([], [], color="k", label="dense FP32 model", **dot),
+        Line2D([], [], color="tab:red", markerfacecolor="none", label="converted model", **star),
+    ]
+    for stage in stages:
+        label = f"epoch end, {STAGE_LABELS.get(stage, stage)}"
+        handles.append(
+            Line2D([], [], color=STAGE_COLORS.get(stage, "0.5"), markeredgecolor="0.3", label=label, **dot)
+        )
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title("accuracy vs cost: the run's path to the converted model", fontsize=10)
     return fig

@@ -16,6 +16,7 @@ views, casts) to where they come from, by object identity, never by name:
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,11 +35,14 @@ __all__ = ["LayerCost", "dense_counts", "dtype_bits", "input_shapes", "layer_cos
 
 aten = torch.ops.aten
 
-# Ops that pass values through unchanged (layout, casts, copies): operands are traced through them.
+# Ops that pass values through unchanged (layout, casts, copies, parts of a tensor): operands are
+# traced through them, e.g. a fused q/k/v weight chunked into three projections.
 _LOOK_THROUGH = {
     aten.t, aten.transpose, aten.permute, aten.view, aten._unsafe_view, aten.reshape,
     aten.expand, aten.contiguous, aten.clone, aten.alias, aten.detach, aten._to_copy, aten.to,
     aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten, aten.lift_fresh_copy,
+    aten.chunk, aten.split, aten.split_with_sizes, aten.unbind, aten.slice, aten.select,
+    aten.narrow, operator.getitem,
 }  # fmt: skip
 
 
@@ -173,6 +177,7 @@ def _layer(counter: _Counter, node: fx.Node, rule: MacRule) -> LayerReport:
         params=sum(r.tensor.numel() for r in fresh),
         size_bits=size + FP32_BITS * n_quant,
         quantizers=n_quant,
+        weighted=weight is not None,
     )
 
 

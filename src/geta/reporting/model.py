@@ -78,6 +78,7 @@ class LayerReport:
     params: int  # parameters of this op not already counted by an earlier op (tied weights)
     size_bits: int  # weight · b_w + other params · their dtype bits + 32 per quantizer
     quantizers: int = 0  # quantizer scales counted in size_bits (first use only)
+    weighted: bool = True  # multiplies a parameter (False: activation x activation, e.g. q·kᵀ)
 
     @property
     def bops(self) -> int:
