@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import pathlib
 import subprocess
 import sys
+
+import pytest
+import torch
 
 import geta
 
@@ -38,6 +43,34 @@ def test_library_code_never_prints_or_configures_logging() -> None:
     assert offenders == []
 
 
+# What each public name must be: the architecture's API (design/architecture.md).
+_CLASSES = {
+    "Config",
+    "STE",
+    "Plan",
+    "PruneGroup",
+    "ParamSlice",
+    "QASSO",
+    "Schedule",
+    "Stage",
+    "CompressionReport",
+}
+_ERRORS = {"GetaError", "ConfigError", "CaptureError", "ConvertError", "UnsupportedOpError"}
+_FUNCTIONS = {"prepare": "geta.prepare", "convert": "geta.subnet", "report": "geta.reporting.count"}
+_MODULES = {"export", "testing"}
+
+
 def test_public_api_names() -> None:
-    for name in geta.__all__:
-        assert getattr(geta, name) is not None, name
+    assert set(geta.__all__) == _CLASSES | _ERRORS | set(_FUNCTIONS) | _MODULES
+    for name in _CLASSES | _ERRORS:
+        assert isinstance(getattr(geta, name), type) and getattr(geta, name).__name__ == name
+    for name in _ERRORS:
+        assert issubclass(getattr(geta, name), geta.GetaError)
+    assert issubclass(geta.QASSO, torch.optim.Optimizer)
+    for name, module in _FUNCTIONS.items():
+        function = getattr(geta, name)
+        assert inspect.isfunction(function) and (function.__module__, function.__name__) == (module, name)
+    for name in _MODULES:
+        assert getattr(geta, name) is importlib.import_module(f"geta.{name}")
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        geta.nope  # noqa: B018

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from geta.config import STE
 from geta.errors import ConfigError
-from geta.quant import functional as F
 from geta.quant.quantizer import LearnableQuantizer
 
 
@@ -75,14 +74,27 @@ def test_init_from_degenerate_tensor(tensor: torch.Tensor) -> None:
     assert bool(torch.isfinite(y).all()) and bool((y == 0).all())
 
 
+def _slow_fake_quant(xs: list[float], d: float, q: float, t: float, signed: bool) -> list[float]:
+    """Q(x) = sign(x) * d * round(min(|x|, q)**t / d), one Python float at a time (method.md §1.1)."""
+    out = []
+    for x in xs:
+        if not signed:
+            x = min(max(x, 0.0), q)
+        s = math.copysign(1.0, x) if x != 0 else 0.0
+        out.append(s * d * round(min(abs(x), q) ** t / d))
+    return out
+
+
+@pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("ste", list(STE))
-def test_forward_is_fake_quant(ste: STE) -> None:
-    torch.manual_seed(0)
-    q = LearnableQuantizer(signed=False, init_bits=4, qmax=1.5, ste=ste)
-    x = torch.randn(3, 4) * 2
-    expected = F.fake_quant(x, q.step, q.qmax, q.exponent, signed=False, ste=ste)
-    assert torch.equal(q(x), expected)
-    assert len(torch.unique(q(x))) <= 16
+def test_forward_matches_a_slow_reference(signed: bool, ste: STE) -> None:
+    q = LearnableQuantizer(signed=signed, init_bits=4, qmax=1.5, ste=ste)
+    with torch.no_grad():
+        q.exponent.fill_(1.25)  # t != 1, so the power law is exercised too
+    x = torch.randn(3, 4, dtype=torch.float64) * 2
+    d, qm, t = (float(p.detach()) for p in (q.step, q.qmax, q.exponent))
+    expected = torch.tensor(_slow_fake_quant(x.flatten().tolist(), d, qm, t, signed), dtype=torch.float64)
+    torch.testing.assert_close(q(x).flatten(), expected, rtol=0, atol=1e-6)
 
 
 def test_sgd_on_clipped_data_grows_qmax() -> None:
@@ -107,11 +119,16 @@ def test_extra_repr_and_meta() -> None:
     assert y.device.type == "meta" and y.shape == (2, 3)
 
 
-def test_bits_tensor_consistent_with_functional() -> None:
-    q = LearnableQuantizer(init_bits=5.5, qmax=0.3)
-    expected = F.bits(q.step.detach(), q.qmax.detach(), q.exponent.detach())
-    assert torch.equal(q.bits(), expected)
-    assert math.isclose(q.bit_width, float(expected))
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("b", [2, 3, 4, 6])
+def test_bits_count_the_output_levels(signed: bool, b: int) -> None:
+    # b bits mean 2**b - 1 levels (signed, symmetric grid) or 2**b levels (unsigned) over [-q_m, q_m]
+    q = LearnableQuantizer(signed=signed, qmax=0.3)
+    q.set_bits(b)
+    ramp = torch.linspace(-0.3, 0.3, 20_001, dtype=torch.float64)
+    levels = len(torch.unique(q(ramp).detach()))
+    assert levels == (2**b - 1 if signed else 2**b)
+    assert q.bit_width == pytest.approx(b, abs=1e-4) and float(q.bits()) == pytest.approx(b, abs=1e-4)
 
 
 def test_doctests() -> None:

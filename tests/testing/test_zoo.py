@@ -26,6 +26,14 @@ def _entry(name: str) -> ZooEntry:
     return entry
 
 
+def _float_leaves(out: object) -> list[torch.Tensor]:
+    """The floating-point tensors of a nested output (tuples, lists, dicts, HF ModelOutputs)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else []
+    return [t for v in values for t in _float_leaves(v)]
+
+
 def _tensors(inputs: object) -> list[torch.Tensor]:
     return list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
 
@@ -37,8 +45,8 @@ def test_entry_builds_tiny_model_in_eval_mode(name: str) -> None:
     assert not any(m.training for m in model.modules())
     assert sum(p.numel() for p in model.parameters()) < 100_000
     assert isinstance(inputs, (tuple, dict)) and all(t.shape[0] == 2 for t in _tensors(inputs))
-    out = model_outputs(model, inputs)
-    assert max_relative_error(out, out) == 0.0  # at least one floating output, finite
+    floats = _float_leaves(model_outputs(model, inputs))
+    assert floats and all(bool(torch.isfinite(t).all()) for t in floats)  # some float output, finite
 
 
 @pytest.mark.parametrize("name", ALL)
