@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import sys
+import warnings
 
 import torch
-from torch import fx, nn
+from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
@@ -16,17 +17,24 @@ from geta.errors import ConfigError
 from geta.graph.analysis import Analysis, QuantSite, analyze
 from geta.graph.capture import capture, eval_mode, normalize_inputs, on_meta, run_model
 from geta.graph.groups import build_groups
+from geta.graph.ir import Graph
 from geta.graph.trial import unconvertible_groups
-from geta.ops import mha as _mha  # noqa: F401  (registers nn.MultiheadAttention rules)
-from geta.ops.elementwise import NONNEGATIVE, PASSTHROUGH
+from geta.ops.mha import eager_multihead_attention  # importing it registers nn.MultiheadAttention rules
 from geta.ops.modules import apply_module_constraints, is_layer
 from geta.plan import Plan, QuantBinding, QuantTarget
+from geta.product_sites import nonnegative, operand_sites, product_owners
 from geta.quant.attach import (
     attach_input_quantizer,
     attach_weight_quantizer,
     calibrate_input_ranges,
     input_quantizer,
     weight_quantizers,
+)
+from geta.quant.products import (
+    attach_product_quantizers,
+    detach_product_quantizers,
+    product_quantizers,
+    record_products,
 )
 from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.count import dense_counts
@@ -62,7 +70,11 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
 
     ``example_inputs`` is a tuple of positional inputs or a dict of keyword inputs (HF models).
     Quantizers are inserted in place: weights through ``torch.nn.utils.parametrize``, layer
-    inputs through forward pre-hooks (when ``config.act_bits`` is set). The plan records the
+    inputs through forward pre-hooks, and (both when ``config.act_bits`` is set) the operands
+    of activation x activation products (attention's q·kᵀ and p·v, named
+    ``'<module>.qk.q'``, ``'.qk.k'``, ``'.pv.p'``, ``'.pv.v'``) at the module that runs them
+    (`geta.quant.products`); ``nn.MultiheadAttention`` then computes in its eager form
+    (`geta.ops.mha.eager_multihead_attention`), the same function. The plan records the
     MACs and parameter count of the model as it was (``plan.dense``, counts only), the
     reference of `geta.report` for the converted model. A model that already
     carries geta quantizers keeps them, and its groups are the same as its float model's.
@@ -81,13 +93,18 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     if not isinstance(model, nn.Module):
         raise ConfigError(f"prepare(model=...) must be a torch.nn.Module, got {type(model).__name__}")
     normalize_inputs(example_inputs)
+    if config.act_bits is not None:
+        eager_multihead_attention(model)  # its products become calls geta can quantize
     analysis, plan = analyze_model(model, example_inputs, config)
     dense = dense_counts(model, plan.graph, example_inputs)  # before quantizers: the original model
-    return dataclasses.replace(plan, bindings=_attach(model, analysis, example_inputs, config), dense=dense)
+    bindings = _attach(model, analysis, example_inputs, config)
+    if config.act_bits is not None:
+        bindings += _attach_products(model, plan.graph, example_inputs, config)
+    return dataclasses.replace(plan, bindings=bindings, dense=dense)
 
 
-def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
-    module_name = name.rsplit(".", 1)[0]
+def _excluded(name: str, patterns: tuple[str, ...], module_name: str | None = None) -> bool:
+    module_name = name.rsplit(".", 1)[0] if module_name is None else module_name
     return any(fnmatch.fnmatchcase(module_name, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -176,7 +193,7 @@ def _attach_inputs(
         assert layer is not None and site.input_node is not None
         q = input_quantizer(layer)
         if q is None:
-            q = _new_quantizer(config, signed=not _nonnegative(site.input_node))
+            q = _new_quantizer(config, signed=not nonnegative(site.input_node))
             attach_input_quantizer(layer, q.to(site.weight.tensor.device))
             fresh.append(layer)
         out.append(QuantBinding(f"{names.get(layer, '?')}.input", q, layer, QuantTarget.INPUT, None))
@@ -196,24 +213,89 @@ def _run_eval(model: nn.Module, example_inputs: object) -> object:
         return run_model(model, example_inputs)
 
 
-def _nonnegative(node: fx.Node) -> bool:
-    """Is the value of ``node`` never negative? (looks through views, pools and casts)."""
-    from geta.ops.shape import VIEW_LIKE
-
-    while isinstance(node, fx.Node) and node.op == "call_function":
-        target = node.target
-        packet = getattr(target, "overloadpacket", target)
-        if packet in NONNEGATIVE:
-            return True
-        if packet in PASSTHROUGH or packet in VIEW_LIKE:
-            node = node.args[0]
-            continue
-        return False
-    return False
-
-
 def _register_known_layers() -> None:
     if "transformers" in sys.modules:
         from geta.ops import hf  # registers HF layer types and module rules
 
         hf.register_loaded_attention_classes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation x activation products (attention): found in the graph, quantized at their module
+# ---------------------------------------------------------------------------------------------
+
+
+def _attach_products(
+    model: nn.Module, graph: Graph, example_inputs: object, config: Config
+) -> list[QuantBinding]:
+    """Operand quantizers on every activation x activation product (`geta.product_sites`).
+
+    Product quantizers the model already carries (a second prepare) are kept and bound again.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    out: dict[nn.Module, list[QuantBinding]] = {}
+    for module in model.modules():
+        if product_quantizers(module) is not None:
+            out[module] = _product_bindings(module, names[module])
+    fresh: list[nn.Module] = []
+    for owner in product_owners(model, graph):
+        if owner.module in out:
+            continue
+        slots: dict[int, list[nn.Module]] = {}
+        labels: dict[int, list[str]] = {}
+        for site in operand_sites(owner):
+            excluded = _excluded(_join(owner.name, site.label), config.exclude_quant, owner.name)
+            q = nn.Identity() if excluded else _new_quantizer(config, signed=site.signed)
+            slots.setdefault(site.call, []).append(q)
+            labels.setdefault(site.call, []).append(site.label)
+        if any(isinstance(q, LearnableQuantizer) for qs in slots.values() for q in qs):
+            attach_product_quantizers(owner.module, owner.kinds, slots, labels)
+            out[owner.module] = _product_bindings(owner.module, owner.name)
+            fresh.append(owner.module)
+    if fresh and not on_meta(model):
+        for module in _calibrate_products(model, fresh, example_inputs):
+            del out[module]
+    return [b for bs in out.values() for b in bs]
+
+
+def _join(module_name: str, label: str) -> str:
+    return f"{module_name}.{label}" if module_name else label
+
+
+def _product_bindings(module: nn.Module, name: str) -> list[QuantBinding]:
+    holder = product_quantizers(module)
+    assert holder is not None
+    return [
+        QuantBinding(_join(name, label), q, module, QuantTarget.INPUT, None)
+        for call, slots in holder.operands.items()
+        for label, q in zip(holder.labels[call], slots, strict=True)
+        if isinstance(q, LearnableQuantizer)
+    ]
+
+
+def _calibrate_products(
+    model: nn.Module, modules: list[nn.Module], example_inputs: object
+) -> list[nn.Module]:
+    """Initialise product quantizers from one float forward (§1.4); return the modules that did
+    not run the products the graph showed: their quantizers are detached, with a warning."""
+    with record_products(modules) as record:
+        _run_eval(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    failed = []
+    for module in modules:
+        holder = product_quantizers(module)
+        assert holder is not None
+        runs = record.kinds.get(module, [])
+        if not runs or any(run != holder.kinds for run in runs):
+            detach_product_quantizers(module)
+            failed.append(module)
+            warnings.warn(
+                f"geta: the products of {names[module] or 'the model'} stay in float: its forward ran "
+                f"{[list(r) for r in runs] or 'no products'}, the captured graph shows {list(holder.kinds)}",
+                stacklevel=3,
+            )
+            continue
+        for q in holder.quantizers():
+            peak = record.peaks.get(q, 0.0)
+            q.init_from(torch.tensor(peak if peak > 0 else 1.0))
+    return failed

@@ -6,6 +6,11 @@ model channels are removed they differ, so `convert` turns such a module into a
 `PrunedMultiheadAttention`: the same parameters and attributes (it *is* an
 ``nn.MultiheadAttention``), a forward that computes the same attention from whatever widths the
 weights have. Variants geta cannot express (``add_bias_kv``, ``add_zero_attn``) stay frozen.
+
+`eager_multihead_attention` gives the same class to every such module before `geta.prepare`
+quantizes activations: torch's forward runs q·kᵀ and p·v inside one call of
+``F.multi_head_attention_forward`` (or a fused kernel), out of reach of the product quantizers
+(`geta.quant.products`), while `PrunedMultiheadAttention` calls ``@`` for each of them.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from geta.graph.context import Analysis
 from geta.ops.modules import freeze_tensor_dims, register_module_constraint, register_module_fixer
 
-__all__ = ["PrunedMultiheadAttention"]
+__all__ = ["PrunedMultiheadAttention", "eager_multihead_attention"]
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -113,6 +119,26 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             if not batched:
                 weights = weights.squeeze(0)
         return out, weights
+
+
+def eager_multihead_attention(model: nn.Module) -> list[nn.Module]:
+    """Make every ``nn.MultiheadAttention`` in ``model`` a `PrunedMultiheadAttention`; return them.
+
+    Same parameters (same objects), same function: its forward computes the attention in eager
+    form, two ``@`` calls (q·kᵀ, p·v) that geta can quantize, and the fused fast paths of torch
+    (which would skip geta's hooks) are no longer taken. Variants geta cannot express
+    (``add_bias_kv``, ``add_zero_attn``) are left as they are.
+    """
+    changed = []
+    for mod in model.modules():
+        cls = type(mod)
+        base = cls.__bases__[0] if parametrize.is_parametrized(mod) else cls  # Parametrized<MHA>
+        if base is not nn.MultiheadAttention or mod.bias_k is not None or mod.add_zero_attn:
+            continue  # a user's subclass keeps its own forward
+        mod._qkv_same_embed_dim = False  # keeps TransformerEncoderLayer off its fused fast path
+        mod.__class__ = _pruned_class(cls)
+        changed.append(mod)
+    return changed
 
 
 @register_module_constraint(nn.MultiheadAttention)

@@ -5,7 +5,9 @@
 - `geta.quant.quantizer`: `LearnableQuantizer`, the module holding step (d), qmax (q_m) and
   exponent (t);
 - `geta.quant.attach`: weight quantizers as parametrizations, input quantizers as pre-hooks,
-  and activation-range calibration.
+  and activation-range calibration;
+- `geta.quant.products`: quantizers on the operands of activation x activation products
+  (attention's q·kᵀ and p·v), applied at the call inside the module that runs them.
 """
 
 from __future__ import annotations
@@ -28,21 +30,35 @@ from geta.quant.functional import (
     step_for_bits,
     step_interval,
 )
+from geta.quant.products import (
+    ProductQuantizers,
+    attach_product_quantizers,
+    detach_product_quantizers,
+    product_quantizers,
+    quantized_attention,
+    record_products,
+)
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = [
     "LearnableQuantizer",
+    "ProductQuantizers",
     "attach_input_quantizer",
+    "attach_product_quantizers",
     "attach_weight_quantizer",
     "bits",
     "calibrate_input_ranges",
     "code_range",
+    "detach_product_quantizers",
     "fake_quant",
     "init_input_quantizers",
     "input_quantizer",
     "integer_codes",
     "is_quantized",
+    "product_quantizers",
     "project_step",
+    "quantized_attention",
+    "record_products",
     "step_for_bits",
     "step_interval",
     "weight_quantizers",

@@ -1,0 +1,351 @@
+"""Quantizers on activation x activation products (attention's q·kᵀ and p·v).
+
+A layer's input quantizer is a pre-hook on the layer (`geta.quant.attach`), but the operands of
+attention's products are made *inside* a module's forward (q and k after the head split and the
+rotary embedding, p after the softmax), where no hook can reach. geta quantizes them at the
+call: while a module that owns product quantizers runs its forward, a
+``torch.overrides.TorchFunctionMode`` (pushed by a forward pre-hook, popped by an
+``always_call`` forward hook) sees the module's calls of
+
+- ``torch.matmul`` / ``@`` / ``torch.mm`` / ``torch.bmm``: operand quantizers ``[a, b]``, the
+  call becomes ``matmul(Q_a(a), Q_b(b))``;
+- ``F.scaled_dot_product_attention``: operand quantizers ``[q, k, v, p]``. p, the softmax
+  weights, exist only inside the fused kernel, so the call is computed in its eager form
+  (`quantized_attention`: scores, mask, softmax, ``Q_p(p)``, p·v); the same function up to
+  float rounding, with p materialised as eager attention does.
+
+Which calls to quantize is decided once, from the captured graph (`geta.prepare`): the k-th
+product call of a forward corresponds to the k-th product node of the module in the graph
+(`PRODUCT_OPS` maps the graph's ops to the functions intercepted here, one call per node).
+Every call is counted, quantized or not, so weight products (``x @ self.w``) keep their place
+in the order. A module whose forward does not run the products the graph showed (kinds and
+count recorded by `record_products`) must be detached by the caller.
+
+Quantizers stay ordinary ``torch.ops.geta.fake_quant`` nodes in captured graphs (the mode runs
+while ``torch.export`` traces), so reports and exports see them like any other. A model with
+product quantizers survives ``copy.deepcopy`` and pickling (hooks are module-level functions,
+quantizers are submodules).
+
+>>> from torch import nn
+>>> class Scores(nn.Module):
+...     def forward(self, q, k):
+...         return q @ k.transpose(-2, -1)  # (B, L, E) @ (B, E, S) -> (B, L, S)
+>>> m = Scores()
+>>> a, b = LearnableQuantizer(init_bits=2), LearnableQuantizer(init_bits=2)
+>>> _ = attach_product_quantizers(m, (MATMUL,), {0: [a, b]})
+>>> q, k = torch.tensor([[[0.4, 1.0]]]), torch.tensor([[[1.0, 0.2]]])
+>>> m(q, k).detach()              # 2 bits: q -> (0, 1), k -> (1, 0); float: 0.6
+tensor([[[0.]]])
+>>> with record_products([m]) as seen:    # calibration: float operands, their peaks recorded
+...     m(q, k).detach()
+tensor([[[0.6000]]])
+>>> seen.kinds[m], seen.peaks[a], seen.peaks[b]
+([('matmul',)], 1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from geta.errors import GetaError
+from geta.quant.quantizer import LearnableQuantizer
+
+__all__ = [
+    "ATTENTION",
+    "MATMUL",
+    "PRODUCT_OPS",
+    "PRODUCT_QUANTIZERS_ATTR",
+    "ProductQuantizers",
+    "ProductRecord",
+    "attach_product_quantizers",
+    "detach_product_quantizers",
+    "product_quantizers",
+    "quantized_attention",
+    "record_products",
+]
+
+PRODUCT_QUANTIZERS_ATTR = "geta_product_quantizers"  # submodule name on the module running them
+
+MATMUL = "matmul"  # a two-operand product: operand quantizers [a, b]
+ATTENTION = "attention"  # scaled dot-product attention: operand quantizers [q, k, v, p]
+
+aten = torch.ops.aten
+
+PRODUCT_OPS: dict[Any, str] = {
+    aten.matmul: MATMUL,
+    aten.mm: MATMUL,
+    aten.bmm: MATMUL,
+    aten.scaled_dot_product_attention: ATTENTION,
+}
+"""Graph op (overload packet) -> the kind of product call it records (one call, one node)."""
+
+# The torch functions the mode intercepts, by the kind of node each one leaves in the graph.
+_FUNCTIONS: dict[Callable[..., Any], str] = {
+    torch.matmul: MATMUL,
+    Tensor.matmul: MATMUL,
+    Tensor.__matmul__: MATMUL,
+    torch.mm: MATMUL,
+    Tensor.mm: MATMUL,
+    torch.bmm: MATMUL,
+    Tensor.bmm: MATMUL,
+    F.scaled_dot_product_attention: ATTENTION,
+}
+_OPERANDS = {MATMUL: 2, ATTENTION: 4}
+_LABELS = {MATMUL: ("a", "b"), ATTENTION: ("q", "k", "v", "p")}
+
+
+class ProductQuantizers(nn.Module):
+    """The operand quantizers of the products one module runs (a submodule of that module).
+
+    ``kinds`` lists every product call of one forward, in call order (`MATMUL` or `ATTENTION`);
+    ``operands[str(k)]`` holds the quantizers of call k when it is quantized: ``[a, b]`` for a
+    matmul, ``[q, k, v, p]`` for attention. A slot may hold any module (``nn.Identity`` leaves
+    that operand in float; an export may put its own quantize-dequantize module there).
+    """
+
+    def __init__(self, kinds: Sequence[str]) -> None:
+        super().__init__()
+        unknown = sorted(set(kinds) - set(_OPERANDS))
+        if unknown:
+            raise GetaError(f"unknown product kinds {unknown}; use {MATMUL!r} or {ATTENTION!r}")
+        self.kinds = tuple(kinds)
+        self.operands = nn.ModuleDict()
+        self.labels: dict[str, tuple[str, ...]] = {}  # str(call) -> a display label per operand
+        self._active: list[_ProductMode] = []  # modes of the forwards running now (innermost last)
+        self._record: ProductRecord | None = None  # set by `record_products`
+
+    def quantizers(self) -> list[LearnableQuantizer]:
+        """Every geta quantizer held, in call order then operand order."""
+        return [q for slots in self.operands.values() for q in slots if isinstance(q, LearnableQuantizer)]
+
+    def extra_repr(self) -> str:
+        return f"kinds={list(self.kinds)}, quantized_calls={[int(k) for k in self.operands]}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_active": [], "_record": None}  # transient: never copied or pickled
+
+
+@dataclass
+class ProductRecord:
+    """What `record_products` saw: product kinds per forward call, and operand peaks.
+
+    ``kinds[module]`` has one tuple per forward of ``module`` (the kinds of its product calls in
+    order); ``peaks[quantizer]`` is the largest magnitude its operand reached (for an unsigned
+    quantizer: the largest value), before quantization.
+    """
+
+    kinds: dict[nn.Module, list[tuple[str, ...]]] = field(default_factory=dict)
+    peaks: dict[LearnableQuantizer, float] = field(default_factory=dict)
+
+    def note(self, quantizer: nn.Module, x: Tensor) -> None:
+        if not isinstance(quantizer, LearnableQuantizer) or x.numel() == 0:
+            return
+        values = x.detach().abs() if quantizer.signed else x.detach().clamp_min(0.0)
+        self.peaks[quantizer] = max(float(values.amax()), self.peaks.get(quantizer, 0.0))
+
+
+class _ProductMode(TorchFunctionMode):
+    """Quantizes the operands of the owner's product calls during one forward of it."""
+
+    def __init__(self, owner: ProductQuantizers) -> None:
+        super().__init__()
+        self.owner = owner
+        self.seen: list[str] = []  # kinds of the product calls so far
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        kind = _FUNCTIONS.get(func)
+        if kind is None:
+            return func(*args, **kwargs)
+        call = len(self.seen)
+        self.seen.append(kind)
+        slots = self.owner.operands[str(call)] if str(call) in self.owner.operands else None
+        if slots is None or len(slots) != _OPERANDS[kind]:  # not quantized (or not as recorded)
+            return func(*args, **kwargs)
+        quantizers = [functools.partial(self._quantize, slot) for slot in slots]
+        if kind == ATTENTION:
+            bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
+            q, k, v = (bound.pop(name) for name in _SDPA_ARGS[:3])
+            return quantized_attention(q, k, v, quantizers, **bound)
+        a, b = quantizers[0](args[0]), quantizers[1](args[1])
+        return func(a, b, *args[2:], **kwargs)
+
+    def _quantize(self, quantizer: nn.Module, x: Tensor) -> Tensor:
+        record = self.owner._record
+        if record is not None:  # calibration: float statistics, the operand passes unquantized
+            record.note(quantizer, x)
+            return x
+        return quantizer(x)
+
+
+# F.scaled_dot_product_attention's arguments in positional order
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _repeat_heads(x: Tensor, r: int) -> Tensor:
+    """(..., H, S, E) -> (..., H*r, S, E): head h serves query heads h*r .. h*r + r - 1."""
+    if r == 1:
+        return x
+    *lead, h, s, e = x.shape
+    return x.unsqueeze(-3).expand(*lead, h, r, s, e).reshape(*lead, h * r, s, e)
+
+
+def quantized_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    quantizers: Sequence[Callable[[Tensor], Tensor]],
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    """``F.scaled_dot_product_attention`` in eager form, its operands quantized by ``quantizers``.
+
+    ``quantizers`` are four callables (e.g. `LearnableQuantizer` modules) for q, k, v and p.
+
+    softmax(Q(q)·Q(k)ᵀ · scale + mask) = p, then Q(p)·Q(v). Arguments and shapes as in
+    ``F.scaled_dot_product_attention`` (q: (..., Hq, L, E), k: (..., Hkv, S, E), v: (..., Hkv,
+    S, Ev); with ``enable_gqa`` Hq = r·Hkv and kv head h serves query heads h·r .. h·r + r - 1).
+    k and v are quantized before they are repeated for grouped queries; p is quantized before
+    dropout (its values lie in [0, 1]).
+    """
+    quantize_q, quantize_k, quantize_v, quantize_p = quantizers
+    q, k, v = quantize_q(query), quantize_k(key), quantize_v(value)
+    if enable_gqa and q.dim() >= 3:
+        k = _repeat_heads(k, q.shape[-3] // k.shape[-3])
+        v = _repeat_heads(v, q.shape[-3] // v.shape[-3])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., L, S)
+    if is_causal:
+        keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    p = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (..., L, S)
+    p = quantize_p(p)
+    if dropout_p > 0.0:
+        p = F.dropout(p, dropout_p)
+    return torch.matmul(p, v)  # (..., L, Ev)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attaching: a submodule and two hooks
+# ---------------------------------------------------------------------------------------------
+
+
+def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook: push the mode of ``module``'s product quantizers."""
+    owner = product_quantizers(module)
+    if owner is None:
+        return
+    mode = _ProductMode(owner)
+    mode.__enter__()
+    owner._active.append(mode)
+
+
+def _exit(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    """Forward hook (``always_call``): pop the mode pushed by `_enter`, even if forward raised."""
+    owner = product_quantizers(module)
+    if owner is None or not owner._active:
+        return
+    mode = owner._active.pop()
+    mode.__exit__(None, None, None)
+    if owner._record is not None:
+        owner._record.kinds.setdefault(module, []).append(tuple(mode.seen))
+
+
+def attach_product_quantizers(
+    module: nn.Module,
+    kinds: Sequence[str],
+    operands: dict[int, Sequence[nn.Module]],
+    labels: dict[int, Sequence[str]] | None = None,
+) -> ProductQuantizers:
+    """Quantize the operands of ``module``'s product calls; return the holder submodule.
+
+    ``kinds`` are the kinds of all product calls one forward of ``module`` runs, in order;
+    ``operands`` maps a call index to its operand quantizers (``[a, b]`` for `MATMUL`,
+    ``[q, k, v, p]`` for `ATTENTION`); ``labels`` names them for display (default: those
+    letters). The quantizers are moved to the device of the module's parameters; initialise
+    them afterwards (e.g. from `record_products` peaks).
+    """
+    if product_quantizers(module) is not None:
+        raise GetaError(f"{type(module).__name__} already has product quantizers")
+    holder = ProductQuantizers(kinds)
+    for call, slots in sorted(operands.items()):
+        if not 0 <= call < len(holder.kinds):
+            raise GetaError(f"product call {call} is out of range: the module runs {len(holder.kinds)}")
+        want = _OPERANDS[holder.kinds[call]]
+        if len(slots) != want:
+            raise GetaError(f"a {holder.kinds[call]} call has {want} operand quantizers, got {len(slots)}")
+        holder.operands[str(call)] = nn.ModuleList(slots)
+        names = (labels or {}).get(call, _LABELS[holder.kinds[call]])
+        if len(names) != want:
+            raise GetaError(f"a {holder.kinds[call]} call needs {want} labels, got {list(names)}")
+        holder.labels[str(call)] = tuple(names)
+    device = next((p.device for p in module.parameters()), None)
+    if device is not None:
+        holder.to(device=device)
+    module.add_module(PRODUCT_QUANTIZERS_ATTR, holder)
+    module.register_forward_pre_hook(_enter)
+    module.register_forward_hook(_exit, always_call=True)
+    return holder
+
+
+def product_quantizers(module: nn.Module) -> ProductQuantizers | None:
+    """The product quantizers attached to ``module``, or None."""
+    found = getattr(module, PRODUCT_QUANTIZERS_ATTR, None)
+    return found if isinstance(found, ProductQuantizers) else None
+
+
+def detach_product_quantizers(module: nn.Module) -> ProductQuantizers | None:
+    """Remove ``module``'s product quantizers and their hooks (products run in float); return them.
+
+    The hooks are found by identity in the module's hook tables (torch has no public way to
+    remove a hook whose handle was dropped).
+    """
+    holder = product_quantizers(module)
+    if holder is None:
+        return None
+    delattr(module, PRODUCT_QUANTIZERS_ATTR)
+    for table, fn in ((module._forward_pre_hooks, _enter), (module._forward_hooks, _exit)):
+        for key in [k for k, hook in table.items() if hook is fn]:
+            del table[key]
+            module._forward_pre_hooks_with_kwargs.pop(key, None)
+            module._forward_hooks_with_kwargs.pop(key, None)
+            module._forward_hooks_always_called.pop(key, None)
+    return holder
+
+
+@contextlib.contextmanager
+def record_products(modules: Sequence[nn.Module]) -> Iterator[ProductRecord]:
+    """Record the product calls of ``modules`` (and their operand peaks) while the block runs.
+
+    Use it around a forward on real inputs: ``peaks`` calibrate the quantizers (method.md §1.4),
+    ``kinds`` show whether each module ran the products its quantizers were attached for.
+    """
+    record = ProductRecord()
+    holders = [h for h in (product_quantizers(m) for m in modules) if h is not None]
+    for holder in holders:
+        holder._record = record
+    try:
+        yield record
+    finally:
+        for holder in holders:
+            holder._record = None
