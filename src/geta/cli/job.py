@@ -397,7 +397,7 @@ class CompressJob:
             try:
                 small = geta.convert(self.model, plan, verify=False).eval()
                 rep = geta.report(small, tuple(t.to(self.device) for t in self.data.example(1)))
-            except geta.GetaError:  # a model convert cannot handle: the final report will say why
+            except Exception:  # a measurement only: the final convert reports what went wrong
                 return {}
         return {"relative_bops": rep.relative_bops}
 
