@@ -9,6 +9,7 @@ from torch import nn
 import geta
 from geta.cli.job import mean_bits
 from geta.cli.outputs import quantizer_bits
+from geta.plan import QuantTarget
 
 
 class _Attention(nn.Module):
@@ -27,7 +28,7 @@ class _Attention(nn.Module):
 def plan() -> geta.Plan:
     model = _Attention().eval()
     in_proj = model.attn.in_proj_weight  # the parameter itself (prepare parametrizes the attribute)
-    plan = geta.prepare(model, (torch.randn(2, 5, 8),), geta.Config(weight_bits=(2, 8), act_bits=(2, 8)))
+    plan = geta.prepare(model, (torch.randn(2, 5, 8),), geta.Config(weight_bits=(2, 8)))
     for b in plan.bindings:  # 7 bits for the fused q/k/v weight, 3 for every other quantizer
         b.quantizer.set_bits(7.0 if b.tensor is in_proj else 3.0)
     return plan
@@ -35,13 +36,20 @@ def plan() -> geta.Plan:
 
 def test_mean_weight_bits_count_every_weight_quantizer(plan: geta.Plan) -> None:
     # three weights: attn.in_proj_weight (7 bits), attn.out_proj.weight and head.weight (3 bits)
-    bits = mean_bits(plan)
-    assert bits["weight_bits"] == pytest.approx((7 + 3 + 3) / 3, abs=1e-4)
-    assert bits["input_bits"] == pytest.approx(3.0, abs=1e-4)
+    assert mean_bits(plan) == {"weight_bits": pytest.approx((7 + 3 + 3) / 3, abs=1e-4)}
 
 
 def test_report_bits_are_filed_by_target(plan: geta.Plan) -> None:
     bits = quantizer_bits(plan)
-    assert set(bits) == {"weight", "input"}  # no kind named after an attribute
-    assert sorted(bits["weight"].values()) == [3, 3, 7] and set(bits["input"].values()) == {3}
-    assert len(bits["weight"]) + len(bits["input"]) == len(plan.quantizers)
+    assert set(bits) == {"weight", "input"}  # no kind named after an attribute (in_proj_weight)
+    assert sorted(bits["weight"].values()) == [3, 3, 7] and bits["input"] == {}
+
+
+def test_input_quantizers_are_filed_as_inputs() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    plan = geta.prepare(model, (torch.randn(3, 4),), geta.Config(weight_bits=(2, 8), act_bits=(2, 8)))
+    for b in plan.bindings:
+        b.quantizer.set_bits(5.0 if b.target is QuantTarget.INPUT else 3.0)
+    bits = quantizer_bits(plan)
+    assert set(bits["input"].values()) == {5} and set(bits["weight"].values()) == {3}
+    assert len(bits["input"]) == 2 and mean_bits(plan)["input_bits"] == pytest.approx(5.0, abs=1e-4)
