@@ -289,9 +289,11 @@ def _calibrate_products(
         if not runs or any(run != holder.kinds for run in runs):
             detach_product_quantizers(module)
             failed.append(module)
+            ran = "; ".join(str(list(r)) for r in runs) if runs else "never"
             warnings.warn(
-                f"geta: the products of {names[module] or 'the model'} stay in float: its forward ran "
-                f"{[list(r) for r in runs] or 'no products'}, the captured graph shows {list(holder.kinds)}",
+                f"geta: the products of {names[module] or 'the model'} stay in float: its forward "
+                f"called {ran} where the captured graph shows {list(holder.kinds)} (a product "
+                "inside a call geta cannot see into, e.g. F.multi_head_attention_forward)",
                 stacklevel=3,
             )
             continue
