@@ -90,7 +90,7 @@ def test_onnx_export_of_a_pruned_quantized_resnet(tmp_path: Path) -> None:
     from onnx import numpy_helper
 
     model, x = _quantized("resnet", 4)
-    info = onnx(model, x, tmp_path / "resnet.onnx")
+    info = onnx(model, x, tmp_path / "resnet.onnx", fold_batchnorm=False)
     assert info.max_relative_diff is not None and info.max_relative_diff <= 1e-3
     assert info.argmax_agreement is not None and info.argmax_agreement >= 0.99
     proto = onnx_lib.load(str(tmp_path / "resnet.onnx"))
@@ -108,6 +108,63 @@ def test_onnx_export_of_a_pruned_quantized_resnet(tmp_path: Path) -> None:
     assert {round(t.scale, 9) for t in info.tensors} <= scales  # the learned steps are the scales
     meta = {p.key: p.value for p in proto.metadata_props}
     assert [t["name"] for t in json.loads(meta["geta"])["tensors"]] == [t.name for t in info.tensors]
+
+
+def _random_batchnorm_statistics(model: nn.Module) -> None:
+    """Non-trivial BN statistics and affine terms (some γ negative), so that folding matters."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.randn(n, generator=gen))
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def test_batchnorm_folding_keeps_the_codes_and_is_exact_in_torch() -> None:
+    model, x = zoo.build("resnet")
+    _random_batchnorm_statistics(model)
+    plan = geta.prepare(model, x, geta.Config(weight_bits=(4, 4)))  # weights only: no rounding flips
+    with torch.no_grad():
+        for q in plan.quantizers.values():
+            q.set_bits(4)
+    before = model_outputs(model, x)
+    deploy, tensors = deployable(model, x, fold_batchnorm=True)
+    assert max_relative_error(model_outputs(deploy, x), before) <= 1e-5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deploy.modules())
+    folded = [t for t in tensors if "BatchNorm folded" in t.note]
+    assert len(folded) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 6
+    for conv in (m for m in deploy.modules() if isinstance(m, nn.Conv2d)):
+        form = conv.parametrizations.weight[0]
+        assert form.scale.dim() == 1 and bool((form.scale > 0).all())  # per channel, positive
+        assert int(form.codes.abs().max()) <= 7  # still 4-bit codes
+    assert len(plan.quantizers) and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("saturation_safe", [True, False])
+def test_folded_qdq_resnet_runs_integer_convolutions_in_onnxruntime(
+    tmp_path: Path, saturation_safe: bool
+) -> None:
+    import onnx as onnx_lib
+    import onnxruntime as ort
+
+    model, x = zoo.build("resnet")
+    _random_batchnorm_statistics(model)
+    plan = geta.prepare(model, x, geta.Config(weight_bits=(8, 8), act_bits=(8, 8)))
+    with torch.no_grad():
+        for q in plan.quantizers.values():
+            q.set_bits(8)
+    info = onnx(model, x, tmp_path / "folded.onnx", saturation_safe=saturation_safe)  # parity checked
+    assert info.max_relative_diff is not None and info.max_relative_diff <= 1e-3
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "folded.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx_lib.load(options.optimized_model_filepath).graph.node]
+    # the first conv of each block: its ReLU output reaches a QuantizeLinear only (others feed an Add)
+    assert "BatchNormalization" not in ops and ops.count("QLinearConv") == 2
 
 
 def test_full_range_8bit_weights_stay_exact_in_onnxruntime(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ on every call (a ``parametrize`` parametrization) and every quantized layer inpu
 - each quantized **weight** is replaced by its value Q(W) = k·step, a plain ``nn.Parameter``
   (the module gets its own class back: ``nn.Linear``, not ``ParametrizedLinear``). The outputs of
   a weights-only quantized model are unchanged;
-- each **layer-input quantizer is removed**, with its pre-hook. Layers then see float inputs,
-  so the outputs of a model trained with activation quantization change by about one
-  quantization step of those inputs: the baked model is the float model with the learned
+- each **activation quantizer is removed** with its hooks: layer inputs, and the operands of
+  activation products such as attention's q·kᵀ where geta quantizes them. Layers then see
+  float inputs, so the outputs of a model trained with activation quantization change by about
+  one quantization step of those inputs: the baked model is the float model with the learned
   weights, not a simulation of integer activations (use `geta.export.onnx` for that);
 - optionally (``fold_batchnorm=True``) every BatchNorm that directly follows a convolution is
   folded into that convolution's weight and bias and replaced by ``nn.Identity``:
@@ -44,7 +45,16 @@ from geta.export.info import ExportError
 from geta.quant.attach import detach_input_quantizer
 from geta.quant.quantizer import LearnableQuantizer
 
-__all__ = ["baked", "bake_weights", "fold_batchnorms", "remove_input_quantizers"]
+__all__ = [
+    "bake_weights",
+    "baked",
+    "batchnorm_factors",
+    "can_fold",
+    "conv_bn_pairs",
+    "fold_batchnorms",
+    "remove_activation_quantizers",
+    "replace_by_identity",
+]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -81,13 +91,27 @@ def bake_weights(model: nn.Module) -> bool:
     return broke
 
 
-def remove_input_quantizers(model: nn.Module) -> int:
-    """Remove every layer-input quantizer and its forward pre-hook, in place; return how many.
+def _detach_products(module: nn.Module) -> bool:
+    """Remove ``module``'s activation-product quantizers (attention's q·kᵀ, p·v), if geta has them."""
+    try:
+        from geta.quant.products import detach_product_quantizers
+    except ImportError:  # a geta without product quantizers
+        return False
+    return detach_product_quantizers(module) is not None
 
-    Raises `ExportError` if a `LearnableQuantizer` is left that geta did not attach (so it
-    cannot know how to remove it).
+
+def remove_activation_quantizers(model: nn.Module) -> int:
+    """Remove every activation quantizer with its hooks, in place; return how many modules had one.
+
+    Layer-input quantizers (`geta.quant.attach`) and the quantizers of activation products
+    such as attention's q·kᵀ and p·v: those computations then run in float. Raises
+    `ExportError` if a `LearnableQuantizer` is left that geta did not attach (it cannot know
+    how to remove it).
     """
-    count = sum(detach_input_quantizer(m) is not None for m in list(model.modules()))
+    count = 0
+    for module in list(model.modules()):
+        had_input = detach_input_quantizer(module) is not None
+        count += int(_detach_products(module) or had_input)
     left = [n for n, m in model.named_modules() if isinstance(m, LearnableQuantizer)]
     if left:
         raise ExportError(
@@ -103,7 +127,7 @@ def _module_path(node: torch.fx.Node) -> str | None:
     return list(stack.values())[-1][0] if stack else None
 
 
-def _conv_bn_pairs(model: nn.Module, example_inputs: object) -> list[tuple[nn.Module, nn.Module]]:
+def conv_bn_pairs(model: nn.Module, example_inputs: object) -> list[tuple[nn.Module, nn.Module]]:
     """(conv, bn) module pairs where the BatchNorm reads the convolution's output, and nothing else does.
 
     Both modules must be called exactly once (one node each in the exported graph): a shared
@@ -111,6 +135,8 @@ def _conv_bn_pairs(model: nn.Module, example_inputs: object) -> list[tuple[nn.Mo
     """
     from geta.graph.capture import normalize_inputs
 
+    if not any(isinstance(m, _NORMS) for m in model.modules()):
+        return []  # nothing to fold: skip the trace
     args, kwargs = normalize_inputs(example_inputs)
     with torch.no_grad():
         graph = torch.export.export(model, args, kwargs=kwargs, strict=False).graph
@@ -132,22 +158,49 @@ def _conv_bn_pairs(model: nn.Module, example_inputs: object) -> list[tuple[nn.Mo
 
 
 @torch.no_grad()
-def _fold(conv: nn.Module, bn: nn.Module) -> bool:
-    """Fold eval-mode ``bn`` into ``conv`` (in float64, then back to the weight's dtype)."""
-    if bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels:
-        return False  # batch statistics at inference (track_running_stats=False): nothing to fold
-    w = conv.weight
+def batchnorm_factors(conv_bias: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, bias) in float64 such that bn(conv(x)) = conv_with(W·scale, bias)(x), eval mode.
+
+    scale = γ/√(σ²+ε) per output channel; bias = (b - μ)·scale + β (b = 0 without a conv bias).
+
+    >>> bn = nn.BatchNorm1d(2).eval()
+    >>> with torch.no_grad():
+    ...     _ = bn.running_var.fill_(4.0), bn.running_mean.fill_(1.0), bn.weight.fill_(2.0)
+    >>> scale, bias = batchnorm_factors(None, bn)
+    >>> [round(v, 4) for v in scale.tolist()], [round(v, 4) for v in bias.tolist()]
+    ([1.0, 1.0], [-1.0, -1.0])
+    """
     scale = bn.running_var.double().add(bn.eps).rsqrt()  # 1/√(σ²+ε), (out,)
     if bn.weight is not None:
         scale = scale * bn.weight.double()  # γ/√(σ²+ε)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    bias = conv_bias.double() if conv_bias is not None else torch.zeros_like(scale)
     bias = (bias - bn.running_mean.double()) * scale
     if bn.bias is not None:
         bias = bias + bn.bias.double()
+    return scale, bias
+
+
+def can_fold(conv: nn.Module, bn: nn.Module) -> bool:
+    """Whether eval-mode ``bn`` has running statistics for exactly ``conv``'s output channels."""
+    return bn.running_mean is not None and bn.running_var is not None and bn.num_features == conv.out_channels
+
+
+@torch.no_grad()
+def _fold(conv: nn.Module, bn: nn.Module) -> None:
+    """Fold eval-mode ``bn`` into ``conv`` (computed in float64, stored in the weight's dtype)."""
+    w = conv.weight
+    scale, bias = batchnorm_factors(conv.bias, bn)
     shape = (-1,) + (1,) * (w.dim() - 1)  # (out, 1, 1, ...): one factor per output channel
     conv.weight = nn.Parameter((w.double() * scale.reshape(shape)).to(w.dtype), requires_grad=w.requires_grad)
     conv.bias = nn.Parameter(bias.to(w.dtype), requires_grad=w.requires_grad)
-    return True
+
+
+def replace_by_identity(model: nn.Module, module: nn.Module) -> None:
+    """Put an ``nn.Identity`` (same train/eval mode) where ``module`` is a child in ``model``."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is module:
+                setattr(parent, name, nn.Identity().train(module.training))
 
 
 def fold_batchnorms(model: nn.Module, example_inputs: object) -> int:
@@ -161,15 +214,12 @@ def fold_batchnorms(model: nn.Module, example_inputs: object) -> int:
         raise ExportError(
             "fold_batchnorms needs a model in eval mode: training BatchNorm uses batch statistics"
         )
-    parents = {
-        id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()
-    }
     folded = 0
-    for conv, bn in _conv_bn_pairs(model, example_inputs):
-        if parametrize.is_parametrized(conv) or not _fold(conv, bn):
+    for conv, bn in conv_bn_pairs(model, example_inputs):
+        if parametrize.is_parametrized(conv) or not can_fold(conv, bn):
             continue
-        parent, name = parents[id(bn)]
-        setattr(parent, name, nn.Identity().train(bn.training))
+        _fold(conv, bn)
+        replace_by_identity(model, bn)
         folded += 1
     return folded
 
@@ -179,8 +229,9 @@ def baked(model: nn.Module, example_inputs: object = None, *, fold_batchnorm: bo
 
     - quantized weights become plain parameters holding Q(W) (same outputs for weight-only
       quantization);
-    - layer-input (activation) quantizers are **removed**: layers see float inputs, so a model
-      trained with activation quantization computes slightly different outputs;
+    - activation quantizers (layer inputs, attention products) are **removed**: layers see
+      float inputs, so a model trained with activation quantization computes slightly
+      different outputs;
     - ``fold_batchnorm``: BatchNorms that follow a convolution are folded into it (exact in eval
       mode); needs ``example_inputs`` (a tuple, or a dict of keyword inputs) to trace the model.
 
@@ -194,7 +245,7 @@ def baked(model: nn.Module, example_inputs: object = None, *, fold_batchnorm: bo
         )
     new = copy.deepcopy(model).eval()
     bake_weights(new)
-    remove_input_quantizers(new)
+    remove_activation_quantizers(new)
     if fold_batchnorm:
         fold_batchnorms(new, example_inputs)
     return new

@@ -63,6 +63,7 @@ def onnx(
     saturation_safe: bool = True,
     dynamic_batch: bool = True,
     dynamic_shapes: Any = None,
+    fold_batchnorm: bool = True,
 ) -> ExportInfo:
     """Export ``model`` (with geta quantizers) to ``path`` as an ONNX QDQ graph.
 
@@ -73,6 +74,8 @@ def onnx(
     ``torch.onnx.export``) replaces that rule when given. A model without geta quantizers is
     exported as a plain float graph.
 
+    ``fold_batchnorm`` folds each BatchNorm that follows a convolution into it (exactly; see
+    `geta.export.qdq.deployable`), so that onnxruntime can run the convolution on integers.
     ``opset`` is the ai.onnx opset (None: the exporter's default). ``saturation_safe`` stores
     full-range 8-bit weights as uint8 with zero point 128 so that onnxruntime stays exact on
     AVX2 CPUs without VNNI (see `geta.export.qdq`). Returns an `ExportInfo`; raises
@@ -89,7 +92,9 @@ def onnx(
         logits = session.run(["output"], {"x": images})[0]  # any batch size
     """
     args, kwargs = normalize_inputs(example_inputs)
-    deploy, tensors = deployable(model, saturation_safe=saturation_safe)
+    deploy, tensors = deployable(
+        model, example_inputs, saturation_safe=saturation_safe, fold_batchnorm=fold_batchnorm
+    )
     names = output_names(_run(deploy, args, kwargs))
     auto_batch = dynamic_shapes is None and dynamic_batch
     shapes = batch_shapes(deploy, args, kwargs) if auto_batch else dynamic_shapes

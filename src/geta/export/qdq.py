@@ -12,6 +12,9 @@ QuantizeLinear / DequantizeLinear nodes (through the public `torch.onnx.ops.symb
   exactly where the fake-quant clips. If the exponent t != 1, Abs/Min/Pow/Sign nodes compute
   sign(x)·min(|x|, qmax)**t first. Above 8 bits: the same arithmetic with float Round/Clip.
 
+With ``fold_batchnorm`` each BatchNorm that directly follows a convolution is folded in, exactly:
+the codes stay, the weight's scale becomes one scale per output channel (`deployable`).
+
 Why some weights are uint8 with zero point 128. On x86 CPUs with AVX2 but without VNNI,
 onnxruntime runs fused int8 layers (QLinearConv, QGemm) with u8s8 kernels built on
 VPMADDUBSW, which adds two u8·s8 products in a *saturating* int16: with activations up to
@@ -25,10 +28,13 @@ keeps symmetric int8 for runtimes without this problem (VNNI CPUs, GPUs, NPUs).
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
+from geta.export.bake import batchnorm_factors, can_fold, conv_bn_pairs, replace_by_identity
 from geta.export.info import ExportError, TensorExport
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, input_quantizer, weight_quantizers
 from geta.quant.functional import MIN_QMAX, MIN_STEP, code_range, integer_codes
@@ -68,7 +74,11 @@ def encode_weight_codes(
 
 
 class _DequantizedWeight(nn.Module):
-    """Parametrization W = (codes - zero_point) · scale; ONNX: an int initializer + DequantizeLinear."""
+    """Parametrization W = (codes - zero_point) · scale; ONNX: an int initializer + DequantizeLinear.
+
+    ``scale`` is the learned step (0-dim), or one scale per output channel (dim 0) once a
+    BatchNorm is folded in (`fold_channel_scale`).
+    """
 
     def __init__(self, codes: Tensor, zero_point: int, scale: Tensor, dtype: torch.dtype) -> None:
         super().__init__()
@@ -77,14 +87,33 @@ class _DequantizedWeight(nn.Module):
         self.register_buffer("scale", scale.detach().to(torch.float32).clone())
         self.out_dtype = dtype  # the weight's dtype
 
+    @torch.no_grad()
+    def fold_channel_scale(self, factor: Tensor) -> None:
+        """W -> W · factor[c] per output channel c, exactly: |factor| joins the scale, its sign the codes.
+
+        DequantizeLinear scales must be positive, so a negative factor flips the codes of its
+        channel (k -> -k stays in the symmetric code range; with zero point z the stored
+        k + z becomes -k + z).
+        """
+        out = self.codes.shape[0]
+        shape = (out,) + (1,) * (self.codes.dim() - 1)
+        sign = torch.where(factor < 0, -1, 1).reshape(shape)
+        z = self.zero_point.to(torch.int32)
+        flipped = (self.codes.to(torch.int32) - z) * sign + z
+        self.codes = flipped.to(self.codes.dtype)
+        self.scale = (self.scale.double() * factor.double().abs()).to(torch.float32).reshape(out)
+        self.zero_point = self.zero_point.expand(out).clone()
+
     def forward(self, _unused: Tensor) -> Tensor:
+        per_channel = self.scale.dim() == 1
         if torch.onnx.is_in_onnx_export():
             return torch.onnx.ops.symbolic(
                 "DequantizeLinear", (self.codes, self.scale, self.zero_point),
-                dtype=torch.float32, shape=self.codes.shape,
+                {"axis": 0} if per_channel else None, dtype=torch.float32, shape=self.codes.shape,
             ).to(self.out_dtype)  # fmt: skip
-        k = self.codes.to(torch.float32) - self.zero_point.to(torch.float32)
-        return (k * self.scale).to(self.out_dtype)
+        shape = (-1,) + (1,) * (self.codes.dim() - 1) if per_channel else ()
+        k = self.codes.to(torch.float32) - self.zero_point.to(torch.float32).reshape(shape)
+        return (k * self.scale.reshape(shape)).to(self.out_dtype)
 
 
 def _act_limits(q: LearnableQuantizer) -> tuple[int, int, bool]:
@@ -204,18 +233,60 @@ def _replace_weight(
     return TensorExport(**info, encoding=encoding, zero_point=zero_point, note=note)
 
 
-def deployable(model: nn.Module, *, saturation_safe: bool = True) -> tuple[nn.Module, list[TensorExport]]:
+@torch.no_grad()
+def _fold_batchnorm(model: nn.Module, conv: nn.Module, bn: nn.Module) -> bool:
+    """Fold eval-mode ``bn`` into ``conv`` in deployment form; False (nothing changed) if it cannot."""
+    if not can_fold(conv, bn) or parametrize.is_parametrized(conv, "bias"):
+        return False
+    if any(isinstance(m, _InputQDQ) for m in bn.children()):
+        return False  # the BatchNorm's own input is quantized: it is a layer of its own
+    factor, bias = batchnorm_factors(conv.bias, bn)
+    w = conv.weight
+    shape = (-1,) + (1,) * (w.dim() - 1)  # (out, 1, 1, ...)
+    if parametrize.is_parametrized(conv, "weight"):
+        form = conv.parametrizations.weight[0]
+        if isinstance(form, _DequantizedWeight):
+            form.fold_channel_scale(factor)
+        elif isinstance(form, _FixedWeight):
+            form.value = (form.value.double() * factor.reshape(shape)).to(form.value.dtype)
+        else:
+            return False
+    else:
+        conv.weight = nn.Parameter((w.double() * factor.reshape(shape)).to(w.dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(w.dtype), requires_grad=False)
+    replace_by_identity(model, bn)
+    return True
+
+
+def deployable(
+    model: nn.Module,
+    example_inputs: object = None,
+    *,
+    saturation_safe: bool = True,
+    fold_batchnorm: bool = False,
+) -> tuple[nn.Module, list[TensorExport]]:
     """A deep copy of ``model`` (eval mode) with every geta quantizer in deployment (QDQ) form.
 
     The copy computes the same outputs as ``model`` in torch (exactly, up to float rounding,
     when every quantizer's real bit width rounds *up* or is already an integer, e.g. after
     QASSO's cool-down); the returned `TensorExport` list says how each tensor was encoded and
     which, if any, are limited by rounding their bits down. ``model`` is not modified.
+
+    ``fold_batchnorm`` (needs ``example_inputs`` to find the pairs, `geta.export.bake`): each
+    eval-mode BatchNorm that directly follows a convolution is folded into it, exactly: the
+    integer codes stay, the DequantizeLinear gets one scale per output channel,
+    step·|γ|/√(σ²+ε) (a negative factor flips its channel's codes), and the bias becomes
+    (b - μ)·γ/√(σ²+ε) + β. Why: onnxruntime cannot fold a BatchNorm into a convolution whose
+    weight is computed (DequantizeLinear), and its integer convolution (QLinearConv) needs the
+    convolution's output to reach the next QuantizeLinear without a BatchNorm in between.
     """
     new = copy.deepcopy(model).eval()
+    pairs = conv_bn_pairs(new, example_inputs) if fold_batchnorm and example_inputs is not None else []
     tensors: list[TensorExport] = []
+    weight_entry: dict[int, int] = {}  # id(conv) -> index of its weight in ``tensors``
     for name, module in list(new.named_modules()):
         for attr, q in weight_quantizers(module).items():
+            weight_entry[id(module)] = len(tensors) if attr == "weight" else -1
             tensors.append(_replace_weight(module, name, attr, q, saturation_safe))
         q_in = input_quantizer(module)
         if q_in is not None:
@@ -226,4 +297,10 @@ def deployable(model: nn.Module, *, saturation_safe: bool = True) -> tuple[nn.Mo
             f"quantizers not attached by geta (not a weight parametrization or a layer input): {left}; "
             "attach them with geta.quant.attach so that export can convert them"
         )
+    for conv, bn in pairs:
+        i = weight_entry.get(id(conv), -1)
+        if _fold_batchnorm(new, conv, bn) and i >= 0:
+            t = tensors[i]
+            note = "BatchNorm folded in: per-channel scales step·|γ|/√(σ²+ε)"
+            tensors[i] = dataclasses.replace(t, note=f"{t.note}; {note}" if t.note else note)
     return new, tensors
