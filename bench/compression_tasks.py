@@ -3,7 +3,10 @@
 - ``digits``: scikit-learn's 8x8 digits (1797 images), a residual CNN (conv 1->32, one basic
   block at 32 channels, a strided conv 32->64, global pool, linear 64->10);
 - ``mnist1d``: MNIST-1D generated offline (`mnist1d.data.make_dataset`, 4000 / 1000 signals of
-  length 40), a 1-D residual CNN of the same shape.
+  length 40), a 1-D residual CNN of the same shape;
+- ``lm``: byte-level language modelling on Python standard-library source (`geta.recipes.text`,
+  windows of 64 bytes, the last tenth held out), the CLI's ``llama`` recipe (a 2-layer
+  Llama-style model, hidden 64, grouped-query attention); the metric is perplexity.
 
 Every method of the benchmark trains with `fit` (SGD, momentum 0.9, weight decay 1e-4, a
 cosine learning rate over the call, batch 64, a seeded batch order), so methods differ only in
@@ -12,6 +15,7 @@ what they do to the model, never in the loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TASKS", "Task", "accuracy", "fit"]
+__all__ = ["TASKS", "Task", "accuracy", "fit", "perplexity", "score"]
 
 BATCH = 64
 
@@ -56,6 +60,7 @@ class Task:
     dense_epochs: int
     epochs: int  # the compression budget every method gets after the shared dense training
     lr: float  # peak learning rate of the compression phase (all methods)
+    lm: bool = False  # language modelling: (B, T, V) logits, perplexity instead of accuracy
 
 
 def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -82,9 +87,24 @@ def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x, t(d["y"]).long(), xt, t(d["y_test"]).long()
 
 
+def _text() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from geta.recipes.text import load_text
+
+    b = load_text(None)
+    return b.x_train, b.y_train, b.x_test, b.y_test
+
+
+def _llama() -> nn.Module:
+    from geta.recipes.models import llama
+    from geta.recipes.text import load_text
+
+    return llama(load_text(None))
+
+
 TASKS = {
     "digits": Task("digits", lambda: ResCNN(2), _digits, dense_epochs=20, epochs=40, lr=0.02),
     "mnist1d": Task("mnist1d", lambda: ResCNN(1), _mnist1d, dense_epochs=20, epochs=20, lr=0.02),
+    "lm": Task("lm", _llama, _text, dense_epochs=30, epochs=20, lr=0.05, lm=True),
 }
 
 
@@ -104,7 +124,6 @@ def fit(
     steps = len(y) // BATCH
     total, s = epochs * steps, 0
     g = torch.Generator().manual_seed(seed)
-    import math
 
     for epoch in range(epochs):
         model.train()
@@ -113,13 +132,35 @@ def fit(
             idx = perm[i * BATCH : (i + 1) * BATCH]
             opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * s / total))
             out = model(x[idx])
-            loss = F.cross_entropy(out, y[idx]) if loss_fn is None else loss_fn(out, y[idx], x[idx])
+            loss = _ce(out, y[idx]) if loss_fn is None else loss_fn(out, y[idx], x[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             s += 1
         if on_epoch is not None:
             on_epoch(epoch)
+
+
+def _ce(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy of class logits (B, C) or token logits (B, T, V)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """exp(mean token cross-entropy) on (x, y), in eval mode, in batches of 64 windows."""
+    was = model.training
+    model.eval()
+    total = sum(
+        float(_ce(model(x[i : i + 64]), y[i : i + 64])) * y[i : i + 64].numel() for i in range(0, len(y), 64)
+    )
+    model.train(was)
+    return math.exp(total / y.numel())
+
+
+def score(task: Task, model: nn.Module, data: tuple[Tensor, Tensor, Tensor, Tensor]) -> float:
+    """The task's test metric: accuracy (classification) or perplexity (language modelling)."""
+    return (perplexity if task.lm else accuracy)(model, data[2], data[3])
 
 
 @torch.no_grad()
