@@ -19,7 +19,7 @@ from geta.graph.capture import capture, eval_mode, normalize_inputs, on_meta, ru
 from geta.graph.groups import build_groups
 from geta.graph.ir import Graph
 from geta.graph.trial import unconvertible_groups
-from geta.ops.mha import eager_multihead_attention  # importing it registers nn.MultiheadAttention rules
+from geta.ops.mha import eager_layer_inputs, eager_multihead_attention  # (+ nn.MultiheadAttention rules)
 from geta.ops.modules import apply_module_constraints, is_layer
 from geta.plan import Plan, QuantBinding, QuantTarget
 from geta.product_sites import nonnegative, operand_sites, product_owners
@@ -74,7 +74,8 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     of activation x activation products (attention's q·kᵀ and p·v, named
     ``'<module>.qk.q'``, ``'.qk.k'``, ``'.pv.p'``, ``'.pv.v'``) at the module that runs them
     (`geta.quant.products`); ``nn.MultiheadAttention`` then computes in its eager form
-    (`geta.ops.mha.eager_multihead_attention`), the same function. The plan records the
+    (`geta.ops.mha.eager_multihead_attention`, the same function, captured once more to find
+    its products). The plan records the
     MACs and parameter count of the model as it was (``plan.dense``, counts only), the
     reference of `geta.report` for the converted model. A model that already
     carries geta quantizers keeps them, and its groups are the same as its float model's.
@@ -93,14 +94,39 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     if not isinstance(model, nn.Module):
         raise ConfigError(f"prepare(model=...) must be a torch.nn.Module, got {type(model).__name__}")
     normalize_inputs(example_inputs)
-    if config.act_bits is not None:
-        eager_multihead_attention(model)  # its products become calls geta can quantize
     analysis, plan = analyze_model(model, example_inputs, config)
     dense = dense_counts(model, plan.graph, example_inputs)  # before quantizers: the original model
     bindings = _attach(model, analysis, example_inputs, config)
     if config.act_bits is not None:
-        bindings += _attach_products(model, plan.graph, example_inputs, config)
+        graph = plan.graph
+        eager = eager_multihead_attention(model)  # after binding its weights: torch's form shows them
+        if eager:
+            bindings += _attach_eager_inputs(model, eager, example_inputs, config)
+            graph = capture(model, example_inputs)  # the products of the eager form
+        bindings += _attach_products(model, graph, example_inputs, config)
+    bindings += _carried_quantizers(model, bindings)
     return dataclasses.replace(plan, bindings=bindings, dense=dense)
+
+
+def _carried_quantizers(model: nn.Module, bound: list[QuantBinding]) -> list[QuantBinding]:
+    """Bindings of the geta weight and input quantizers ``model`` already carries that the
+    analysis did not find again (e.g. ``in_proj_weight`` of an attention in eager form, whose
+    q/k/v weights are chunks of it), so that a second prepare trains and bounds them all."""
+    seen = {id(b.quantizer) for b in bound}
+    out: list[QuantBinding] = []
+    for name, module in model.named_modules():
+        for attr, q in weight_quantizers(module).items():
+            if id(q) not in seen:
+                original = getattr(module.parametrizations, attr).original
+                out.append(
+                    QuantBinding(f"{name}.{attr}".lstrip("."), q, module, QuantTarget.WEIGHT, original)
+                )
+                seen.add(id(q))
+        q_in = input_quantizer(module)
+        if q_in is not None and id(q_in) not in seen:
+            out.append(QuantBinding(f"{name}.input".lstrip("."), q_in, module, QuantTarget.INPUT, None))
+            seen.add(id(q_in))
+    return out
 
 
 def _excluded(name: str, patterns: tuple[str, ...], module_name: str | None = None) -> bool:
@@ -204,6 +230,29 @@ def _attach_inputs(
             assert q is not None
             peak = ranges.get(layer, 1.0)
             q.init_from(torch.tensor(peak if peak > 0 else 1.0))
+    return out
+
+
+def _attach_eager_inputs(
+    model: nn.Module, attentions: list[nn.Module], example_inputs: object, config: Config
+) -> list[QuantBinding]:
+    """Input quantizers on the layers an attention's eager form calls (`eager_layer_inputs`)."""
+    names = {m: n for n, m in model.named_modules()}
+    fresh: list[nn.Module] = []
+    out: list[QuantBinding] = []
+    for attention in attentions:
+        for layer in eager_layer_inputs(attention):  # type: ignore[arg-type]
+            name = _join(names[layer], "input")
+            if input_quantizer(layer) is not None or _excluded(name, config.exclude_quant):
+                continue
+            attach_input_quantizer(layer, _new_quantizer(config))
+            out.append(QuantBinding(name, input_quantizer(layer), layer, QuantTarget.INPUT, None))  # type: ignore[arg-type]
+            fresh.append(layer)
+    if fresh and not on_meta(model):
+        ranges = calibrate_input_ranges(model, fresh, example_inputs, _run_eval)
+        for layer in fresh:
+            peak = ranges.get(layer, 1.0)
+            input_quantizer(layer).init_from(torch.tensor(peak if peak > 0 else 1.0))  # type: ignore[union-attr]
     return out
 
 

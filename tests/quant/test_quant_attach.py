@@ -81,6 +81,19 @@ def test_input_quantizer_hook() -> None:
         attach_input_quantizer(layer, LearnableQuantizer())
 
 
+def test_input_quantizer_quantizes_a_repeated_input_once() -> None:
+    attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    q = LearnableQuantizer(init_bits=3, qmax=1.0)
+    attach_input_quantizer(attn, q)
+    seen: list[tuple[torch.Tensor, ...]] = []
+    attn.register_forward_pre_hook(lambda m, args: seen.append(args))  # runs after geta's hook
+    x, other = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    attn(x, x, x)  # self-attention: query, key and value are one quantized tensor
+    assert seen[0][0] is seen[0][1] is seen[0][2] and torch.equal(seen[0][0], q(x))
+    attn(x, other, other)  # key/value are another tensor: passed as they are
+    assert torch.equal(seen[1][0], q(x)) and seen[1][1] is other and seen[1][2] is other
+
+
 def test_read_back_ignores_foreign_modules() -> None:
     plain = nn.Linear(2, 2)
     assert not is_quantized(plain) and input_quantizer(plain) is None

@@ -80,7 +80,7 @@ def test_search_space_is_that_of_the_float_model(name: str) -> None:
     assert [g.size for g in plan.prunable_groups] == [g.size for g in weights_only.prunable_groups]
     again = geta.prepare(model, inputs, CONFIG)  # a model that already carries its quantizers
     assert [g.size for g in again.prunable_groups] == [g.size for g in plan.prunable_groups]
-    assert {n: id(q) for n, q in _products(again).items()} == {n: id(q) for n, q in _products(plan).items()}
+    assert {n: id(q) for n, q in again.quantizers.items()} == {n: id(q) for n, q in plan.quantizers.items()}
 
 
 @pytest.mark.parametrize("name", ["mha", "hf_llama_sdpa", "hf_gpt2"])

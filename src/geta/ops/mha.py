@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 from geta.graph.context import Analysis
 from geta.ops.modules import freeze_tensor_dims, register_module_constraint, register_module_fixer
 
-__all__ = ["PrunedMultiheadAttention", "eager_multihead_attention"]
+__all__ = ["PrunedMultiheadAttention", "eager_layer_inputs", "eager_multihead_attention"]
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -139,6 +139,16 @@ def eager_multihead_attention(model: nn.Module) -> list[nn.Module]:
         mod.__class__ = _pruned_class(cls)
         changed.append(mod)
     return changed
+
+
+def eager_layer_inputs(mod: PrunedMultiheadAttention) -> list[nn.Module]:
+    """The modules whose first positional input feeds a linear layer in the eager form.
+
+    The attention itself (its query feeds the q projection, and the k and v projections too when
+    key and value are the same tensor, as in self-attention) and its ``out_proj``, which the
+    eager forward calls as a module (torch's forward only reads its weight).
+    """
+    return [mod, mod.out_proj]
 
 
 @register_module_constraint(nn.MultiheadAttention)

@@ -9,7 +9,7 @@ Two kinds of binding:
   ``module.parametrizations.weight.original``.
 - **input** (an "inserted branch"): `attach_input_quantizer` stores the quantizer as the
   submodule ``module.geta_input_quantizer`` and adds a forward pre-hook that fake-quantizes
-  the first positional input.
+  the first positional input (every positional argument that is that same tensor).
 
 What is attached is read back from the module itself (`weight_quantizers`,
 `input_quantizer`), never by matching names. Models with attached quantizers survive
@@ -156,18 +156,24 @@ def _restore_parametrized(module: nn.Module, state: dict[str, Any]) -> None:
 
 
 def _quantize_first_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """Forward pre-hook: replace the first positional input x by input_quantizer(x).
+    """Forward pre-hook: replace the first positional input x by input_quantizer(x), wherever x
+    is passed again positionally (self-attention's ``attn(x, x, x)``: one quantized tensor).
 
     A module-level function (not a closure), so deepcopy and pickle of the model keep it.
     """
     quantizer = input_quantizer(module)
     if quantizer is None or not args or not isinstance(args[0], Tensor):
         return None
-    return (quantizer(args[0]), *args[1:])
+    x = args[0]
+    q = quantizer(x)
+    return tuple(q if a is x else a for a in args)
 
 
 def attach_input_quantizer(module: nn.Module, quantizer: LearnableQuantizer) -> None:
     """Fake-quantize the first positional input of ``module`` on every call.
+
+    A positional argument that is the same tensor object as the first gets the same quantized
+    tensor (``attn(x, x, x)`` stays a self-attention call).
 
     The quantizer becomes the submodule ``module.geta_input_quantizer`` (so it is saved, moved
     and listed with the model) and is moved to the device of the module's parameters.
