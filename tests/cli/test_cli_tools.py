@@ -139,8 +139,9 @@ def test_report_of_a_run_directory(finished_run: Path, geta_cli: Callable[..., R
     assert accuracy is not None
     assert float(accuracy.group(1)) == pytest.approx(100 * saved["dense"]["accuracy"], abs=0.01)
     assert float(accuracy.group(2)) == pytest.approx(100 * saved["compressed"]["accuracy"], abs=0.01)
-    markdown = geta_cli("report", finished_run / "compressed.pt")
+    markdown = geta_cli("report", finished_run / "compressed.pt")  # a module alone: no run, no --dense
     assert markdown.code == 0 and "| layer | kind |" in markdown.out
+    assert f"(dense reference: {saved['dense']['macs']:,})" in markdown.out  # carried from prepare
 
 
 def test_report_piped_into_head_ends_quietly(finished_run: Path) -> None:
