@@ -14,7 +14,7 @@ STAMP      := $(VENV)/.stamp
 # Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
 RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: venv test test-slow demo lint format bench-qasso bench-prepare clean
+.PHONY: venv test test-slow demo lint format bench-qasso bench-prepare zoo clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,23 @@ bench-qasso: venv
 
 bench-prepare: venv
 	$(RUN_ENV) $(PY) -m bench.prepare_scale
+
+# Architecture coverage (docs/coverage.md): every torchvision classifier, a timm set and tiny
+# Hugging Face families through prepare -> zero half -> convert. Its own venv, because
+# torchvision and timm need a torch matched to them; ZOO_TORCH is installed in the same pip
+# command as geta so that pip never resolves another torch.
+ZOO_VENV   ?= .venv-zoo
+ZOO_TORCH  ?= torch==2.14.1 torchvision==0.29.1
+ZOO_PY     := $(ZOO_VENV)/bin/python
+ZOO_STAMP  := $(ZOO_VENV)/.stamp
+
+$(ZOO_STAMP): pyproject.toml
+	test -x $(ZOO_PY) || $(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_VENV)/bin/pip install $(ZOO_TORCH) timm 'transformers>=5' -e .
+	touch $(ZOO_STAMP)
+
+zoo: $(ZOO_STAMP)
+	$(RUN_ENV) $(ZOO_PY) -m bench.coverage
 
 clean:
 	rm -rf build dist runs out .pytest_cache .ruff_cache .hypothesis .mypy_cache
