@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from geta.quant.products import (
     product_quantizers,
     quantized_attention,
     record_products,
+    restore_product_quantizers,
 )
 
 
@@ -168,3 +170,29 @@ def test_attach_checks_calls_and_operand_counts() -> None:
     attach_product_quantizers(model, (MATMUL,), {0: [nn.Identity(), _quantizers(1)[0]]})
     with pytest.raises(Exception, match="already has product quantizers"):
         attach_product_quantizers(model, (MATMUL,), {0: _quantizers(2)})
+
+
+def test_layout_restores_an_equal_holder_and_slots_can_be_replaced() -> None:
+    model, x = Scores(), torch.randn(2, 5, 8)
+    a, b, p = _quantizers(3, signed=(True, True, False))
+    attach_product_quantizers(
+        model,
+        (MATMUL, MATMUL, MATMUL),
+        {1: [a, b], 2: [p, nn.Identity()]},
+        {1: ["qk.q", "qk.k"], 2: ["pv.p", "pv.v"]},
+    )
+    holder = product_quantizers(model)
+    assert holder is not None
+    ref, layout = model(x), holder.layout()
+    fresh = Scores()
+    fresh.load_state_dict(model.state_dict(), strict=False)  # the weight w
+    restored = restore_product_quantizers(fresh, json.loads(json.dumps(layout)))
+    fresh.load_state_dict(model.state_dict())  # now the quantizer scalars too: same names
+    torch.testing.assert_close(fresh(x), ref)
+    assert restored.layout() == layout and restored.labels == holder.labels
+    assert [(c, i, label) for c, i, label, _ in holder.slots()] == [
+        (1, 0, "qk.q"), (1, 1, "qk.k"), (2, 0, "pv.p"), (2, 1, "pv.v"),
+    ]  # fmt: skip
+    assert holder.replace(2, 0, nn.Identity()) is p  # e.g. an export's quantize-dequantize module
+    h = x @ model.w
+    torch.testing.assert_close(model(x), torch.bmm(torch.softmax(a(h) @ b(h.transpose(-2, -1)), -1), h))

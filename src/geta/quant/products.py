@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from geta.config import STE
 from geta.errors import GetaError
 from geta.quant.quantizer import LearnableQuantizer
 
@@ -72,6 +73,7 @@ __all__ = [
     "product_quantizers",
     "quantized_attention",
     "record_products",
+    "restore_product_quantizers",
 ]
 
 PRODUCT_QUANTIZERS_ATTR = "geta_product_quantizers"  # submodule name on the module running them
@@ -128,11 +130,49 @@ class ProductQuantizers(nn.Module):
         """Every geta quantizer held, in call order then operand order."""
         return [q for slots in self.operands.values() for q in slots if isinstance(q, LearnableQuantizer)]
 
+    def slots(self) -> list[tuple[int, int, str, nn.Module]]:
+        """(call, operand position, label, module) of every operand slot, in call order.
+
+        Exports replace a slot (`replace`) by their own quantize-dequantize module; the call
+        runs whatever module the slot holds.
+        """
+        return [
+            (int(call), i, self.labels[call][i], module)
+            for call, modules in self.operands.items()
+            for i, module in enumerate(modules)
+        ]
+
+    def replace(self, call: int, position: int, module: nn.Module) -> nn.Module:
+        """Put ``module`` into slot ``position`` of product call ``call``; return the old one."""
+        old = self.operands[str(call)][position]
+        self.operands[str(call)][position] = module
+        return old
+
+    def layout(self) -> dict[str, Any]:
+        """What `restore_product_quantizers` needs to rebuild this holder (JSON-ready).
+
+        ``{"kinds": [...], "calls": {"1": {"labels": [...], "quantizers": [{...}, null]}}}``: per
+        quantized call, each slot's label and its quantizer's settings (``signed``, ``ste``,
+        ``learn_exponent``; null for a slot left in float). The scalars are in the module's
+        ``state_dict``.
+        """
+        calls = {
+            call: {"labels": list(self.labels[call]), "quantizers": [_settings(m) for m in modules]}
+            for call, modules in self.operands.items()
+        }
+        return {"kinds": list(self.kinds), "calls": calls}
+
     def extra_repr(self) -> str:
         return f"kinds={list(self.kinds)}, quantized_calls={[int(k) for k in self.operands]}"
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_active": [], "_record": None}  # transient: never copied or pickled
+
+
+def _settings(slot: nn.Module) -> dict[str, Any] | None:
+    if not isinstance(slot, LearnableQuantizer):
+        return None
+    return {"signed": slot.signed, "ste": slot.ste.value, "learn_exponent": slot.learn_exponent}
 
 
 @dataclass
@@ -331,6 +371,25 @@ def detach_product_quantizers(module: nn.Module) -> ProductQuantizers | None:
             module._forward_hooks_with_kwargs.pop(key, None)
             module._forward_hooks_always_called.pop(key, None)
     return holder
+
+
+def restore_product_quantizers(module: nn.Module, layout: dict[str, Any]) -> ProductQuantizers:
+    """Attach product quantizers to ``module`` as `ProductQuantizers.layout` describes them.
+
+    The quantizers are fresh (``init_bits`` 16, qmax 1); load their scalars afterwards, e.g. with
+    ``model.load_state_dict``: the holder has the same parameter names as the one described.
+    """
+    operands: dict[int, list[nn.Module]] = {}
+    labels: dict[int, list[str]] = {}
+    for call, entry in layout["calls"].items():
+        operands[int(call)] = [
+            nn.Identity()
+            if q is None
+            else LearnableQuantizer(signed=q["signed"], learn_exponent=q["learn_exponent"], ste=STE(q["ste"]))
+            for q in entry["quantizers"]
+        ]
+        labels[int(call)] = list(entry["labels"])
+    return attach_product_quantizers(module, layout["kinds"], operands, labels)
 
 
 @contextlib.contextmanager
