@@ -9,6 +9,7 @@ uninterrupted run. Progress goes to a `Reporter`; this module prints nothing its
 
 from __future__ import annotations
 
+import copy
 import functools
 import random
 import time
@@ -281,7 +282,11 @@ class CompressJob:
     def _prepare(self, state: RunState) -> tuple[geta.Plan, geta.QASSO]:
         """Prepare the dense model and build QASSO; load the checkpoint's state if there is one."""
         o = state.options
-        config = geta.Config(target_sparsity=o.sparsity, weight_bits=o.weight_bits, act_bits=o.act_bits)
+        config = geta.Config(
+            target_sparsity=o.sparsity, weight_bits=o.weight_bits, act_bits=o.act_bits,
+            target_bops=o.target_bops, selection=o.selection, min_keep_fraction=o.min_keep,
+        )  # fmt: skip
+        self.teacher = self._teacher(state) if o.distill > 0 else None
         example = tuple(t.to(self.device) for t in self.data.example(CALIBRATION_SAMPLES))
         plan = geta.prepare(self.model, example, config)
         warmup, projection, joint, cooldown = o.stage_epochs()
@@ -302,6 +307,8 @@ class CompressJob:
             variant=o.optimizer,
             weight_decay=o.weight_decay,
             grad_clip=o.grad_clip,
+            forget=o.forget,
+            bits=o.bit_rule,
             **extra,
         )
         if state.model is not None and state.optimizer is not None:
@@ -316,6 +323,13 @@ class CompressJob:
             f"{len(plan.quantizers)} quantizers"
         )
         return plan, opt
+
+    def _teacher(self, state: RunState) -> nn.Module:
+        """A frozen copy of the dense model (eval mode) that teaches the compressed one."""
+        assert state.dense is not None
+        teacher = copy.deepcopy(self.model)
+        teacher.load_state_dict(state.dense["state"])
+        return teacher.eval().requires_grad_(False)
 
     def _qasso_lr(self, state: RunState, opt: geta.QASSO) -> Callable[[EpochStats], float]:
         """Constant lr until the cool-down (the forget rule reads it), then cosine decay to 0."""
@@ -374,6 +388,8 @@ class CompressJob:
             self.model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
             on_batch=self._on_batch(), stop=self.stop,
+            teacher=getattr(self, "teacher", None) if state.phase == "compress" else None,
+            distill_weight=o.distill,
         )  # fmt: skip
 
     def _extra(self) -> dict[str, float]:

@@ -66,6 +66,15 @@ class CompressOptions:
     dense_checkpoint: str | None = _opt(
         None, "state_dict of the dense model (e.g. dense.pt of a run): skip dense training"
     )
+    target_bops: float | None = _opt(
+        None,
+        "W+A BOPs budget relative to the dense FP32 model, e.g. 0.004; none: the middle of the bit ranges",
+    )
+    selection: str = _opt("uniform", "how pruned units spread over groups: uniform (same share) or global")
+    min_keep: float = _opt(0.1, "fraction of every group's units that always survives (no layer collapse)")
+    forget: str = _opt("linear", "forget rate of the selected rows: linear, or descent (the paper's rule)")
+    bit_rule: str = _opt("budget", "bits by sensitivity under the budget, or descent (the paper's step rule)")
+    distill: float = _opt(0.0, "weight of distillation from the dense model during compression (0: off)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: Callable[[str], str]) -> CompressOptions:
@@ -133,7 +142,7 @@ def default_text(name: str) -> str | None:
         side = 0 if name == "dense_lr" else 1
         return ", ".join(f"{opt} {lrs[side]:g}" for opt, lrs in DEFAULT_LR.items())
     if f.default is None:
-        return "none" if name in ("act_bits", "grad_clip") else None
+        return "none" if name in ("act_bits", "grad_clip", "target_bops") else None
     if isinstance(f.default, tuple):
         return ",".join(str(v) for v in f.default)
     return f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
@@ -266,6 +275,16 @@ def _optimizer(raw: Any, where: str) -> str:
     return value
 
 
+def _choice(*allowed: str) -> Callable[[Any, str], str]:
+    def convert(raw: Any, where: str) -> str:
+        value = _text(raw, where).lower()
+        if value not in allowed:
+            raise CliError(f"{where} must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return convert
+
+
 def _device(raw: Any, where: str) -> str:
     import torch
 
@@ -290,5 +309,8 @@ _CONVERT: dict[str, Callable[[Any, str], Any]] = {
     "lr_quant": _number(float, 0.0, None), "momentum": _number(float, 0.0, 0.999),
     "weight_decay": _number(float, 0.0, None), "grad_clip": _number(float, 1e-12, None, optional=True),
     "batch_size": _number(int, 1, None), "device": _device, "seed": _number(int, 0, None),
-    "dense_checkpoint": _optional_text,
+    "dense_checkpoint": _optional_text, "target_bops": _number(float, 1e-9, 1.0, optional=True),
+    "selection": _choice("uniform", "global"), "min_keep": _number(float, 0.0, 1.0),
+    "forget": _choice("linear", "descent"), "bit_rule": _choice("budget", "descent"),
+    "distill": _number(float, 0.0, None),
 }  # fmt: skip

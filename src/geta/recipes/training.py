@@ -113,13 +113,15 @@ def train_epoch(
     on_batch: Callable[[EpochStats], None] | None = None,
     stop: Callable[[], bool] | None = None,
     teacher: nn.Module | None = None,
+    distill_weight: float = 1.0,
 ) -> EpochStats:
     """Train ``model`` for one epoch from batch ``start``; return the epoch's running sums.
 
     ``lr()`` (if given) is read before every step and written into the optimizer's first param
     group. The epoch ends early, at a batch boundary, as soon as ``stop()`` returns True; the
     returned ``stats.batches`` then tells where to resume. With a ``teacher`` (the dense model,
-    in eval mode) the loss adds `distillation_loss` of the model's logits against the teacher's.
+    in eval mode) the loss adds ``distill_weight`` x `distillation_loss` of the model's logits
+    against the teacher's.
     """
     stats = stats if stats is not None else EpochStats()
     model.train()
@@ -134,7 +136,7 @@ def train_epoch(
         if teacher is not None:
             with torch.no_grad():
                 target = logits_of(teacher(x))
-            loss = loss + distillation_loss(logits, target)
+            loss = loss + distill_weight * distillation_loss(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
