@@ -75,10 +75,10 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     ``'<module>.qk.q'``, ``'.qk.k'``, ``'.pv.p'``, ``'.pv.v'``) at the module that runs them
     (`geta.quant.products`); ``nn.MultiheadAttention`` then computes in its eager form
     (`geta.ops.mha.eager_multihead_attention`, the same function, captured once more to find
-    its products). The plan records the
-    MACs and parameter count of the model as it was (``plan.dense``, counts only), the
-    reference of `geta.report` for the converted model. A model that already
-    carries geta quantizers keeps them, and its groups are the same as its float model's.
+    its products). The plan records the MACs and parameter count of the model as it was
+    (``plan.dense``, counts only), the reference of `geta.report` for the converted model. A
+    model that already carries geta quantizers keeps them, all bound again, and its groups are
+    the same as its float model's.
 
     >>> import torch, geta
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -109,9 +109,10 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
 
 
 def _carried_quantizers(model: nn.Module, bound: list[QuantBinding]) -> list[QuantBinding]:
-    """Bindings of the geta weight and input quantizers ``model`` already carries that the
-    analysis did not find again (e.g. ``in_proj_weight`` of an attention in eager form, whose
-    q/k/v weights are chunks of it), so that a second prepare trains and bounds them all."""
+    """Bindings of the geta quantizers ``model`` already carries that were not found again
+    (``in_proj_weight`` of an attention in eager form, whose q/k/v weights are chunks of it;
+    product quantizers under a config without ``act_bits``), so that a second prepare trains
+    and bounds them all."""
     seen = {id(b.quantizer) for b in bound}
     out: list[QuantBinding] = []
     for name, module in model.named_modules():
@@ -126,6 +127,10 @@ def _carried_quantizers(model: nn.Module, bound: list[QuantBinding]) -> list[Qua
         if q_in is not None and id(q_in) not in seen:
             out.append(QuantBinding(f"{name}.input".lstrip("."), q_in, module, QuantTarget.INPUT, None))
             seen.add(id(q_in))
+        if product_quantizers(module) is not None:
+            fresh = [b for b in _product_bindings(module, name) if id(b.quantizer) not in seen]
+            out += fresh
+            seen.update(id(b.quantizer) for b in fresh)
     return out
 
 

@@ -96,6 +96,13 @@ def test_convert_keeps_product_quantizers_and_equals_the_zeroed_model(name: str)
     assert all(h is not None and [round(q.bit_width) for q in h.quantizers()] == [4] * 4 for h in holders)
 
 
+def test_a_second_prepare_without_act_bits_still_binds_carried_product_quantizers() -> None:
+    model, inputs = zoo.build("mha")
+    first = geta.prepare(model, inputs, CONFIG)
+    again = geta.prepare(model, inputs, geta.Config(weight_bits=(4, 8)))
+    assert {n: id(q) for n, q in again.quantizers.items()} == {n: id(q) for n, q in first.quantizers.items()}
+
+
 class _RawAttention(nn.Module):
     """Calls torch's functional multi-head attention: its sdpa runs inside one opaque call."""
 
