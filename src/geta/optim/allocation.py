@@ -72,7 +72,10 @@ class BitAllocation:
     def pin(self, schedule: Schedule, stage: Stage, s: int) -> None:
         """(Re)allocate when due, then pin every step to the bits b(s) of its descent."""
         k = schedule.projection_period_at(s)
-        period_start = k is not None and (k == 0 or schedule.projection_period_at(s - 1) != k)
+        # with several projection periods the bits of period 0 are the initial bits whatever the
+        # allocation says, so period 0 allocates once; a single period re-allocates every step
+        first = s == schedule.projection_start or schedule.projection_periods == 1
+        period_start = k is not None and (first or schedule.projection_period_at(s - 1) != k)
         if not self.final and (self.targets is None or period_start or stage is Stage.JOINT):
             self.allocate(final=stage is Stage.JOINT)
         pinned = self.table.upper(schedule, s, self.targets)

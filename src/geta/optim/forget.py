@@ -2,15 +2,20 @@
 
 A step of the joint stage runs in three phases around the ordinary update:
 
-1. ``ForgetStep(...)`` (before any parameter moves): gathers x_R, splits quantized rows into
-   the clipped value c and the rounding residual r at the quantizer's *current* step, and
-   records every quantizer's bit interval for the current qmax and exponent;
-2. `ForgetStep.record` (while the optimizer walks its parameters): keeps the rows of each
-   base direction ∇;
-3. `ForgetStep.apply` (after the ordinary update x <- x - α∇ of every row): statistics per
-   unit and per (unit, layer) block with one ``index_add_`` per slice, the pure rules of
+1. ``ForgetStep(...)`` (before any parameter moves): with the paper's step rule, records every
+   quantizer's current scalars and bit interval for the current qmax and exponent;
+2. `ForgetStep.record` (while the optimizer walks its parameters, just before a tensor moves):
+   keeps the elements of R in that tensor, x_R, and of its base direction ∇;
+3. `ForgetStep.apply` (after the ordinary update x <- x - α∇ of every row): splits quantized
+   elements into the clipped value c and the rounding residual r at the quantizer's step from
+   before the update, statistics per unit and per (unit, layer) block, the pure rules of
    `geta.optim.rules` for γ and the per-layer steps, the new step of each touched quantizer,
-   and finally x_R <- x_R - γ (c + d_l r) with one ``index_add_`` per slice.
+   and finally x_R <- x_R - γ (c + d_l r).
+
+R is read through its flat view (`geta.optim.layout.flat_rows`, built once per pruning period):
+one ``take`` per tensor for x and ∇, one ``put_`` per tensor for the update, and the sums over
+all tensors of a device and dtype in one ``index_add_`` -- no Python loop over slices, units or
+rows, and no host sync.
 
 With ``step_rule=False`` (the default bit rule of geta, `geta.optim.modes.BitRule.BUDGET`) the
 quantizers' steps belong to the bit allocation: the forgetting shrinks the raw rows,
@@ -29,28 +34,28 @@ import torch
 from torch import Tensor
 
 from geta.optim import rules
-from geta.optim.layout import RedundantRows, gather_rows, scatter_rows_add_
+from geta.optim.layout import FlatBucket, RedundantRows
 from geta.optim.quantizers import QuantizerTable
 
 __all__ = ["ForgetStep"]
 
-_F64 = torch.float64  # per-row sums and the rules run in double; elements stay in their dtype
+_Prepared = tuple[FlatBucket, Tensor, Tensor | None, Tensor | None]  # (bucket, c, ∇, r) per bucket
 
-
-def _row_sum(a: Tensor, b: Tensor, w: Tensor | None) -> Tensor:
-    """Σ_columns w a b per row, accumulated in float64: shape (k,)."""
-    prod = a * b if w is None else a * b * w
-    return prod.sum(1, dtype=_F64)
+_F64 = torch.float64  # per-unit sums and the rules run in double; elements stay in their dtype
 
 
 class ForgetStep:
-    """The forgetting of one step; see the module docstring for the three phases."""
+    """The forgetting of one step; see the module docstring for the three phases.
+
+    ``b_hi`` (n_q,), the upper bit bounds in force, is only read by the step rule (may be None
+    without it).
+    """
 
     def __init__(
         self,
         rows: RedundantRows,
         table: QuantizerTable,
-        b_hi: Tensor,
+        b_hi: Tensor | None,
         *,
         floor: float = 0.0,
         step_rule: bool = True,
@@ -59,65 +64,110 @@ class ForgetStep:
         self.table = table
         self.floor = floor  # γ >= floor / (T - t), see `rules.forget_rate`
         self.step_rule = step_rule and len(table) > 0
+        # with floor >= 1 `rules.forget_rate` gives every unit floor / (T - t) (0 if already
+        # zero): γ does not depend on ∇, whose rows are then neither kept nor summed
+        self.needs_grad = floor < 1.0 or self.step_rule
         # the statistics live on the parameters' device: no host sync during the step
         self.device = rows.slices[0].ref.tensor.device if rows.slices else torch.device("cpu")
-        self.block_unit = rows.block_unit.to(self.device)
-        self.block_layer = rows.block_layer.to(self.device)
         if self.step_rule:
-            step, qmax, exponent = table.scalars()  # (n_q,) before this step's update
-            lo, hi = table.bounds(b_hi, qmax, exponent)
+            assert b_hi is not None, "the step rule needs the upper bit bounds"
+            self.scalars = table.scalars()  # (step, qmax, exponent), (n_q,) before this step's update
+            lo, hi = table.bounds(b_hi, self.scalars[1], self.scalars[2])
             self.step_min, self.step_max = lo.to(self.device, _F64), hi.to(self.device, _F64)
-        self.c: list[Tensor] = []  # clipped values c per slice, (k, m*rest); x if not quantized
-        self.r: list[Tensor | None] = []  # rounding residuals r (None: not quantized)
-        self.grad: list[Tensor | None] = [None] * len(rows.slices)  # ∇ rows, filled by `record`
-        self._slots: dict[int, list[int]] = {}  # id(tensor) -> positions in rows.slices
-        for i, rs in enumerate(rows.slices):
-            ref = rs.ref
-            self._slots.setdefault(id(ref.tensor), []).append(i)
-            x = gather_rows(ref.tensor.detach(), ref.dim, rs.pos, rs.rows)  # x_R rows
-            if ref.quant >= 0 and self.step_rule:
-                q, signed = ref.quant, table.quantizers[ref.quant].signed
-                c, r = rules.forget_parts(x, step[q], qmax[q], exponent[q], signed=signed)
-                self.c.append(c)
-                self.r.append(r)
-            else:
-                self.c.append(x)
-                self.r.append(None)
+            self.block_unit = rows.block_unit.to(self.device)
+            self.block_layer = rows.block_layer.to(self.device)
+        self.recorded = [[False] * len(b.parts) for b in rows.flat]
 
     def touches(self, p: Tensor) -> bool:
-        return id(p) in self._slots
+        return id(p) in self.rows.flat_of
 
     def record(self, p: Tensor, direction: Tensor) -> None:
-        """Keep the rows of ``p``'s base direction ∇ that belong to R."""
-        for i in self._slots.get(id(p), ()):
-            rs = self.rows.slices[i]
-            self.grad[i] = gather_rows(direction, rs.ref.dim, rs.pos, rs.rows)
+        """Keep ``p``'s elements of R, x_R, and those of its base direction ∇ (before ``p`` moves)."""
+        b, j = self.rows.flat_of[id(p)]
+        bucket = self.rows.flat[b]
+        index, at, size = bucket.parts[j].index, bucket.offsets[j], bucket.sizes[j]
+        torch.take(p.detach(), index, out=bucket.buffer("x", p.dtype).narrow(0, at, size))
+        if self.needs_grad:
+            torch.take(direction, index, out=bucket.buffer("g", p.dtype).narrow(0, at, size))
+        self.recorded[b][j] = True
 
-    def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(‖∇‖², ‖c‖², <c, ∇>) per unit (n_R,) and <∇_l, r_l> per block (n_B,)."""
+    def _gather(self, b: int, bucket: FlatBucket) -> tuple[Tensor, Tensor | None]:
+        """(x_R, ∇_R) of ``bucket``, (E,) each; a tensor that did not move has ∇ = 0."""
+        dtype = bucket.parts[0].tensor.dtype
+        x = bucket.buffer("x", dtype)
+        g = bucket.buffer("g", dtype) if self.needs_grad else None
+        for j, part in enumerate(bucket.parts):
+            if not self.recorded[b][j]:  # no gradient: the tensor kept its values
+                at, size = bucket.offsets[j], bucket.sizes[j]
+                torch.take(part.tensor.detach(), part.index, out=x.narrow(0, at, size))
+                if g is not None:
+                    g.narrow(0, at, size).zero_()
+        return x, g
+
+    def _split(self, bucket: FlatBucket, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(c, r) of the step rule: clipped values and rounding residuals of quantized parts.
+
+        Without the step rule c = x and r = None; unquantized parts have c = x and r = 0.
+        """
+        if not self.step_rule:
+            return x, None
+        step, qmax, exponent = self.scalars
+        c, r = bucket.buffer("c", x.dtype), bucket.buffer("r", x.dtype)
+        for part, at, size in zip(bucket.parts, bucket.offsets, bucket.sizes, strict=True):
+            xs, cs, rs = x.narrow(0, at, size), c.narrow(0, at, size), r.narrow(0, at, size)
+            if part.quant >= 0:
+                q, signed = part.quant, self.table.quantizers[part.quant].signed
+                c_part, r_part = rules.forget_parts(xs, step[q], qmax[q], exponent[q], signed=signed)
+                cs.copy_(c_part)
+                rs.copy_(r_part)
+            else:
+                cs.copy_(xs)
+                rs.zero_()
+        return c, r
+
+    def _stats(self, prepared: list[_Prepared]) -> tuple[Tensor, Tensor]:
+        """(‖∇‖², ‖c‖², <c, ∇>) per unit, (3, n_R), and <∇_l, r_l> per block, (n_B,).
+
+        Products in the elements' dtype, summed in float64: a segment sum over the runs, then
+        the runs' sums added into their units (blocks).
+        """
         n_units, n_blocks = self.rows.units.numel(), self.rows.block_unit.numel()
-        grad_sq = torch.zeros(n_units, dtype=_F64, device=self.device)
-        c_sq, c_dot = torch.zeros_like(grad_sq), torch.zeros_like(grad_sq)
-        r_dot = torch.zeros(n_blocks, dtype=_F64, device=self.device)
-        for i, rs in enumerate(self.rows.slices):
-            c, g, w = self.c[i], self.grad[i], rs.owned  # (k, m*rest) each; w: ownership 0/1
-            c_sq.index_add_(0, rs.unit, _row_sum(c, c, w))
-            if g is None:
-                continue  # a tensor without gradient: ∇ = 0 on its rows
-            grad_sq.index_add_(0, rs.unit, _row_sum(g, g, w))
-            c_dot.index_add_(0, rs.unit, _row_sum(c, g, w))
-            r = self.r[i]
-            if r is not None and rs.block is not None:
-                r_dot.index_add_(0, rs.block, _row_sum(r, g, w))
-        return grad_sq, c_sq, c_dot, r_dot
+        sums = torch.zeros(3, n_units, dtype=_F64, device=self.device)
+        r_dot = torch.zeros(n_blocks + 1, dtype=_F64, device=self.device)  # the last: no block
+        for bucket, c, g, r in prepared:
+            tmp = bucket.buffer("t", c.dtype)
+            pairs = ((g, g), (c, c), (c, g)) if g is not None else ((c, c),)
+            wide = bucket.buffer("w", _F64, width=len(pairs))  # (E, 3) or (E,)
+            for k, (a, b) in enumerate(pairs):
+                torch.mul(a, b, out=tmp)
+                (wide if len(pairs) == 1 else wide[:, k]).copy_(tmp)
+            runs = torch.segment_reduce(wide, "sum", lengths=bucket.run_lengths, unsafe=True)
+            units = bucket.run_unit.to(self.device)
+            if len(pairs) == 1:
+                sums[1].index_add_(0, units, runs.to(self.device))
+            else:
+                sums.index_add_(1, units, runs.to(self.device).T)
+            if r is not None and g is not None:
+                torch.mul(r, g, out=tmp)
+                one = bucket.buffer("w1", _F64)
+                one.copy_(tmp)
+                runs = torch.segment_reduce(one, "sum", lengths=bucket.run_lengths, unsafe=True)
+                r_dot.index_add_(0, bucket.run_block.to(self.device), runs.to(self.device))
+        return sums, r_dot[:n_blocks]
 
     @torch.no_grad()
     def apply(self, *, lr: float, period_len: int, t: int) -> Tensor:
         """Choose γ and the layer steps, set the steps, forget; returns γ per unit (n_R,)."""
-        grad_sq, c_sq, c_dot, r_dot = self._stats()
+        prepared = []
+        for b, bucket in enumerate(self.rows.flat):
+            x, g = self._gather(b, bucket)
+            c, r = self._split(bucket, x)
+            prepared.append((bucket, c, g, r))
+        sums, r_dot = self._stats(prepared)
+        grad_sq, c_sq, c_dot = sums.unbind(0)
         gamma = rules.forget_rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t, floor=self.floor)
         layer_step = None
-        if self.step_rule and self.block_unit.numel():
+        if self.step_rule and self.rows.block_unit.numel():
             layer = self.block_layer
             gamma, block_step = rules.forget_steps(
                 gamma, grad_sq, self.block_unit, r_dot, self.step_min[layer], self.step_max[layer], lr=lr
@@ -126,13 +176,21 @@ class ForgetStep:
             device = current.device
             layer_step = rules.layer_steps(layer.to(device), block_step.to(device, current.dtype), current)
             self.table.write_steps(layer_step)
-        for i, rs in enumerate(self.rows.slices):
-            ref = rs.ref
-            c, r = self.c[i], self.r[i]
-            # γ (c + d_l r) = γ Q(x) for quantized rows, γ x otherwise; (k, m*rest)
-            q_term = c if r is None or layer_step is None else c + layer_step[ref.quant].to(c.dtype) * r
-            term = gamma[rs.unit].to(c.device, c.dtype)[:, None] * q_term
-            if rs.owned is not None:
-                term = term * rs.owned  # each element forgotten once, by its owner
-            scatter_rows_add_(ref.tensor.data, ref.dim, rs.pos, term.neg_())
+        for bucket, c, _, r in prepared:
+            # γ (c + d_l r) = γ Q(x) for quantized elements, γ x otherwise; (E,)
+            q_term = c
+            if r is not None and layer_step is not None:
+                q_term = bucket.buffer("q", c.dtype)
+                for part, at, size in zip(bucket.parts, bucket.offsets, bucket.sizes, strict=True):
+                    qs, cs = q_term.narrow(0, at, size), c.narrow(0, at, size)
+                    if part.quant >= 0:
+                        torch.mul(r.narrow(0, at, size), layer_step[part.quant].to(c.dtype), out=qs)
+                        qs.add_(cs)
+                    else:
+                        qs.copy_(cs)
+            term = bucket.buffer("t", c.dtype)
+            torch.index_select(gamma.to(c.device, c.dtype), 0, bucket.unit, out=term)
+            term.mul_(q_term).neg_()
+            for part, at, size in zip(bucket.parts, bucket.offsets, bucket.sizes, strict=True):
+                part.tensor.data.put_(part.index, term.narrow(0, at, size), accumulate=True)
         return gamma

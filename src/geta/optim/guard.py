@@ -4,9 +4,10 @@ A NaN or inf gradient must stop training with a message that names the step and 
 parameter (method.md §3, issue item 7): continuing would spread NaN into every weight and
 quantizer, and silently skipping the step would hide the problem.
 
-The check costs one reduction per tensor and one host sync per step: the per-tensor sums are
-stacked and tested together; only when that test fails are the tensors inspected one by one
-(a sum can overflow to inf with finite elements, so the slow path decides).
+The check costs one reduction per tensor (one for all 0-dim tensors together) and one host
+sync per step: the sums are stacked and tested together; only when that test fails are the
+tensors inspected one by one (a sum can overflow to inf with finite elements, so the slow
+path decides).
 """
 
 from __future__ import annotations
@@ -30,8 +31,17 @@ def check_finite(grads: Sequence[Tensor], step: int, name_of: Callable[[int], st
     """Raise `NonFiniteError` if any of ``grads`` holds NaN/inf; ``name_of(i)`` names grads[i]."""
     if not grads:
         return
-    sums = torch.stack([g.sum().float().to(grads[0].device) for g in grads])
-    if bool(torch.isfinite(sums).all()):
+    device = grads[0].device
+    # 0-dim gradients (a quantizer's scalars: most of a model's tensors) are stacked, not summed
+    scalars: dict[torch.device, list[Tensor]] = {}
+    sums = []
+    for g in grads:
+        if g.dim() == 0:
+            scalars.setdefault(g.device, []).append(g)
+        else:
+            sums.append(g.sum().float().to(device))
+    sums.extend(torch.stack(same).sum().float().to(device) for same in scalars.values())
+    if bool(torch.isfinite(torch.stack(sums)).all()):
         return
     for i, g in enumerate(grads):
         bad = ~torch.isfinite(g)

@@ -21,14 +21,23 @@ rows, their local unit ids and, for a quantized tensor, their (unit, layer) bloc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from geta.graph.group import PruneGroup
 
-__all__ = ["RedundantRows", "RedundantSlice", "SliceRef", "UnitLayout", "gather_rows"]
+__all__ = [
+    "FlatBucket",
+    "FlatPart",
+    "RedundantRows",
+    "RedundantSlice",
+    "SliceRef",
+    "UnitLayout",
+    "flat_rows",
+    "gather_rows",
+]
 
 
 def gather_rows(tensor: Tensor, dim: int, pos: Tensor, rows: int) -> Tensor:
@@ -82,6 +91,97 @@ class RedundantRows:
     slices: tuple[RedundantSlice, ...]
     block_unit: Tensor  # (n_B,) local unit of each block
     block_layer: Tensor  # (n_B,) quantizer index of each block
+    flat: tuple[FlatBucket, ...]  # the same owned elements per tensor (`flat_rows`)
+    flat_of: dict[int, tuple[int, int]]  # id(tensor) -> (bucket, part) in ``flat``
+
+
+@dataclass(frozen=True, eq=False)
+class FlatPart:
+    """The elements of R one tensor holds, each once (with its owner), read as a 1-D tensor."""
+
+    tensor: Tensor  # the nn.Parameter, by identity
+    index: Tensor  # (E,) int64 row-major positions in the tensor (``Tensor.take`` / ``put_``)
+    quant: int  # the tensor's weight quantizer in the optimizer's table, -1: none
+
+
+@dataclass(frozen=True, eq=False)
+class FlatBucket:
+    """The `FlatPart` s of one device and dtype, concatenated: one op per step for all of them.
+
+    The concatenation is a sequence of *runs*, the elements one row of one slice owns (one
+    unit each), so per-unit sums are a segment sum over runs plus a small ``index_add_``.
+    ``scratch`` keeps the step's work buffers between steps on the CPU, where allocating
+    large tensors costs page faults at every step.
+    """
+
+    parts: tuple[FlatPart, ...]
+    offsets: tuple[int, ...]  # where each part starts in the concatenation
+    sizes: tuple[int, ...]  # E of each part
+    unit: Tensor  # (E_total,) local unit (0..n_R-1) of every element, parts in order
+    run_lengths: Tensor  # (n_runs,) elements of each run
+    run_unit: Tensor  # (n_runs,) local unit of each run
+    run_block: Tensor  # (n_runs,) (unit, layer) block of each run; n_B where not quantized
+    scratch: dict[str, Tensor] = field(default_factory=dict)
+
+    def buffer(self, name: str, dtype: torch.dtype, width: int = 1) -> Tensor:
+        """A work buffer (E_total,) or (E_total, width), kept on the CPU, fresh elsewhere."""
+        shape = (int(self.unit.numel()),) if width == 1 else (int(self.unit.numel()), width)
+        buf = self.scratch.get(name)
+        if buf is None or buf.dtype != dtype or buf.shape != shape:
+            buf = torch.empty(shape, dtype=dtype, device=self.unit.device)
+            if buf.device.type == "cpu":
+                self.scratch[name] = buf
+        return buf
+
+
+def _flat_positions(shape: torch.Size, dim: int, pos: Tensor) -> Tensor:
+    """Row-major positions of the elements `gather_rows` returns: (len(pos), rest) int64."""
+    inner = 1
+    for n in shape[dim + 1 :]:
+        inner *= n
+    rest = shape.numel() // max(shape[dim], 1)
+    r = torch.arange(rest, device=pos.device)
+    column = (r // inner) * (shape[dim] * inner) + r % inner  # (rest,) offset of each column
+    return pos[:, None] * inner + column[None, :]
+
+
+def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBucket, ...]:
+    """The owned elements of the redundant ``slices`` per tensor, bucketed by (device, dtype).
+
+    Built once per pruning period, so that a step gathers, sums and updates the rows of R with
+    a few operations per tensor and per bucket, never per slice.
+    """
+    # per tensor, in layout order: element positions and, per run, (length, unit, block)
+    chunks: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]] = {}
+    first: dict[int, SliceRef] = {}
+    for rs in slices:
+        ref = rs.ref
+        positions = _flat_positions(ref.tensor.shape, ref.dim, rs.pos).reshape(rs.rows, -1)  # (k, w)
+        block = torch.full_like(rs.unit, num_blocks) if rs.block is None else rs.block
+        if rs.owned is None:
+            lengths = torch.full_like(rs.unit, positions.shape[1])
+            unit = rs.unit.repeat_interleave(positions.shape[1])
+            positions = positions.reshape(-1)
+        else:  # keep the elements this slice owns; row by row, so runs stay contiguous
+            keep = rs.owned.bool()
+            lengths = keep.sum(1)
+            unit = rs.unit[:, None].expand_as(positions)[keep]
+            positions = positions[keep]
+        chunks.setdefault(id(ref.tensor), []).append((positions, unit, lengths, rs.unit, block))
+        first.setdefault(id(ref.tensor), ref)
+    buckets: dict[tuple[torch.device, torch.dtype], list[tuple[int, FlatPart]]] = {}
+    for key, parts in chunks.items():
+        ref = first[key]
+        part = FlatPart(ref.tensor, torch.cat([c[0] for c in parts]), ref.quant)
+        buckets.setdefault((ref.tensor.device, ref.tensor.dtype), []).append((key, part))
+    out = []
+    for items in buckets.values():
+        cols = [torch.cat([c[i] for key, _ in items for c in chunks[key]]) for i in range(1, 5)]
+        parts_b = tuple(p for _, p in items)
+        sizes = tuple(int(p.index.numel()) for p in parts_b)
+        offsets = tuple(sum(sizes[:j]) for j in range(len(sizes)))
+        out.append(FlatBucket(parts_b, offsets, sizes, *cols))
+    return tuple(out)
 
 
 def _ownership(parts: list[tuple[SliceRef, Tensor, int]]) -> list[Tensor | None]:
@@ -175,7 +275,9 @@ class UnitLayout:
             if ref.quant >= 0:
                 block = torch.searchsorted(uniq, ids.cpu() * n_layers + ref.quant).to(ids.device)
             out.append(RedundantSlice(ref, pos, ids.numel(), ids, block, mask))
-        return RedundantRows(units, tuple(out), uniq // n_layers, uniq % n_layers)
+        flat = flat_rows(out, int(uniq.numel()))
+        flat_of = {id(p.tensor): (b, j) for b, bucket in enumerate(flat) for j, p in enumerate(bucket.parts)}
+        return RedundantRows(units, tuple(out), uniq // n_layers, uniq % n_layers, flat, flat_of)
 
     def zero_positions(self, units: Tensor) -> list[tuple[Tensor, int, Tensor]]:
         """(tensor, dim, positions) to fill with zeros for the global ``units`` (N,) bool mask."""

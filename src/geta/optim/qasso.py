@@ -22,6 +22,7 @@ The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookk
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -260,16 +261,19 @@ class QASSO(torch.optim.Optimizer):
             for p in live:
                 p.grad.clamp_(-self.grad_clip, self.grad_clip)
         forget = self._joint_begin(s) if stage is Stage.JOINT else None
+        domains = self._domains
         for group in self.param_groups:
+            direction_of, lr = self._direction_of(group), group["lr"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                direction = self._direction(p, group)
+                direction = direction_of(p, p.grad, self.state[p])
                 if forget is not None and forget.touches(p):
                     forget.record(p, direction)
-                p.add_(direction, alpha=-group["lr"])
-                if id(p) in self._domains:
-                    p.clamp_(*self._domains[id(p)])  # qmax > 0, exponent in range
+                p.add_(direction, alpha=-lr)
+                domain = domains.get(id(p))
+                if domain is not None:
+                    p.clamp_(*domain)  # qmax > 0, exponent in range
         if forget is not None:
             start, end = self.schedule.pruning_period_bounds(self._period)
             forget.apply(lr=self.param_groups[0]["lr"], period_len=end - start, t=s - start)
@@ -281,22 +285,18 @@ class QASSO(torch.optim.Optimizer):
         self._step_count = s + 1
         return loss
 
-    def _direction(self, p: Tensor, group: dict[str, Any]) -> Tensor:
-        state = self.state[p]
+    def _direction_of(self, group: dict[str, Any]) -> Callable[[Tensor, Tensor, dict[str, Any]], Tensor]:
+        """The base direction of ``group``'s parameters: f(p, grad, state) -> ∇."""
         if self.variant is Variant.SGD:
-            return sgd_direction(
-                p,
-                p.grad,
-                state,
+            return functools.partial(
+                sgd_direction,
                 momentum=group["momentum"],
                 dampening=group["dampening"],
                 nesterov=group["nesterov"],
                 weight_decay=group["weight_decay"],
             )
-        return adam_direction(
-            p,
-            p.grad,
-            state,
+        return functools.partial(
+            adam_direction,
             betas=group["betas"],
             eps=group["eps"],
             weight_decay=group["weight_decay"],
@@ -330,12 +330,13 @@ class QASSO(torch.optim.Optimizer):
             self._select(period)
         if self._rows is None or self._rows.units.numel() == 0:
             return None
+        step_rule = self.bit_rule is BitRule.DESCENT
         return ForgetStep(
             self._rows,
             self.table,
-            self.table.upper(self.schedule, s),
+            self.table.upper(self.schedule, s) if step_rule else None,
             floor=1.0 if self.forget is Forget.LINEAR else 0.0,
-            step_rule=self.bit_rule is BitRule.DESCENT,
+            step_rule=step_rule,
         )
 
     def _select(self, period: int) -> None:

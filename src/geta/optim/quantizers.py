@@ -65,6 +65,12 @@ class QuantizerTable:
         hi = [act[1] if a else cfg.weight_bits[1] for a in is_act]
         self.b_lo = torch.tensor(lo, dtype=torch.float32, device=device)  # (n,) final lower bound
         self.b_final = torch.tensor(hi, dtype=torch.float32, device=device)  # (n,) final upper bound
+        # the scalars as lists of parameters (stacked in one op per step, never one by one)
+        self._step = [q.step for q in quantizers]
+        self._qmax = [q.qmax for q in quantizers]
+        self._exponent = [q.exponent for q in quantizers]
+        # `upper`'s last answer: (final, its distinct values, their bounds, the bounds per quantizer)
+        self._upper: tuple[Tensor, tuple[float, ...], tuple[float, ...], Tensor] | None = None
 
     def index_of_quantizer(self, quantizer: LearnableQuantizer | None) -> int:
         """Position of ``quantizer`` (by identity) in the table, -1 if None or not in it."""
@@ -105,12 +111,7 @@ class QuantizerTable:
     @torch.no_grad()
     def scalars(self) -> tuple[Tensor, Tensor, Tensor]:
         """(step, qmax, exponent) of every quantizer, each (n,), detached copies."""
-        qs = self.quantizers
-        return (
-            torch.stack([q.step.detach() for q in qs]),
-            torch.stack([q.qmax.detach() for q in qs]),
-            torch.stack([q.exponent.detach() for q in qs]),
-        )
+        return torch.stack(self._step), torch.stack(self._qmax), torch.stack(self._exponent)
 
     def upper(self, schedule: Schedule, step: int, final: Tensor | None = None) -> Tensor:
         """The upper bit bound b_hi in force at ``step`` for every quantizer, (n,).
@@ -119,11 +120,18 @@ class QuantizerTable:
         over the projection periods (`Schedule.bit_upper_at`, per distinct final value).
         """
         final = self.b_final if final is None else final
-        out = torch.empty_like(final)
-        for value in torch.unique(final).tolist():
-            b = schedule.bit_upper_at(step, init_bits=self.init_bits, final_bits=int(value))
-            out[final == value] = float(b)
-        return out
+        cached = self._upper  # the same ``final`` object: its distinct values are known
+        fresh = cached is None or cached[0] is not final
+        values = tuple(torch.unique(final).tolist()) if fresh else cached[1]
+        bounds = tuple(
+            float(schedule.bit_upper_at(step, init_bits=self.init_bits, final_bits=int(v))) for v in values
+        )
+        if cached is None or fresh or cached[2] != bounds:
+            out = torch.empty_like(final)
+            for value, b in zip(values, bounds, strict=True):
+                out[final == value] = b
+            cached = self._upper = (final, values, bounds, out)
+        return cached[3].clone()
 
     @torch.no_grad()
     def bounds(self, b_hi: Tensor, qmax: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,8 +141,8 @@ class QuantizerTable:
     @torch.no_grad()
     def write_steps(self, steps: Tensor) -> None:
         """Copy ``steps`` (n,) into the quantizers' ``step`` parameters."""
-        for q, v in zip(self.quantizers, steps.unbind(), strict=True):
-            q.step.copy_(v)
+        for p, v in zip(self._step, steps.unbind(), strict=True):
+            p.copy_(v)
 
     @torch.no_grad()
     def project_(self, b_hi: Tensor) -> None:
@@ -181,6 +189,7 @@ class QuantizerTable:
         """Set every ``step`` to step_for_bits(frozen bits) of the current qmax and exponent."""
         if not self.quantizers:
             return
-        _, qmax, exponent = self.scalars()
-        step, _ = self.bounds(frozen, qmax, exponent)  # step_min at b_hi = frozen is that step
-        self.write_steps(step)
+        qmax, exponent = torch.stack(self._qmax), torch.stack(self._exponent)
+        signed = step_for_bits(frozen, qmax, exponent, signed=True)
+        unsigned = step_for_bits(frozen, qmax, exponent, signed=False)
+        self.write_steps(torch.where(self.signed, signed, unsigned))  # `bounds`' step_min at b_hi = frozen
