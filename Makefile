@@ -14,7 +14,7 @@ STAMP      := $(VENV)/.stamp
 # Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
 RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: venv test test-slow demo lint format bench-qasso bench-prepare zoo clean
+.PHONY: venv test test-slow demo lint format bench bench-qasso bench-prepare bench-deploy bench-compression zoo clean
 
 venv: $(STAMP)
 
@@ -33,7 +33,7 @@ test-slow: venv
 # The main job on the built-in default: residual CNN on scikit-learn's digits, dense baseline,
 # GETA compression, report, plots, ONNX and packed exports in runs/demo.
 demo: venv
-	$(RUN_ENV) $(VENV)/bin/geta compress --out runs/demo
+	$(RUN_ENV) $(VENV)/bin/geta compress --overwrite --out runs/demo
 
 lint: venv
 	$(VENV)/bin/ruff check src tests examples bench
@@ -48,6 +48,13 @@ bench-qasso: venv
 
 bench-prepare: venv
 	$(RUN_ENV) $(PY) -m bench.prepare_scale
+
+# Dense vs converted latency (PyTorch eager, onnxruntime float and QDQ), ResNet-50 and BERT-Small.
+bench-deploy: venv
+	$(RUN_ENV) $(PY) -m bench.deploy
+
+# Every section of docs/benchmarks.md, one script each (each prints its headline last).
+bench: bench-qasso bench-prepare bench-deploy bench-compression
 
 # Architecture coverage (docs/coverage.md): every torchvision classifier, a timm set and tiny
 # Hugging Face families through prepare -> zero half -> convert. Its own venv, because
