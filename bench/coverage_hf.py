@@ -197,6 +197,6 @@ FAMILIES: dict[str, Callable[[], _Built]] = {
 }
 """Family name -> factory of a tiny random model and its example inputs."""
 
-FAST = ("distilbert", "gpt_neox", "mistral", "phi3", "t5")
+FAST = ("distilbert", "gpt_neox", "mistral", "phi3", "t5", "whisper")
 """Families checked in ``make test`` (a few seconds each, transformers only): those the zoo's
 own invariance matrix does not already run."""

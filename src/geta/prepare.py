@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import sys
 import warnings
 
 import torch
@@ -268,10 +267,9 @@ def _run_eval(model: nn.Module, example_inputs: object) -> object:
 
 
 def _register_known_layers() -> None:
-    if "transformers" in sys.modules:
-        from geta.ops import hf  # registers HF layer types and module rules
+    from geta.ops.catalog import load_library_knowledge
 
-        hf.register_loaded_attention_classes()
+    load_library_knowledge()  # transformers' and timm's classes, if the user imported them
 
 
 # ---------------------------------------------------------------------------------------------

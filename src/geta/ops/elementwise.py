@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from geta.graph.context import Context, Labels
+from geta.graph.space import Anon
 from geta.ops.registry import register_op
 from geta.quant import functional as _qf  # noqa: F401  (registers torch.ops.geta.fake_quant)
 
@@ -138,26 +139,28 @@ _BINARY = [
     aten.copy,
     aten.type_as,
 ]
-_CREATE = [
-    aten.arange,
+# Tensors holding one value everywhere, of a shape the model's code computes: every dim can
+# be any channels (see `uniform`).
+_UNIFORM = [
     aten.zeros,
     aten.ones,
     aten.full,
     aten.empty,
-    aten.scalar_tensor,
-    aten.rand,
-    aten.randn,
-    aten.randint,
-    aten.zeros_like,
-    aten.ones_like,
-    aten.full_like,
-    aten.empty_like,
-    aten.rand_like,
-    aten.randn_like,
     aten.new_zeros,
     aten.new_ones,
     aten.new_full,
     aten.new_empty,
+]
+# The same, shaped like their first input: they carry its channels.
+_UNIFORM_LIKE = [aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like]
+_CREATE = [
+    aten.arange,
+    aten.scalar_tensor,
+    aten.rand,
+    aten.randn,
+    aten.randint,
+    aten.rand_like,
+    aten.randn_like,
     aten.tensor,
     aten.linspace,
     aten.eye,
@@ -223,9 +226,30 @@ def binary(ctx: Context, node: fx.Node) -> Labels:
 
 @register_op(*_CREATE)
 def create(ctx: Context, node: fx.Node) -> Labels:
-    """A new tensor with no channel meaning (constants, masks, position ids)."""
+    """A new tensor with no channel meaning (position ids, random values, literals)."""
     val = node.meta.get("val")
     return ctx.anon(ctx.shape(node)) if isinstance(val, torch.Tensor) else None
+
+
+@register_op(*_UNIFORM)
+def uniform(ctx: Context, node: fx.Node) -> Labels:
+    """One value everywhere (``torch.zeros((1, self.n_heads, T, S))``): each dim a fresh space.
+
+    Removing positions of such a tensor leaves the same tensor, smaller; so each dim of size
+    > 1 gets a space of its own that merges with whatever channels the tensor meets (a zero
+    position bias added to attention scores joins the heads) instead of freezing them. Whether
+    the code then builds it at the pruned size (from ``x.shape``, or from an attribute a fixer
+    updates) is what the trial conversion checks (`geta.graph.trial`).
+    """
+    if not isinstance(node.meta.get("val"), torch.Tensor):
+        return None
+    return [ctx.alg.new(n) if n > 1 else Anon(n) for n in ctx.shape(node)]
+
+
+@register_op(*_UNIFORM_LIKE)
+def uniform_like(ctx: Context, node: fx.Node) -> Labels:
+    """``zeros_like(x)`` and kin: x's shape, so x's channels."""
+    return _first(ctx, node)
 
 
 @register_op(operator.getitem)
