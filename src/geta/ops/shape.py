@@ -283,18 +283,34 @@ def slice_(ctx: Context, node: fx.Node) -> Labels:
     return parts[1]  # type: ignore[return-value,index]
 
 
-@register_op(aten.select, aten.index_select, aten.gather, aten.take_along_dim, aten.flip, aten.roll)
+@register_op(aten.flip, aten.roll)
+def reorder(ctx: Context, node: fx.Node) -> Labels:
+    """``flip(x, dims)``, ``roll(x, shifts, dims)``: positions move along ``dims`` only.
+
+    Those dims are reordered (their spaces frozen: removing a position would move the others);
+    every other dim keeps its labels, so Swin's cyclic shift over (H, W) leaves the channels
+    alone. ``roll`` without dims shifts the flattened tensor: everything is frozen.
+    """
+    lab = ctx.label_or_anon(node.args[0])
+    dims_arg = node.args[1] if node.target.overloadpacket is aten.flip else _roll_dims(node)
+    why = f"{node.target} reorders positions along a channel dimension at {node.name}"
+    if not dims_arg or [e.size for e in lab] != list(ctx.shape(node)):
+        ctx.freeze(lab, why)
+        return ctx.anon(ctx.shape(node))
+    dims = {_dim(d, len(lab)) for d in ([dims_arg] if isinstance(dims_arg, int) else dims_arg)}
+    ctx.freeze([lab[d] for d in dims], why)
+    return [Anon(e.size) if k in dims else e for k, e in enumerate(lab)]
+
+
+def _roll_dims(node: fx.Node) -> object:
+    return node.args[2] if len(node.args) > 2 else node.kwargs.get("dims", [])
+
+
+@register_op(aten.select, aten.index_select, aten.gather, aten.take_along_dim)
 def pick(ctx: Context, node: fx.Node) -> Labels:
-    """Channel picking/reordering: the picked dim's spaces are frozen; other dims keep labels."""
+    """Channel picking: the picked dim's spaces are frozen; other dims keep labels."""
     lab = ctx.label_or_anon(node.args[0])
     out = ctx.shape(node)
-    if (
-        len(lab) == len(out)
-        and all(e.size == n for e, n in zip(lab, out))
-        and node.target in (aten.flip.default, aten.roll.default)
-    ):
-        ctx.freeze(lab, f"{node.target} reorders a channel dimension at {node.name}")
-        return ctx.anon(out)
     if (
         node.target in (aten.select.int, aten.index_select.default, aten.gather.default)
         and len(node.args) > 1
