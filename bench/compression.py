@@ -246,11 +246,14 @@ def _run(fn_name: str, *args: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def geta_specs(quick: bool) -> dict[str, dict[str, Any]]:
+def geta_specs(quick: bool, lm: bool) -> dict[str, dict[str, Any]]:
+    """geta's configurations; the LM task (minutes per run) gets a smaller grid."""
     specs: dict[str, dict[str, Any]] = {}
-    for s in (0.5,) if quick else SPARSITIES:
+    for s in (0.5,) if quick else (0.3, 0.5) if lm else SPARSITIES:
         specs[f"geta W+A s={s}"] = {"sparsity": s}
-    if not quick:
+    if lm and not quick:
+        specs["geta W+A s=0.5 budget 0.5%"] = {"sparsity": 0.5, "budget": 0.005}
+    elif not quick:
         specs["geta W+A s=0.5 budget 0.2%"] = {"sparsity": 0.5, "budget": 0.002}
         specs["geta W+A s=0.7 budget 0.06%"] = {"sparsity": 0.7, "budget": 0.0006}
         specs["geta W s=0.5"] = {"sparsity": 0.5, "acts": False}
@@ -263,7 +266,15 @@ def run_all(
     tasks: list[str], seeds: int, jobs: int, quick: bool
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    sparsities = (0.5,) if quick else (0.0, *SPARSITIES)
+
+    def sparsities(task: str) -> tuple[float, ...]:
+        return (0.5,) if quick else (0.0, 0.5) if TASKS[task].lm else (0.0, *SPARSITIES)
+
+    def bit_widths(task: str, sparsity: float) -> tuple[int, ...]:
+        if quick:
+            return (4,)
+        return (4, 8) if sparsity == 0 else (3, 4, 8) if TASKS[task].lm else PIPELINE_BITS
+
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         dense = {(t, s): pool.submit(_run, "job_dense", t, s) for t in tasks for s in range(seeds)}
         for (t, _), f in dense.items():
@@ -271,9 +282,9 @@ def run_all(
         wave: dict[tuple[str, str], list[Any]] = {}
         for t in tasks:
             for s in range(seeds):
-                for sp in sparsities:
+                for sp in sparsities(t):
                     wave.setdefault((t, f"ft {sp}"), []).append(pool.submit(_run, "job_finetune", t, s, sp))
-                for name, spec in geta_specs(quick).items():
+                for name, spec in geta_specs(quick, TASKS[t].lm).items():
                     wave.setdefault((t, name), []).append(pool.submit(_run, "job_geta", t, s, spec))
                 wave.setdefault((t, "dense FP32"), []).append(pool.submit(_run, "job_float", t, s))
         qat: dict[tuple[str, str], list[Any]] = {}
@@ -282,7 +293,7 @@ def run_all(
                 sp = float(name[3:])
                 for s, f in enumerate(futures):
                     f.result()
-                    for b in (4,) if quick else (4, 8) if sp == 0 else PIPELINE_BITS:
+                    for b in bit_widths(t, sp):
                         key = (t, f"pipeline s={sp} {b}-bit")
                         qat.setdefault(key, []).append(pool.submit(_run, "job_qat", t, s, sp, b))
         for key, futures in {**wave, **qat}.items():
@@ -402,17 +413,36 @@ def plot(results: dict[tuple[str, str], list[dict[str, Any]]], tasks: list[str])
     fig.savefig(PLOT, dpi=110)
 
 
+Results = dict[tuple[str, str], list[dict[str, Any]]]
+
+
+def _saved(results: Results) -> Results:
+    """Merge ``results`` into CACHE/results.json (per task and method) and return everything saved,
+    so that tasks run separately (``--tasks lm``) still make one table and one plot."""
+    path = CACHE / "results.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    merged = {tuple(k.split("|", 1)): v for k, v in old.items()}
+    merged.update(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({f"{t}|{n}": v for (t, n), v in merged.items()}))
+    return merged  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", default="digits,mnist1d")
+    parser.add_argument("--tasks", default="digits,mnist1d,lm")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one geta and one pipeline configuration")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    parser.add_argument("--table-only", action="store_true",
+                        help="no training: table and plot of the results saved by earlier runs")  # fmt: skip
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     t0 = time.perf_counter()
-    results = run_all(tasks, args.seeds, args.jobs, args.quick)
+    fresh = {} if args.table_only else run_all(tasks, args.seeds, args.jobs, args.quick)
+    results = _saved(fresh)
+    tasks = [t for t in TASKS if any(k[0] == t for k in results)] if args.table_only else tasks
     import geta
 
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, geta "
@@ -424,7 +454,9 @@ def main(argv: list[str] | None = None) -> None:
         body, head = summarize(results, task)
         lines += body
         headlines.append(head)
-    lines += ["", f"wall time {time.perf_counter() - t0:.0f} s", *headlines]
+    if not args.table_only:
+        lines += ["", f"wall time {time.perf_counter() - t0:.0f} s"]
+    lines += headlines
     print("\n".join(lines))
     if not args.no_write:
         from bench.results import write_section
@@ -432,8 +464,6 @@ def main(argv: list[str] | None = None) -> None:
         write_section("compression quality", lines)
         plot(results, tasks)
         print(f"wrote docs/benchmarks.md and {PLOT.relative_to(ROOT)}")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    (CACHE / "summary.json").write_text(json.dumps({"lines": lines, "headlines": headlines}))
     print(" | ".join(headlines))
 
 
