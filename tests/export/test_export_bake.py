@@ -123,6 +123,28 @@ def test_activation_quantizers_are_removed(name: str) -> None:
     assert any(input_quantizer(m) for m in both.modules())  # the source keeps its quantizers
 
 
+@pytest.mark.parametrize("name", ["mlp", "hf_bert"])
+def test_int8_linear_holds_geta_codes_and_approximates_the_float_model(name: str) -> None:
+    pytest.importorskip("torch.ao.nn.quantized.dynamic")
+    if name.startswith("hf_"):
+        pytest.importorskip("transformers")
+    model, x = zoo.build(name)
+    plan = geta.prepare(model, x, geta.Config(weight_bits=(8, 8)))
+    with torch.no_grad():
+        for q in plan.quantizers.values():
+            q.set_bits(8)
+    fast = baked(model, int8_linear=True)
+    int8 = [m for m in fast.modules() if type(m).__name__ == "Linear" and hasattr(m, "_packed_params")]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and weight_quantizers(m)]
+    assert len(int8) == len(linears) > 0
+    layer, source = int8[0], linears[0]
+    q = weight_quantizers(source)["weight"]
+    assert torch.equal(layer.weight().int_repr().float() * float(q.step), source.weight.detach())
+    assert not any(isinstance(m, LearnableQuantizer) for m in fast.modules())
+    err = max_relative_error(model_outputs(fast, x), model_outputs(baked(model), x))
+    assert 0 < err <= 0.1  # torch quantizes the inputs on the fly: close, not equal
+
+
 def test_folding_needs_example_inputs() -> None:
     model, _ = zoo.build("resnet")
     with pytest.raises(ExportError, match="example_inputs"):

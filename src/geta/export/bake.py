@@ -19,12 +19,12 @@ on every call (a ``parametrize`` parametrization) and every quantized layer inpu
   float rounding); the pairs are found in a ``torch.export`` graph of the model on
   ``example_inputs``, and only a convolution whose output feeds that BatchNorm alone is folded.
 
-Low-bit kernels in plain PyTorch: on CPU, torch 2.13 offers int8 GEMMs only through the
-``torch.ao.quantization`` eager API (``quantize_dynamic`` for ``nn.Linear``), which is deprecated
-(it warns that it is being removed in favour of the separate torchao package), has no
-convolutions in its dynamic form, and quantizes the *activations* to int8 at run time with their
-own per-batch range, which is not the model geta trained. `baked` therefore computes in float;
-for integer kernels export the QDQ ONNX graph and run it in onnxruntime.
+Low-bit kernels in plain PyTorch: on CPU, torch 2.13 has one int8 GEMM path, the deprecated
+``torch.ao`` dynamic quantized ``nn.Linear`` (no convolutions). ``int8_linear=True`` uses it for
+the Linear layers geta quantized to at most 8 bits, with exactly geta's integer weights; torch
+then quantizes each layer's *input* on the fly with its own range, so the result approximates
+the trained model (1-4 % relative on the benchmarks) — measure before deploying it, or export
+the QDQ ONNX graph, whose activations use the learned grid, and run it in onnxruntime.
 
 >>> small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
 >>> fast = baked(small, (torch.randn(1, 3, 8, 8),), fold_batchnorm=True)
@@ -35,6 +35,7 @@ for integer kernels export the QDQ ONNX graph and run it in onnxruntime.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import Counter
 
 import torch
@@ -42,8 +43,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from geta.export.info import ExportError
-from geta.quant.attach import detach_input_quantizer
+from geta.quant.attach import detach_input_quantizer, weight_quantizers
+from geta.quant.functional import MIN_STEP, code_range, integer_codes
+from geta.quant.products import detach_product_quantizers
 from geta.quant.quantizer import LearnableQuantizer
+from geta.reporting.count import rounded_bits
 
 __all__ = [
     "bake_weights",
@@ -54,6 +58,7 @@ __all__ = [
     "fold_batchnorms",
     "remove_activation_quantizers",
     "replace_by_identity",
+    "replace_module",
 ]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -91,15 +96,6 @@ def bake_weights(model: nn.Module) -> bool:
     return broke
 
 
-def _detach_products(module: nn.Module) -> bool:
-    """Remove ``module``'s activation-product quantizers (attention's q·kᵀ, p·v), if geta has them."""
-    try:
-        from geta.quant.products import detach_product_quantizers
-    except ImportError:  # a geta without product quantizers
-        return False
-    return detach_product_quantizers(module) is not None
-
-
 def remove_activation_quantizers(model: nn.Module) -> int:
     """Remove every activation quantizer with its hooks, in place; return how many modules had one.
 
@@ -111,7 +107,7 @@ def remove_activation_quantizers(model: nn.Module) -> int:
     count = 0
     for module in list(model.modules()):
         had_input = detach_input_quantizer(module) is not None
-        count += int(_detach_products(module) or had_input)
+        count += int(detach_product_quantizers(module) is not None or had_input)
     left = [n for n, m in model.named_modules() if isinstance(m, LearnableQuantizer)]
     if left:
         raise ExportError(
@@ -195,12 +191,18 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
     conv.bias = nn.Parameter(bias.to(w.dtype), requires_grad=w.requires_grad)
 
 
+def replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` (in ``old``'s train/eval mode) wherever ``old`` is a child in ``model``."""
+    new.train(old.training)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child is old:
+                setattr(parent, name, new)
+
+
 def replace_by_identity(model: nn.Module, module: nn.Module) -> None:
-    """Put an ``nn.Identity`` (same train/eval mode) where ``module`` is a child in ``model``."""
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if child is module:
-                setattr(parent, name, nn.Identity().train(module.training))
+    """Put an ``nn.Identity`` where ``module`` is a child in ``model``."""
+    replace_module(model, module, nn.Identity())
 
 
 def fold_batchnorms(model: nn.Module, example_inputs: object) -> int:
@@ -224,7 +226,49 @@ def fold_batchnorms(model: nn.Module, example_inputs: object) -> int:
     return folded
 
 
-def baked(model: nn.Module, example_inputs: object = None, *, fold_batchnorm: bool = False) -> nn.Module:
+def _int8_codes(model: nn.Module) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """nn.Linear layers whose geta weight quantizer has at most 8 bits -> (int8 codes k, step)."""
+    found = {}
+    for module in model.modules():
+        q = weight_quantizers(module).get("weight")
+        if q is None or not isinstance(module, nn.Linear) or not q.signed:
+            continue
+        b = max(rounded_bits(q), 2)
+        if b > 8:
+            continue
+        lo, hi = code_range(b, q.signed)
+        original = module.parametrizations.weight.original.detach()
+        k = integer_codes(original, q.step, q.qmax, q.exponent, signed=q.signed).clamp(lo, hi)
+        found[module] = (k.to(torch.int8), q.step.detach().clamp_min(MIN_STEP).float())
+    return found
+
+
+def _dynamic_int8_linear(module: nn.Module, codes: torch.Tensor, step: torch.Tensor) -> nn.Module:
+    """torch.ao's dynamically quantized int8 Linear with exactly geta's codes (scale = step)."""
+    try:
+        with warnings.catch_warnings():  # the torch.ao API is deprecated: it warns on use
+            warnings.simplefilter("ignore")
+            from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+            layer = DynamicInt8Linear(module.in_features, module.out_features, module.bias is not None)
+            weight = torch.quantize_per_tensor(codes.float() * step, float(step), 0, torch.qint8)
+            bias = module.bias.detach().float() if module.bias is not None else None
+            layer.set_weight_bias(weight, bias)
+    except (ImportError, AttributeError, RuntimeError) as exc:
+        raise ExportError(
+            f"int8_linear needs torch.ao's dynamic quantized Linear, which this torch "
+            f"({torch.__version__}) does not provide ({exc}); export to ONNX for integer kernels"
+        ) from exc
+    return layer
+
+
+def baked(
+    model: nn.Module,
+    example_inputs: object = None,
+    *,
+    fold_batchnorm: bool = False,
+    int8_linear: bool = False,
+) -> nn.Module:
     """A copy of ``model`` in eval mode with weights baked and no geta quantizer left (module docstring).
 
     - quantized weights become plain parameters holding Q(W) (same outputs for weight-only
@@ -235,6 +279,14 @@ def baked(model: nn.Module, example_inputs: object = None, *, fold_batchnorm: bo
     - ``fold_batchnorm``: BatchNorms that follow a convolution are folded into it (exact in eval
       mode); needs ``example_inputs`` (a tuple, or a dict of keyword inputs) to trace the model.
 
+    - ``int8_linear`` (CPU): each ``nn.Linear`` whose geta weight quantizer has at most 8 bits
+      becomes torch.ao's dynamically quantized int8 Linear holding exactly geta's integer codes
+      with the learned step as scale: a real int8 GEMM (fbgemm/oneDNN). Its *inputs* are
+      quantized by torch on every call with a range of their own (7-bit on x86), which geta
+      did not train, so outputs differ by about 1-4 % (relative); ``torch.ao.quantization``
+      is deprecated and may leave torch, and then this option raises `ExportError`. Other
+      layers stay float.
+
     ``model`` itself is not modified; it may also be a plain float model (only folding then
     changes anything). Raises `ExportError` for quantizers geta did not attach, or for
     ``fold_batchnorm`` without ``example_inputs``.
@@ -244,8 +296,11 @@ def baked(model: nn.Module, example_inputs: object = None, *, fold_batchnorm: bo
             "baked(..., fold_batchnorm=True) needs example_inputs to find conv -> BatchNorm pairs"
         )
     new = copy.deepcopy(model).eval()
+    int8 = _int8_codes(new) if int8_linear else {}
     bake_weights(new)
     remove_activation_quantizers(new)
+    for module, (codes, step) in int8.items():
+        replace_module(new, module, _dynamic_int8_linear(module, codes, step))
     if fold_batchnorm:
         fold_batchnorms(new, example_inputs)
     return new

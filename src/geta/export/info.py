@@ -27,8 +27,8 @@ class TensorExport:
       or float Round/Clip ops for an activation).
     """
 
-    name: str  # 'conv1.weight' / 'conv1.input'
-    kind: str  # 'weight' or 'input'
+    name: str  # 'conv1.weight' / 'conv1.input' / 'attn.scores.q'
+    kind: str  # 'weight', 'input' (a layer's input) or 'product' (an operand of q·kᵀ, p·v)
     bits: int  # the rounded bit width exported
     encoding: str  # 'int8', 'uint8' or 'float'
     zero_point: int

@@ -17,7 +17,8 @@ shapes. `pretrained(model, path)` writes an ordinary ``save_pretrained`` folder 
   tied to an unquantized embedding is saved untied (``tie_word_embeddings=False``);
 - **shapes** / **attributes**: every tensor shape and integer size attribute (``out_features``,
   ``split_size``, ...) that differs from a model built fresh from the config on ``meta``;
-- **input_quantizers**: the layer-input quantizers (HF has no way to express them).
+- **input_quantizers** / **product_quantizers**: the layer-input quantizers and those of
+  attention's activation products (HF has no way to express them).
 
 `load_pretrained(path)` reverses it: build the architecture on ``meta``, resize the listed
 tensors, update size attributes, load the safetensors with ``assign=True``, and re-attach the
@@ -45,6 +46,7 @@ from geta.export.bake import bake_weights
 from geta.export.info import ExportError
 from geta.ops.modules import apply_module_fixers
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, attach_input_quantizer, input_quantizer
+from geta.quant.products import detach_product_quantizers, restore_product_quantizers
 from geta.quant.quantizer import LearnableQuantizer
 
 if TYPE_CHECKING:
@@ -113,6 +115,25 @@ def _drop_input_quantizers(model: nn.Module) -> dict[str, dict[str, Any]]:
             f"quantizers not attached by geta (not a weight parametrization or a layer input): {left}; "
             "attach them with geta.quant.attach so that export can convert them"
         )
+    return table
+
+
+def _drop_product_quantizers(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Remove every activation-product quantizer (attention's q·kᵀ, p·v); their table by module.
+
+    Each entry holds the holder's layout (`geta.quant.products`) and the scalars of each
+    quantized operand slot, keyed ``"<call>.<position>"``.
+    """
+    table: dict[str, dict[str, Any]] = {}
+    for name, module in list(model.named_modules()):
+        holder = detach_product_quantizers(module)
+        if holder is not None:
+            scalars = {
+                f"{call}.{position}": _quantizer_entry(q)
+                for call, position, _, q in holder.slots()
+                if isinstance(q, LearnableQuantizer)
+            }
+            table[name] = {"layout": holder.layout(), "quantizers": scalars}
     return table
 
 
@@ -188,6 +209,7 @@ def pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
     export = copy.deepcopy(model).eval()
     if bake_weights(export):
         export.config.tie_word_embeddings = False  # lm_head is quantized, the embedding is not
+    products = _drop_product_quantizers(export)
     table = _drop_input_quantizers(export)
     attn = export.config._attn_implementation
     fresh = _build_meta(type(export), export.config, attn)
@@ -195,7 +217,7 @@ def pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
     export.config.geta = {  # saved into config.json, and kept by a re-save of the loaded model
         "format": FORMAT_VERSION, "version": __version__, "attn_implementation": attn,
         "shapes": _shape_changes(export, fresh), "attributes": _attribute_changes(export, fresh),
-        "input_quantizers": table,
+        "input_quantizers": table, "product_quantizers": products,
     }  # fmt: skip
     with _quiet(hf):
         export.save_pretrained(os.fspath(path))
@@ -340,6 +362,18 @@ def _attach_inputs(model: nn.Module, table: dict[str, dict[str, Any]]) -> None:
         attach_input_quantizer(model.get_submodule(name), q)
 
 
+def _attach_products(model: nn.Module, table: dict[str, dict[str, Any]]) -> None:
+    """Re-attach the recorded product quantizers with their exact scalars."""
+    for name, entry in table.items():
+        holder = restore_product_quantizers(model.get_submodule(name), entry["layout"])
+        for call, position, _, q in holder.slots():
+            saved = entry["quantizers"].get(f"{call}.{position}")
+            if isinstance(q, LearnableQuantizer) and saved is not None:
+                with torch.no_grad():
+                    for scalar in ("step", "qmax", "exponent"):
+                        getattr(q, scalar).fill_(float(saved[scalar]))
+
+
 def load_pretrained(
     path: str | os.PathLike[str],
     model_class: type[PreTrainedModel] | None = None,
@@ -349,8 +383,9 @@ def load_pretrained(
     """Load a folder written by `pretrained`, with its per-layer shapes, in eval mode.
 
     ``model_class`` defaults to the class named in the config's ``architectures``. With
-    ``with_input_quantizers`` the layer-input quantizers are attached again (the model then
-    computes exactly what the saved one did); without, layers see unquantized inputs.
+    ``with_input_quantizers`` the activation quantizers (layer inputs, attention products) are
+    attached again (the model then computes exactly what the saved one did); without, layers
+    see unquantized inputs.
     """
     hf = _transformers()
     folder = os.fspath(path)
@@ -364,4 +399,5 @@ def load_pretrained(
     _load_weights(model, _read_weights(folder), folder)
     if with_input_quantizers:
         _attach_inputs(model, info.get("input_quantizers", {}))
+        _attach_products(model, info.get("product_quantizers", {}))
     return model.eval()

@@ -38,6 +38,7 @@ from geta.export.bake import batchnorm_factors, can_fold, conv_bn_pairs, replace
 from geta.export.info import ExportError, TensorExport
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, input_quantizer, weight_quantizers
 from geta.quant.functional import MIN_QMAX, MIN_STEP, code_range, integer_codes
+from geta.quant.products import product_quantizers
 from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.count import rounded_bits
 
@@ -163,11 +164,25 @@ class _InputQDQ(nn.Module):
 
 
 def _apply_export_input(module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...] | None:
-    """Forward pre-hook: the first positional input through the layer's `_InputQDQ`."""
+    """Forward pre-hook: the first positional input through the layer's `_InputQDQ`, wherever it is
+    passed again positionally (self-attention's ``attn(x, x, x)``), as geta's own hook does."""
     qdq = getattr(module, _EXPORT_INPUT_ATTR, None)
     if not isinstance(qdq, _InputQDQ) or not args or not isinstance(args[0], Tensor):
         return None
-    return (qdq(args[0]), *args[1:])
+    x = args[0]
+    y = qdq(x)
+    return tuple(y if a is x else a for a in args)
+
+
+def _activation_entry(name: str, kind: str, q: LearnableQuantizer, qdq: _InputQDQ) -> TensorExport:
+    real = float(q.bit_width)
+    return TensorExport(
+        name=name, kind=kind, bits=qdq.bits,
+        encoding=("int8" if q.signed else "uint8") if qdq.bits <= 8 else "float",
+        zero_point=0, scale=float(qdq.scale), code_min=-qdq.hi if q.signed else 0, code_max=qdq.hi,
+        limited=qdq.limited,
+        note=f"real bits {real:.3f} > {qdq.bits}: inputs clip at {qdq.bits} bits" if qdq.limited else "",
+    )  # fmt: skip
 
 
 def _replace_input(module: nn.Module, name: str, q: LearnableQuantizer) -> TensorExport:
@@ -175,14 +190,25 @@ def _replace_input(module: nn.Module, name: str, q: LearnableQuantizer) -> Tenso
     delattr(module, INPUT_QUANTIZER_ATTR)  # geta's own pre-hook now passes inputs through
     module.add_module(_EXPORT_INPUT_ATTR, qdq)
     module.register_forward_pre_hook(_apply_export_input)
-    real = float(q.bit_width)
-    return TensorExport(
-        name=f"{name}.input", kind="input", bits=qdq.bits,
-        encoding=("int8" if q.signed else "uint8") if qdq.bits <= 8 else "float",
-        zero_point=0, scale=float(qdq.scale), code_min=-qdq.hi if q.signed else 0, code_max=qdq.hi,
-        limited=qdq.limited,
-        note=f"real bits {real:.3f} > {qdq.bits}: inputs clip at {qdq.bits} bits" if qdq.limited else "",
-    )  # fmt: skip
+    return _activation_entry(f"{name}.input" if name else "input", "input", q, qdq)
+
+
+def _replace_products(module: nn.Module, name: str) -> list[TensorExport]:
+    """Each operand quantizer of ``module``'s activation products (attention's q·kᵀ, p·v) in QDQ form.
+
+    The product's owner calls whatever module its slot holds (`geta.quant.products`), so the
+    slot simply gets the same Clip -> QuantizeLinear -> DequantizeLinear as a layer input.
+    """
+    holder = product_quantizers(module)
+    if holder is None:
+        return []
+    entries = []
+    for call, position, label, q in holder.slots():
+        if isinstance(q, LearnableQuantizer):
+            qdq = _InputQDQ(q)
+            holder.replace(call, position, qdq)
+            entries.append(_activation_entry(f"{name}.{label}" if name else label, "product", q, qdq))
+    return entries
 
 
 class _FixedWeight(nn.Module):
@@ -291,6 +317,7 @@ def deployable(
         q_in = input_quantizer(module)
         if q_in is not None:
             tensors.append(_replace_input(module, name, q_in))
+        tensors += _replace_products(module, name)
     left = [n for n, m in new.named_modules() if isinstance(m, LearnableQuantizer)]
     if left:
         raise ExportError(

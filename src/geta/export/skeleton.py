@@ -4,7 +4,9 @@ A converted model differs from a freshly built one of the same class in three wa
 `describe` records each of them (JSON-ready, stored in the packed file's manifest):
 
 - **quantizers**: which layer weights and layer inputs carry a geta `LearnableQuantizer`, and
-  the settings that are not tensors (``signed``, ``ste``, whether the exponent learns);
+  the settings that are not tensors (``signed``, ``ste``, whether the exponent learns); which
+  modules quantize activation products (attention's q·kᵀ, p·v), with their layout
+  (`geta.quant.products`);
 - **tensor shapes**: already in the manifest, one entry per ``state_dict`` key;
 - **size attributes**: every integer (or tuple of integers) attribute of every module
   (``out_features``, ``in_channels``, ``num_heads``, ...) and the module's class, which
@@ -30,6 +32,7 @@ from torch.nn.utils import parametrize
 
 from geta.config import STE
 from geta.errors import GetaError
+from geta.ops.mha import PrunedMultiheadAttention, eager_multihead_attention
 from geta.ops.modules import apply_module_fixers
 from geta.quant.attach import (
     attach_input_quantizer,
@@ -37,14 +40,15 @@ from geta.quant.attach import (
     input_quantizer,
     weight_quantizers,
 )
+from geta.quant.products import product_quantizers, restore_product_quantizers
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = ["class_name", "describe", "fit", "size_attributes"]
 
 
-def class_name(module: nn.Module) -> str:
-    """``module.qualname`` of the module's own class (the class before parametrizations)."""
-    cls = parametrize.type_before_parametrizations(module)
+def class_name(module: nn.Module | type) -> str:
+    """``module.qualname`` of a class, or of a module's own class (before parametrizations)."""
+    cls = module if isinstance(module, type) else parametrize.type_before_parametrizations(module)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -83,6 +87,9 @@ def describe(model: nn.Module) -> dict[str, Any]:
         q_in = input_quantizer(module)
         if q_in is not None:
             quantizers.append(_quantizer_entry(name, "input", "", q_in))
+        holder = product_quantizers(module)
+        if holder is not None:
+            quantizers.append({"module": name, "kind": "products", "layout": holder.layout()})
         sizes = size_attributes(module)
         if sizes:
             modules[name] = {"class": class_name(module), "sizes": sizes}
@@ -102,6 +109,10 @@ def _module(model: nn.Module, name: str, what: str) -> nn.Module:
 def _attach_missing(model: nn.Module, quantizers: list[dict[str, Any]]) -> None:
     for e in quantizers:
         module = _module(model, e["module"], f"a quantizer ({e['kind']})")
+        if e["kind"] == "products":
+            if product_quantizers(module) is None:
+                restore_product_quantizers(module, e["layout"])
+            continue
         settings = dict(signed=e["signed"], ste=STE(e["ste"]), learn_exponent=e["learn_exponent"])
         if e["kind"] == "weight" and e["tensor"] not in weight_quantizers(module):
             attach_weight_quantizer(module, e["tensor"], LearnableQuantizer(**settings))
@@ -145,7 +156,10 @@ def fit(model: nn.Module, description: dict[str, Any], shapes: dict[str, list[in
     The tensors of ``model`` are left empty (or keep their values where the shape did not
     change): load the values next. Raises `GetaError` for a model of another architecture.
     """
+    modules = description.get("modules", {})
+    if any(e["class"] == class_name(PrunedMultiheadAttention) for e in modules.values()):
+        eager_multihead_attention(model)  # what prepare does with activation quantizers
     _attach_missing(model, description.get("quantizers", []))
     _resize(model, shapes)
     apply_module_fixers(model)  # e.g. nn.MultiheadAttention -> PrunedMultiheadAttention
-    _set_sizes(model, description.get("modules", {}))
+    _set_sizes(model, modules)
