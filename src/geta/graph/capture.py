@@ -88,11 +88,13 @@ def capture(model: nn.Module, example_inputs: object, *, check_forward: bool = T
     args, kwargs = normalize_inputs(example_inputs)
     kwargs = _without_cache(model, kwargs)
     with eval_mode(model):
-        if check_forward and not on_meta(model):  # eager code may not run on meta (HF masks)
-            _check_forward(model, example_inputs)
         try:
             program = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:
+            # the user's own forward failing says more than torch.export's trace: check it (only
+            # now, so that a successful capture costs no extra forward)
+            if check_forward and not on_meta(model):  # eager code may not run on meta (HF masks)
+                _check_forward(model, example_inputs)
             raise CaptureError(
                 f"torch.export could not capture {type(model).__name__} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); geta needs a model whose forward "

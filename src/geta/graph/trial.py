@@ -4,8 +4,8 @@ The graph sees sizes, not the Python that produced them: ``x.view(b, self.groups
 captures as constants, so removing a whole shuffle group would break the model's own reshape.
 Before a group is declared prunable, `unconvertible_groups` removes one unit of every candidate
 group from a *meta-device* copy (no weights are copied or computed) and runs the forward; if it
-fails, bisection finds the groups responsible. Cost: one trial when all is well, O(k log n) for k failing
-groups out of n.
+fails, bisection finds the groups responsible. Cost: one trial per removal pattern when all is
+well, O(k log n) for k failing groups out of n.
 """
 
 from __future__ import annotations
@@ -46,10 +46,6 @@ def _meta_memo(model: nn.Module) -> dict[int, object]:
     return memo
 
 
-def _compose(first: dict[int, object], second: dict[int, object]) -> dict[int, object]:
-    return {k: second.get(id(v), v) for k, v in first.items()}
-
-
 def _runs(plan: Plan, removed: dict[int, torch.Tensor], inputs: Any, meta: bool) -> bool:
     """Remove ``removed`` from a copy; on real tensors also compare with the zeroed model."""
     from geta.subnet import apply_removal
@@ -62,12 +58,8 @@ def _runs(plan: Plan, removed: dict[int, torch.Tensor], inputs: Any, meta: bool)
             zeroed.eval()
             if not meta:
                 _zero(plan, removed, memo)
-                ref = run_model(zeroed, inputs)
-                second: dict[int, object] = {}
-                trial = copy.deepcopy(zeroed, second)
-                memo = _compose(memo, second)
-            else:
-                trial = zeroed
+                ref = run_model(zeroed, inputs)  # then the same copy loses the units
+            trial = zeroed
             apply_removal(plan, trial, removed, memo)
             trial.eval()
             out = run_model(trial, inputs)
@@ -111,6 +103,12 @@ def unconvertible_groups(plan: Plan, seed: int = 0) -> list[int]:
     on_meta = any(p.is_meta for p in params)
     meta = on_meta or sum(p.numel() for p in params) > NUMERIC_TRIAL_MAX_PARAMS
     inputs = _to_meta(plan.example_inputs) if meta else plan.example_inputs
+
+    def ok(ids: list[int]) -> bool:
+        return all(_runs(plan, {i: p[i] for i in ids}, inputs, meta) for p in patterns)
+
+    if ok(candidates):  # the common case: every candidate converts, two trials in all
+        return []
     if not _runs(plan, {}, inputs, meta):  # the trial itself cannot run (no meta kernels, no deepcopy)
         warnings.warn(
             "geta.prepare: the trial conversion could not run on a copy of this model; groups are "
@@ -119,22 +117,19 @@ def unconvertible_groups(plan: Plan, seed: int = 0) -> list[int]:
             stacklevel=3,
         )
         return []
-
-    def ok(ids: list[int]) -> bool:
-        return all(_runs(plan, {i: p[i] for i in ids}, inputs, meta) for p in patterns)
-
-    return _grow([], candidates, ok)[1]
+    return _grow([], candidates, ok, tried=True)[1]
 
 
 def _grow(
-    accepted: list[int], chunk: list[int], ok: Callable[[list[int]], bool]
+    accepted: list[int], chunk: list[int], ok: Callable[[list[int]], bool], *, tried: bool = False
 ) -> tuple[list[int], list[int]]:
     """Add as much of ``chunk`` to ``accepted`` as keeps ``ok``; returns (accepted, rejected).
 
     Bisection that carries the accepted set along, so a group that only fails together with
-    another (two sizes tied by one reshape) is caught too.
+    another (two sizes tied by one reshape) is caught too. ``tried``: ``accepted + chunk`` is
+    already known to fail.
     """
-    if not chunk or ok(accepted + chunk):
+    if not chunk or (not tried and ok(accepted + chunk)):
         return accepted + chunk, []
     if len(chunk) == 1:
         return accepted, chunk

@@ -84,7 +84,9 @@ def attach_weight_quantizer(
             f"are {list(own)}"
         )
     quantizer.to(device=original.device)
-    parametrize.register_parametrization(module, param_name, quantizer)
+    # unsafe: torch would evaluate the fake-quant of the whole weight once to check that it keeps
+    # shape and dtype, which it does by construction (the cost of a forward pass on large models)
+    parametrize.register_parametrization(module, param_name, quantizer, unsafe=True)
     _make_picklable(module)
     return module.parametrizations[param_name].original
 
