@@ -123,13 +123,14 @@ def _plot_bits(ax: Any, x: list[int], history: list[dict[str, Any]], cap: int) -
         if not pts:
             continue
         ax.plot([p[0] for p in pts], [min(p[1], cap) for p in pts], marker=".", color=color, label=label)
+        above = False
         for xi, y in pts:
             if y > cap:
                 ax.plot([xi], [cap], marker="^", color=color)
-                where = {"textcoords": "offset points", "xytext": (-6, -4 - 10 * row), "ha": "right"}
-                ax.annotate(
-                    f"{y:.0f}", (xi, cap), fontsize=7, color=color, **where
-                )  # left of ▲: no line there
+                if not above:  # one value per run of ▲ (labels of neighbours would overlap)
+                    where = {"textcoords": "offset points", "xytext": (-6, -4 - 10 * row), "ha": "right"}
+                    ax.annotate(f"{y:.0f}", (xi, cap), fontsize=7, color=color, **where)  # left of ▲
+            above = y > cap
     ax.set_ylim(0, cap + 0.5)
 
 
