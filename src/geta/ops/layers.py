@@ -115,6 +115,47 @@ def matmul(ctx: Context, node: fx.Node) -> Labels:
     return _contract(ctx, node, a, b)
 
 
+@register_op(aten.einsum)
+def einsum(ctx: Context, node: fx.Node) -> Labels:
+    """``einsum("bhid,bhjd->bhij", q, k)``: every letter is one set of positions in all operands.
+
+    Equal letters are unified across operands (size-1 broadcasts aside). A letter summed away
+    (absent from the output) is contracted: free between an activation and a weight (a layer,
+    like linear's input features), frozen when it only sums one operand or joins two
+    activations. As for matmul, a product of two activations also freezes its non-batch
+    letters (attention's sequence and head dims); letters shared by both and kept in the
+    output (batch, heads) stay free. Ellipses are not followed: everything is frozen.
+    """
+    equation, operands = str(node.args[0]).replace(" ", ""), list(node.args[1])
+    labs = [ctx.label_or_anon(t) for t in operands]
+    terms = equation.split("->")[0].split(",") if "->" in equation else []
+    out_shape = ctx.shape(node)
+    why = f"{node.target} ({node.name})"
+    rhs = equation.split("->")[-1]
+    if "." in equation or len(terms) != len(labs) or any(len(t) != len(lab) for t, lab in zip(terms, labs)):
+        for lab in labs:
+            ctx.freeze(lab, f"{node.target} with an ellipsis or an unexpected layout at {node.name}")
+        return ctx.anon(out_shape)
+    letters: dict[str, Expr] = {}
+    for term, lab in zip(terms, labs):
+        for ch, e in zip(term, lab):
+            cur = letters.get(ch)
+            if cur is None or (cur.size == 1 and e.size > 1):
+                letters[ch] = e
+            elif e.size == cur.size and e.size > 1:
+                ctx.unify(cur, e, why)
+    active = [i for i, t in enumerate(operands) if not ctx.is_static(t)]
+    for ch, e in letters.items():
+        holders = [i for i, term in enumerate(terms) if ch in term]
+        products = len([i for i in holders if i in active]) >= 2
+        if ch not in rhs and (len(holders) == 1 or products):
+            ctx.freeze([e], f"{node.target} sums over these channels at {node.name}")
+        elif len(active) >= 2 and not (ch in rhs and all(i in holders for i in active)):
+            ctx.freeze([e], f"contraction of two activations at {node.name}")
+    out = [letters[ch] for ch in rhs]
+    return out if [e.size for e in out] == list(out_shape) else ctx.anon(out_shape)
+
+
 @register_op(aten.addmm, aten.baddbmm, aten.addbmm)
 def addmm(ctx: Context, node: fx.Node) -> Labels:
     bias, a, b = node.args[0], node.args[1], node.args[2]

@@ -8,10 +8,11 @@
    outputs as the zeroed one (relative error <= ``tolerance``) and has fewer parameters.
 
 Besides pass/fail it measures the *prunable share*: the fraction of the model's weight elements
-(embeddings and the output head left out) that at least one prunable group can remove, each
-element counted once. A model can pass with a share near zero (everything frozen, nothing
-removed, nothing broken) — the share says how much of it geta can actually compress. Every
-frozen group's reason is kept (node names stripped, so that equal causes count together).
+(embeddings, the output head and parameters its forward never uses left out) that at least one
+prunable group can remove, each element counted once. A model can pass with a share near
+zero (everything frozen, nothing removed, nothing broken) — the share says how much of it
+geta can actually compress. Every frozen group's reason is kept (node names stripped, so
+that equal causes count together).
 
 A failure never raises: the stage that failed and the error are recorded instead.
 
@@ -94,7 +95,10 @@ def check_model(
     result.seconds["prepare"] = time.perf_counter() - start
     _record_groups(result, plan)
     heads = list(head) if head is not None else head_modules(model, plan)
-    result.prunable_share = prunable_share(plan, weights, _left_out(model, heads))
+    used = {id(r.tensor) for r in plan.graph.refs.values()}  # unused modules (aux heads) do not count
+    result.prunable_share = prunable_share(
+        plan, [w for w in weights if id(w) in used], _left_out(model, heads)
+    )
     result.zeroed = zero_random_groups(plan, fraction, seed)
     before = sum(p.numel() for p in model.parameters())
     result.stage = "convert"
