@@ -59,19 +59,22 @@ bench: bench-qasso bench-prepare bench-deploy bench-compression
 # Architecture coverage (docs/coverage.md): every torchvision classifier, a timm set and tiny
 # Hugging Face families through prepare -> zero half -> convert. Its own venv, because
 # torchvision and timm need a torch matched to them; ZOO_TORCH is installed in the same pip
-# command as geta so that pip never resolves another torch.
+# command as geta so that pip never resolves another torch. The timm tests run there too:
+#     .venv-zoo/bin/python -m pytest tests/ops/test_ops_timm.py
+# ZOO_JOBS models are checked at once, one process each (2 uses both cores of an idle machine).
 ZOO_VENV   ?= .venv-zoo
 ZOO_TORCH  ?= torch==2.14.1 torchvision==0.29.1
 ZOO_PY     := $(ZOO_VENV)/bin/python
 ZOO_STAMP  := $(ZOO_VENV)/.stamp
+ZOO_JOBS   ?= 1
 
 $(ZOO_STAMP): pyproject.toml
 	test -x $(ZOO_PY) || $(PYTHON) -m venv $(ZOO_VENV)
-	$(ZOO_VENV)/bin/pip install $(ZOO_TORCH) timm 'transformers>=5' -e .
+	$(ZOO_VENV)/bin/pip install $(ZOO_TORCH) timm 'transformers>=5' pytest pytest-timeout -e .
 	touch $(ZOO_STAMP)
 
 zoo: $(ZOO_STAMP)
-	$(RUN_ENV) $(ZOO_PY) -m bench.coverage
+	$(RUN_ENV) $(ZOO_PY) -m bench.coverage --jobs $(ZOO_JOBS)
 
 clean:
 	rm -rf build dist runs out .pytest_cache .ruff_cache .hypothesis .mypy_cache
