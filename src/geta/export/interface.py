@@ -38,9 +38,8 @@ def _named_leaves(value: object, path: str) -> list[str]:
     if isinstance(value, Mapping):
         return [n for k, v in value.items() for n in _named_leaves(v, f"{path}.{k}" if path else str(k))]
     if isinstance(value, (tuple, list)):
-        prefix = path or "output"
-        return [n for i, v in enumerate(value) for n in _named_leaves(v, f"{prefix}_{i}" if not path
-                                                                       else f"{path}.{i}")]  # fmt: skip
+        item = "{}.{}" if path else "{}_{}"  # top level: output_0; nested: hidden.0
+        return [n for i, v in enumerate(value) for n in _named_leaves(v, item.format(path or "output", i))]
     return []  # None, ints, strings: not graph outputs
 
 
