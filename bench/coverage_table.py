@@ -118,6 +118,32 @@ def _row(r: dict[str, Any]) -> str:
     return f"| {r['name']} | {state} | {size} | {groups} | {share} | {timing} | {note} |"
 
 
+LIMITS = """\
+## Known limits (triage)
+
+What the frozen-group reasons above come to, and what would lift them:
+
+- **By design** (method.md §2.6): channels a norm normalises over (the residual stream of every
+  pre/post-norm transformer, GroupNorm(1, C) in PoolFormer), a model's outputs, the dims inside
+  an attention head, the q/k/v selector of a fused projection (the `3` of
+  `reshape(B, N, 3, H, hd)`, frozen at its `unbind`/`select`), and the query heads that share
+  one key/value head under grouped-query attention (`meets an unsliceable tensor at matmul`
+  in eager Llama-style attention: `repeat_kv`'s expand). None of these is removable without
+  changing the function.
+- **Attention that reshapes by the input width**: `x.reshape(B, N, C)` or
+  `C // num_heads` with `C` taken from `x.shape` (torchvision's `shifted_window_attention`
+  in Swin/Swin-v2; timm's PVT-v2 and CaiT). The head count cannot follow pruning without
+  changing the model's code, so the trial conversion freezes the heads (`removing a unit
+  breaks the model's forward`). Attention that reshapes by its own attributes gets a module
+  fixer instead (`geta.ops.hf`: OPT, BART and its copies, Whisper, T5, Phi-3; `geta.ops.timm`:
+  ViT/DeiT `Attention`, Swin `WindowAttention`).
+- **Ops without a handler** are named in the tables (`touches X, an op geta has no handler
+  for`); add one in `src/geta/ops/` (see `geta.ops.registry`).
+- **Detection models** in eval mode post-process boxes with data-dependent shapes; where
+  `torch.export` cannot capture them the table names its error.
+"""
+
+
 def render(data: dict[str, Any]) -> str:
     """The whole of docs/coverage.md."""
     groups: dict[str, list[dict[str, Any]]] = {s: [] for s in SOURCES}
@@ -147,6 +173,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         *_failures(data["models"]),
         "",
+        LIMITS,
     ]
     for source, records in groups.items():
         out += [
