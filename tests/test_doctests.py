@@ -25,6 +25,8 @@ MODULES = [
     "geta.export.qdq",
     "geta.recipes.data",
     "geta.recipes.text",
+    "geta.recipes.tokens",
+    "geta.recipes.defaults",
     "geta.recipes.models",
     "geta.recipes.training",
     "geta.cli.options",

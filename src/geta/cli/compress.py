@@ -31,9 +31,12 @@ from geta.recipes import DATA_SETS, RECIPES
 __all__ = ["add_parser", "run", "options_from_args", "option_help", "StopFlag"]
 
 _METAVARS = {"weight_bits": "LO,HI", "act_bits": "LO,HI", "dense_checkpoint": "FILE"} | {
-    name: "N" for name in ("epochs", "warmup", "projection", "joint", "cooldown", "dense_epochs")
+    name: "N" for name in ("epochs", "warmup", "projection", "joint", "cooldown", "dense_epochs", "seq_len")
 }
-_CHOICES = {"model": f"one of {', '.join(RECIPES)}", "data": f"one of {', '.join(DATA_SETS)}"}
+_CHOICES = {
+    "model": f"one of {', '.join(RECIPES)}, hf:DIR, module:factory",
+    "data": f"one of {', '.join(DATA_SETS)}",
+}
 
 
 def option_help(name: str) -> str:
@@ -69,6 +72,10 @@ def add_parser(subparsers: Any) -> None:
     )  # tests: simulate ^C
     for f in fields(CompressOptions):
         flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):  # a switch: given means on (a config file may say false)
+            p.add_argument(flag, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS,
+                           help=option_help(f.name))  # fmt: skip
+            continue
         p.add_argument(
             flag,
             dest=f.name,

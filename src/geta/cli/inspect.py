@@ -27,12 +27,12 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     p.add_argument(
-        "--model", default="resnet", help=f"recipe ({', '.join(RECIPES)}) or module:factory [resnet]"
+        "--model", default="resnet", help=f"recipe ({', '.join(RECIPES)}), hf:DIR or module:factory [resnet]"
     )
     p.add_argument(
         "--data",
         default=None,
-        help=f"data set giving the input shape: {', '.join(DATA_SETS)} [digits; text for llama]",
+        help=f"data set giving the input shape: {', '.join(DATA_SETS)} [digits; text for llama and hf:DIR]",
     )
     p.add_argument(
         "--input-shape", metavar="SHAPE", help="example input shape instead of --data, e.g. 1,3,32,32"
@@ -81,16 +81,17 @@ def run(args: argparse.Namespace) -> int:
     """Print the plan summary and parameters per group; write the graph picture if asked."""
     import geta
     from geta.cli.options import CompressOptions
-    from geta.recipes import build_model, load_data
+    from geta.recipes import build_model, load_run_data
 
     if args.graph and Path(args.graph).suffix.lower() not in _GRAPH_SUFFIXES:
         raise CliError(f"--graph {args.graph}: the file must end in {', '.join(_GRAPH_SUFFIXES)}")
-    data_spec = args.data or ("text" if args.model == "llama" else "digits")
+    text_model = args.model == "llama" or args.model.startswith("hf:")
+    data_spec = args.data or ("text" if text_model else "digits")
     given = dict(model=args.model, data=data_spec, weight_bits=args.weight_bits, act_bits=args.act_bits)
     opts = CompressOptions.from_mapping(
         {k: v for k, v in given.items() if v is not None}, where=lambda k: f"--{k.replace('_', '-')}"
     )
-    data = load_data(opts.data, seed=0)
+    data = load_run_data(opts.model, opts.data, seed=0)
     model = build_model(opts.model, data).eval()
     config = geta.Config(target_sparsity=opts.sparsity, weight_bits=opts.weight_bits, act_bits=opts.act_bits)
     with quiet_capture():

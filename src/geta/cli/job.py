@@ -28,7 +28,17 @@ from geta.cli.errors import CliError
 from geta.cli.options import STAGE_NAMES, CompressOptions
 from geta.cli.quiet import quiet_capture
 from geta.plan import QuantTarget
-from geta.recipes import DataBundle, EpochStats, build_model, cosine_lr, evaluate, load_data, train_epoch
+from geta.recipes import (
+    DataBundle,
+    EpochStats,
+    Metrics,
+    Task,
+    build_model,
+    cosine_lr,
+    evaluate,
+    load_run_data,
+    train_epoch,
+)
 
 __all__ = [
     "CompressJob",
@@ -134,10 +144,10 @@ def _seed_everything(seed: int) -> None:
 
 
 def _dense_optimizer(options: CompressOptions, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    params, wd = model.parameters(), options.weight_decay
-    if options.optimizer == "sgd":
+    params, wd, name = model.parameters(), options.weight_decay, options.training().optimizer
+    if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=options.momentum, weight_decay=wd, nesterov=True)
-    if options.optimizer == "adam":
+    if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
@@ -182,6 +192,13 @@ def _state_dict_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Te
     return "; ".join(parts)
 
 
+def _metrics_text(data: DataBundle, metrics: Metrics) -> str:
+    """``test accuracy 97.2%`` (classification) or ``token accuracy 41.0%, perplexity 7.31`` (LM)."""
+    if data.task is Task.LM:
+        return f"test token accuracy {metrics.accuracy:.2%}, perplexity {metrics.perplexity:.2f}"
+    return f"test accuracy {metrics.accuracy:.2%}"
+
+
 def mean_bits(plan: geta.Plan) -> dict[str, float]:
     """``weight_bits`` / ``input_bits``: mean real-valued bit width of the plan's quantizers per target."""
     out = {}
@@ -223,7 +240,7 @@ class CompressJob:
         if not resumed:
             _seed_everything(o.seed)
         self.device = torch.device(o.device)
-        self.data = load_data(o.data, seed=o.seed)
+        self.data = load_run_data(o.model, o.data, seed=o.seed, seq_len=o.seq_len)
         self.model = build_model(o.model, self.data, seed=o.seed).to(self.device)
         if state.phase == "dense" and o.dense_checkpoint:
             _load_dense_checkpoint(o.dense_checkpoint, self.model)
@@ -258,6 +275,7 @@ class CompressJob:
     def _dense(self, state: RunState) -> None:
         o = state.options
         lr, _ = o.learning_rates()
+        dense_epochs = o.training().dense_epochs
         if not o.dense_checkpoint:  # (a dense checkpoint is loaded in `run`)
             opt = _dense_optimizer(o, self.model, lr)
             if state.model is not None and state.optimizer is not None:
@@ -268,11 +286,11 @@ class CompressJob:
             spe = self.data.num_batches(o.batch_size)
 
             def lr_at(stats: EpochStats) -> float:  # cosine over all dense steps, one epoch of warm-up
-                return cosine_lr(state.epoch * spe + stats.batches, o.dense_epochs * spe, lr, warmup=spe)
+                return cosine_lr(state.epoch * spe + stats.batches, dense_epochs * spe, lr, warmup=spe)
 
-            self._epochs(state, opt, o.dense_epochs, lambda: "dense", lr_at)
+            self._epochs(state, opt, dense_epochs, lambda: "dense", lr_at)
         metrics = evaluate(self.model, self.data, batch_size=256, device=self.device)
-        self.reporter.note(f"dense model: test accuracy {metrics.accuracy:.2%}")
+        self.reporter.note(f"dense model: {_metrics_text(self.data, metrics)}")
         dense_sd = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         state.dense = {"state": dense_sd, "accuracy": metrics.accuracy, "loss": metrics.loss}
         state.phase, state.epoch, state.batch, state.partial = "compress", 0, 0, {}
@@ -285,6 +303,7 @@ class CompressJob:
         config = geta.Config(
             target_sparsity=o.sparsity, weight_bits=o.weight_bits, act_bits=o.act_bits,
             target_bops=o.target_bops, selection=o.selection, min_keep_fraction=o.min_keep,
+            quantize_embeddings=o.quantize_embeddings,
         )  # fmt: skip
         self.teacher = self._teacher(state) if o.distill > 0 else None
         example = tuple(t.to(self.device) for t in self.data.example(CALIBRATION_SAMPLES))
@@ -298,13 +317,14 @@ class CompressJob:
             cooldown=cooldown,
         )
         _, lr = o.learning_rates()
-        extra = {"momentum": o.momentum} if o.optimizer == "sgd" else {}
+        variant = o.training().optimizer
+        extra = {"momentum": o.momentum} if variant == "sgd" else {}
         opt = geta.QASSO(
             plan,
             lr,
             schedule=schedule,
             lr_quant=o.lr_quant,
-            variant=o.optimizer,
+            variant=variant,
             weight_decay=o.weight_decay,
             grad_clip=o.grad_clip,
             forget=o.forget,
@@ -369,6 +389,8 @@ class CompressJob:
                       "train_accuracy": stats.accuracy, "test_accuracy": metrics.accuracy,
                       "test_loss": metrics.loss, "lr": opt.param_groups[0]["lr"],
                       **self._extra(), **self._costs()}  # fmt: skip
+            if self.data.task is Task.LM:
+                record["test_perplexity"] = metrics.perplexity
             state.history.append(record)
             self.reporter.epoch_end(record)
             state.epoch, state.batch, state.partial = state.epoch + 1, 0, {}
@@ -389,7 +411,7 @@ class CompressJob:
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
             on_batch=self._on_batch(), stop=self.stop,
             teacher=getattr(self, "teacher", None) if state.phase == "compress" else None,
-            distill_weight=o.distill,
+            distill_weight=o.distill, clip_norm=o.training().clip_norm,
         )  # fmt: skip
 
     def _extra(self) -> dict[str, float]:

@@ -15,6 +15,8 @@ from typing import Any
 
 from geta.cli.errors import CliError
 from geta.config import MAX_BITS, MIN_BITS
+from geta.recipes import TrainingDefaults, defaults_for
+from geta.recipes.defaults import CNN_DEFAULTS, HF_DEFAULTS, TRANSFORMER_DEFAULTS
 
 __all__ = [
     "CompressOptions",
@@ -26,11 +28,13 @@ __all__ = [
     "split_epochs",
 ]
 
-STAGE_WEIGHTS = (2, 3, 7, 18)  # default epochs of warm-up, projection, joint, cool-down
+STAGE_WEIGHTS = CNN_DEFAULTS.stage_weights  # default epochs of warm-up, projection, joint, cool-down
 STAGE_NAMES = ("warm-up", "projection", "joint", "cool-down")
 _STAGE_PRIORITY = (2, 3, 1, 0)  # who gets an epoch first when there are too few: joint, cool-down, ...
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LR = {"sgd": (0.1, 0.05), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)}  # (dense, QASSO)
+# (a recipe's own optimizer brings its own rates, `geta.recipes.TrainingDefaults`; these apply
+# when --optimizer picks another one)
 
 
 def _opt(default: Any, text: str) -> Any:
@@ -40,10 +44,16 @@ def _opt(default: Any, text: str) -> Any:
 
 @dataclass(frozen=True)
 class CompressOptions:
-    """What ``geta compress`` trains, on what, and how (defaults tuned for the digits demo)."""
+    """What ``geta compress`` trains, on what, and how.
 
-    model: str = _opt("resnet", "model recipe or module:factory")
+    Options left at None take the model's `geta.recipes.TrainingDefaults` (`training`):
+    SGD for the CNN recipes (tuned on the digits demo), AdamW with gradient-norm clipping for
+    the transformer recipes and ``hf:DIR`` checkpoints.
+    """
+
+    model: str = _opt("resnet", "model recipe, hf:DIR (a local Hugging Face checkpoint) or module:factory")
     data: str = _opt("digits", "data set")
+    seq_len: int | None = _opt(None, "tokens per window / block of text data")
     sparsity: float = _opt(0.6, "fraction of prunable channels/heads to remove")
     weight_bits: tuple[int, int] = _opt((3, 4), "final bit range of the weights, LO,HI")
     act_bits: tuple[int, int] | None = _opt((2, 4), "final bit range of layer inputs, LO,HI or none (float)")
@@ -52,13 +62,18 @@ class CompressOptions:
     projection: int | None = _opt(None, "projection epochs")
     joint: int | None = _opt(None, "joint (pruning) epochs")
     cooldown: int | None = _opt(None, "cool-down epochs")
-    dense_epochs: int = _opt(40, "epochs of dense baseline training (skipped with --dense-checkpoint)")
+    dense_epochs: int | None = _opt(
+        None, "epochs of dense baseline training (skipped with --dense-checkpoint)"
+    )
     dense_lr: float | None = _opt(None, "dense training learning rate")
-    optimizer: str = _opt("sgd", "sgd, adam or adamw, for both phases")
+    optimizer: str | None = _opt(None, "sgd, adam or adamw, for both phases")
     lr: float | None = _opt(None, "QASSO learning rate of the weights (cosine decay in the cool-down)")
     lr_quant: float = _opt(1e-3, "QASSO learning rate of the quantizer scalars")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(1e-4, "weight decay")
+    clip_norm: float | None = _opt(
+        None, "clip the global gradient norm to this before every step, both phases (0: off)"
+    )
     grad_clip: float | None = _opt(None, "element-wise gradient clip inside QASSO")
     batch_size: int = _opt(64, "batch size")
     device: str = _opt("cpu", "torch device")
@@ -75,6 +90,9 @@ class CompressOptions:
     forget: str = _opt("linear", "forget rate of the selected rows: linear, or descent (the paper's rule)")
     bit_rule: str = _opt("budget", "bits by sensitivity under the budget, or descent (the paper's step rule)")
     distill: float = _opt(0.0, "weight of distillation from the dense model during compression (0: off)")
+    quantize_embeddings: bool = _opt(
+        False, "quantize embedding tables too (their weights; lookups cost no BOPs)"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: Callable[[str], str]) -> CompressOptions:
@@ -95,9 +113,27 @@ class CompressOptions:
         opts.stage_epochs()  # checks the epoch split
         return opts
 
+    def training(self) -> TrainingDefaults:
+        """The training settings in force: the options given, the model's defaults for the rest.
+
+        An ``optimizer`` other than the model's default brings its own `DEFAULT_LR`.
+        """
+        d = defaults_for(self.model)
+        opt = self.optimizer or d.optimizer
+        dense_lr, lr = (d.dense_lr, d.lr) if opt == d.optimizer else DEFAULT_LR[opt]
+        return TrainingDefaults(
+            optimizer=opt,
+            dense_lr=self.dense_lr if self.dense_lr is not None else dense_lr,
+            lr=self.lr if self.lr is not None else lr,
+            clip_norm=self.clip_norm if self.clip_norm is not None else d.clip_norm,
+            dense_epochs=self.dense_epochs if self.dense_epochs is not None else d.dense_epochs,
+            stage_weights=d.stage_weights,
+        )
+
     def stage_epochs(self) -> tuple[int, int, int, int]:
         """Epochs of (warm-up, projection, joint, cool-down) after splitting ``epochs``."""
-        stages = split_epochs(self.epochs, self._given_stages())
+        weights = defaults_for(self.model).stage_weights
+        stages = split_epochs(self.epochs, self._given_stages(), weights)
         if self.sparsity > 0 and stages[2] == 0:
             raise CliError(
                 f"--sparsity {self.sparsity} needs at least one joint (pruning) epoch; "
@@ -111,12 +147,9 @@ class CompressOptions:
         return [STAGE_NAMES[i] for i, n in enumerate(self.stage_epochs()) if n == 0 and given[i] is None]
 
     def learning_rates(self) -> tuple[float, float]:
-        """(dense lr, QASSO lr): the options', or the optimizer's `DEFAULT_LR` where they are None."""
-        dense, qasso = DEFAULT_LR[self.optimizer]
-        return (
-            self.dense_lr if self.dense_lr is not None else dense,
-            self.lr if self.lr is not None else qasso,
-        )
+        """(dense lr, QASSO lr): the options', or the defaults of the model and optimizer (`training`)."""
+        t = self.training()
+        return t.dense_lr, t.lr
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists), as written to ``config.yaml`` and checkpoints."""
@@ -126,11 +159,36 @@ class CompressOptions:
         return (self.warmup, self.projection, self.joint, self.cooldown)
 
 
+def _per_model(values: dict[str, object]) -> str:
+    """``"sgd; adamw for vit, llama, hf:DIR"``: the CNN value, then where the transformers differ."""
+    cnn = values["cnn"]
+    others = [f"{v} for {k}" for k, v in values.items() if k != "cnn" and v != cnn]
+    return "; ".join([str(cnn), *others])
+
+
+def _transformer_value(name: str) -> dict[str, object]:
+    """An option's default for the CNN recipes, the transformer recipes and ``hf:DIR``."""
+
+    def show(d: TrainingDefaults) -> object:
+        value = getattr(d, name)
+        return f"{value:g}" if isinstance(value, float) else value
+
+    both = show(TRANSFORMER_DEFAULTS) == show(HF_DEFAULTS)
+    out = {"cnn": show(CNN_DEFAULTS), "vit, llama" + (", hf:DIR" if both else ""): show(TRANSFORMER_DEFAULTS)}
+    if not both:
+        out["hf:DIR"] = show(HF_DEFAULTS)
+    return out
+
+
 def default_text(name: str) -> str | None:
     """The default of option ``name`` as ``--help`` shows it, from the values the code applies.
 
-    >>> default_text("weight_bits"), default_text("epochs"), default_text("joint"), default_text("lr")
-    ('3,4', '30', '7', 'sgd 0.05, adam 0.001, adamw 0.001')
+    >>> default_text("weight_bits"), default_text("epochs"), default_text("joint")
+    ('3,4', '30', '7')
+    >>> default_text("optimizer"), default_text("dense_epochs")
+    ('sgd; adamw for vit, llama, hf:DIR', '40; 1 for hf:DIR')
+    >>> default_text("lr")
+    'sgd 0.05, adam 0.001, adamw 0.001; vit, llama, hf:DIR: adamw 0.001'
     """
     f = next(f for f in fields(CompressOptions) if f.name == name)
     stages = ("warmup", "projection", "joint", "cooldown")
@@ -140,19 +198,33 @@ def default_text(name: str) -> str | None:
         return str(STAGE_WEIGHTS[stages.index(name)])
     if name in ("dense_lr", "lr"):
         side = 0 if name == "dense_lr" else 1
-        return ", ".join(f"{opt} {lrs[side]:g}" for opt, lrs in DEFAULT_LR.items())
+        own = ", ".join(f"{opt} {lrs[side]:g}" for opt, lrs in DEFAULT_LR.items())
+        t = TRANSFORMER_DEFAULTS
+        return f"{own}; vit, llama, hf:DIR: {t.optimizer} {(t.dense_lr, t.lr)[side]:g}"
+    if name in ("optimizer", "clip_norm", "dense_epochs"):
+        values = _transformer_value(name)
+        if name == "dense_epochs":
+            values = {"cnn": values["cnn"], **{k: v for k, v in values.items() if k == "hf:DIR"}}
+        return _per_model(values)
+    if name == "seq_len":
+        return "64 bytes for byte-level text, 128 tokens with an hf:DIR tokenizer"
     if f.default is None:
         return "none" if name in ("act_bits", "grad_clip", "target_bops") else None
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
     if isinstance(f.default, tuple):
         return ",".join(str(v) for v in f.default)
     return f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
 
 
-def split_epochs(total: int | None, given: tuple[int | None, ...]) -> tuple[int, int, int, int]:
-    """Fill the unspecified stages: defaults without a total, else a share of what is left.
+def split_epochs(
+    total: int | None, given: tuple[int | None, ...], weights: tuple[int, int, int, int] = STAGE_WEIGHTS
+) -> tuple[int, int, int, int]:
+    """Fill the unspecified stages: ``weights`` without a total, else a share of what is left.
 
-    Shares follow `STAGE_WEIGHTS`, but every unspecified stage gets at least one epoch while
-    there are enough (the joint stage first, then cool-down, projection and warm-up).
+    Shares follow ``weights`` (the model's, default `STAGE_WEIGHTS`), but every unspecified
+    stage gets at least one epoch while there are enough (the joint stage first, then
+    cool-down, projection and warm-up).
 
     >>> split_epochs(None, (None, None, None, None)), split_epochs(2, (None, None, None, None))
     ((2, 3, 7, 18), (0, 0, 1, 1))
@@ -160,7 +232,7 @@ def split_epochs(total: int | None, given: tuple[int | None, ...]) -> tuple[int,
     ((1, 1, 2, 4), (0, 1, 4, 5))
     """
     if total is None:
-        return tuple(w if g is None else g for g, w in zip(given, STAGE_WEIGHTS))  # type: ignore[return-value]
+        return tuple(w if g is None else g for g, w in zip(given, weights))  # type: ignore[return-value]
     left = total - sum(g for g in given if g is not None)
     if left < 0:
         raise CliError(
@@ -168,8 +240,8 @@ def split_epochs(total: int | None, given: tuple[int | None, ...]) -> tuple[int,
             "raise --epochs or lower --warmup/--projection/--joint/--cooldown"
         )
     free = [i for i, g in enumerate(given) if g is None]
-    weight = sum(STAGE_WEIGHTS[i] for i in free)
-    share = {i: left * STAGE_WEIGHTS[i] / weight for i in free} if weight else {}
+    weight = sum(weights[i] for i in free)
+    share = {i: left * weights[i] / weight for i in free} if weight else {}
     alloc = {i: int(s) for i, s in share.items()}
     for i in sorted(free, key=lambda i: alloc[i] - share[i])[: left - sum(alloc.values())]:
         alloc[i] += 1  # largest remainders first
@@ -268,7 +340,9 @@ def _bits(optional: bool) -> Callable[[Any, str], tuple[int, int] | None]:
     return convert
 
 
-def _optimizer(raw: Any, where: str) -> str:
+def _optimizer(raw: Any, where: str) -> str | None:
+    if raw is None or str(raw).strip().lower() in ("none", ""):
+        return None  # the model's default
     value = _text(raw, where).lower()
     if value not in OPTIMIZERS:
         raise CliError(f"{where} must be one of {', '.join(OPTIMIZERS)}, got {raw!r}")
@@ -283,6 +357,17 @@ def _choice(*allowed: str) -> Callable[[Any, str], str]:
         return value
 
     return convert
+
+
+def _bool(raw: Any, where: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise CliError(f"{where} must be true or false, got {raw!r}")
 
 
 def _device(raw: Any, where: str) -> str:
@@ -301,16 +386,18 @@ def _device(raw: Any, where: str) -> str:
 
 _EPOCHS = _number(int, 0, None, optional=True)
 _CONVERT: dict[str, Callable[[Any, str], Any]] = {
-    "model": _text, "data": _text, "sparsity": _number(float, 0.0, 0.95),
+    "model": _text, "data": _text, "seq_len": _number(int, 2, None, optional=True),
+    "sparsity": _number(float, 0.0, 0.95),
     "weight_bits": _bits(False), "act_bits": _bits(True),
     "epochs": _EPOCHS, "warmup": _EPOCHS, "projection": _EPOCHS, "joint": _EPOCHS, "cooldown": _EPOCHS,
-    "dense_epochs": _number(int, 0, None), "dense_lr": _number(float, 0.0, None, optional=True),
+    "dense_epochs": _EPOCHS, "dense_lr": _number(float, 0.0, None, optional=True),
     "optimizer": _optimizer, "lr": _number(float, 0.0, None, optional=True),
+    "clip_norm": _number(float, 0.0, None, optional=True),
     "lr_quant": _number(float, 0.0, None), "momentum": _number(float, 0.0, 0.999),
     "weight_decay": _number(float, 0.0, None), "grad_clip": _number(float, 1e-12, None, optional=True),
     "batch_size": _number(int, 1, None), "device": _device, "seed": _number(int, 0, None),
     "dense_checkpoint": _optional_text, "target_bops": _number(float, 1e-9, 1.0, optional=True),
     "selection": _choice("uniform", "global"), "min_keep": _number(float, 0.0, 1.0),
     "forget": _choice("linear", "descent"), "bit_rule": _choice("budget", "descent"),
-    "distill": _number(float, 0.0, None),
+    "distill": _number(float, 0.0, None), "quantize_embeddings": _bool,
 }  # fmt: skip

@@ -154,7 +154,8 @@ def _measure(result: JobResult, small: nn.Module, dense: nn.Module) -> dict[str,
     assert state.dense is not None
     return {
         "geta_version": geta.__version__, "task": data.task.value, "data": data.name,
-        "options": state.options.to_dict(), "stage_epochs": list(state.options.stage_epochs()),
+        "options": state.options.to_dict(), "training": dataclasses.asdict(state.options.training()),
+        "stage_epochs": list(state.options.stage_epochs()),
         "dense": _side(state.dense["accuracy"], state.dense["loss"], dense_rep),
         "compressed": {**_side(metrics.accuracy, metrics.loss, rep), "relative_size": rep.relative_size},
         "relative_bops": rep.relative_bops, "relative_bops_weight_only": rep.relative_bops_weight_only,

@@ -85,6 +85,8 @@ class TqdmReporter:
 
 def _epoch_text(record: dict[str, Any]) -> str:
     text = f"loss {record['loss']:.3f}, test acc {record['test_accuracy']:.4f}"
+    if "test_perplexity" in record:
+        text += f", test ppl {record['test_perplexity']:.2f}"
     if "sparsity" in record:
         text += f", sparsity {record['sparsity']:.2f}"
     if "weight_bits" in record:

@@ -47,7 +47,7 @@ def dense_of_run(run_dir: Path) -> nn.Module | None:
     import yaml
 
     from geta.cli.options import CompressOptions
-    from geta.recipes import build_model, load_data
+    from geta.recipes import build_model, load_run_data
 
     config, weights = run_dir / "config.yaml", run_dir / "dense.pt"
     if not (config.is_file() and weights.is_file()):
@@ -55,7 +55,8 @@ def dense_of_run(run_dir: Path) -> nn.Module | None:
     try:
         raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
         opts = CompressOptions.from_mapping(raw, where=lambda k: f"{k!r} in {config}")
-        model = build_model(opts.model, load_data(opts.data, seed=opts.seed), seed=opts.seed)
+        data = load_run_data(opts.model, opts.data, seed=opts.seed, seq_len=opts.seq_len)
+        model = build_model(opts.model, data, seed=opts.seed)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as exc:
         raise CliError(

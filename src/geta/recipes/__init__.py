@@ -1,9 +1,11 @@
 """Built-in models and data sets for the ``geta`` command line (tiny and offline).
 
 - `load_data`: ``digits`` (scikit-learn, bundled), ``cifar10:DIR``, ``imagefolder:DIR``,
-  ``text[:FILE]`` -> `DataBundle`;
-- `build_model`: the recipes of `RECIPES` (resnet, vgg, mlp, vit, llama) or a user's
-  ``module:factory``;
+  ``text[:FILE|DIR]``, ``jsonl:FILE[:FIELD]`` -> `DataBundle` (text byte-level, or tokenized);
+- `build_model`: the recipes of `RECIPES` (resnet, vgg, mlp, vit, llama), a local Hugging Face
+  checkpoint ``hf:DIR`` (`geta.recipes.hf`) or a user's ``module:factory``;
+  `load_run_data` loads a data set as a model reads it (an ``hf:DIR`` checkpoint's tokenizer);
+- `defaults_for`: the `TrainingDefaults` of a model (optimizer, learning rates, clipping, stages);
 - `train_epoch`, `evaluate`: the silent training loop pieces the CLI drives.
 
 Optional dependencies (scikit-learn, Pillow, transformers) are imported only when the data set
@@ -13,8 +15,9 @@ or model that needs them is asked for.
 from __future__ import annotations
 
 from geta.recipes.data import DATA_SETS, DataBundle, Task, load_data
+from geta.recipes.defaults import TrainingDefaults
 from geta.recipes.errors import RecipeError
-from geta.recipes.models import RECIPES, Recipe, build_model, load_factory
+from geta.recipes.models import RECIPES, Recipe, build_model, defaults_for, load_factory, load_run_data
 from geta.recipes.training import EpochStats, Metrics, cosine_lr, evaluate, logits_of, train_epoch
 
 __all__ = [
@@ -22,6 +25,9 @@ __all__ = [
     "DataBundle",
     "Task",
     "load_data",
+    "load_run_data",
+    "TrainingDefaults",
+    "defaults_for",
     "RecipeError",
     "RECIPES",
     "Recipe",

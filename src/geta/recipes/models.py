@@ -10,6 +10,9 @@ classes, vocabulary):
 - ``llama``: a small Llama-style causal language model (transformers' ``LlamaForCausalLM``,
   grouped-query attention) for byte-level text.
 
+Besides the recipes: ``hf:DIR``, a local Hugging Face checkpoint (`geta.recipes.hf`), and a
+user's ``module:factory``. Each recipe carries its `TrainingDefaults` (`defaults_for`).
+
 >>> from geta.recipes.data import load_data
 >>> model = build_model("mlp", load_data("digits"))
 >>> type(model).__name__, model(torch.zeros(2, 1, 8, 8)).shape[-1]
@@ -30,10 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geta.recipes.data import DataBundle, Task
+from geta.recipes import hf
+from geta.recipes.data import DataBundle, Task, load_data
+from geta.recipes.defaults import CNN_DEFAULTS, HF_DEFAULTS, TRANSFORMER_DEFAULTS, TrainingDefaults
 from geta.recipes.errors import RecipeError
+from geta.recipes.hf import CausalLM
 
-__all__ = ["RECIPES", "Recipe", "build_model", "load_factory"]
+__all__ = ["RECIPES", "Recipe", "CausalLM", "build_model", "defaults_for", "load_factory", "load_run_data"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Recipe:
     task: Task
     build: Callable[[DataBundle], nn.Module]
     needs: str | None = None  # an optional import, e.g. "transformers"
+    defaults: TrainingDefaults = CNN_DEFAULTS  # how `geta compress` trains it unless told otherwise
 
 
 def _cbr(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -130,17 +137,6 @@ def vit(data: DataBundle) -> nn.Module:
     return ViT(c, h, data.num_classes)
 
 
-class CausalLM(nn.Module):
-    """Wraps a Hugging Face causal LM so that ``forward(input_ids)`` returns the logits (B, T, V)."""
-
-    def __init__(self, lm: nn.Module) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(input_ids=input_ids).logits
-
-
 def llama(data: DataBundle) -> nn.Module:
     """A 2-layer Llama (hidden 64, 4 query heads over 2 key/value heads), random init."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -159,36 +155,87 @@ RECIPES: dict[str, Recipe] = {
         Recipe("resnet", "residual CNN (32/48/64 channels)", Task.CLASSIFY, resnet),
         Recipe("vgg", "VGG-style CNN with a 2-layer classifier", Task.CLASSIFY, vgg),
         Recipe("mlp", "3-layer perceptron over flattened inputs", Task.CLASSIFY, mlp),
-        Recipe("vit", "small vision transformer (2 layers, 4 heads)", Task.CLASSIFY, vit),
-        Recipe("llama", "small Llama-style causal LM (needs transformers)", Task.LM, llama, "transformers"),
+        Recipe(
+            "vit",
+            "small vision transformer (2 layers, 4 heads)",
+            Task.CLASSIFY,
+            vit,
+            defaults=TRANSFORMER_DEFAULTS,
+        ),
+        Recipe(
+            "llama",
+            "small Llama-style causal LM (needs transformers)",
+            Task.LM,
+            llama,
+            "transformers",
+            TRANSFORMER_DEFAULTS,
+        ),
     )
 }
 """Every built-in recipe by name."""
 
 
+def defaults_for(spec: str) -> TrainingDefaults:
+    """The training defaults of model ``spec``: its recipe's, `HF_DEFAULTS` for ``hf:DIR``, else CNN's.
+
+    >>> defaults_for("llama").optimizer, defaults_for("hf:ckpt").optimizer, defaults_for("my:net").optimizer
+    ('adamw', 'adamw', 'sgd')
+    """
+    if spec.startswith(hf.PREFIX):
+        return HF_DEFAULTS
+    recipe = RECIPES.get(spec)
+    return recipe.defaults if recipe is not None else CNN_DEFAULTS
+
+
+def load_run_data(model: str, data: str, *, seed: int = 0, seq_len: int | None = None) -> DataBundle:
+    """The data set ``data`` as model ``model`` reads it.
+
+    With ``hf:DIR`` text is tokenized by the checkpoint's tokenizer, and labelled when the
+    checkpoint is a sequence classifier; with every other model it is byte-level.
+    """
+    if not model.startswith(hf.PREFIX):
+        return load_data(data, seed=seed, seq_len=seq_len)
+    ckpt = hf.open_checkpoint(model[len(hf.PREFIX) :])
+    text = data.partition(":")[0].strip().lower() in ("text", "jsonl")
+    encoder = ckpt.encoder() if text else None
+    return load_data(data, seed=seed, encoder=encoder, seq_len=seq_len, task=ckpt.task)
+
+
 def build_model(spec: str, data: DataBundle, *, seed: int = 0) -> nn.Module:
-    """Build recipe ``spec`` (or a user's ``module:factory``) for ``data``, seeded, in train mode."""
+    """Build recipe ``spec``, a checkpoint ``hf:DIR`` or a user's ``module:factory`` for ``data``.
+
+    Seeded, in train mode. A checkpoint's weights are loaded (see `geta.recipes.hf`); its
+    sequence-classification rows are padded with its tokenizer's pad token.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if ":" in spec:
+        if spec.startswith(hf.PREFIX):
+            model = _build_checkpoint(spec[len(hf.PREFIX) :], data)
+        elif ":" in spec:
             model = load_factory(spec, data)
         else:
             model = _build_recipe(spec, data)
     return model.train()
 
 
+def _build_checkpoint(directory: str, data: DataBundle) -> nn.Module:
+    ckpt = hf.open_checkpoint(directory)
+    pad = ckpt.encoder().pad if ckpt.kind is hf.HFKind.SEQUENCE_CLASSIFICATION else 0
+    return hf.build_checkpoint_model(ckpt, data, pad_id=pad)
+
+
 def _build_recipe(name: str, data: DataBundle) -> nn.Module:
     recipe = RECIPES.get(name)
     if recipe is None:
         raise RecipeError(
-            f"unknown model {name!r}; use one of {', '.join(RECIPES)} or module:factory "
-            "(a function of your own that returns an nn.Module)"
+            f"unknown model {name!r}; use one of {', '.join(RECIPES)}, hf:DIR (a Hugging Face "
+            "checkpoint folder) or module:factory (a function of your own that returns an nn.Module)"
         )
     if recipe.task is not data.task:
         want = (
             "an image data set (digits, cifar10:DIR, imagefolder:DIR)"
             if recipe.task is Task.CLASSIFY
-            else "a text data set (--data text or text:FILE)"
+            else "a text data set (--data text, text:FILE|DIR or jsonl:FILE[:FIELD])"
         )
         raise RecipeError(f"model {name!r} needs {want}; got {data.name!r}")
     if recipe.needs and importlib.util.find_spec(recipe.needs) is None:

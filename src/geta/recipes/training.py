@@ -114,6 +114,7 @@ def train_epoch(
     stop: Callable[[], bool] | None = None,
     teacher: nn.Module | None = None,
     distill_weight: float = 1.0,
+    clip_norm: float = 0.0,
 ) -> EpochStats:
     """Train ``model`` for one epoch from batch ``start``; return the epoch's running sums.
 
@@ -121,7 +122,9 @@ def train_epoch(
     group. The epoch ends early, at a batch boundary, as soon as ``stop()`` returns True; the
     returned ``stats.batches`` then tells where to resume. With a ``teacher`` (the dense model,
     in eval mode) the loss adds ``distill_weight`` x `distillation_loss` of the model's logits
-    against the teacher's.
+    against the teacher's. ``clip_norm`` > 0 clips the global gradient norm of the first param
+    group (all parameters of an ordinary optimizer; the weights, not the quantizer scalars, of
+    `geta.QASSO`) to that value before every step.
     """
     stats = stats if stats is not None else EpochStats()
     model.train()
@@ -139,6 +142,8 @@ def train_epoch(
             loss = loss + distill_weight * distillation_loss(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_norm > 0:
+            nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], clip_norm)
         optimizer.step()
         stats.loss_sum += float(loss.detach())
         stats.hits += hits

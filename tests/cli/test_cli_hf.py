@@ -1,0 +1,67 @@
+"""``geta compress --model hf:DIR``: a tiny Llama checkpoint from disk, compressed end to end."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import Result
+
+pytest.importorskip("transformers")
+
+SOURCE = Path(textwrap.__file__)  # standard-library text to model
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama and a BPE tokenizer (384 tokens) trained on stdlib source, on disk."""
+    from geta.recipes.tiny import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "llama", "llama", vocab_size=384)
+
+
+def test_compress_a_checkpoint_from_disk_on_tokenized_text(
+    llama_dir: Path, tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
+    out = tmp_path / "run"
+    result = geta_cli(
+        "compress", "--model", f"hf:{llama_dir}", "--data", f"text:{SOURCE}", "--seq-len", "32",
+        "--dense-epochs", "1", "--epochs", "2", "--batch-size", "32", "--quantize-embeddings",
+        "--no-plots", "--no-export", "--out", out,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert {"report.json", "report.md", "compressed.pt", "dense.pt", "config.yaml"} <= {
+        p.name for p in out.iterdir()
+    }
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "lm" and report["compressed"]["perplexity"] > 1
+    assert report["training"]["optimizer"] == "adamw" and report["training"]["clip_norm"] > 0  # hf: defaults
+    assert report["group_sparsity"] > 0.5
+    assert "lm.model.embed_tokens.weight" in report["bits"]["weight"]  # --quantize-embeddings
+    assert all("test_perplexity" in h for h in report["history"])
+    assert "perplexity" in (out / "report.md").read_text()
+    assert "perplexity" in result.err  # the per-epoch lines and the dense note show it
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ("hf:/no/such/dir", "text", "checkpoint directory /no/such/dir does not exist"),
+        ("hf:{ckpt}", "jsonl:{tmp}/none.jsonl", "none.jsonl does not exist"),
+        ("hf:{ckpt}", "text:{tmp}/empty.txt", "holds no text"),
+        ("hf:{ckpt}", "digits", "needs text to model"),
+    ],
+)
+def test_bad_checkpoint_or_data_is_one_line(
+    model: str, data: str, message: str, llama_dir: Path, tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    spec = {"ckpt": llama_dir, "tmp": tmp_path}
+    result = geta_cli(
+        "compress", "--model", model.format(**spec), "--data", data.format(**spec), "--out", tmp_path / "o"
+    )
+    assert result.code == 2 and message in result.err and len(result.err.strip().splitlines()) == 1
