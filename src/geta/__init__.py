@@ -26,6 +26,8 @@ __all__ = [
     "ParamSlice",
     "prepare",
     "convert",
+    "shard",
+    "full_state_dict",
     "QASSO",
     "Schedule",
     "Stage",
@@ -48,6 +50,8 @@ _LAZY = {
     "CompressionReport": ("geta.reporting", "CompressionReport"),
     "export": ("geta.export", None),
     "testing": ("geta.testing", None),
+    "shard": ("geta.distributed", "shard"),
+    "full_state_dict": ("geta.distributed", "full_state_dict"),
 }
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from geta.graph.ir import Graph
     from geta.graph.space import Space
     from geta.quant.quantizer import LearnableQuantizer
+    from geta.reporting.count import LayerCost
     from geta.reporting.model import DenseCounts
 
 __all__ = ["Plan", "QuantBinding", "QuantTarget"]
@@ -57,6 +58,7 @@ class Plan:
     group_spaces: dict[int, Space] = field(default_factory=dict, repr=False)  # group id -> space
     example_inputs: object = field(default=None, repr=False)
     dense: DenseCounts | None = field(default=None, repr=False)  # the original model's MACs/params
+    costs: list[LayerCost] | None = field(default=None, repr=False)  # cost terms kept by geta.shard
 
     def __post_init__(self) -> None:
         self._weight_quantizer = {

@@ -47,7 +47,8 @@ class BitBudget:
     def __init__(self, plan: Plan, table: QuantizerTable, layout: UnitLayout, removed: Tensor) -> None:
         if plan.example_inputs is None:
             raise ConfigError("the bit budget needs the plan's example inputs (plan.example_inputs is None)")
-        costs = layer_costs(plan.model, plan.example_inputs)
+        # a sharded model cannot be captured: `geta.shard` keeps its terms from before sharding
+        costs = plan.costs if plan.costs is not None else layer_costs(plan.model, plan.example_inputs)
         kept = _kept_fractions(layout, removed)
         macs, wq, aq, fixed_w, fixed_a = [], [], [], [], []
         for c in costs:

@@ -30,12 +30,15 @@ it owns, and the descent bound of `geta.optim.rules` holds for every unit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from geta.optim import rules
 from geta.optim.layout import FlatBucket, RedundantRows
 from geta.optim.quantizers import QuantizerTable
+from geta.optim.sharding import local_data
 
 __all__ = ["ForgetStep"]
 
@@ -59,6 +62,7 @@ class ForgetStep:
         *,
         floor: float = 0.0,
         step_rule: bool = True,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.rows = rows
         self.table = table
@@ -77,6 +81,7 @@ class ForgetStep:
             self.block_unit = rows.block_unit.to(self.device)
             self.block_layer = rows.block_layer.to(self.device)
         self.recorded = [[False] * len(b.parts) for b in rows.flat]
+        self.reduce = reduce  # sharded parameters: adds the ranks' partial sums (in place)
 
     def touches(self, p: Tensor) -> bool:
         return id(p) in self.rows.flat_of
@@ -86,9 +91,9 @@ class ForgetStep:
         b, j = self.rows.flat_of[id(p)]
         bucket = self.rows.flat[b]
         index, at, size = bucket.parts[j].index, bucket.offsets[j], bucket.sizes[j]
-        torch.take(p.detach(), index, out=bucket.buffer("x", p.dtype).narrow(0, at, size))
+        torch.take(local_data(p).detach(), index, out=bucket.buffer("x", p.dtype).narrow(0, at, size))
         if self.needs_grad:
-            torch.take(direction, index, out=bucket.buffer("g", p.dtype).narrow(0, at, size))
+            torch.take(local_data(direction), index, out=bucket.buffer("g", p.dtype).narrow(0, at, size))
         self.recorded[b][j] = True
 
     def _gather(self, b: int, bucket: FlatBucket) -> tuple[Tensor, Tensor | None]:
@@ -99,7 +104,7 @@ class ForgetStep:
         for j, part in enumerate(bucket.parts):
             if not self.recorded[b][j]:  # no gradient: the tensor kept its values
                 at, size = bucket.offsets[j], bucket.sizes[j]
-                torch.take(part.tensor.detach(), part.index, out=x.narrow(0, at, size))
+                torch.take(local_data(part.tensor).detach(), part.index, out=x.narrow(0, at, size))
                 if g is not None:
                     g.narrow(0, at, size).zero_()
         return x, g
@@ -153,6 +158,9 @@ class ForgetStep:
                 one.copy_(tmp)
                 runs = torch.segment_reduce(one, "sum", lengths=bucket.run_lengths, unsafe=True)
                 r_dot.index_add_(0, bucket.run_block.to(self.device), runs.to(self.device))
+        if self.reduce is not None:  # one collective for both
+            both = self.reduce(torch.cat([sums.reshape(-1), r_dot[:n_blocks]]))
+            return both[: sums.numel()].reshape(sums.shape), both[sums.numel() :]
         return sums, r_dot[:n_blocks]
 
     @torch.no_grad()
@@ -192,5 +200,5 @@ class ForgetStep:
             torch.index_select(gamma.to(c.device, c.dtype), 0, bucket.unit, out=term)
             term.mul_(q_term).neg_()
             for part, at, size in zip(bucket.parts, bucket.offsets, bucket.sizes, strict=True):
-                part.tensor.data.put_(part.index, term.narrow(0, at, size), accumulate=True)
+                local_data(part.tensor).data.put_(part.index, term.narrow(0, at, size), accumulate=True)
         return gamma

@@ -44,6 +44,7 @@ from geta.optim.quantizers import QuantizerTable
 from geta.optim.quota import cumulative_quotas, group_floors, uniform_quotas
 from geta.optim.saliency import saliency_scores, select_per_group, select_units
 from geta.optim.schedule import Schedule, Stage
+from geta.optim.sharding import ShardedLayout, ShardedQuantizerTable, local_data, sharding_of
 from geta.plan import Plan
 
 __all__ = ["QASSO"]
@@ -153,13 +154,19 @@ class QASSO(torch.optim.Optimizer):
         if not isinstance(schedule, Schedule):
             raise ConfigError(f"QASSO(schedule={schedule!r}) must be a geta.Schedule")
         self.plan, self.schedule, self.grad_clip = plan, schedule, grad_clip
-        self.table = QuantizerTable(plan)
+        self.sharding = sharding_of(plan)  # FSDP2 (DTensor parameters, `geta.shard`) or None
+        self.table = (
+            QuantizerTable(plan) if self.sharding is None else ShardedQuantizerTable(plan, self.sharding)
+        )
         self._domains = self.table.domains()
         self._names = {id(p): n for n, p in plan.model.named_parameters()}  # display only
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         betas=tuple(betas), eps=eps, weight_decay=weight_decay)  # fmt: skip
         super().__init__(self._param_groups(lr_quant), defaults)
-        self.layout = UnitLayout(plan.prunable_groups, self.table.index_of_tensor)
+        if self.sharding is None:
+            self.layout = UnitLayout(plan.prunable_groups, self.table.index_of_tensor)
+        else:
+            self.layout = ShardedLayout(plan.prunable_groups, self.table.index_of_tensor, self.sharding)
         self._init_quota(plan)
         n = self.layout.num_units
         self._step_count = 0  # steps taken (the number of the next step)
@@ -255,8 +262,10 @@ class QASSO(torch.optim.Optimizer):
                 loss = closure()
             check_loss(loss, s)
         stage = self.schedule.stage_at(s)
+        if self.sharding is not None:  # FSDP reduces the sharded gradients, not the replicated
+            self.sharding.reduce_replicated_grads([p for g in self.param_groups for p in g["params"]])
         live = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        check_finite([p.grad for p in live], s, lambda i: self._names.get(id(live[i]), "?"))
+        check_finite([local_data(p.grad) for p in live], s, lambda i: self._names.get(id(live[i]), "?"))
         if self.grad_clip is not None:
             for p in live:
                 p.grad.clamp_(-self.grad_clip, self.grad_clip)
@@ -281,7 +290,7 @@ class QASSO(torch.optim.Optimizer):
         if stage is Stage.JOINT:
             self._joint_end(s)
         for tensor, dim, pos in self._zeros:
-            tensor.index_fill_(dim, pos, 0.0)
+            local_data(tensor).index_fill_(dim, pos, 0.0)
         self._step_count = s + 1
         return loss
 
@@ -337,6 +346,7 @@ class QASSO(torch.optim.Optimizer):
             self.table.upper(self.schedule, s) if step_rule else None,
             floor=1.0 if self.forget is Forget.LINEAR else 0.0,
             step_rule=step_rule,
+            reduce=None if self.sharding is None else self.sharding.all_reduce,
         )
 
     def _select(self, period: int) -> None:
@@ -382,7 +392,7 @@ class QASSO(torch.optim.Optimizer):
         if s == end - 1 and bool(self._selected.any()):
             self._committed |= self._selected
             for tensor, dim, pos in self.layout.zero_positions(self._selected):
-                tensor.index_fill_(dim, pos, 0.0)
+                local_data(tensor).index_fill_(dim, pos, 0.0)
             self._selected = torch.zeros_like(self._selected)
             self._rows = None
             self._zeros = self.layout.zero_positions(self._committed)
