@@ -53,6 +53,11 @@ bench-prepare: venv
 bench-deploy: venv
 	$(RUN_ENV) $(PY) -m bench.deploy
 
+# geta vs Torch-Pruning -> fine-tune -> QAT on digits, MNIST-1D and a small LM, 3 seeds
+# (docs/benchmarks.md and docs/compression_pareto.png).
+bench-compression: venv
+	$(RUN_ENV) $(PY) -m bench.compression
+
 # Every section of docs/benchmarks.md, one script each (each prints its headline last).
 bench: bench-qasso bench-prepare bench-deploy bench-compression
 
