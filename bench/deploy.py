@@ -1,6 +1,6 @@
 """Deployment: does pruning turn into speed? Dense vs converted latency, PyTorch and onnxruntime.
 
-    python -m bench.deploy [--models resnet50,bert] [--rounds32 7] [--rounds1 21] [--threads 2]
+    python -m bench.deploy [--models resnet50,bert] [--rounds32 5] [--rounds1 15] [--threads 2]
 
 For each model (a ResNet-50 at 224x224, a BERT-Small encoder at sequence length 128; see
 `bench.models`):
@@ -199,17 +199,24 @@ def _why_lines(nodes: Counter[str], micros: Counter[str], speedup: dict[int, flo
     """What the QDQ file ran in integers, what in float, and why (from the profile's counts)."""
     integer = sum(n for op, n in nodes.items() if op.startswith(INTEGER_OPS))
     dense_float = sum(n for op, n in nodes.items() if op in HEAVY_FLOAT_OPS)
+    total = max(sum(micros.values()), 1)
+    cpu = (
+        "AVX512-VNNI present: int8 dot products (VPDPBUSD) run natively"
+        if vnni
+        else "no VNNI: int8 kernels build the dot product from 16-bit multiply-adds"
+    )
+    transposes = 100 * micros["Transpose"] / total if nodes["QLinearConv"] else 0.0
     lines = [
         f"  QDQ file: {integer} of {integer + dense_float} convolution / matrix-product nodes ran integer "
-        f"kernels; {dense_float} ran in float (on DequantizeLinear weights, or products of two "
-        "activations). onnxruntime fuses DequantizeLinear -> op -> QuantizeLinear only, and geta "
-        "quantizes layer inputs: an op whose output feeds a residual add, a LayerNorm, a softmax "
-        "or the network output has no QuantizeLinear after it and stays float.",
-        f"  CPU: {'AVX512-VNNI present: int8 dot products (VPDPBUSD) run natively' if vnni else 'no VNNI: '}"
-        f"{'' if vnni else 'int8 kernels emulate the dot product with 16-bit multiply-adds'}; "
-        f"{_shares(micros)['Q/DQ']:.0f}% of the QDQ file's time is Quantize/DequantizeLinear "
-        f"and {100 * micros['Transpose'] / max(sum(micros.values()), 1):.0f}% layout Transposes "
-        "around the integer convolutions (NHWC kernels).",
+        f"kernels, {dense_float} ran in float. onnxruntime multiplies on integers only when both inputs "
+        "come quantized (DequantizeLinear), and a convolution only when its output is re-quantized "
+        "too (DequantizeLinear -> Conv -> QuantizeLinear = QLinearConv). geta quantizes layer inputs, "
+        "so a convolution whose output feeds a residual add (ResNet's third conv and shortcut) stays "
+        "a float convolution on dequantized weights, as do products whose operands geta keeps float.",
+        f"  CPU: {cpu}; {_shares(micros)['Q/DQ']:.0f}% of the QDQ file's kernel time is "
+        "Quantize/DequantizeLinear"
+        + (f", {transposes:.0f}% layout Transposes around QLinearConv (NHWC kernels)" if transposes else "")
+        + ".",
     ]
     slower = [b for b, r in speedup.items() if r < 1.0]
     if slower:
@@ -343,8 +350,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", default="resnet50,bert", help="comma-separated: resnet50, bert")
-    parser.add_argument("--rounds1", type=int, default=21, help="interleaved rounds at batch 1")
-    parser.add_argument("--rounds32", type=int, default=7, help="interleaved rounds at batch 32")
+    parser.add_argument("--rounds1", type=int, default=15, help="interleaved rounds at batch 1")
+    parser.add_argument("--rounds32", type=int, default=5, help="interleaved rounds at batch 32")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
