@@ -27,6 +27,7 @@ MODULES = [
     "geta.recipes.text",
     "geta.recipes.tokens",
     "geta.recipes.defaults",
+    "geta.recipes.schedules",
     "geta.recipes.models",
     "geta.recipes.training",
     "geta.cli.options",

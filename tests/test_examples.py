@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -49,3 +51,26 @@ def test_api_script_compresses_and_reports_against_the_original() -> None:
     macs, reference = re.search(r"- MACs: ([\d,]+) \(dense reference: ([\d,]+)\)", out.stdout).groups()
     assert int(macs.replace(",", "")) < int(reference.replace(",", ""))  # convert removed units
     assert "group sparsity 0.50" in out.stdout
+
+
+def test_hf_trainer_example_compresses_with_qasso_as_the_trainers_optimizer() -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "hf_trainer.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    steps, total = re.search(
+        r"trainer steps: (\d+) \(schedule (\d+)\), final stage: cooldown", out.stdout
+    ).groups()
+    assert steps == total  # one QASSO step per Trainer step
+    assert "group sparsity 0.50" in out.stdout
+    assert "quantizers 1.00e-03" in out.stdout  # the scheduler kept lr_quant
+    before, after = (
+        int(n.replace(",", "")) for n in re.search(r"parameters: ([\d,]+) -> ([\d,]+)", out.stdout).groups()
+    )
+    assert after < before
+    assert float(out.stdout.strip().splitlines()[-1].split()[-1]) < 1e-4  # convert == the trained model
