@@ -35,7 +35,7 @@ class Spec:
     name: str
     build: Callable[[], Built]
     skip: str | None = None  # a reason to leave it out (recorded in the table)
-    timeout: float = 900.0  # seconds for build + check in its own process (VGG-19: ~80 s idle)
+    timeout: float = 900.0  # seconds for build + check in its own process (VGG-16: 80 s under load)
 
 
 def _image(size: int = 64) -> tuple[torch.Tensor]:
