@@ -82,6 +82,9 @@ class ForgetStep:
             self.block_layer = rows.block_layer.to(self.device)
         self.recorded = [[False] * len(b.parts) for b in rows.flat]
         self.reduce = reduce  # sharded parameters: adds the ranks' partial sums (in place)
+        # x_R and ∇_R of each bucket, (E,), with their slice per part; held for the whole step
+        self.x = [b.views("x", b.parts[0].tensor.dtype) for b in rows.flat]
+        self.g = [b.views("g", b.parts[0].tensor.dtype) if self.needs_grad else None for b in rows.flat]
 
     def touches(self, p: Tensor) -> bool:
         return id(p) in self.rows.flat_of
@@ -89,25 +92,22 @@ class ForgetStep:
     def record(self, p: Tensor, direction: Tensor) -> None:
         """Keep ``p``'s elements of R, x_R, and those of its base direction ∇ (before ``p`` moves)."""
         b, j = self.rows.flat_of[id(p)]
-        bucket = self.rows.flat[b]
-        index, at, size = bucket.parts[j].index, bucket.offsets[j], bucket.sizes[j]
-        torch.take(local_data(p).detach(), index, out=bucket.buffer("x", p.dtype).narrow(0, at, size))
-        if self.needs_grad:
-            torch.take(local_data(direction), index, out=bucket.buffer("g", p.dtype).narrow(0, at, size))
+        index = self.rows.flat[b].parts[j].index
+        torch.take(local_data(p).detach(), index, out=self.x[b][1][j])
+        g = self.g[b]
+        if g is not None:
+            torch.take(local_data(direction), index, out=g[1][j])
         self.recorded[b][j] = True
 
     def _gather(self, b: int, bucket: FlatBucket) -> tuple[Tensor, Tensor | None]:
         """(x_R, ∇_R) of ``bucket``, (E,) each; a tensor that did not move has ∇ = 0."""
-        dtype = bucket.parts[0].tensor.dtype
-        x = bucket.buffer("x", dtype)
-        g = bucket.buffer("g", dtype) if self.needs_grad else None
+        (x, xs), g = self.x[b], self.g[b]
         for j, part in enumerate(bucket.parts):
             if not self.recorded[b][j]:  # no gradient: the tensor kept its values
-                at, size = bucket.offsets[j], bucket.sizes[j]
-                torch.take(local_data(part.tensor).detach(), part.index, out=x.narrow(0, at, size))
+                torch.take(local_data(part.tensor).detach(), part.index, out=xs[j])
                 if g is not None:
-                    g.narrow(0, at, size).zero_()
-        return x, g
+                    g[1][j].zero_()
+        return x, None if g is None else g[0]
 
     def _split(self, bucket: FlatBucket, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """(c, r) of the step rule: clipped values and rounding residuals of quantized parts.
@@ -196,9 +196,9 @@ class ForgetStep:
                         qs.add_(cs)
                     else:
                         qs.copy_(cs)
-            term = bucket.buffer("t", c.dtype)
+            term, pieces = bucket.views("t", c.dtype)
             torch.index_select(gamma.to(c.device, c.dtype), 0, bucket.unit, out=term)
             term.mul_(q_term).neg_()
-            for part, at, size in zip(bucket.parts, bucket.offsets, bucket.sizes, strict=True):
-                local_data(part.tensor).data.put_(part.index, term.narrow(0, at, size), accumulate=True)
+            for part, piece in zip(bucket.parts, pieces, strict=True):
+                local_data(part.tensor).data.put_(part.index, piece, accumulate=True)
         return gamma

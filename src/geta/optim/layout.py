@@ -122,16 +122,30 @@ class FlatBucket:
     run_unit: Tensor  # (n_runs,) local unit of each run
     run_block: Tensor  # (n_runs,) (unit, layer) block of each run; n_B where not quantized
     scratch: dict[str, Tensor] = field(default_factory=dict)
+    _views: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = field(default_factory=dict)
 
     def buffer(self, name: str, dtype: torch.dtype, width: int = 1) -> Tensor:
-        """A work buffer (E_total,) or (E_total, width), kept on the CPU, fresh elsewhere."""
+        """A work buffer (E_total,) or (E_total, width), kept on the CPU, fresh elsewhere (where
+        the caller must hold it for as long as it needs its contents)."""
         shape = (int(self.unit.numel()),) if width == 1 else (int(self.unit.numel()), width)
         buf = self.scratch.get(name)
         if buf is None or buf.dtype != dtype or buf.shape != shape:
             buf = torch.empty(shape, dtype=dtype, device=self.unit.device)
             if buf.device.type == "cpu":
                 self.scratch[name] = buf
+                self._views.pop(name, None)
         return buf
+
+    def views(self, name: str, dtype: torch.dtype) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """`buffer` ``name`` (E_total,) and its slice of each part, (E,) each."""
+        buf = self.buffer(name, dtype)
+        cached = self._views.get(name)
+        if cached is not None and cached[0] is buf:
+            return cached
+        out = (buf, tuple(buf.narrow(0, at, n) for at, n in zip(self.offsets, self.sizes, strict=True)))
+        if buf.device.type == "cpu":
+            self._views[name] = out
+        return out
 
 
 def _flat_positions(shape: torch.Size, dim: int, pos: Tensor) -> Tensor:

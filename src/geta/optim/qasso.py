@@ -8,7 +8,8 @@ The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookk
       2) joint stage, first step of a pruning period: score the alive units, select the quota
          (uniform: each group's own quota; global: the lowest scores above the groups' floors)
       3) base direction ∇ of every parameter; p <- p - lr ∇ (quantizer scalars at lr_quant,
-         then qmax kept positive and the exponent inside rules.EXPONENT_RANGE)
+         then qmax kept positive and the exponent inside rules.EXPONENT_RANGE; a step that
+         part 5 overwrites in this step without reading it is not moved)
       4) joint stage: forget the selected rows (bit rule DESCENT: also set the steps of the
          layers they touch, the paper's step rule)
       5) bit rule BUDGET: fold this step's measured sensitivity; at each projection period
@@ -159,6 +160,7 @@ class QASSO(torch.optim.Optimizer):
             QuantizerTable(plan) if self.sharding is None else ShardedQuantizerTable(plan, self.sharding)
         )
         self._domains = self.table.domains()
+        self._step_ids = frozenset(id(q.step) for q in self.table.quantizers)
         self._names = {id(p): n for n, p in plan.model.named_parameters()}  # display only
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         betas=tuple(betas), eps=eps, weight_decay=weight_decay)  # fmt: skip
@@ -270,11 +272,11 @@ class QASSO(torch.optim.Optimizer):
             for p in live:
                 p.grad.clamp_(-self.grad_clip, self.grad_clip)
         forget = self._joint_begin(s) if stage is Stage.JOINT else None
-        domains = self._domains
+        domains, pinned = self._domains, self._pinned_steps(stage)
         for group in self.param_groups:
             direction_of, lr = self._direction_of(group), group["lr"]
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None or id(p) in pinned:
                     continue
                 direction = direction_of(p, p.grad, self.state[p])
                 if forget is not None and forget.touches(p):
@@ -293,6 +295,12 @@ class QASSO(torch.optim.Optimizer):
             local_data(tensor).index_fill_(dim, pos, 0.0)
         self._step_count = s + 1
         return loss
+
+    def _pinned_steps(self, stage: Stage) -> frozenset[int]:
+        """ids of the quantizer steps `_bits` sets this step before anything reads them: every
+        step under the bit rule BUDGET after the warm-up, and in the cool-down once frozen."""
+        pinned = self.allocation is not None and stage in (Stage.PROJECTION, Stage.JOINT)
+        return self._step_ids if pinned or self._frozen is not None else frozenset()
 
     def _direction_of(self, group: dict[str, Any]) -> Callable[[Tensor, Tensor, dict[str, Any]], Tensor]:
         """The base direction of ``group``'s parameters: f(p, grad, state) -> ∇."""
