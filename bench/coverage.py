@@ -176,7 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", default=None, help="model names to (re-)run")
     parser.add_argument("--large", action="store_true", help="include the ~640 M-parameter builders")
     parser.add_argument("--jobs", type=int, default=1, help="models checked at the same time")
+    parser.add_argument("--render", action="store_true", help="only rewrite the doc from the JSON file")
     args = parser.parse_args(argv)
+    if args.render:
+        DOC.write_text(render(json.loads(JSON.read_text())))
+        return
     sources = tuple(s for s in args.sources.split(",") if s)
     unknown = set(sources) - set(SOURCES)
     if unknown:
@@ -219,6 +223,7 @@ def _save(records: dict[str, dict[str, Any]], previous: dict[str, Any], wall: fl
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "date": time.strftime("%Y-%m-%d"),
         "wall_seconds": previous.get("wall_seconds", wall),
+        **({"note": previous["note"]} if "note" in previous else {}),
         "models": list(records.values()),
     }
     JSON.write_text(json.dumps(data, indent=1))
