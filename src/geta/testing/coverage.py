@@ -95,7 +95,8 @@ def check_model(
     result.seconds["prepare"] = time.perf_counter() - start
     _record_groups(result, plan)
     heads = list(head) if head is not None else head_modules(model, plan)
-    used = {id(r.tensor) for r in plan.graph.refs.values()}  # unused modules (aux heads) do not count
+    # torch.export lifts every parameter; those no op reads (an eval-mode aux head) do not count
+    used = {id(r.tensor) for node, r in plan.graph.refs.items() if node.users}
     result.prunable_share = prunable_share(
         plan, [w for w in weights if id(w) in used], _left_out(model, heads)
     )
