@@ -56,7 +56,13 @@ _CLASSES = {
     "CompressionReport",
 }
 _ERRORS = {"GetaError", "ConfigError", "CaptureError", "ConvertError", "UnsupportedOpError"}
-_FUNCTIONS = {"prepare": "geta.prepare", "convert": "geta.subnet", "report": "geta.reporting.count"}
+_FUNCTIONS = {
+    "prepare": "geta.prepare",
+    "convert": "geta.subnet",
+    "report": "geta.reporting.count",
+    "shard": "geta.distributed",
+    "full_state_dict": "geta.distributed",
+}
 _MODULES = {"export", "testing"}
 
 
