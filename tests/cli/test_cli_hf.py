@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from .conftest import Result
 
 pytest.importorskip("transformers")
 
-SOURCE = Path(textwrap.__file__)  # standard-library text to model
+SOURCE = Path(fnmatch.__file__)  # standard-library text to model (6 kB)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_compress_a_checkpoint_from_disk_on_tokenized_text(
     out = tmp_path / "run"
     result = geta_cli(
         "compress", "--model", f"hf:{llama_dir}", "--data", f"text:{SOURCE}", "--seq-len", "32",
-        "--dense-epochs", "1", "--epochs", "2", "--batch-size", "32", "--quantize-embeddings",
+        "--dense-epochs", "1", "--epochs", "2", "--batch-size", "64", "--quantize-embeddings",
         "--no-plots", "--no-export", "--out", out,
     )  # fmt: skip
     assert result.code == 0, result.err
@@ -45,6 +45,14 @@ def test_compress_a_checkpoint_from_disk_on_tokenized_text(
     assert all("test_perplexity" in h for h in report["history"])
     assert "perplexity" in (out / "report.md").read_text()
     assert "perplexity" in result.err  # the per-epoch lines and the dense note show it
+    again = geta_cli("report", out)  # the dense reference is rebuilt from hf:DIR + dense.pt
+    assert again.code == 0 and "perplexity" in again.out, again.err
+
+
+def test_inspect_a_checkpoint(llama_dir: Path, geta_cli: Callable[..., Result]) -> None:
+    result = geta_cli("inspect", "--model", f"hf:{llama_dir}", "--data", f"text:{SOURCE}")
+    assert result.code == 0, result.err
+    assert "prunable" in result.out and "ops without a handler" in result.out
 
 
 @pytest.mark.parametrize(

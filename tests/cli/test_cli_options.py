@@ -139,3 +139,40 @@ def test_options_round_trip_through_to_dict() -> None:
     opts = CompressOptions(weight_bits=(3, 4), act_bits=None, epochs=5)
     again = CompressOptions.from_mapping(opts.to_dict(), where=str)
     assert again == opts
+
+
+def test_transformers_train_with_their_own_defaults_unless_told_otherwise() -> None:
+    from geta.recipes import defaults_for
+    from geta.recipes.defaults import CNN_DEFAULTS, HF_DEFAULTS, TRANSFORMER_DEFAULTS
+
+    assert defaults_for("resnet") is CNN_DEFAULTS and defaults_for("mymodule:net") is CNN_DEFAULTS
+    assert defaults_for("llama") is TRANSFORMER_DEFAULTS and defaults_for("vit") is TRANSFORMER_DEFAULTS
+    assert defaults_for("hf:/some/dir") is HF_DEFAULTS
+    llama = options_from_args(_parse("--model", "llama")).training()
+    t = TRANSFORMER_DEFAULTS
+    assert (llama.optimizer, llama.dense_lr, llama.lr, llama.clip_norm) == (
+        "adamw",
+        t.dense_lr,
+        t.lr,
+        t.clip_norm,
+    )
+    assert options_from_args(_parse()).training().optimizer == "sgd"  # resnet: the digits settings
+    sgd = options_from_args(_parse("--model", "llama", "--optimizer", "sgd", "--clip-norm", "0")).training()
+    assert (sgd.optimizer, sgd.dense_lr, sgd.lr, sgd.clip_norm) == ("sgd", 0.1, 0.05, 0.0)  # sgd's own rates
+    hf = options_from_args(_parse("--model", "hf:/x", "--lr", "0.02")).training()
+    assert (hf.optimizer, hf.lr, hf.dense_epochs) == ("adamw", 0.02, HF_DEFAULTS.dense_epochs)
+    shown = _help_defaults()
+    assert shown["--optimizer"] == "sgd; adamw for vit, llama, hf:DIR"
+    assert f"vit, llama, hf:DIR: adamw {t.lr:g}" in shown["--lr"]
+
+
+def test_quantize_embeddings_is_a_switch_on_the_command_line_and_a_bool_in_files(tmp_path: Path) -> None:
+    assert options_from_args(_parse()).quantize_embeddings is False
+    assert options_from_args(_parse("--quantize-embeddings")).quantize_embeddings is True
+    config = tmp_path / "c.yaml"
+    config.write_text("quantize_embeddings: yes\nseq_len: 96\n")
+    opts = options_from_args(_parse("--config", str(config)))
+    assert opts.quantize_embeddings is True and opts.seq_len == 96
+    config.write_text("quantize_embeddings: maybe\n")
+    with pytest.raises(CliError, match="must be true or false"):
+        options_from_args(_parse("--config", str(config)))

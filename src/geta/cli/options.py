@@ -188,7 +188,7 @@ def default_text(name: str) -> str | None:
     >>> default_text("optimizer"), default_text("dense_epochs")
     ('sgd; adamw for vit, llama, hf:DIR', '40; 1 for hf:DIR')
     >>> default_text("lr")
-    'sgd 0.05, adam 0.001, adamw 0.001; vit, llama, hf:DIR: adamw 0.001'
+    'sgd 0.05, adam 0.001, adamw 0.001; vit, llama, hf:DIR: adamw 0.003'
     """
     f = next(f for f in fields(CompressOptions) if f.name == name)
     stages = ("warmup", "projection", "joint", "cooldown")

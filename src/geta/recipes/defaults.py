@@ -39,10 +39,18 @@ CNN_DEFAULTS = TrainingDefaults(
 """The digits demo's settings (docs/cli.md): SGD, momentum 0.9, no clipping."""
 
 TRANSFORMER_DEFAULTS = TrainingDefaults(
-    optimizer="adamw", dense_lr=3e-3, lr=1e-3, clip_norm=1.0, dense_epochs=40,
+    optimizer="adamw", dense_lr=3e-3, lr=3e-3, clip_norm=1.0, dense_epochs=40,
     stage_weights=(2, 3, 7, 18),
 )  # fmt: skip
-"""AdamW, gradient norms clipped at 1 (measured on the llama recipe, docs/cli.md)."""
+"""AdamW at 3e-3 in both phases, gradient norms clipped at 1, the CNNs' stage split.
+
+Chosen on the llama recipe (byte-level stdlib text, 4 dense + 8 compression epochs, 60 %
+sparsity, seeds 0 and 1; docs/cli.md has the table): against SGD (0.1 / 0.05) the compressed
+perplexity drops from 17.1 to 11.6; 3e-3 beats 1e-3 and 1e-2 for QASSO; the clip at 1 lowers the
+mean compressed perplexity over two seeds from 12.6 to 11.7; a split with a longer joint stage
+(1, 1, 3, 3 instead of 1, 1, 2, 4) was worse (11.8 against 11.6). On the vit recipe (digits) it
+also beats SGD: 92.8 % against 85.5 % compressed accuracy.
+"""
 
 HF_DEFAULTS = TrainingDefaults(
     optimizer="adamw", dense_lr=TRANSFORMER_DEFAULTS.dense_lr, lr=TRANSFORMER_DEFAULTS.lr,
