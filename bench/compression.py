@@ -322,9 +322,7 @@ def bops_at(front: list[tuple[float, float]], acc: float) -> float | None:
         if a0 <= acc <= a1:
             w = 0.0 if a1 == a0 else (acc - a0) / (a1 - a0)
             return math.exp(math.log(b0) + w * (math.log(b1) - math.log(b0)))
-    if front and acc <= front[0][1]:
-        return front[0][0]  # below the front's cheapest point: its BOPs (the ratio is a lower bound)
-    return None  # above the front's best accuracy
+    return None  # outside the front: better than its best point or worse than its cheapest
 
 
 def summarize(results: dict[tuple[str, str], list[dict[str, Any]]], task: str) -> tuple[list[str], str]:
@@ -354,8 +352,10 @@ def summarize(results: dict[tuple[str, str], list[dict[str, Any]]], task: str) -
         m, sd = _mean_std([r["acc"] for r in rs])
         g = statistics.fmean(r["bops"] for r in rs)
         at = bops_at(front, q(m))
-        if at is None and front:  # better than every pipeline point: compare with its best one
+        if at is None and front and q(m) > front[-1][1]:  # better than every pipeline point
             value, text = front[-1][0] / g, f">= {front[-1][0] / g:.2f}x (better than every pipeline point)"
+        elif at is None and front:  # worse than the cheapest pipeline point: it dominates geta
+            value, text = math.nan, f"<= {front[0][0] / g:.2f}x (worse than the pipeline's cheapest point)"
         else:
             value, text = (math.nan, "n/a") if at is None else (at / g, f"{at / g:.2f}x")
         ratios[name] = (value, f"{name}: {m:.2f} ± {sd:.2f} at {100 * g:.3f} % rel. BOPs -> {text}")
@@ -390,7 +390,7 @@ def plot(results: Results, tasks: list[str]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -413,6 +413,7 @@ def plot(results: Results, tasks: list[str]) -> None:
             ax.set_ylim(*((ref * 0.9, ref * 1.6) if lm else (max(ref - 12, 0), 100.5)))
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("relative BOPs, W+A (% of dense FP32, log scale)")
         ax.set_ylabel("test perplexity (lower is better)" if lm else "test accuracy, converted model (%)")
         ax.set_title(task)
