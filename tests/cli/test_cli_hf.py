@@ -73,3 +73,24 @@ def test_bad_checkpoint_or_data_is_one_line(
         "compress", "--model", model.format(**spec), "--data", data.format(**spec), "--out", tmp_path / "o"
     )
     assert result.code == 2 and message in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_compress_a_sequence_classifier_on_labelled_jsonl(
+    tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
+    from geta.recipes.tiny import save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint(tmp_path / "cls", "gpt2", classes=2, vocab_size=384)
+    lines = [{"body": ("def f(x): return x\n" if i % 2 else "class A: pass\n") * (1 + i % 4), "label": i % 2}
+             for i in range(96)]  # fmt: skip
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "run"
+    result = geta_cli(
+        "compress", "--model", f"hf:{ckpt}", "--data", f"jsonl:{data}:body", "--seq-len", "24",
+        "--dense-epochs", "1", "--epochs", "2", "--no-plots", "--no-export", "--quiet", "--out", out,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "classify" and "perplexity" not in report["compressed"]
+    assert report["compressed"]["accuracy"] >= 0.5 and report["group_sparsity"] > 0.5
