@@ -14,7 +14,9 @@ batch 8, causal-LM loss). Per model, five copies from the same seed train side b
 
 Steps are interleaved (one step of every copy per round), so all copies see the same machine
 noise. Each measured step is the user's whole loop body: forward, loss, ``zero_grad``,
-backward, ``step``; the optimizer's ``step()`` is also timed alone. The first step of each
+backward, ``step``; the optimizer's ``step()`` is also timed alone (``--clock cpu``, the
+default: CPU time of the main thread, which with one torch thread is the step's time on an
+idle machine and is barely moved by other processes on a shared one). The first step of each
 stage (selection, allocation) is not counted. Ratios are per round (paired) and quoted as the
 median with the 25th-75th percentile spread. The last line is the headline: the worst stage's
 QASSO ÷ torch ratio on the fake-quant model for the whole step (target <= 1.03) and for the
@@ -123,15 +125,15 @@ class Run:
     whole: dict[Stage, list[float]] = field(default_factory=lambda: {s: [] for s in Stage})
     alone: dict[Stage, list[float]] = field(default_factory=lambda: {s: [] for s in Stage})
 
-    def step(self, task: Task) -> tuple[float, float]:
-        """(whole step, optimizer.step() alone) in seconds."""
-        t0 = time.perf_counter()
+    def step(self, task: Task, clock: Callable[[], float]) -> tuple[float, float]:
+        """(whole step, optimizer.step() alone) in seconds of ``clock``."""
+        t0 = clock()
         loss = task.loss(self.model, task.batch)
         self.opt.zero_grad()
         loss.backward()
-        t1 = time.perf_counter()
+        t1 = clock()
         self.opt.step()
-        t2 = time.perf_counter()
+        t2 = clock()
         return t2 - t0, t2 - t1
 
 
@@ -170,30 +172,30 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, str]:
     return mid, f"{mid:5.3f} [{lo:.3f}-{hi:.3f}]"
 
 
-def measure(task: Task, steps: int) -> tuple[list[str], dict[str, float]]:
+def measure(task: Task, steps: int, clock: Callable[[], float]) -> tuple[list[str], dict[str, float]]:
     """The table of one model and its worst ratios: whole step, optimizer alone, fq ÷ float."""
     schedule = Schedule(
         warmup=steps, projection=steps, joint=steps, cooldown=steps, projection_periods=2, pruning_periods=2
     )
     runs = _runs(task, schedule)
-    clock = runs[3].opt  # QASSO-sgd: its step count is the round
-    assert isinstance(clock, QASSO)
+    qasso = runs[3].opt  # QASSO-sgd: its step count is the round
+    assert isinstance(qasso, QASSO)
     for run in runs[:3]:  # warm the allocator and the kernels; not counted
-        run.step(task)
+        run.step(task, clock)
     first = {schedule.projection_start, schedule.joint_start, schedule.cooldown_start, 0}
     for rnd in range(schedule.total):
         stage = schedule.stage_at(rnd)
         for run in runs:
-            whole, alone = run.step(task)
+            whole, alone = run.step(task, clock)
             if rnd not in first:
                 run.whole[stage].append(whole)
                 run.alone[stage].append(alone)
-    assert clock.step_count == schedule.total
+    assert qasso.step_count == schedule.total
     float_sgd, fq_sgd, fq_adamw, q_sgd, q_adamw = runs
     n_params = sum(p.numel() for p in fq_sgd.model.parameters())
     lines = [
-        f"{task.name}: {n_params:,} parameters (with quantizer scalars), {len(clock.table)} "
-        f"quantizers, {clock.layout.num_units} prunable units; {steps - 1} steps per stage",
+        f"{task.name}: {n_params:,} parameters (with quantizer scalars), {len(qasso.table)} "
+        f"quantizers, {qasso.layout.num_units} prunable units; {steps - 1} steps per stage",
         "median ms per step; ratio = median of per-round ratios [25th-75th percentile]",
         f"{'run':<18} {'stage':<11} {'step ms':>8} {'opt ms':>7}  {'step ratio vs torch':<22} "
         f"{'opt ratio vs torch':<22}",
@@ -231,13 +233,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="steps per stage (the first is not counted)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default="cnn,llama", help="comma-separated: cnn, llama")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: the main thread's CPU time (default; with 1 thread it is the step's time on an "
+        "idle machine, and other processes on a shared one barely move it); wall: perf_counter",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     tasks = {"cnn": cnn_task, "llama": llama_task}
-    lines = [machine(), f"{args.threads} torch thread(s); QASSO ratios are vs the same torch optimizer"]
+    lines = [
+        machine(),
+        f"{args.threads} torch thread(s), {args.clock} clock; QASSO ratios are vs the same torch optimizer",
+    ]
     worst: dict[str, dict[str, float]] = {}
     for key in args.models.split(","):
-        table, worst[key] = measure(tasks[key](), args.steps)
+        table, worst[key] = measure(tasks[key](), args.steps, clock)
         lines += ["", *table]
         print("\n".join(table), flush=True)
     step = max(w["step"] for w in worst.values())

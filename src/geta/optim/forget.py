@@ -13,7 +13,7 @@ A step of the joint stage runs in three phases around the ordinary update:
    and finally x_R <- x_R - γ (c + d_l r).
 
 R is read through its flat view (`geta.optim.layout.flat_rows`, built once per pruning period):
-one ``take`` per tensor for x and ∇, one ``put_`` per tensor for the update, and the sums over
+one gather per tensor for x and ∇, one ``index_add_`` per tensor for the update, and the sums over
 all tensors of a device and dtype in one ``index_add_`` -- no Python loop over slices, units or
 rows, and no host sync.
 
@@ -45,6 +45,22 @@ __all__ = ["ForgetStep"]
 _Prepared = tuple[FlatBucket, Tensor, Tensor | None, Tensor | None]  # (bucket, c, ∇, r) per bucket
 
 _F64 = torch.float64  # per-unit sums and the rules run in double; elements stay in their dtype
+
+
+def _take(t: Tensor, index: Tensor, out: Tensor) -> None:
+    """``out = t.flatten()[index]``; a contiguous tensor through its 1-D view (twice as fast)."""
+    if t.is_contiguous():
+        torch.index_select(t.view(-1), 0, index, out=out)
+    else:
+        torch.take(t, index, out=out)
+
+
+def _add_at(t: Tensor, index: Tensor, values: Tensor) -> None:
+    """``t.flatten()[index] += values`` in place (``index`` without repeats)."""
+    if t.is_contiguous():
+        t.view(-1).index_add_(0, index, values)
+    else:
+        t.put_(index, values, accumulate=True)
 
 
 class ForgetStep:
@@ -93,10 +109,10 @@ class ForgetStep:
         """Keep ``p``'s elements of R, x_R, and those of its base direction ∇ (before ``p`` moves)."""
         b, j = self.rows.flat_of[id(p)]
         index = self.rows.flat[b].parts[j].index
-        torch.take(local_data(p).detach(), index, out=self.x[b][1][j])
+        _take(local_data(p).detach(), index, self.x[b][1][j])
         g = self.g[b]
         if g is not None:
-            torch.take(local_data(direction), index, out=g[1][j])
+            _take(local_data(direction), index, g[1][j])
         self.recorded[b][j] = True
 
     def _gather(self, b: int, bucket: FlatBucket) -> tuple[Tensor, Tensor | None]:
@@ -104,7 +120,7 @@ class ForgetStep:
         (x, xs), g = self.x[b], self.g[b]
         for j, part in enumerate(bucket.parts):
             if not self.recorded[b][j]:  # no gradient: the tensor kept its values
-                torch.take(local_data(part.tensor).detach(), part.index, out=xs[j])
+                _take(local_data(part.tensor).detach(), part.index, xs[j])
                 if g is not None:
                     g[1][j].zero_()
         return x, None if g is None else g[0]
@@ -140,12 +156,10 @@ class ForgetStep:
         sums = torch.zeros(3, n_units, dtype=_F64, device=self.device)
         r_dot = torch.zeros(n_blocks + 1, dtype=_F64, device=self.device)  # the last: no block
         for bucket, c, g, r in prepared:
-            tmp = bucket.buffer("t", c.dtype)
             pairs = ((g, g), (c, c), (c, g)) if g is not None else ((c, c),)
             wide = bucket.buffer("w", _F64, width=len(pairs))  # (E, 3) or (E,)
-            for k, (a, b) in enumerate(pairs):
-                torch.mul(a, b, out=tmp)
-                (wide if len(pairs) == 1 else wide[:, k]).copy_(tmp)
+            for k, (a, b) in enumerate(pairs):  # the product in the elements' dtype, stored wide
+                torch.mul(a, b, out=wide if len(pairs) == 1 else wide[:, k])
             runs = torch.segment_reduce(wide, "sum", lengths=bucket.run_lengths, unsafe=True)
             units = bucket.run_unit.to(self.device)
             if len(pairs) == 1:
@@ -153,9 +167,8 @@ class ForgetStep:
             else:
                 sums.index_add_(1, units, runs.to(self.device).T)
             if r is not None and g is not None:
-                torch.mul(r, g, out=tmp)
                 one = bucket.buffer("w1", _F64)
-                one.copy_(tmp)
+                torch.mul(r, g, out=one)
                 runs = torch.segment_reduce(one, "sum", lengths=bucket.run_lengths, unsafe=True)
                 r_dot.index_add_(0, bucket.run_block.to(self.device), runs.to(self.device))
         if self.reduce is not None:  # one collective for both
@@ -197,8 +210,8 @@ class ForgetStep:
                     else:
                         qs.copy_(cs)
             term, pieces = bucket.views("t", c.dtype)
-            torch.index_select(gamma.to(c.device, c.dtype), 0, bucket.unit, out=term)
-            term.mul_(q_term).neg_()
+            torch.index_select(gamma.to(c.device, c.dtype).neg(), 0, bucket.unit, out=term)
+            term.mul_(q_term)  # -γ (c + d_l r), added below
             for part, piece in zip(bucket.parts, pieces, strict=True):
-                local_data(part.tensor).data.put_(part.index, piece, accumulate=True)
+                _add_at(local_data(part.tensor).data, part.index, piece)
         return gamma

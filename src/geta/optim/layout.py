@@ -100,7 +100,7 @@ class FlatPart:
     """The elements of R one tensor holds, each once (with its owner), read as a 1-D tensor."""
 
     tensor: Tensor  # the nn.Parameter, by identity
-    index: Tensor  # (E,) int64 row-major positions in the tensor (``Tensor.take`` / ``put_``)
+    index: Tensor  # (E,) int64 row-major positions in the tensor (its flattened view)
     quant: int  # the tensor's weight quantizer in the optimizer's table, -1: none
 
 

@@ -279,7 +279,7 @@ class QASSO(torch.optim.Optimizer):
                 if p.grad is None or id(p) in pinned:
                     continue
                 direction = direction_of(p, p.grad, self.state[p])
-                if forget is not None and forget.touches(p):
+                if forget is not None and id(p) in forget.rows.flat_of:
                     forget.record(p, direction)
                 p.add_(direction, alpha=-lr)
                 domain = domains.get(id(p))
