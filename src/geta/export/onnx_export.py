@@ -26,9 +26,11 @@ onnx, onnxruntime and onnxscript are imported only when this is called
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -51,6 +53,18 @@ PARITY_MIN_ARGMAX = 0.99
 # two thirds of a small model's file; the module namespace and name scopes are kept
 _DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}  # float activations in MatMulNBits
+
+
+@contextlib.contextmanager
+def _exporter_logs_quiet() -> Iterator[None]:
+    """Raise the ``torch.onnx`` logger to ERROR for the export call only (restored after)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def onnx(
@@ -99,7 +113,11 @@ def onnx(
     auto_batch = dynamic_shapes is None and dynamic_batch
     shapes = batch_shapes(deploy, args, kwargs) if auto_batch else dynamic_shapes
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _exporter_logs_quiet():
+            # torch.onnx's own progress notes and deprecation warnings are about torch, not about
+            # the user's model: a silent library keeps them off the user's console
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
             # one shared "batch" dim over several inputs: torch says it renames the axis once
             warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
             program = torch.onnx.export(
