@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import inspect
 import json
 import logging
@@ -112,6 +113,27 @@ def onnx(
     names = output_names(_run(deploy, args, kwargs))
     auto_batch = dynamic_shapes is None and dynamic_batch
     shapes = batch_shapes(deploy, args, kwargs) if auto_batch else dynamic_shapes
+    program = _torch_export(model, deploy, args, kwargs, opset=opset, shapes=shapes, auto_batch=auto_batch)
+    if program is None:  # only possible with dynamo=False
+        raise ExportError("torch.onnx.export returned no program")
+    _name_outputs(program.model.graph, names)
+    info = ExportInfo(os.fspath(path), program.model.opset_imports.get(""), tensors)
+    _save(program, info)
+    if not check:
+        return info
+    importlib.import_module("onnx").checker.check_model(os.fspath(path))
+    rel, agree = check_parity(model, example_inputs, path)
+    info = dataclasses.replace(info, max_relative_diff=rel, argmax_agreement=agree)
+    if rel > PARITY_MAX_RELATIVE_DIFF or agree < PARITY_MIN_ARGMAX:
+        raise ExportError(_mismatch_message(model, example_inputs, info, saturation_safe))
+    return info
+
+
+def _torch_export(
+    model: nn.Module, deploy: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+    opset: int | None, shapes: Any, auto_batch: bool,
+) -> Any:  # fmt: skip
+    """``torch.onnx.export(dynamo=True)`` of ``deploy``, quietly; failures as `ExportError`."""
     try:
         with warnings.catch_warnings(), _exporter_logs_quiet():
             # torch.onnx's own progress notes and deprecation warnings are about torch, not about
@@ -120,7 +142,7 @@ def onnx(
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             # one shared "batch" dim over several inputs: torch says it renames the axis once
             warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
-            program = torch.onnx.export(
+            return torch.onnx.export(
                 deploy, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
                 dynamic_shapes=shapes, verbose=False,
             )  # fmt: skip
@@ -136,21 +158,6 @@ def onnx(
             f"torch.onnx.export failed on {type(model).__name__} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); {hint}"
         ) from exc
-    if program is None:  # only possible with dynamo=False
-        raise ExportError("torch.onnx.export returned no program")
-    _name_outputs(program.model.graph, names)
-    info = ExportInfo(os.fspath(path), program.model.opset_imports.get(""), tensors)
-    _save(program, info)
-    if not check:
-        return info
-    import onnx as onnx_lib
-
-    onnx_lib.checker.check_model(os.fspath(path))
-    rel, agree = check_parity(model, example_inputs, path)
-    info = dataclasses.replace(info, max_relative_diff=rel, argmax_agreement=agree)
-    if rel > PARITY_MAX_RELATIVE_DIFF or agree < PARITY_MIN_ARGMAX:
-        raise ExportError(_mismatch_message(model, example_inputs, info, saturation_safe))
-    return info
 
 
 def _name_outputs(graph: Any, names: list[str]) -> None:
