@@ -137,7 +137,7 @@ What the frozen-group reasons above come to, and what would lift them:
   changing the function.
 - **Attention that reshapes by the input width**: `x.reshape(B, N, C)` or
   `C // num_heads` with `C` taken from `x.shape` (torchvision's `shifted_window_attention`
-  in Swin/Swin-v2; timm's PVT-v2 and CaiT). The head count cannot follow pruning without
+  in Swin/Swin-v2, MaxViT's attention; timm's PVT-v2 and CaiT). The head count cannot follow pruning without
   changing the model's code, so the trial conversion freezes the heads (`removing a unit
   breaks the model's forward`). Attention that reshapes by its own attributes gets a module
   fixer instead (`geta.ops.hf`: OPT, BART and its copies, Whisper, T5, Phi-3; `geta.ops.timm`:

@@ -147,8 +147,7 @@ def einsum(ctx: Context, node: fx.Node) -> Labels:
     active = [i for i, t in enumerate(operands) if not ctx.is_static(t)]
     for ch, e in letters.items():
         holders = [i for i, term in enumerate(terms) if ch in term]
-        products = len([i for i in holders if i in active]) >= 2
-        if ch not in rhs and (len(holders) == 1 or products):
+        if ch not in rhs and len(holders) == 1:
             ctx.freeze([e], f"{node.target} sums over these channels at {node.name}")
         elif len(active) >= 2 and not (ch in rhs and all(i in holders for i in active)):
             ctx.freeze([e], f"contraction of two activations at {node.name}")
