@@ -30,6 +30,8 @@ import statistics
 import subprocess
 import sys
 
+import torch
+
 from bench.results import machine, write_section
 
 # name: (hidden, intermediate, layers, heads, kv_heads, vocab)
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every child")
     parser.add_argument("--only", default="", help="comma-separated model names (default: all)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # as in the children (and in the section's stamp)
     header = (
         f"{'model':<14} {'params':>16} {'TP s':>10} {'geta s':>8} {'ratio':>6} {'capture':>8} "
         f"{'analysis':>8} {'trial':>6} {'quant':>6} {'after/TP':>8} {'geta wall':>9} {'geta MiB':>9} "
@@ -233,6 +236,7 @@ def main() -> None:
             f"{g['groups']:>7} {g['prunable']:>8}"
         )
         print(lines[-1], flush=True)
+    tail = len(lines)
     lines += ["", *failures] if failures else []
     lines.append(
         "ratio = geta ÷ Torch-Pruning (whole prepare vs whole build, target <= 2); after/TP = "
@@ -247,8 +251,7 @@ def main() -> None:
         f"analysed within 60 s = {largest[0]} ({largest[1] / 1e9:.1f} B parameters, "
         f"{largest[2]:.1f} s wall, {largest[3] / 1024:.2f} GiB peak RSS)"
     )
-    for line in lines[-2:]:
-        print(line)
+    print("\n".join(lines[tail:]))
     write_section("prepare at scale", lines)
 
 

@@ -28,8 +28,11 @@ class FisherTracker:
     """Σ (∂L/∂Q)² per quantizer since the last `take`, over ``quantizers`` (in table order)."""
 
     def __init__(self, quantizers: Sequence[nn.Module]) -> None:
-        device = next((p.device for q in quantizers for p in q.parameters()), torch.device("cpu"))
-        self._sums = torch.zeros(len(quantizers), dtype=torch.float64, device=device)  # (n,)
+        self._device = next((p.device for q in quantizers for p in q.parameters()), torch.device("cpu"))
+        self._n = len(quantizers)
+        # (quantizer, Σ over one output) per backward call since the last `take`: the backward
+        # pass only appends, `take` adds them up in one operation
+        self._pending: list[tuple[int, Tensor]] = []
         self._handles = [q.register_forward_hook(self._hook(i)) for i, q in enumerate(quantizers)]
 
     def _hook(self, i: int) -> Any:
@@ -46,12 +49,25 @@ class FisherTracker:
         flat = grad.detach().reshape(-1)
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
-        self._sums[i] += torch.dot(flat, flat).to(self._sums.device, torch.float64)
+        self._pending.append((i, torch.dot(flat, flat)))
 
     def take(self) -> Tensor:
         """The sums since the last call, (n,) float64 (on the quantizers' device); resets them."""
-        out = self._sums.clone()
-        self._sums.zero_()
+        out = torch.zeros(self._n, dtype=torch.float64, device=self._device)
+        pending, self._pending = self._pending, []
+        if not pending:
+            return out
+        ids = [i for i, _ in pending]
+        parts = [v for _, v in pending]
+        if all(v.device == self._device for v in parts):
+            values = torch.stack(parts).to(torch.float64)  # float32 and float64 promote exactly
+        else:
+            values = torch.stack([v.to(self._device, torch.float64) for v in parts])
+        if len(set(ids)) == len(ids):  # each quantizer once: one add, in any order
+            out.index_add_(0, torch.tensor(ids, device=self._device), values)
+        else:  # a quantizer ran twice (shared module, accumulation): add in backward order
+            for i, v in zip(ids, values.unbind(), strict=True):
+                out[i] += v
         return out
 
     def remove(self) -> None:
