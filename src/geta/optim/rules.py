@@ -149,6 +149,8 @@ def forget_rate(
     if not 0 <= t < period_len:
         raise ValueError(f"forget_rate: t={t} must be in [0, period_len={period_len})")
     scheduled = torch.full_like(grad_sq, 1.0 / (period_len - t))
+    if floor >= 1:  # every γ below is <= scheduled: the floor decides, whatever ∇ says
+        return torch.where(c_sq.sqrt() <= ZERO_NORM, torch.zeros_like(scheduled), floor * scheduled)
     safe_dot = torch.where(c_dot < 0, c_dot, torch.full_like(c_dot, -1.0))
     against = torch.minimum(-(1.0 - eta) * lr * grad_sq / safe_dot, scheduled)
     gamma = torch.where(c_dot >= 0, scheduled, against)
