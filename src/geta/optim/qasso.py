@@ -161,6 +161,7 @@ class QASSO(torch.optim.Optimizer):
         )
         self._domains = self.table.domains()
         self._step_ids = frozenset(id(q.step) for q in self.table.quantizers)
+        self._bounds: tuple[tuple[object, ...], Tensor, Tensor] | None = None  # `_clamp_domains`
         self._names = {id(p): n for n, p in plan.model.named_parameters()}  # display only
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         betas=tuple(betas), eps=eps, weight_decay=weight_decay)  # fmt: skip
@@ -272,7 +273,7 @@ class QASSO(torch.optim.Optimizer):
             for p in live:
                 p.grad.clamp_(-self.grad_clip, self.grad_clip)
         forget = self._joint_begin(s) if stage is Stage.JOINT else None
-        domains, pinned = self._domains, self._pinned_steps(stage)
+        domains, pinned, bounded = self._domains, self._pinned_steps(stage), []
         for group in self.param_groups:
             direction_of, lr = self._direction_of(group), group["lr"]
             for p in group["params"]:
@@ -282,9 +283,9 @@ class QASSO(torch.optim.Optimizer):
                 if forget is not None and id(p) in forget.rows.flat_of:
                     forget.record(p, direction)
                 p.add_(direction, alpha=-lr)
-                domain = domains.get(id(p))
-                if domain is not None:
-                    p.clamp_(*domain)  # qmax > 0, exponent in range
+                if id(p) in domains:
+                    bounded.append(p)
+        self._clamp_domains(bounded)  # qmax > 0, exponent in range
         if forget is not None:
             start, end = self.schedule.pruning_period_bounds(self._period)
             forget.apply(lr=self.param_groups[0]["lr"], period_len=end - start, t=s - start)
@@ -295,6 +296,22 @@ class QASSO(torch.optim.Optimizer):
             local_data(tensor).index_fill_(dim, pos, 0.0)
         self._step_count = s + 1
         return loss
+
+    def _clamp_domains(self, params: list[Tensor]) -> None:
+        """Clamp the moved scalars into their domains; on the CPU only those outside it (one
+        vectorised test instead of a clamp per scalar; elsewhere it would cost a host sync)."""
+        if params and {(p.device.type, p.dtype) for p in params} == {("cpu", params[0].dtype)}:
+            values = torch.stack(params)  # compared in the scalars' dtype, as clamp_ does
+            key = (values.dtype, *map(id, params))
+            if self._bounds is None or self._bounds[0] != key:
+                lo, hi = (torch.tensor(b, dtype=values.dtype) for b in zip(*map(self._domains.get, key[1:])))
+                self._bounds = (key, lo, hi)
+            outside = (values < self._bounds[1]) | (values > self._bounds[2])
+            if not bool(outside.any()):
+                return
+            params = [p for p, out in zip(params, outside.tolist(), strict=True) if out]
+        for p in params:
+            p.clamp_(*self._domains[id(p)])
 
     def _pinned_steps(self, stage: Stage) -> frozenset[int]:
         """ids of the quantizer steps `_bits` sets this step before anything reads them: every
