@@ -46,6 +46,8 @@ def failure_cause(record: dict[str, Any]) -> str:
     if stage == "no-removal":
         blocking = _blocking(record.get("frozen", {}))
         return f"nothing prunable: {_clean(blocking[0][0])}" if blocking else "nothing prunable"
+    if stage == "prepare" and "GuardOnDataDependentSymNode" in error:  # the guard's text varies
+        return "capture (torch.export): a shape that depends on tensor values (GuardOnDataDependentSymNode)"
     if stage == "prepare" and "torch.export could not capture" in error:
         inner = error.split("(", 1)[-1]
         return f"capture (torch.export): {_clean(inner.split(';')[0].rstrip(')'))}"
@@ -144,8 +146,10 @@ What the frozen-group reasons above come to, and what would lift them:
   ViT/DeiT `Attention`, Swin `WindowAttention`).
 - **Ops without a handler** are named in the tables (`touches X, an op geta has no handler
   for`); add one in `src/geta/ops/` (see `geta.ops.registry`).
-- **Detection models** in eval mode post-process boxes with data-dependent shapes; where
-  `torch.export` cannot capture them the table names its error.
+- **Detection models** (all 12 torchvision builders) post-process boxes in eval mode with
+  shapes that depend on tensor values (top-k of proposals above a score, NMS); `torch.export`
+  cannot capture them (`GuardOnDataDependentSymNode`). Pruning their backbone and heads needs
+  a capture of the network without its post-processing (e.g. `model.backbone` alone).
 """
 
 
