@@ -219,7 +219,7 @@ def _line(record: dict[str, Any]) -> str:
 def _save(records: dict[str, dict[str, Any]], previous: dict[str, Any], wall: float) -> dict[str, Any]:
     """Write the JSON file; a subset run keeps the wall time of the full run it updates."""
     data = {
-        "versions": _versions(),
+        "versions": {**previous.get("versions", {}), **_versions()},  # a subset run imports fewer
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "date": time.strftime("%Y-%m-%d"),
         "wall_seconds": previous.get("wall_seconds", wall),
