@@ -216,24 +216,19 @@ def _attach_inputs(
     model: nn.Module, sites: list[QuantSite], example_inputs: object, config: Config
 ) -> list[QuantBinding]:
     names = {m: n for n, m in model.named_modules()}
-    fresh: list[nn.Module] = []
+    unique = list(dict((id(s.module), s) for s in sites).values())
+    fresh = [s.module for s in unique if input_quantizer(s.module) is None]  # type: ignore[arg-type]
+    peaks = _float_input_peaks(model, fresh, example_inputs)
     out: list[QuantBinding] = []
-    for site in dict((id(s.module), s) for s in sites).values():
+    for site in unique:
         layer = site.module
         assert layer is not None and site.input_node is not None
         q = input_quantizer(layer)
         if q is None:
             q = _new_quantizer(config, signed=not nonnegative(site.input_node))
-            attach_input_quantizer(layer, q.to(site.weight.tensor.device))
-            fresh.append(layer)
+            _init_input(q.to(site.weight.tensor.device), peaks.get(layer))
+            attach_input_quantizer(layer, q)
         out.append(QuantBinding(f"{names.get(layer, '?')}.input", q, layer, QuantTarget.INPUT, None))
-    if fresh and not on_meta(model):
-        ranges = calibrate_input_ranges(model, fresh, example_inputs, _run_eval)
-        for layer in fresh:
-            q = input_quantizer(layer)
-            assert q is not None
-            peak = ranges.get(layer, 1.0)
-            q.init_from(torch.tensor(peak if peak > 0 else 1.0))
     return out
 
 
@@ -242,22 +237,40 @@ def _attach_eager_inputs(
 ) -> list[QuantBinding]:
     """Input quantizers on the layers an attention's eager form calls (`eager_layer_inputs`)."""
     names = {m: n for n, m in model.named_modules()}
-    fresh: list[nn.Module] = []
+    fresh = [
+        layer
+        for attention in attentions
+        for layer in eager_layer_inputs(attention)  # type: ignore[arg-type]
+        if input_quantizer(layer) is None and not _excluded(_join(names[layer], "input"), config.exclude_quant)
+    ]
+    fresh = list(dict.fromkeys(fresh))
+    peaks = _float_input_peaks(model, fresh, example_inputs)
     out: list[QuantBinding] = []
-    for attention in attentions:
-        for layer in eager_layer_inputs(attention):  # type: ignore[arg-type]
-            name = _join(names[layer], "input")
-            if input_quantizer(layer) is not None or _excluded(name, config.exclude_quant):
-                continue
-            attach_input_quantizer(layer, _new_quantizer(config))
-            out.append(QuantBinding(name, input_quantizer(layer), layer, QuantTarget.INPUT, None))  # type: ignore[arg-type]
-            fresh.append(layer)
-    if fresh and not on_meta(model):
-        ranges = calibrate_input_ranges(model, fresh, example_inputs, _run_eval)
-        for layer in fresh:
-            peak = ranges.get(layer, 1.0)
-            input_quantizer(layer).init_from(torch.tensor(peak if peak > 0 else 1.0))  # type: ignore[union-attr]
+    for layer in fresh:
+        q = _new_quantizer(config)
+        _init_input(q, peaks.get(layer))
+        attach_input_quantizer(layer, q)
+        out.append(QuantBinding(_join(names[layer], "input"), q, layer, QuantTarget.INPUT, None))
     return out
+
+
+def _float_input_peaks(model: nn.Module, layers: list[nn.Module], example_inputs: object) -> dict[nn.Module, float]:
+    """max|x| at the input of each of ``layers``, recorded *before* their quantizers exist.
+
+    Calibrating after attaching would let each fresh quantizer (q_m = 1 until initialised)
+    clip what reaches the layers after it, so that their ranges came out too small (§1.4).
+    A model on the meta device has no values: no peaks.
+    """
+    if not layers or on_meta(model):
+        return {}
+    return calibrate_input_ranges(model, layers, example_inputs, _run_eval)
+
+
+def _init_input(q: LearnableQuantizer, peak: float | None) -> None:
+    """q_m from the calibrated peak; a layer that never ran (or saw only zeros) starts at 1."""
+    if q.step.device.type == "meta":
+        return
+    q.init_from(torch.tensor(peak if peak is not None and peak > 0 else 1.0))
 
 
 def _run_eval(model: nn.Module, example_inputs: object) -> object:
