@@ -63,8 +63,20 @@ Results = dict[tuple[str, str], list[dict[str, Any]]]  # (task, method) -> one r
 # ---------------------------------------------------------------------------------------------
 
 
-def _sgd(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def _optimizer(task: Task, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """The task's float optimizer (the same for every method): SGD momentum 0.9 or AdamW."""
+    if task.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+
+
+def _qasso(task: Task, plan: Any, schedule: Any, **rules: Any) -> Any:
+    """QASSO following the task's optimizer (its SGD or AdamW variant). Its element-wise clamp
+    at 1 is a no-op after the task's norm clipping at 1 (`fit`), if the task clips."""
+    import geta
+
+    return geta.QASSO(plan, lr=task.lr, lr_quant=1e-3, momentum=0.9, weight_decay=1e-4, schedule=schedule,
+                      variant=task.optimizer, grad_clip=1.0, **rules)  # fmt: skip
 
 
 def _dense_path(task: str, seed: int) -> pathlib.Path:
@@ -82,7 +94,8 @@ def job_dense(task_name: str, seed: int) -> dict[str, Any]:
     data = task.data()
     torch.manual_seed(seed)
     model = task.build()
-    fit(model, _sgd(model.parameters(), 0.05), data, task.dense_epochs, seed=seed, lr=0.05)
+    opt = _optimizer(task, model.parameters(), task.dense_lr)
+    fit(model, opt, data, task.dense_epochs, seed=seed, lr=task.dense_lr, clip_norm=task.clip_norm)
     _dense_path(task_name, seed).parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), _dense_path(task_name, seed))
     return {"acc": _metric(task, model, data)}
@@ -110,7 +123,8 @@ def job_float(task_name: str, seed: int) -> dict[str, Any]:
     task = TASKS[task_name]
     data = task.data()
     model = _load_dense(task, seed)
-    fit(model, _sgd(model.parameters(), task.lr), data, task.epochs, seed=seed + 100, lr=task.lr)
+    opt = _optimizer(task, model.parameters(), task.lr)
+    fit(model, opt, data, task.epochs, seed=seed + 100, lr=task.lr, clip_norm=task.clip_norm)
     return {"acc": _metric(task, model, data), "bops": 1.0}
 
 
@@ -132,7 +146,8 @@ def job_finetune(task_name: str, seed: int, sparsity: float) -> dict[str, Any]:
             ignored_layers=[model.head],
         )
         pruner.step()
-    fit(model, _sgd(model.parameters(), task.lr), data, task.epochs // 2, seed=seed + 100, lr=task.lr)
+    opt = _optimizer(task, model.parameters(), task.lr)
+    fit(model, opt, data, task.epochs // 2, seed=seed + 100, lr=task.lr, clip_norm=task.clip_norm)
     path = CACHE / f"{task_name}-s{seed}-ft{sparsity}.pt"
     torch.save(model, path)
     return {"path": str(path), "acc": _metric(task, model, data)}
@@ -169,9 +184,8 @@ def job_qat(task_name: str, seed: int, sparsity: float, bits: int) -> dict[str, 
     config = geta.Config(target_sparsity=0.0, weight_bits=(bits, bits), act_bits=(bits, bits))
     plan = geta.prepare(model, (data[0][:64],), config)
     steps = task.epochs // 2 * (len(data[1]) // 64)
-    opt = geta.QASSO(plan, lr=task.lr, lr_quant=1e-3, momentum=0.9, weight_decay=1e-4,
-                     schedule=geta.Schedule(cooldown=steps))  # fmt: skip
-    fit(model, opt, data, task.epochs // 2, seed=seed + 200, lr=task.lr)
+    opt = _qasso(task, plan, geta.Schedule(cooldown=steps))
+    fit(model, opt, data, task.epochs // 2, seed=seed + 200, lr=task.lr, clip_norm=task.clip_norm)
     small = geta.convert(model, plan)
     return {
         "acc": _metric(task, small, data),
@@ -201,11 +215,10 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
                                          cooldown=e - w - pr - j, projection_periods=3,
                                          pruning_periods=4)  # fmt: skip
     rules = {"forget": spec.get("forget", "linear"), "bits": spec.get("bits", "budget")}
-    opt = geta.QASSO(plan, lr=task.lr, lr_quant=1e-3, momentum=0.9, weight_decay=1e-4, schedule=schedule,
-                     grad_clip=1.0, **rules)  # fmt: skip
+    opt = _qasso(task, plan, schedule, **rules)
     path: list[float] = []
     loss_fn = _distill_loss(_load_dense(task, seed)) if spec.get("distill") else None
-    fit(model, opt, data, e, seed=seed + 100, lr=task.lr, loss_fn=loss_fn,
+    fit(model, opt, data, e, seed=seed + 100, lr=task.lr, loss_fn=loss_fn, clip_norm=task.clip_norm,
         on_epoch=lambda _: path.append(_metric(task, model, data)))  # fmt: skip
     small = geta.convert(model, plan)
     acc = _metric(task, small, data)
@@ -250,8 +263,8 @@ def _run(fn_name: str, *args: Any) -> dict[str, Any]:
 def geta_specs(quick: bool, lm: bool) -> dict[str, dict[str, Any]]:
     """geta's configurations; the LM task (minutes per run) gets a smaller grid."""
     specs: dict[str, dict[str, Any]] = {}
-    for s in (0.5,) if quick else (0.3, 0.5) if lm else SPARSITIES:
-        specs[f"geta W+A s={s}"] = {"sparsity": s}
+    for s in (0.5,) if quick else (0.0, 0.3, 0.5) if lm else (0.0, *SPARSITIES):
+        specs[f"geta W+A s={s}"] = {"sparsity": s}  # s = 0: quantization only, bits learned
     if lm and not quick:
         specs["geta W+A s=0.5 budget 0.5%"] = {"sparsity": 0.5, "budget": 0.005}
     elif not quick:

@@ -61,6 +61,9 @@ class Task:
     epochs: int  # the compression budget every method gets after the shared dense training
     lr: float  # peak learning rate of the compression phase (all methods)
     lm: bool = False  # language modelling: (B, T, V) logits, perplexity instead of accuracy
+    optimizer: str = "sgd"  # every method of the task: "sgd" (momentum 0.9) or "adamw" (QASSO's variant too)
+    dense_lr: float = 0.05  # peak learning rate of the shared dense training
+    clip_norm: float | None = None  # gradient-norm clipping of every method (QASSO: its grad_clip)
 
 
 def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -104,7 +107,19 @@ def _llama() -> nn.Module:
 TASKS = {
     "digits": Task("digits", lambda: ResCNN(2), _digits, dense_epochs=20, epochs=40, lr=0.02),
     "mnist1d": Task("mnist1d", lambda: ResCNN(1), _mnist1d, dense_epochs=20, epochs=20, lr=0.02),
-    "lm": Task("lm", _llama, _text, dense_epochs=30, epochs=20, lr=0.05, lm=True),
+    # the transformer recipe of `geta.recipes.defaults.TRANSFORMER_DEFAULTS`: AdamW 3e-3, clip 1
+    "lm": Task(
+        "lm",
+        _llama,
+        _text,
+        dense_epochs=30,
+        epochs=20,
+        lr=3e-3,
+        lm=True,
+        optimizer="adamw",
+        dense_lr=3e-3,
+        clip_norm=1.0,
+    ),
 }
 
 
@@ -118,8 +133,10 @@ def fit(
     lr: float,
     loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    clip_norm: float | None = None,
 ) -> None:
-    """Train ``epochs`` epochs (cosine lr from ``lr`` to 0 in param group 0, other groups fixed)."""
+    """Train ``epochs`` epochs (cosine lr from ``lr`` to 0 in param group 0, other groups fixed);
+    ``clip_norm`` clips the gradient norm of all parameters before each step."""
     x, y = data[0], data[1]
     steps = len(y) // BATCH
     total, s = epochs * steps, 0
@@ -135,6 +152,8 @@ def fit(
             loss = _ce(out, y[idx]) if loss_fn is None else loss_fn(out, y[idx], x[idx])
             opt.zero_grad()
             loss.backward()
+            if clip_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             opt.step()
             s += 1
         if on_epoch is not None:
