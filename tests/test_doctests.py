@@ -11,6 +11,7 @@ MODULES = [
     "geta.config",
     "geta.prepare",
     "geta.subnet",
+    "geta.optim.quota",
     "geta.ops.registry",
     "geta.testing",
     "geta.testing.invariance",

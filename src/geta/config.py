@@ -106,6 +106,12 @@ class Config:
     target_bops: float | None = None
     """Budget of W+A BOPs relative to the dense FP32 model, in (0, 1]; the run's bit widths
     are allocated by sensitivity to meet it. None: the budget of the middle of the bit ranges."""
+    uniform_layers: bool = False
+    """Prune every layer alike: `geta.convert` leaves groups of the same kind (same size and
+    parameter shapes, e.g. every decoder layer's MLP, or its kv heads with their query heads) with
+    the same number of units, keeping a few zero units where the per-group quotas differ by
+    rounding. A pruned Hugging Face transformer then fits one global config, and
+    ``geta.export.pretrained(..., plain=True)`` writes a folder plain ``from_pretrained`` loads."""
 
     def __post_init__(self) -> None:
         s = self.target_sparsity
@@ -147,6 +153,14 @@ class Config:
             raise ConfigError(
                 f"Config.target_bops={b!r} must be None or in (0, 1]: W+A BOPs relative to the dense "
                 "FP32 model, e.g. 0.005 for 0.5 %"
+            )
+        u = self.uniform_layers
+        if not isinstance(u, bool):
+            raise ConfigError(f"Config.uniform_layers={u!r} must be True or False")
+        if u and self.selection is not Selection.UNIFORM:
+            raise ConfigError(
+                f"Config.uniform_layers=True needs selection='uniform', got selection="
+                f"{self.selection.value!r} (global selection gives every layer its own count)"
             )
         c = self.calibration_batches
         if isinstance(c, bool) or not isinstance(c, int) or c < 1:

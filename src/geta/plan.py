@@ -79,6 +79,20 @@ class Plan:
         """Total number of removable units (channels, heads, ...) over the prunable groups."""
         return sum(g.size for g in self.groups if g.prunable)
 
+    def group_kinds(self) -> list[int]:
+        """Per prunable group, an id shared by the groups of one kind (the same group of another layer).
+
+        Two groups are of one kind when they have the same size and slice tensors of the same
+        shapes along the same dims: every decoder layer's MLP units, or its kv heads with their
+        query heads. ``Config(uniform_layers=True)`` keeps the same count in every group of a kind.
+        """
+        ids: dict[tuple[object, ...], int] = {}
+        kinds = []
+        for g in self.prunable_groups:
+            slices = sorted((tuple(s.tensor.shape), s.dim, s.index.numel()) for s in g.slices)
+            kinds.append(ids.setdefault((g.size, tuple(slices)), len(ids)))
+        return kinds
+
     def weight_quantizer(self, tensor: torch.Tensor) -> LearnableQuantizer | None:
         """The weight quantizer bound to ``tensor`` (by identity), or None."""
         return self._weight_quantizer.get(id(tensor))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from geta.errors import ConvertError
+from geta.graph.group import PruneGroup
 from geta.graph.space import Space
 from geta.ops.modules import apply_module_fixers
 from geta.plan import Plan
@@ -27,7 +28,10 @@ __all__ = ["convert", "removed_units", "apply_removal"]
 
 
 def removed_units(plan: Plan) -> dict[int, torch.Tensor]:
-    """Group id -> int64 indices of the units `convert` removes (zero units, at least one kept)."""
+    """Group id -> int64 indices of the units `convert` removes (zero units, at least one kept).
+
+    Under ``Config.uniform_layers`` groups of one kind keep the same count (`_equalize`).
+    """
     out: dict[int, torch.Tensor] = {}
     for g in plan.groups:
         if not g.prunable:
@@ -38,6 +42,26 @@ def removed_units(plan: Plan) -> dict[int, torch.Tensor]:
         units = zero.nonzero().flatten()
         if units.numel():
             out[g.id] = units
+    if plan.config.uniform_layers:
+        out = _equalize(plan, out)
+    return out
+
+
+def _equalize(plan: Plan, removed: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Remove from every group of a kind only as many units as the group of that kind losing fewest.
+
+    The units kept back are zero: keeping them leaves the function unchanged (their consumers'
+    slices are zero), so per-layer counts that differ by quota rounding become one count.
+    """
+    kinds: dict[int, list[PruneGroup]] = defaultdict(list)
+    for g, kind in zip(plan.prunable_groups, plan.group_kinds()):
+        kinds[kind].append(g)
+    out: dict[int, torch.Tensor] = {}
+    for members in kinds.values():
+        fewest = min(int(removed[g.id].numel()) if g.id in removed else 0 for g in members)
+        for g in members:
+            if fewest and g.id in removed:
+                out[g.id] = removed[g.id][:fewest]
     return out
 
 

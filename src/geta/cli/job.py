@@ -257,7 +257,7 @@ class CompressJob:
         config = geta.Config(
             target_sparsity=o.sparsity, weight_bits=o.weight_bits, act_bits=o.act_bits,
             target_bops=o.target_bops, selection=o.selection, min_keep_fraction=o.min_keep,
-            quantize_embeddings=o.quantize_embeddings,
+            quantize_embeddings=o.quantize_embeddings, uniform_layers=o.uniform_layers,
         )  # fmt: skip
         self.teacher = self._teacher(state) if o.distill > 0 else None
         example = tuple(t.to(self.device) for t in self.data.example(CALIBRATION_SAMPLES))

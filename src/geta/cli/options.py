@@ -93,6 +93,9 @@ class CompressOptions:
     quantize_embeddings: bool = _opt(
         False, "quantize embedding tables too (their weights; lookups cost no BOPs)"
     )
+    uniform_layers: bool = _opt(
+        False, "prune every layer alike: hf:DIR's hf/ output then also loads with plain transformers"
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: Callable[[str], str]) -> CompressOptions:
@@ -111,6 +114,11 @@ class CompressOptions:
             out[name] = _CONVERT[name](raw, where(name))
         opts = cls(**out)
         opts.stage_epochs()  # checks the epoch split
+        if opts.uniform_layers and opts.selection != "uniform":
+            raise CliError(
+                f"{where('uniform_layers')} needs --selection uniform, got {opts.selection!r} "
+                "(global selection gives every layer its own count)"
+            )
         return opts
 
     def training(self) -> TrainingDefaults:
@@ -400,4 +408,5 @@ _CONVERT: dict[str, Callable[[Any, str], Any]] = {
     "selection": _choice("uniform", "global"), "min_keep": _number(float, 0.0, 1.0),
     "forget": _choice("linear", "descent"), "bit_rule": _choice("budget", "descent"),
     "distill": _number(float, 0.0, None), "quantize_embeddings": _bool,
+    "uniform_layers": _bool,
 }  # fmt: skip

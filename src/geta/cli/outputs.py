@@ -179,7 +179,7 @@ def _export(call: Any) -> dict[str, Any]:
 
 
 def _write_files(
-    staging: Path, small: nn.Module, dense: nn.Module, example: tuple[Any, ...], *, export: bool
+    staging: Path, small: nn.Module, dense: nn.Module, example: tuple[Any, ...], *, export: bool, plain: bool
 ) -> dict[str, Any]:
     torch.save(small, staging / "compressed.pt")
     torch.save(example, staging / "inputs.pt")
@@ -194,7 +194,9 @@ def _write_files(
         }
         hf = _hf_model(small)
         if hf is not None:  # a Hugging Face model: also save_pretrained with its pruned shapes
-            exports["pretrained"] = _export(lambda: geta.export.pretrained(hf, str(files["pretrained"])))
+            exports["pretrained"] = _export(
+                lambda: geta.export.pretrained(hf, str(files["pretrained"]), plain=plain)
+            )  # plain (--uniform-layers): the config says the pruned sizes, plain HF loads it
     for name, info in exports.items():
         file = files[name]
         if "error" not in info and file.exists():
@@ -253,7 +255,9 @@ def write_results(
     dense.eval()
     report = _measure(result, small, dense)
     compressed_md = report.pop("_markdown")
-    report["exports"] = _write_files(staging, small, dense, data.example(1), export=export)
+    report["exports"] = _write_files(
+        staging, small, dense, data.example(1), export=export, plain=o.uniform_layers
+    )
     if data.task is Task.LM:
         report["dense"]["perplexity"] = float(torch.tensor(report["dense"]["loss"]).exp())
         report["compressed"]["perplexity"] = float(torch.tensor(report["compressed"]["loss"]).exp())

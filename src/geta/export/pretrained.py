@@ -20,6 +20,12 @@ shapes. `pretrained(model, path)` writes an ordinary ``save_pretrained`` folder 
 - **input_quantizers** / **product_quantizers**: the layer-input quantizers and those of
   attention's activation products (HF has no way to express them).
 
+With ``plain=True`` (for a model pruned alike in every layer, ``Config(uniform_layers=True)``)
+the pruned sizes go into the config's own fields instead (`geta.export.layersizes`; listed under
+``"plain_sizes"``), ``"shapes"`` is empty, and plain ``transformers`` ``from_pretrained`` loads
+the folder without geta -- computing with float layer inputs, since HF cannot say activation
+quantization.
+
 `load_pretrained(path)` reverses it: build the architecture on ``meta``, resize the listed
 tensors, update size attributes, load the safetensors with ``assign=True``, and re-attach the
 input quantizers. The result computes what the saved model computed.
@@ -44,6 +50,7 @@ from torch import nn
 
 from geta.export.bake import bake_weights
 from geta.export.info import ExportError
+from geta.export.layersizes import check_plain_shapes, set_global_sizes
 from geta.ops.modules import apply_module_fixers
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, attach_input_quantizer, input_quantizer
 from geta.quant.products import detach_product_quantizers, restore_product_quantizers
@@ -196,17 +203,23 @@ def _check_ties(model: nn.Module, fresh: nn.Module) -> None:
             )
 
 
-def pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def pretrained(model: nn.Module, path: str | os.PathLike[str], *, plain: bool = False) -> None:
     """Write ``model`` (a converted HF ``PreTrainedModel``) with ``save_pretrained`` + the "geta" field.
 
     ``model`` is not modified. Weights are saved as their fake-quantized values; input
-    quantizers go into the config (module docstring). Raises `ExportError` for a model that
-    is not a ``PreTrainedModel`` (use ``torch.save`` or `geta.export.packed`).
+    quantizers go into the config (module docstring). With ``plain`` the pruned sizes are
+    written into the config's own fields (``intermediate_size``, ``num_attention_heads``,
+    ``num_key_value_heads``, ``head_dim``) so that plain ``transformers`` ``from_pretrained``
+    loads the folder without geta (weights only: activation quantizers still need
+    `load_pretrained`); every decoder layer must then have the same sizes
+    (``Config(uniform_layers=True)``), else `ExportError`. Raises `ExportError` for a model
+    that is not a ``PreTrainedModel`` (use ``torch.save`` or `geta.export.packed`).
     """
     hf = _require_hf(model)
     from geta import __version__
 
     export = copy.deepcopy(model).eval()
+    sizes = set_global_sizes(export) if plain else {}
     if bake_weights(export):
         export.config.tie_word_embeddings = False  # lm_head is quantized, the embedding is not
     products = _drop_product_quantizers(export)
@@ -214,9 +227,12 @@ def pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
     attn = export.config._attn_implementation
     fresh = _build_meta(type(export), export.config, attn)
     _check_ties(export, fresh)
+    shapes, attributes = _shape_changes(export, fresh), _attribute_changes(export, fresh)
+    if plain:
+        check_plain_shapes(shapes)
     export.config.geta = {  # saved into config.json, and kept by a re-save of the loaded model
         "format": FORMAT_VERSION, "version": __version__, "attn_implementation": attn,
-        "shapes": _shape_changes(export, fresh), "attributes": _attribute_changes(export, fresh),
+        "shapes": shapes, "attributes": attributes, "plain_sizes": sizes,
         "input_quantizers": table, "product_quantizers": products,
     }  # fmt: skip
     with _quiet(hf):

@@ -51,7 +51,19 @@ def _steps(size: int, floor: int, divisible: int) -> list[int]:
     return steps
 
 
-def uniform_quotas(sizes: Tensor, target: int, floors: Tensor, *, divisible: int) -> Tensor:
+def _kind_members(kinds: Tensor | None, n: int) -> list[list[int]]:
+    """Groups by kind, each list ascending, the lists ordered by their first group."""
+    if kinds is None:
+        return [[g] for g in range(n)]
+    members: dict[int, list[int]] = {}
+    for g, kind in enumerate(kinds.tolist()):
+        members.setdefault(int(kind), []).append(g)
+    return list(members.values())
+
+
+def uniform_quotas(
+    sizes: Tensor, target: int, floors: Tensor, *, divisible: int, kinds: Tensor | None = None
+) -> Tensor:
     """Units to remove per group, (G,) int64: the same share s = target / Σ size everywhere.
 
     Real-valued ideals ``s * size`` are capped at ``size - floor`` (the excess goes to the other
@@ -60,6 +72,17 @@ def uniform_quotas(sizes: Tensor, target: int, floors: Tensor, *, divisible: int
     at a time to the group furthest below its ideal (ties: the lower group index). With
     ``divisible=1`` the quotas sum to exactly ``min(target, Σ (size - floor))``; with larger
     ``divisible`` to the largest total the increments allow.
+
+    ``kinds`` (G,) gives groups of one kind (the same group of every layer; equal sizes and
+    floors) one id: each kind then takes its increments together, so its groups end with equal
+    quotas, and the sum may fall short of the target by less than one increment per group of a
+    kind (``Config.uniform_layers``).
+
+    >>> uniform_quotas(torch.tensor([2, 2, 2]), 1, torch.ones(3, dtype=torch.long), divisible=1).tolist()
+    [1, 0, 0]
+    >>> uniform_quotas(torch.tensor([2, 2, 2]), 2, torch.ones(3, dtype=torch.long), divisible=1,
+    ...                kinds=torch.zeros(3, dtype=torch.long)).tolist()   # all or none
+    [0, 0, 0]
     """
     n = sizes.numel()
     cap = (sizes - floors).clamp_min(0)
@@ -67,27 +90,42 @@ def uniform_quotas(sizes: Tensor, target: int, floors: Tensor, *, divisible: int
     if target <= 0 or n == 0:
         return torch.zeros_like(sizes)
     ideal = _water_fill(sizes.double(), cap.double(), float(target))
-    steps = [_steps(int(sizes[g]), int(floors[g]), divisible) for g in range(n)]
+    members = _kind_members(kinds, n)
+    for group in members:
+        if len({(int(sizes[g]), int(floors[g])) for g in group}) > 1:
+            raise ValueError(f"uniform_quotas: groups {group} share a kind but not their size and floor")
+    steps = [_steps(int(sizes[m[0]]), int(floors[m[0]]), divisible) for m in members]
+    count = [len(m) for m in members]
+    quota = _kind_quotas(steps, count, [float(ideal[m[0]]) for m in members], target)
+    out = torch.zeros_like(sizes)
+    for k, group in enumerate(members):
+        out[group] = quota[k]
+    return out
+
+
+def _kind_quotas(steps: list[list[int]], count: list[int], ideal: list[float], target: int) -> list[int]:
+    """Per kind, the quota of each of its ``count`` groups (`uniform_quotas`; a kind moves as one)."""
+    n = len(steps)
     taken = [0] * n
     quota = [0] * n
-    for g in range(n):  # 1) whole increments under the ideal
-        while taken[g] < len(steps[g]) and quota[g] + steps[g][taken[g]] <= ideal[g] + 1e-9:
-            quota[g] += steps[g][taken[g]]
-            taken[g] += 1
-    left = target - sum(quota)
-    while left > 0:  # 2) the rest, to the group furthest below its ideal
+    for k in range(n):  # 1) whole increments under the ideal
+        while taken[k] < len(steps[k]) and quota[k] + steps[k][taken[k]] <= ideal[k] + 1e-9:
+            quota[k] += steps[k][taken[k]]
+            taken[k] += 1
+    left = target - sum(q * c for q, c in zip(quota, count))
+    while left > 0:  # 2) the rest, to the kind furthest below its ideal
         best, best_gap = -1, -math.inf
-        for g in range(n):
-            if taken[g] < len(steps[g]) and steps[g][taken[g]] <= left:
-                gap = float(ideal[g]) - quota[g]
+        for k in range(n):
+            if taken[k] < len(steps[k]) and steps[k][taken[k]] * count[k] <= left:
+                gap = ideal[k] - quota[k]
                 if gap > best_gap:
-                    best, best_gap = g, gap
+                    best, best_gap = k, gap
         if best < 0:
             break
         quota[best] += steps[best][taken[best]]
-        left -= steps[best][taken[best]]
+        left -= steps[best][taken[best]] * count[best]
         taken[best] += 1
-    return torch.tensor(quota, dtype=torch.long)
+    return quota
 
 
 def _water_fill(sizes: Tensor, cap: Tensor, target: float) -> Tensor:
