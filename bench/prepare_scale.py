@@ -11,8 +11,10 @@ warm-up, not counted), then times one call on the model:
   quantized), split into its phases by timing the functions `geta.prepare` calls (wrapped in
   the child; no timing code in the library): *capture* (``torch.export``), *analysis* (op
   handlers, module constraints, prune groups), *trial* (the trial conversion that decides
-  which groups really convert), *quantizers* (attachment and the calibration forwards, with
-  the dense MAC count);
+  which groups really convert), *calibration* (the float forwards that record activation and
+  product ranges), *quantizers* (attachment, the dense MAC count and the eager-attention
+  re-capture's bookkeeping); beside them *forward*, one plain ``no_grad`` forward of the same
+  model (not part of prepare: the unit the calibration and trial forwards are counted in);
 - Torch-Pruning: ``torch_pruning.DependencyGraph().build_dependency(model, example_inputs)``.
 
 Models: the zoo CNNs (`geta.testing.zoo`, tiny), a ResNet-50 (224x224, batch 1), a BERT-base
@@ -87,6 +89,7 @@ def warm_spec(spec, tool):
 PHASES = {"capture": "capture", "analyze": "analysis", "apply_module_constraints": "analysis",
           "build_groups": "analysis", "_register_known_layers": "analysis",
           "unconvertible_groups": "trial", "dense_counts": "quant", "_attach": "quant",
+          "_float_input_peaks": "calib", "_calibrate_products": "calib",
           "eager_multihead_attention": "quant", "_attach_eager_inputs": "quant",
           "_attach_products": "quant", "_carried_quantizers": "quant"}
 
@@ -120,6 +123,18 @@ def run_geta():
             "prunable": len(plan.prunable_groups), "quantizers": len(plan.bindings),
             "params": sum(p.numel() for p in model.parameters()), "rss0": rss0}
 
+def one_forward():
+    model, inputs = build(spec)
+    if any(p.is_meta for p in model.parameters()):
+        return 0.0
+    model.eval()
+    args, kwargs = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
+    with torch.no_grad():
+        model(*args, **kwargs)  # warm
+        c = time.process_time()
+        model(*args, **kwargs)
+        return time.process_time() - c
+
 def run_tp():
     import torch_pruning as tp
     m, x = build(warm_spec(spec, "tp"))
@@ -134,6 +149,8 @@ def run_tp():
 
 out = run_geta() if spec["tool"] == "geta" else run_tp()
 out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if spec["tool"] == "geta":
+    out["forward"] = one_forward()  # after the peak RSS: a second copy of the model
 print(json.dumps(out))
 """
 
@@ -193,7 +210,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # as in the children (and in the section's stamp)
     header = (
         f"{'model':<14} {'params':>16} {'TP s':>10} {'geta s':>8} {'ratio':>6} {'capture':>8} "
-        f"{'analysis':>8} {'trial':>6} {'quant':>6} {'after/TP':>8} {'geta wall':>9} {'geta MiB':>9} "
+        f"{'analysis':>8} {'trial':>6} {'calib':>6} {'quant':>6} {'after/TP':>8} {'fwd':>6} "
+        f"{'geta wall':>9} {'geta MiB':>9} "
         f"{'TP MiB':>7} {'groups':>7} {'prunable':>8}"
     )
     lines = [
@@ -231,7 +249,8 @@ def main() -> None:
         lines.append(
             f"{name:<14} {g['params']:>16,} {_cell(t) if t else '-':>10} {g['seconds']:>8.2f} "
             f"{ratio:>6} {g.get('capture', 0.0):>8.2f} {g.get('analysis', 0.0):>8.2f} "
-            f"{g.get('trial', 0.0):>6.2f} {g.get('quant', 0.0):>6.2f} {after_ratio:>8} "
+            f"{g.get('trial', 0.0):>6.2f} {g.get('calib', 0.0):>6.2f} {g.get('quant', 0.0):>6.2f} "
+            f"{after_ratio:>8} {g.get('forward', 0.0):>6.2f} "
             f"{g['wall']:>9.2f} {g['peak_mib']:>9.0f} {t['peak_mib'] if both else 0:>7.0f} "
             f"{g['groups']:>7} {g['prunable']:>8}"
         )
@@ -241,7 +260,10 @@ def main() -> None:
     lines.append(
         "ratio = geta ÷ Torch-Pruning (whole prepare vs whole build, target <= 2); after/TP = "
         "geta after capture ÷ Torch-Pruning's whole build (target <= 1); trial = trial "
-        "conversion; quant = quantizer attachment, calibration forwards and dense counts"
+        "conversion (meta-device forwards above 20 M parameters); calib = the calibration forwards "
+        "(layer inputs, then attention products); quant = quantizer attachment and dense counts; "
+        "fwd = one no_grad forward of the float model (not part of prepare; Torch-Pruning's build "
+        "runs one forward with autograd)"
     )
     mid = [f"{n} {r:.1f}x (after capture {a:.1f}x)" for n, (r, a) in ratios.items() if n in MID]
     tiny = [r for n, (r, _) in ratios.items() if n not in MID and not n.startswith("llama")]

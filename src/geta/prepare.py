@@ -95,16 +95,23 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     normalize_inputs(example_inputs)
     analysis, plan = analyze_model(model, example_inputs, config)
     dense = dense_counts(model, plan.graph, example_inputs)  # before quantizers: the original model
-    bindings = _attach(model, analysis, example_inputs, config)
-    if config.act_bits is not None:
-        graph = plan.graph
-        eager = eager_multihead_attention(model)  # after binding its weights: torch's form shows them
-        if eager:
-            bindings += _attach_eager_inputs(model, eager, example_inputs, config)
-            graph = capture(model, example_inputs)  # the products of the eager form
-        bindings += _attach_products(model, graph, example_inputs, config)
+    bindings = _quantize(model, plan.graph, analysis, example_inputs, config)
     bindings += _carried_quantizers(model, bindings)
     return dataclasses.replace(plan, bindings=bindings, dense=dense)
+
+
+def _quantize(
+    model: nn.Module, graph: Graph, analysis: Analysis, example_inputs: object, config: Config
+) -> list[QuantBinding]:
+    """Attach and calibrate the weight, layer-input and (with ``act_bits``) product quantizers."""
+    bindings = _attach(model, analysis, example_inputs, config)
+    if config.act_bits is None:
+        return bindings
+    eager = eager_multihead_attention(model)  # after binding its weights: torch's form shows them
+    if eager:
+        bindings += _attach_eager_inputs(model, eager, example_inputs, config)
+        graph = capture(model, example_inputs)  # the products of the eager form
+    return bindings + _attach_products(model, graph, example_inputs, config)
 
 
 def _carried_quantizers(model: nn.Module, bound: list[QuantBinding]) -> list[QuantBinding]:
@@ -241,7 +248,8 @@ def _attach_eager_inputs(
         layer
         for attention in attentions
         for layer in eager_layer_inputs(attention)  # type: ignore[arg-type]
-        if input_quantizer(layer) is None and not _excluded(_join(names[layer], "input"), config.exclude_quant)
+        if input_quantizer(layer) is None
+        and not _excluded(_join(names[layer], "input"), config.exclude_quant)
     ]
     fresh = list(dict.fromkeys(fresh))
     peaks = _float_input_peaks(model, fresh, example_inputs)
@@ -254,7 +262,9 @@ def _attach_eager_inputs(
     return out
 
 
-def _float_input_peaks(model: nn.Module, layers: list[nn.Module], example_inputs: object) -> dict[nn.Module, float]:
+def _float_input_peaks(
+    model: nn.Module, layers: list[nn.Module], example_inputs: object
+) -> dict[nn.Module, float]:
     """max|x| at the input of each of ``layers``, recorded *before* their quantizers exist.
 
     Calibrating after attaching would let each fresh quantizer (q_m = 1 until initialised)
@@ -343,7 +353,7 @@ def _calibrate_products(
 ) -> list[nn.Module]:
     """Initialise product quantizers from one float forward (§1.4); return the modules that did
     not run the products the graph showed: their quantizers are detached, with a warning."""
-    with record_products(modules) as record:
+    with record_products(modules) as record, torch.no_grad():
         _run_eval(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     failed = []
