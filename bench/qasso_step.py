@@ -5,12 +5,14 @@
 Two models: a ResNet-style CNN (CIFAR-shaped 16x16 input, three stages of basic blocks with BN
 and residual adds) at batch 128, and a small Llama-style transformer (``transformers``
 LlamaConfig, random weights: hidden 128, 2 layers, 4 query / 2 key-value heads, sequence 64,
-batch 8, causal-LM loss). Per model, five copies from the same seed train side by side:
+batch 8, causal-LM loss). Per model, six copies from the same seed train side by side:
 
 - ``float + SGD``: the model without quantizers, ``torch.optim.SGD`` (momentum 0.9);
 - ``fq + SGD`` / ``fq + AdamW``: prepared with weight and activation quantizers, ``torch.optim``;
 - ``fq + QASSO-sgd`` / ``fq + QASSO-adamw``: the same prepared model with QASSO through all
-  four stages (``steps`` steps each, two projection and two pruning periods).
+  four stages (``steps`` steps each, two projection and two pruning periods);
+- ``fq + QASSO-sgd P=1``: the same with one projection period (`Schedule`'s default), where
+  the bit allocation is redone at every projection step.
 
 Steps are interleaved (one step of every copy per round), so all copies see the same machine
 noise. Each measured step is the user's whole loop body: forward, loss, ``zero_grad``,
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -144,13 +147,13 @@ def _runs(task: Task, schedule: Schedule) -> list[Run]:
     def prepared() -> nn.Module:
         return geta.prepare(copy.deepcopy(task.model), task.example, config).model
 
-    def qasso(variant: str) -> Run:
+    def qasso(variant: str, sched: Schedule = schedule, label: str = "") -> Run:
         plan = geta.prepare(copy.deepcopy(task.model), task.example, config)
         kw = dict(momentum=0.9) if variant == "sgd" else dict(weight_decay=0.01)
         return Run(
-            f"fq + QASSO-{variant}",
+            f"fq + QASSO-{variant}{label}",
             plan.model,
-            QASSO(plan, lr=0.01, schedule=schedule, variant=variant, **kw),
+            QASSO(plan, lr=0.01, schedule=sched, variant=variant, **kw),
         )
 
     runs = [Run("float + SGD", dense, torch.optim.SGD(dense.parameters(), lr=0.01, momentum=0.9))]
@@ -158,7 +161,8 @@ def _runs(task: Task, schedule: Schedule) -> list[Run]:
     runs.append(Run("fq + SGD", m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)))
     m = prepared()
     runs.append(Run("fq + AdamW", m, torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.01)))
-    return [*runs, qasso("sgd"), qasso("adamw")]
+    one_period = dataclasses.replace(schedule, projection_periods=1)  # Schedule's default
+    return [*runs, qasso("sgd"), qasso("adamw"), qasso("sgd", one_period, " P=1")]
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -191,24 +195,24 @@ def measure(task: Task, steps: int, clock: Callable[[], float]) -> tuple[list[st
                 run.whole[stage].append(whole)
                 run.alone[stage].append(alone)
     assert qasso.step_count == schedule.total
-    float_sgd, fq_sgd, fq_adamw, q_sgd, q_adamw = runs
+    float_sgd, fq_sgd, fq_adamw, q_sgd, q_adamw, q_sgd1 = runs
     n_params = sum(p.numel() for p in fq_sgd.model.parameters())
     lines = [
         f"{task.name}: {n_params:,} parameters (with quantizer scalars), {len(qasso.table)} "
         f"quantizers, {qasso.layout.num_units} prunable units; {steps - 1} steps per stage",
         "median ms per step; ratio = median of per-round ratios [25th-75th percentile]",
-        f"{'run':<18} {'stage':<11} {'step ms':>8} {'opt ms':>7}  {'step ratio vs torch':<22} "
+        f"{'run':<20} {'stage':<11} {'step ms':>8} {'opt ms':>7}  {'step ratio vs torch':<22} "
         f"{'opt ratio vs torch':<22}",
     ]
     for run in (float_sgd, fq_sgd, fq_adamw):
         whole = [t for s in Stage for t in run.whole[s]]
         alone = [t for s in Stage for t in run.alone[s]]
         lines.append(
-            f"{run.label:<18} {'(all)':<11} {statistics.median(whole) * 1e3:8.2f} "
+            f"{run.label:<20} {'(all)':<11} {statistics.median(whole) * 1e3:8.2f} "
             f"{statistics.median(alone) * 1e3:7.3f}"
         )
     worst = {"step": 0.0, "opt": 0.0}
-    for run, base in ((q_sgd, fq_sgd), (q_adamw, fq_adamw)):
+    for run, base in ((q_sgd, fq_sgd), (q_adamw, fq_adamw), (q_sgd1, fq_sgd)):
         for stage in Stage:
             w, a = run.whole[stage], run.alone[stage]
             step_mid, step_r = _paired(w, base.whole[stage])
@@ -216,7 +220,7 @@ def measure(task: Task, steps: int, clock: Callable[[], float]) -> tuple[list[st
             worst["step"] = max(worst["step"], step_mid)
             worst["opt"] = max(worst["opt"], opt_mid)
             lines.append(
-                f"{run.label:<18} {stage.value:<11} {statistics.median(w) * 1e3:8.2f} "
+                f"{run.label:<20} {stage.value:<11} {statistics.median(w) * 1e3:8.2f} "
                 f"{statistics.median(a) * 1e3:7.3f}  {step_r:<22} {opt_r:<22}"
             )
     fq = [t for s in Stage for t in fq_sgd.whole[s]]

@@ -57,14 +57,16 @@ class BitAllocation:
     def observe(self) -> None:
         """Fold the sensitivity of this step's backward passes into the running sum."""
         if self._tracker is not None:
-            self._fisher_sum += self._tracker.take().cpu()
+            self._tracker.take_into(self._fisher_sum)
             self._fisher_steps += 1
 
     def allocate(self, *, final: bool) -> Tensor:
         """Bits per quantizer from the sensitivity measured so far, under the BOPs budget."""
         fisher = self._broadcast(self._fisher_sum / max(self._fisher_steps, 1))
         rng, signed = self.table.ranges_of()
-        self.targets = self.budget.allocate(fisher, rng, signed).to(self.table.b_lo)
+        targets = self.budget.allocate(fisher, rng, signed).to(self.table.b_lo)
+        if self.targets is None or not torch.equal(targets, self.targets):
+            self.targets = targets  # the same object while unchanged: `upper` keeps its cache
         if final:
             self._finish()
         return self.targets

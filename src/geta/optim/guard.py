@@ -39,8 +39,8 @@ def check_finite(grads: Sequence[Tensor], step: int, name_of: Callable[[int], st
         if g.dim() == 0:
             scalars.setdefault(g.device, []).append(g)
         else:
-            sums.append(g.sum().float().to(device))
-    sums.extend(torch.stack(same).sum().float().to(device) for same in scalars.values())
+            sums.append(_float_on(g.sum(), device))
+    sums.extend(_float_on(torch.stack(same).sum(), device) for same in scalars.values())
     if bool(torch.isfinite(torch.stack(sums)).all()):
         return
     for i, g in enumerate(grads):
@@ -52,6 +52,11 @@ def check_finite(grads: Sequence[Tensor], step: int, name_of: Callable[[int], st
                 f"({int(bad.sum())} of {g.numel()} elements); lower the learning rate, check the "
                 "loss and inputs, or use a GradScaler (it skips such steps) -- the step was not taken"
             )
+
+
+def _float_on(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` as float32 on ``device``; most sums already are (no conversion call at all)."""
+    return t if t.dtype is torch.float32 and t.device == device else t.float().to(device)
 
 
 def check_loss(loss: object, step: int) -> None:

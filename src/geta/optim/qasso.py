@@ -267,7 +267,7 @@ class QASSO(torch.optim.Optimizer):
     def _clamp_domains(self, params: list[Tensor]) -> None:
         """Clamp the moved scalars into their domains; on the CPU only those outside it (one
         vectorised test instead of a clamp per scalar; elsewhere it would cost a host sync)."""
-        if params and {(p.device.type, p.dtype) for p in params} == {("cpu", params[0].dtype)}:
+        if params and all(p.is_cpu and p.dtype == params[0].dtype for p in params):
             values = torch.stack(params)  # compared in the scalars' dtype, as clamp_ does
             key = (values.dtype, *map(id, params))
             if self._bounds is None or self._bounds[0] != key:

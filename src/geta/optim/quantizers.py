@@ -140,7 +140,16 @@ class QuantizerTable:
 
     @torch.no_grad()
     def write_steps(self, steps: Tensor) -> None:
-        """Copy ``steps`` (n,) into the quantizers' ``step`` parameters."""
+        """Copy ``steps`` (n,) into the quantizers' ``step`` parameters.
+
+        On the CPU, with ``steps`` in the parameters' dtype, through Python floats and ``fill_``
+        (exact: a float32 or float64 value round-trips through a double), half the cost of a
+        ``copy_`` per 0-dim view.
+        """
+        if steps.device.type == "cpu" and all(p.dtype == steps.dtype and p.is_cpu for p in self._step):
+            for p, value in zip(self._step, steps.tolist(), strict=True):
+                p.fill_(value)
+            return
         for p, v in zip(self._step, steps.unbind(), strict=True):
             p.copy_(v)
 

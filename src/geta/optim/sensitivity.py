@@ -33,6 +33,7 @@ class FisherTracker:
         # (quantizer, Σ over one output) per backward call since the last `take`: the backward
         # pass only appends, `take` adds them up in one operation
         self._pending: list[tuple[int, Tensor]] = []
+        self._ids: tuple[tuple[int, ...], Tensor] | None = None  # `take_into`'s last index
         self._handles = [q.register_forward_hook(self._hook(i)) for i, q in enumerate(quantizers)]
 
     def _hook(self, i: int) -> Any:
@@ -50,6 +51,24 @@ class FisherTracker:
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
         self._pending.append((i, torch.dot(flat, flat)))
+
+    def take_into(self, total: Tensor) -> None:
+        """``total += take().to(total)``, without the intermediate vector when every quantizer
+        ran once and ``total`` is on the quantizers' device (the same sums, bit for bit)."""
+        pending = self._pending
+        ids = tuple(i for i, _ in pending)
+        if not pending or len(set(ids)) != len(ids) or total.device != self._device:
+            total += self.take().to(total.device)
+            return
+        self._pending = []
+        parts = [v for _, v in pending]
+        if any(v.device != self._device for v in parts):
+            values = torch.stack([v.to(self._device, torch.float64) for v in parts])
+        else:
+            values = torch.stack(parts).to(torch.float64)  # float32 and float64 promote exactly
+        if self._ids is None or self._ids[0] != ids:
+            self._ids = (ids, torch.tensor(ids, device=self._device))
+        total.index_add_(0, self._ids[1], values)
 
     def take(self) -> Tensor:
         """The sums since the last call, (n,) float64 (on the quantizers' device); resets them."""
