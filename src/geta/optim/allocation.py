@@ -8,8 +8,9 @@ Per step (from the projection stage on, until the joint stage's first step):
    first step of every projection period and, for good, at the joint stage's first step
    (`BitBudget.allocate`), then pins every quantizer's step to b(s): the bits descend from the
    initial bits to the allocation over the projection periods (`QuantizerTable.upper`). When a
-   quantizer's pinned bits change, its weight clipping q_m is refitted for the new grid
-   (`QuantizerTable.fit_weight_ranges_`) and then learns on by gradient.
+   quantizer's pinned bits change, its clipping q_m is refitted for the new grid — weights on
+   the weight (`QuantizerTable.fit_weight_ranges_`), activations on what they saw in this
+   step's forward (`geta.optim.clipping`) — and then learns on by gradient.
 
 The cool-down freezes round(bits) as in every rule (`QASSO`), which here is the allocation.
 Everything a resumed run needs is in `state_dict` (bitwise resume).
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from geta.optim.budget import BitBudget
+from geta.optim.clipping import INPUT_FRACTIONS, InputSampler, mse_clip
 from geta.optim.layout import UnitLayout
 from geta.optim.quantizers import QuantizerTable
 from geta.optim.schedule import Schedule, Stage
@@ -48,6 +50,8 @@ class BitAllocation:
         self.budget = BitBudget(plan, table, layout, removed)
         self._broadcast = broadcast  # rank 0's sensitivity under torch.distributed
         self._tracker: FisherTracker | None = FisherTracker(table.quantizers)
+        inputs = {i: q for i, q in enumerate(table.quantizers) if i not in table.weights}
+        self._sampler: InputSampler | None = InputSampler(inputs)  # what activations' q_m refit on
         self.targets: Tensor | None = None  # allocated bits per quantizer, (n_q,)
         self.final = False  # the joint stage's allocation was made: no more changes
         self._pinned: Tensor | None = None  # the bits every step is pinned to now, (n_q,)
@@ -86,14 +90,38 @@ class BitAllocation:
         )
         if bool(changed.any()):
             self.table.fit_weight_ranges_(pinned, changed)  # clipping follows the new bits
+            self._fit_input_ranges(pinned, changed)
             self._pinned = pinned
         self.table.reset_to_(pinned)
+        if self.final and self._sampler is not None:
+            self._sampler.remove()
+            self._sampler = None
+
+    @torch.no_grad()
+    def _fit_input_ranges(self, bits: Tensor, which: Tensor) -> None:
+        """q_m of every activation quantizer in ``which`` to the MSE clipping of ``bits`` on the
+        values it saw in this step's forward (`geta.optim.clipping`); under torch.distributed
+        rank 0's fit, so that the replicated scalars stay equal."""
+        if self._sampler is None:
+            return
+        quantizers = self.table.quantizers
+        fitted = [i for i in range(len(quantizers)) if i not in self.table.weights and bool(which[i])]
+        if not fitted:
+            return
+        qmax = torch.stack([quantizers[i].qmax.detach() for i in fitted])
+        for k, i in enumerate(fitted):
+            sample = self._sampler.samples.get(i)
+            if sample is not None:
+                qmax[k] = mse_clip(sample, bits[i], quantizers[i], INPUT_FRACTIONS)
+        qmax = self._broadcast(qmax)
+        for k, i in enumerate(fitted):
+            quantizers[i].qmax.copy_(qmax[k])
 
     def _finish(self) -> None:
         self.final = True
         if self._tracker is not None:
             self._tracker.remove()
-            self._tracker = None
+            self._tracker = None  # (the sampler goes after the final allocation's refit, in `pin`)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -113,3 +141,6 @@ class BitAllocation:
         self.final = False
         if state["final"]:
             self._finish()
+            if self._sampler is not None:
+                self._sampler.remove()
+                self._sampler = None

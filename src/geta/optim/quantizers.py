@@ -20,14 +20,13 @@ import torch
 from torch import Tensor
 
 from geta.optim import rules
+from geta.optim.clipping import WEIGHT_FRACTIONS, mse_clip
 from geta.optim.schedule import Schedule
 from geta.plan import Plan, QuantTarget
-from geta.quant.functional import MIN_QMAX, fake_quant, step_for_bits
+from geta.quant.functional import MIN_QMAX, step_for_bits
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = ["QuantizerTable"]
-
-CLIP_FRACTIONS = tuple(0.3 + 0.05 * k for k in range(15))  # candidate q_m / max|W|, 0.3 .. 1.0
 
 
 class QuantizerTable:
@@ -165,7 +164,8 @@ class QuantizerTable:
     @torch.no_grad()
     def fit_weight_ranges_(self, bits: Tensor, which: Tensor) -> None:
         """Set q_m of the weight quantizers in ``which`` (n,) bool to the clipping that minimises
-        ‖Q(W) - W‖² on a ``bits`` (n,) grid, among `CLIP_FRACTIONS` of max|W|.
+        ‖Q(W) - W‖² on a ``bits`` (n,) grid, among `WEIGHT_FRACTIONS` of max|W|
+        (`geta.optim.clipping.mse_clip`).
 
         Clipping at max|W| wastes a low-bit grid on a few outliers (at 2 bits most weights
         would round to zero); when the bit rule lowers a layer's bits its clipping follows,
@@ -175,17 +175,7 @@ class QuantizerTable:
             if not bool(which[i]) or w.device.type == "meta":
                 continue
             q = self.quantizers[i]
-            peak = (w.detach().abs() if q.signed else w.detach().clamp_min(0.0)).amax().clamp_min(MIN_QMAX)
-            best, best_err = peak, math.inf
-            for frac in CLIP_FRACTIONS:
-                qmax = (peak * frac).to(q.qmax.dtype)
-                step = step_for_bits(bits[i], qmax, q.exponent, signed=q.signed).to(q.step.dtype)
-                err = float(
-                    (fake_quant(w.detach(), step, qmax, q.exponent, signed=q.signed) - w).pow(2).sum()
-                )
-                if err < best_err:
-                    best, best_err = qmax, err
-            q.qmax.copy_(best)
+            q.qmax.copy_(mse_clip(w, bits[i], q, WEIGHT_FRACTIONS))
 
     @torch.no_grad()
     def freeze(self) -> Tensor:

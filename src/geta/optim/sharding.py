@@ -39,8 +39,9 @@ import torch
 from torch import Tensor
 
 from geta.errors import GetaError
+from geta.optim.clipping import WEIGHT_FRACTIONS
 from geta.optim.layout import FlatBucket, FlatPart, RedundantRows, UnitLayout
-from geta.optim.quantizers import CLIP_FRACTIONS, QuantizerTable
+from geta.optim.quantizers import QuantizerTable
 from geta.plan import Plan
 from geta.quant.functional import MIN_QMAX, fake_quant, step_for_bits
 
@@ -293,13 +294,13 @@ class ShardedQuantizerTable(QuantizerTable):
             if w.numel():
                 peaks[k] = (w.abs() if q.signed else w.clamp_min(0.0)).amax().float().cpu()
         self.sharding.all_reduce(peaks, op="max")
-        errors = torch.zeros(len(todo), len(CLIP_FRACTIONS), dtype=torch.float32)
+        errors = torch.zeros(len(todo), len(WEIGHT_FRACTIONS), dtype=torch.float32)
         candidates = []
         for k, i in enumerate(todo):
             w, q = local_data(self.weights[i]), self.quantizers[i]
             peak = peaks[k].to(q.qmax).clamp_min(MIN_QMAX)
             row = []
-            for j, frac in enumerate(CLIP_FRACTIONS):
+            for j, frac in enumerate(WEIGHT_FRACTIONS):
                 qmax = (peak * frac).to(q.qmax.dtype)
                 row.append(qmax)
                 step = step_for_bits(bits[i], qmax, q.exponent, signed=q.signed).to(q.step.dtype)
