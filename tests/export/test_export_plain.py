@@ -192,3 +192,25 @@ def test_plain_export_of_uneven_layers_names_the_sizes_and_the_fix(tmp_path: Pat
 def test_uniform_layers_is_validated(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(geta.ConfigError, match=message):
         geta.Config(**kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_uniform_layers_gives_every_layer_the_same_quota(family: str, tmp_path: Path) -> None:
+    """QASSO's quotas under the option: equal inside every kind, so convert has nothing to pad."""
+    model = _checkpoint(family, tmp_path / "ckpt")
+    ids = torch.randint(0, VOCAB, (2, SEQ))
+    config = geta.Config(target_sparsity=0.35, weight_bits=(4, 8), uniform_layers=True)
+    plan = geta.prepare(model, {"input_ids": ids}, config)
+    schedule = geta.Schedule(warmup=1, projection=1, joint=2, cooldown=1, pruning_periods=2)
+    opt = geta.QASSO(plan, 1e-3, variant="adamw", schedule=schedule)
+    for _ in range(schedule.total):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    kinds = plan.group_kinds()
+    zeroed = [int((g.unit_norms() == 0).sum()) for g in plan.prunable_groups]
+    for kind in set(kinds):
+        counts = {z for z, k in zip(zeroed, kinds, strict=True) if k == kind}
+        assert len(counts) == 1, f"kind {kind}: zeroed units per layer {counts}"
+    assert sum(zeroed) > 0

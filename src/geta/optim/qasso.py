@@ -180,7 +180,8 @@ class QASSO(torch.optim.Optimizer):
             )
             target = capacity
         # each group's share; the exact quota under uniform selection, a prediction under global
-        self._group_quota = uniform_quotas(sizes, target, self.floors, divisible=self.divisible)
+        kinds = torch.tensor(plan.group_kinds()) if cfg.uniform_layers else None  # every layer alike
+        self._group_quota = uniform_quotas(sizes, target, self.floors, divisible=self.divisible, kinds=kinds)
         if self.selection is Selection.UNIFORM:
             target = int(self._group_quota.sum())
         self._group_cum = cumulative_quotas(self._group_quota, periods=self.schedule.pruning_periods)
