@@ -107,10 +107,11 @@ class Config:
     """Budget of W+A BOPs relative to the dense FP32 model, in (0, 1]; the run's bit widths
     are allocated by sensitivity to meet it. None: the budget of the middle of the bit ranges."""
     uniform_layers: bool = False
-    """Prune every layer alike: `geta.convert` leaves groups of the same kind (same size and
-    parameter shapes, e.g. every decoder layer's MLP, or its kv heads with their query heads) with
-    the same number of units, keeping a few zero units where the per-group quotas differ by
-    rounding. A pruned Hugging Face transformer then fits one global config, and
+    """Prune every layer alike: QASSO gives groups of the same kind (same size and parameter
+    shapes, e.g. every decoder layer's MLP, or its kv heads with their query heads) equal quotas
+    (the sparsity reached may fall short of the target by less than one unit per group), and
+    `geta.convert` leaves them the same number of units, keeping zero units where counts still
+    differ (zeros set by hand). A pruned Hugging Face transformer then fits one global config, and
     ``geta.export.pretrained(..., plain=True)`` writes a folder plain ``from_pretrained`` loads."""
 
     def __post_init__(self) -> None:
