@@ -423,7 +423,11 @@ def plot(results: Results, tasks: list[str]) -> None:
         if dense:
             ax.axhline(statistics.fmean(dense), color="gray", linestyle=":", label="dense FP32")
             ref = statistics.fmean(dense)  # show the region that matters; far-off points are clipped
-            ax.set_ylim(*((ref * 0.9, ref * 1.6) if lm else (max(ref - 12, 0), 100.5)))
+            if lm:  # from the best perplexity shown up to 1.6x it (collapsed runs fall off the top)
+                low = min([ref] + [p[1] for pts in groups.values() for p in pts])
+                ax.set_ylim(low * 0.95, low * 1.6)
+            else:
+                ax.set_ylim(max(ref - 12, 0), 100.5)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
         ax.xaxis.set_minor_formatter(NullFormatter())
