@@ -93,9 +93,8 @@ class BitAllocation:
             self._fit_input_ranges(pinned, changed)
             self._pinned = pinned
         self.table.reset_to_(pinned)
-        if self.final and self._sampler is not None:
-            self._sampler.remove()
-            self._sampler = None
+        if self.final:
+            self._drop_sampler()
 
     @torch.no_grad()
     def _fit_input_ranges(self, bits: Tensor, which: Tensor) -> None:
@@ -116,6 +115,12 @@ class BitAllocation:
         qmax = self._broadcast(qmax)
         for k, i in enumerate(fitted):
             quantizers[i].qmax.copy_(qmax[k])
+
+    def _drop_sampler(self) -> None:
+        """No more refits after the final allocation: detach the sampler's hooks (idempotent)."""
+        if self._sampler is not None:
+            self._sampler.remove()
+            self._sampler = None
 
     def _finish(self) -> None:
         self.final = True
@@ -141,6 +146,4 @@ class BitAllocation:
         self.final = False
         if state["final"]:
             self._finish()
-            if self._sampler is not None:
-                self._sampler.remove()
-                self._sampler = None
+            self._drop_sampler()
