@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import geta
-from geta.cli.checkpoint import atomic_save, rng_state, set_rng_state, state_path
+from geta.cli.checkpoint import rng_state, save_state, set_rng_state, state_path
 from geta.cli.errors import CliError
 from geta.cli.options import STAGE_NAMES, CompressOptions
 from geta.cli.quiet import quiet_capture
@@ -408,4 +408,4 @@ class CompressJob:
         state.optimizer = opt.state_dict() if opt is not None else None
         state.rng = rng_state()
         state.wall_seconds = self.wall_seconds()
-        atomic_save(state.to_checkpoint(), state_path(self.out))
+        save_state(state.to_checkpoint(), state_path(self.out))
