@@ -103,12 +103,13 @@ def load_state(path: Path) -> dict[str, Any]:
             f"checkpoint {path} is corrupt or not a geta checkpoint ({type(exc).__name__}); "
             f"delete {path.parent} and run without --resume to start over"
         ) from None
+    if isinstance(state, dict):
+        _check_integrity(state, path)
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
         raise CliError(
             f"checkpoint {path} is not a geta compress checkpoint; delete {path.parent} "
             "and run without --resume"
         )
-    _check_integrity(state, path)
     if state["format"] != FORMAT:
         raise CliError(
             f"checkpoint {path} has format {state['format']}, this geta writes {FORMAT}; "
