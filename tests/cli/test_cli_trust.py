@@ -194,3 +194,32 @@ def test_an_edited_counter_in_state_pt_is_detected(tmp_path: Path) -> None:
     torch.save(raw, path)
     with pytest.raises(CliError, match="non-tensor values"):
         load_state(path)
+
+
+def test_a_genuine_cifar_folder_still_loads(tmp_path: Path) -> None:
+    import numpy as np
+
+    from geta.recipes.images import load_cifar10
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        pixels = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
+        batch = {b"batch_label": b"b", b"labels": [i % 10, (i + 1) % 10], b"data": pixels}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    bundle = load_cifar10(str(tmp_path))
+    assert tuple(bundle.x_train.shape) == (10, 3, 32, 32) and bundle.y_test.tolist() == [5, 6]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "inputs.pt", "report.json"])
+def test_a_changed_byte_in_any_file_the_report_reads_is_named(
+    name: str, finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
+    run = _copy_run(finished_run, tmp_path)
+    _flip(run / name, (run / name).stat().st_size - 2)
+    result = geta_cli("report", run)
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert f"{name} is damaged: its bytes do not match the SHA-256 checksum recorded in checksums.json" in (
+        result.err
+    )
