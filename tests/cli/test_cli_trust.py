@@ -8,6 +8,7 @@ name them. A flipped byte in ``model.geta``, ``dense.pt`` or ``state.pt`` is det
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from geta.cli.errors import CliError
 from geta.cli.options import CompressOptions
 from geta.cli.runstate import RunState
 
-from .conftest import Result
+from .conftest import TINY, Result
 
 
 class _Payload:
@@ -223,3 +224,24 @@ def test_a_changed_byte_in_any_file_the_report_reads_is_named(
     assert f"{name} is damaged: its bytes do not match the SHA-256 checksum recorded in checksums.json" in (
         result.err
     )
+
+
+def test_a_run_of_your_own_factory_reports_when_you_name_it(
+    tmp_path: Path, geta_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "trust_nets.py").write_text(
+        "import torch\n\ndef net(num_classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),\n"
+        "                               torch.nn.Linear(32, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = [a if a != "mlp" else "trust_nets:net" for a in TINY]
+    assert geta_cli("compress", "--out", tmp_path / "run", *argv).code == 0
+    refused = geta_cli("report", tmp_path / "run")
+    assert refused.code == 2 and "--model trust_nets:net" in refused.err
+    named = geta_cli("report", tmp_path / "run", "--model", "trust_nets:net", "--json")
+    assert named.code == 0, named.err
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert json.loads(named.out)["totals"]["relative_bops"] == pytest.approx(saved["relative_bops"])
+    trusted = geta_cli("report", tmp_path / "run", "--trust-run-code")
+    assert trusted.code == 0 and "warning: --trust-run-code: importing trust_nets:net" in trusted.err
