@@ -84,7 +84,10 @@ def locate(path: str) -> RunFiles:
     if p.is_dir():
         model = p / PACKED
         if not model.is_file():
-            old = " (a run before geta 0.1.1 kept only compressed.pt: run it again)"
+            old = (
+                f" (an older run with compressed.pt only: run it again, or, if you made it yourself, "
+                f"pass {p / 'compressed.pt'} --trust-run-code)"
+            )
             raise CliError(
                 f"{p} holds no {PACKED}; pass the --out directory of a finished geta compress run"
                 + (old if (p / "compressed.pt").is_file() else "")
