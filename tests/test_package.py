@@ -55,7 +55,7 @@ _CLASSES = {
     "Stage",
     "CompressionReport",
 }
-_ERRORS = {"GetaError", "ConfigError", "CaptureError", "ConvertError", "UnsupportedOpError"}
+_ERRORS = {"GetaError", "ConfigError", "CaptureError", "ConvertError", "IntegrityError", "UnsupportedOpError"}
 _FUNCTIONS = {
     "prepare": "geta.prepare",
     "convert": "geta.subnet",

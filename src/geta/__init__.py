@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from geta.config import STE, Config
-from geta.errors import CaptureError, ConfigError, ConvertError, GetaError, UnsupportedOpError
+from geta.errors import (
+    CaptureError,
+    ConfigError,
+    ConvertError,
+    GetaError,
+    IntegrityError,
+    UnsupportedOpError,
+)
 from geta.graph.group import ParamSlice, PruneGroup
 from geta.plan import Plan
 from geta.prepare import prepare
@@ -39,6 +46,7 @@ __all__ = [
     "ConfigError",
     "CaptureError",
     "ConvertError",
+    "IntegrityError",
     "UnsupportedOpError",
 ]
 

@@ -6,7 +6,14 @@ that a user never has to read a stack trace from inside torch to find out what w
 
 from __future__ import annotations
 
-__all__ = ["GetaError", "ConfigError", "CaptureError", "UnsupportedOpError", "ConvertError"]
+__all__ = [
+    "GetaError",
+    "ConfigError",
+    "CaptureError",
+    "UnsupportedOpError",
+    "ConvertError",
+    "IntegrityError",
+]
 
 
 class GetaError(Exception):
@@ -27,3 +34,10 @@ class UnsupportedOpError(GetaError):
 
 class ConvertError(GetaError):
     """A model could not be physically pruned (e.g. a module class without an attribute fixer)."""
+
+
+class IntegrityError(GetaError):
+    """A file geta wrote no longer matches its recorded checksum, or points outside its folder.
+
+    The message names the file and, where known, the tensor that changed.
+    """

@@ -29,6 +29,7 @@ def test_finished_run_writes_every_output(finished_run: Path) -> None:
         "config.yaml",
         "model.onnx",
         "model.geta",
+        "checksums.json",
     } <= names
     assert not state_path(finished_run).parent.exists(), "a finished run keeps no checkpoint"
     report = json.loads((finished_run / "report.json").read_text())

@@ -43,6 +43,9 @@ def test_compress_a_checkpoint_from_disk_on_tokenized_text(
     assert report["group_sparsity"] > 0.5
     assert "lm.model.embed_tokens.weight" in report["bits"]["weight"]  # --quantize-embeddings
     assert all("test_perplexity" in h for h in report["history"])
+    again = geta_cli("report", out, "--json")  # rebuilt from hf:DIR + model.geta, no pickle read
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["totals"]["relative_bops"] == pytest.approx(report["relative_bops"])
     assert "perplexity" in (out / "report.md").read_text()
     assert "perplexity" in result.err  # the per-epoch lines and the dense note show it
     again = geta_cli("report", out)  # the dense reference is rebuilt from hf:DIR + dense.pt

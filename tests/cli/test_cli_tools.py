@@ -139,8 +139,10 @@ def test_report_of_a_run_directory(finished_run: Path, geta_cli: Callable[..., R
     assert accuracy is not None
     assert float(accuracy.group(1)) == pytest.approx(100 * saved["dense"]["accuracy"], abs=0.01)
     assert float(accuracy.group(2)) == pytest.approx(100 * saved["compressed"]["accuracy"], abs=0.01)
-    markdown = geta_cli("report", finished_run / "compressed.pt")  # a module alone: no run, no --dense
-    assert markdown.code == 0 and "| layer | kind |" in markdown.out
+    refused = geta_cli("report", finished_run / "compressed.pt")  # a pickle: runs code when loaded
+    assert refused.code == 2 and "--trust-run-code" in refused.err
+    markdown = geta_cli("report", finished_run / "compressed.pt", "--trust-run-code")  # your own file
+    assert markdown.code == 0 and "| layer | kind |" in markdown.out and "warning" in markdown.err
     assert f"(dense reference: {saved['dense']['macs']:,})" in markdown.out  # carried from prepare
 
 
@@ -162,10 +164,10 @@ def test_report_piped_into_head_ends_quietly(finished_run: Path) -> None:
 def test_export_both_formats(finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
     onnx = geta_cli("export", finished_run, "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert onnx.code == 0 and (tmp_path / "m.onnx").stat().st_size > 0
-    packed = geta_cli(
-        "export", finished_run / "compressed.pt", "--format", "packed", "--out", tmp_path / "m.geta"
-    )
+    packed = geta_cli("export", finished_run, "--format", "packed", "--out", tmp_path / "m.geta")
     assert packed.code == 0 and "bit-packed tensors" in packed.out
+    # the run's model is rebuilt from model.geta: exporting it again gives the same bytes
+    assert (tmp_path / "m.geta").read_bytes() == (finished_run / "model.geta").read_bytes()
 
 
 def test_env_lists_versions(geta_cli: Callable[..., Result]) -> None:

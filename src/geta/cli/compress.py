@@ -66,7 +66,13 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--no-export", action="store_true", help="skip model.onnx and model.geta")
+    p.add_argument(
+        "--no-export", action="store_true", help="skip model.onnx and hf/ (model.geta is always written)"
+    )
+    p.add_argument(
+        "--trust-run-code", action="store_true",
+        help="--resume: import the module:factory the checkpoint names without --model given again",
+    )  # fmt: skip
     p.add_argument(
         "--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS
     )  # tests: simulate ^C
@@ -109,6 +115,7 @@ def options_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
 def _resume_state(args: argparse.Namespace, out: Path) -> RunState:
     path = state_path(out)
     state = RunState.from_checkpoint(load_state(path), path)
+    _check_resumed_code(args, state.options.model, path)
     asked = options_from_args(args, base=state.options.to_dict())
     if asked != state.options:
         old, new = state.options.to_dict(), asked.to_dict()
@@ -118,6 +125,18 @@ def _resume_state(args: argparse.Namespace, out: Path) -> RunState:
             "drop them, or start a new run with another --out"
         )
     return state
+
+
+def _check_resumed_code(args: argparse.Namespace, spec: str, path: Path) -> None:
+    """A checkpoint that names a user's module:factory runs it only if the user names it too."""
+    from geta.cli.artifacts import check_model_code
+
+    named = getattr(args, "model", None)
+    if named is None and getattr(args, "config", None):
+        named = load_config_file(args.config).get("model")
+    trust = bool(getattr(args, "trust_run_code", False))
+    where = f"checkpoint {path}"
+    check_model_code(spec, None if named is None else str(named), trust, where, path.parent.parent)
 
 
 class StopFlag:

@@ -14,6 +14,7 @@ from typing import Any
 from geta.cli.artifacts import add_checkpoint_argument, load_inputs, load_module, locate
 from geta.cli.errors import CliError
 from geta.cli.quiet import quiet_exporters
+from geta.cli.rebuild import load_run
 
 __all__ = ["add_parser", "run"]
 
@@ -47,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if not out.parent.is_dir():
         raise CliError(f"--out {out}: the directory {out.parent} does not exist; create it first")
-    model = load_module(files.model)
+    if files.run_dir is not None:  # rebuilt from data: config.yaml + model.geta
+        model = load_run(files, args).model
+    else:
+        model = load_module(files.model, trust=args.trust_run_code)
     if args.format == "onnx":
         inputs = load_inputs(files, args.input_shape, args.input_dtype)
         try:

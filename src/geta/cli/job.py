@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import geta
-from geta.cli.checkpoint import atomic_save, rng_state, set_rng_state, state_path
+from geta.cli.checkpoint import rng_state, save_state, set_rng_state, state_path
 from geta.cli.errors import CliError
 from geta.cli.options import STAGE_NAMES, CompressOptions
 from geta.cli.quiet import quiet_capture
@@ -106,6 +106,20 @@ def _dense_optimizer(options: CompressOptions, model: nn.Module, lr: float) -> t
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
+def _verify_beside(file: Path) -> None:
+    """A ``dense.pt`` of a run is checked against the run's checksums.json (when it lists it)."""
+    from geta.cli.checkpoint import CHECKSUMS
+    from geta.integrity import verify_file
+
+    def load(path: Path) -> dict[str, torch.Tensor]:
+        return dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    try:
+        verify_file(file.parent, file.name, CHECKSUMS, load_tensors=load)
+    except geta.GetaError as exc:
+        raise CliError(f"--dense-checkpoint: {exc}") from None
+
+
 def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
     file = Path(path).expanduser()
     fix = "pass the dense.pt of a run with the same --model and --data"
@@ -114,6 +128,7 @@ def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
             f"--dense-checkpoint {file} does not exist; pass a state_dict saved with torch.save "
             "(e.g. dense.pt of an earlier run)"
         )
+    _verify_beside(file)
     try:
         sd = torch.load(file, map_location="cpu", weights_only=True)
     except Exception:  # torch's message is pages long (and coloured): say what it means instead
@@ -408,4 +423,4 @@ class CompressJob:
         state.optimizer = opt.state_dict() if opt is not None else None
         state.rng = rng_state()
         state.wall_seconds = self.wall_seconds()
-        atomic_save(state.to_checkpoint(), state_path(self.out))
+        save_state(state.to_checkpoint(), state_path(self.out))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import geta
-from geta.cli.checkpoint import CHECKPOINT_DIR, state_path
+from geta.cli.checkpoint import CHECKPOINT_DIR, state_path, write_run_checksums
 from geta.cli.errors import CliError
 from geta.cli.job import JobResult
 from geta.cli.plots import write_plots
@@ -181,18 +181,15 @@ def _export(call: Any) -> dict[str, Any]:
 def _write_files(
     staging: Path, small: nn.Module, dense: nn.Module, example: tuple[Any, ...], *, export: bool, plain: bool
 ) -> dict[str, Any]:
-    torch.save(small, staging / "compressed.pt")
+    torch.save(small, staging / "compressed.pt")  # for your own torch.load; geta never reads it
     torch.save(example, staging / "inputs.pt")
     torch.save(dense.state_dict(), staging / "dense.pt")
-    if not export:
-        return {}
     files = {"onnx": staging / "model.onnx", "packed": staging / "model.geta", "pretrained": staging / "hf"}
-    with quiet_exporters():
-        exports = {
-            "onnx": _export(lambda: geta.export.onnx(small, example, str(files["onnx"]))),
-            "packed": _export(lambda: geta.export.packed(small, str(files["packed"]))),
-        }
-        hf = _hf_model(small)
+    with quiet_exporters():  # model.geta always: geta report/export rebuild the model from it
+        exports = {"packed": _export(lambda: geta.export.packed(small, str(files["packed"])))}
+        if export:
+            exports["onnx"] = _export(lambda: geta.export.onnx(small, example, str(files["onnx"])))
+        hf = _hf_model(small) if export else None
         if hf is not None:  # a Hugging Face model: also save_pretrained with its pruned shapes
             exports["pretrained"] = _export(
                 lambda: geta.export.pretrained(hf, str(files["pretrained"]), plain=plain)
@@ -269,6 +266,7 @@ def write_results(
     report["wall_seconds"] = wall_clock() if wall_clock is not None else None
     (staging / "report.md").write_text(_markdown(report, compressed_md), encoding="utf-8")
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_run_checksums(staging, dense.state_dict())
     return report
 
 

@@ -1,8 +1,10 @@
 """``geta report CHECKPOINT``: MACs, bit widths, BOPs and sizes of a compressed model.
 
-A thin wrapper over `geta.report`. CHECKPOINT is the ``--out`` directory of ``geta compress``
-(its dense model is rebuilt from ``config.yaml`` + ``dense.pt`` as the reference of the relative
-numbers) or a ``torch.save``'d module (``--dense`` names a dense module file to compare with).
+A thin wrapper over `geta.report`. CHECKPOINT is the ``--out`` directory of ``geta compress``:
+its compressed model is rebuilt from ``config.yaml`` + ``model.geta`` and its dense model, the
+reference of the relative numbers, from ``config.yaml`` + ``dense.pt`` (`geta.cli.rebuild`;
+nothing in the folder runs code). A ``torch.save``'d module file is read only with
+``--trust-run-code``. ``--dense`` names a dense state_dict (or, trusted, a module) to compare with.
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from geta.cli.artifacts import RunFiles, add_checkpoint_argument, load_inputs, load_module, locate
+from geta.cli.artifacts import (
+    RunFiles,
+    add_checkpoint_argument,
+    load_inputs,
+    load_module,
+    locate,
+    verify_run_file,
+)
 from geta.cli.errors import CliError
 from geta.cli.quiet import quiet_capture
+from geta.cli.rebuild import load_dense_file, load_run
 
-__all__ = ["add_parser", "run", "dense_of_run"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: Any) -> None:
@@ -31,7 +39,9 @@ def add_parser(subparsers: Any) -> None:
     )
     add_checkpoint_argument(p)
     p.add_argument(
-        "--dense", metavar="FILE", help="a torch.save'd dense module: reference of relative numbers"
+        "--dense",
+        metavar="FILE",
+        help="dense reference: a state_dict of the run's model (or a trusted module)",
     )
     p.add_argument(
         "--input-shape", metavar="SHAPE", help="example input shape, e.g. 1,3,32,32 (else inputs.pt)"
@@ -41,42 +51,13 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def dense_of_run(run_dir: Path) -> nn.Module | None:
-    """The dense model of a ``geta compress`` run (recipe rebuilt + dense.pt), or None if unknown."""
-    import torch
-    import yaml
-
-    from geta.cli.options import CompressOptions
-    from geta.recipes import build_model, load_run_data
-
-    config, weights = run_dir / "config.yaml", run_dir / "dense.pt"
-    if not (config.is_file() and weights.is_file()):
-        return None
-    try:
-        raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        opts = CompressOptions.from_mapping(raw, where=lambda k: f"{k!r} in {config}")
-        data = load_run_data(opts.model, opts.data, seed=opts.seed, seq_len=opts.seq_len)
-        model = build_model(opts.model, data, seed=opts.seed)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except Exception as exc:
-        raise CliError(
-            f"the dense model of {run_dir} could not be rebuilt ({type(exc).__name__}: {exc}); "
-            "pass --dense FILE or report without a dense reference by passing the .pt file"
-        ) from None
-    return model.eval()
-
-
-def _dense(args: argparse.Namespace, files: RunFiles) -> nn.Module | None:
-    if args.dense:
-        return load_module(Path(args.dense).expanduser())
-    return dense_of_run(files.run_dir) if files.run_dir is not None else None
-
-
 def _run_record(files: RunFiles) -> dict[str, Any] | None:
     """The report.json of the run CHECKPOINT comes from (accuracies, the dense side), if any."""
     path = files.run_dir / "report.json" if files.run_dir is not None else None
     if path is None or not path.is_file():
         return None
+    assert files.run_dir is not None
+    verify_run_file(files.run_dir, "report.json")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -95,9 +76,13 @@ def run(args: argparse.Namespace) -> int:
     from geta.reporting.model import DENSE_COUNTS_ATTR
 
     files = locate(args.checkpoint)
-    model = load_module(files.model)
+    loaded = load_run(files, args) if files.run_dir is not None else None
+    model = loaded.model if loaded is not None else load_module(files.model, trust=args.trust_run_code)
     inputs = load_inputs(files, args.input_shape, args.input_dtype)
-    dense = _dense(args, files)
+    if args.dense:
+        dense = load_dense_file(Path(args.dense).expanduser(), loaded, trust=args.trust_run_code)
+    else:
+        dense = loaded.dense() if loaded is not None else None
     try:
         with quiet_capture():
             rep = geta.report(model, inputs, dense=dense)

@@ -2,7 +2,14 @@
 
 Layout (all integers little-endian)::
 
-    b"GETAPACK"  u32 version  u64 manifest length  manifest (zlib-compressed UTF-8 JSON)  data
+    b"GETAPACK"  u32 version  u64 manifest length  32-byte SHA-256 of the manifest
+    manifest (zlib-compressed UTF-8 JSON)  data
+
+Integrity (format version 2): the manifest's SHA-256 sits in the header and every entry
+carries the SHA-256 of its bytes (``"sha256"``); `load_packed` checks both, and every size and
+byte range against the file's length before it allocates anything, so a flipped byte, a
+truncated or an oversized file is a `geta.IntegrityError` naming the file (and the tensor)
+instead of a model that computes something else. Version 1 files (no checksums) still load.
 
 The manifest lists every entry of the model's ``state_dict`` once (tied tensors are stored
 once; later keys are ``alias`` entries) with its dtype, shape, and byte range in ``data``:
@@ -35,6 +42,7 @@ The file holds no code (nothing is unpickled): the architecture always comes fro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -47,8 +55,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geta.errors import GetaError
-from geta.export.bitpack import pack_bits, unpack_bits
+from geta.errors import GetaError, IntegrityError
+from geta.export.bitpack import MAX_BITS, pack_bits, packed_nbytes, unpack_bits
 from geta.export.skeleton import describe, fit
 from geta.quant.attach import weight_quantizers
 from geta.quant.functional import integer_codes
@@ -58,8 +66,10 @@ from geta.reporting.count import rounded_bits
 __all__ = ["FORMAT_VERSION", "MAGIC", "PackedInfo", "load_packed", "packed", "read_manifest"]
 
 MAGIC = b"GETAPACK"
-FORMAT_VERSION = 1
-_PREFIX = struct.Struct("<8sIQ")  # magic, version, manifest length
+FORMAT_VERSION = 2
+_PREFIX = struct.Struct("<8sIQ32s")  # magic, version, manifest length, SHA-256 of the manifest
+_PREFIX_V1 = struct.Struct("<8sIQ")  # version 1: no checksums
+_MAX_MANIFEST = 1 << 30  # bytes of the decompressed manifest (a damaged length cannot ask for more)
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ def _encode(model: nn.Module) -> tuple[list[dict[str, Any]], list[bytes], float]
             data = _raw_bytes(t)
             entry["encoding"] = "raw"
             ideal += len(data)
-        entry.update(offset=offset, nbytes=len(data))
+        entry.update(offset=offset, nbytes=len(data), sha256=hashlib.sha256(data).hexdigest())
         offset += len(data)
         entries.append(entry)
         chunks.append(data)
@@ -178,7 +188,8 @@ def packed(model: nn.Module, path: str | os.PathLike[str]) -> PackedInfo:
     }, separators=(",", ":")).encode("utf-8")  # fmt: skip
     manifest = zlib.compress(manifest, 9)  # names repeat a lot: ~5x smaller
     target = os.fspath(path)
-    _write_atomic(target, [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(manifest)), manifest, *chunks])
+    digest = hashlib.sha256(manifest).digest()
+    _write_atomic(target, [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(manifest), digest), manifest, *chunks])
     return PackedInfo(
         path=target, file_bytes=_PREFIX.size + len(manifest) + data_bytes, manifest_bytes=len(manifest),
         data_bytes=data_bytes, ideal_bytes=ideal,
@@ -187,21 +198,95 @@ def packed(model: nn.Module, path: str | os.PathLike[str]) -> PackedInfo:
     )  # fmt: skip
 
 
+def _header(path: str, blob: bytes) -> tuple[int, int, bytes | None]:
+    """(manifest start, manifest length, the manifest's SHA-256 or None for version 1)."""
+    if len(blob) < _PREFIX_V1.size:
+        raise GetaError(f"{path} is not a geta packed file (too short)")
+    magic, version, length = _PREFIX_V1.unpack_from(blob)
+    if magic != MAGIC:
+        raise GetaError(f"{path} is not a geta packed file (magic {magic!r})")
+    if version not in (1, FORMAT_VERSION):
+        raise GetaError(f"{path} has packed format version {version}; this geta reads 1 and {FORMAT_VERSION}")
+    if version == 1:
+        return _PREFIX_V1.size, length, None
+    if len(blob) < _PREFIX.size:
+        raise IntegrityError(f"{path} is truncated: its header is incomplete")
+    return _PREFIX.size, length, _PREFIX.unpack_from(blob)[3]
+
+
 def _read(path: str) -> tuple[dict[str, Any], bytes]:
     with open(path, "rb") as f:
         blob = f.read()
-    if len(blob) < _PREFIX.size:
-        raise GetaError(f"{path} is not a geta packed file (too short)")
-    magic, version, length = _PREFIX.unpack_from(blob)
-    if magic != MAGIC:
-        raise GetaError(f"{path} is not a geta packed file (magic {magic!r})")
-    if version != FORMAT_VERSION:
-        raise GetaError(f"{path} has packed format version {version}; this geta reads {FORMAT_VERSION}")
+    start, length, digest = _header(path, blob)
+    if start + length > len(blob):
+        raise IntegrityError(
+            f"{path} is truncated or damaged: its header announces a {length}-byte manifest, "
+            f"the file holds {len(blob) - start} bytes after the header"
+        )
+    raw = blob[start : start + length]
+    if digest is not None and hashlib.sha256(raw).digest() != digest:
+        raise IntegrityError(f"{path} is damaged: its manifest does not match its SHA-256 checksum")
     try:
-        manifest = json.loads(zlib.decompress(blob[_PREFIX.size : _PREFIX.size + length]).decode("utf-8"))
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(raw, _MAX_MANIFEST)
+        if inflate.unconsumed_tail:
+            raise GetaError(f"{path}: the manifest exceeds {_MAX_MANIFEST} bytes")
+        manifest = json.loads(text.decode("utf-8"))
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GetaError(f"{path}: the manifest of this packed file is damaged ({exc})") from exc
-    return manifest, blob[_PREFIX.size + length :]
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
+        raise GetaError(f"{path}: the manifest of this packed file has no tensor list")
+    return manifest, blob[start + length :]
+
+
+def _fail(path: str, name: object, why: str) -> IntegrityError:
+    return IntegrityError(f"{path} is damaged: tensor {name!r} {why}")
+
+
+def _entry_bytes(path: str, e: dict[str, Any]) -> int:
+    """The byte count a raw or codes entry must have, from its dtype, shape (and bits)."""
+    shape = e.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise _fail(path, e["name"], f"has an invalid shape {shape!r}")
+    count = math.prod(shape)
+    if e["encoding"] == "raw":
+        return count * _parse_dtype(str(e.get("dtype"))).itemsize
+    bits = e.get("bits")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+        raise _fail(path, e["name"], f"has an invalid bit width {bits!r}")
+    return packed_nbytes(count, bits)
+
+
+def _check_entries(path: str, manifest: dict[str, Any], data: bytes) -> None:
+    """Every entry's sizes and byte range against the file, and its checksum, before any allocation."""
+    declared = manifest.get("data_bytes")
+    if declared != len(data):
+        raise IntegrityError(
+            f"{path} is truncated or damaged: its manifest lists {declared} bytes of tensor data, "
+            f"the file holds {len(data)}"
+        )
+    names = set()
+    for e in manifest["tensors"]:
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+            raise IntegrityError(f"{path} is damaged: a manifest entry has no name")
+        names.add(e["name"])
+        if e.get("encoding") == "alias":
+            continue
+        if e.get("encoding") not in ("raw", "codes"):
+            raise _fail(path, e["name"], f"has an unknown encoding {e.get('encoding')!r}")
+        offset, nbytes = e.get("offset"), e.get("nbytes")
+        if not (isinstance(offset, int) and isinstance(nbytes, int) and 0 <= offset and 0 <= nbytes):
+            raise _fail(path, e["name"], f"has an invalid byte range ({offset!r}, {nbytes!r})")
+        if offset + nbytes > len(data) or nbytes != _entry_bytes(path, e):
+            raise _fail(path, e["name"], "has a byte range that does not fit its shape or the file")
+        digest = e.get("sha256")
+        if digest is not None and hashlib.sha256(data[offset : offset + nbytes]).hexdigest() != digest:
+            raise _fail(path, e["name"], "does not match its SHA-256 checksum")
+        if digest is None and manifest.get("version", 1) >= 2:
+            raise _fail(path, e["name"], "has no checksum")
+    for e in manifest["tensors"]:
+        if e.get("encoding") == "alias" and e.get("of") not in names:
+            raise _fail(path, e["name"], f"is an alias of {e.get('of')!r}, which the file does not hold")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -235,6 +320,26 @@ def _decode_codes(entry: dict[str, Any], data: bytes, state: dict[str, Tensor]) 
     return value
 
 
+def _decode(path: str, entries: dict[str, dict[str, Any]], data: bytes) -> dict[str, Tensor]:
+    """Every tensor of the file: raw ones first (the codes read their quantizer's scalars)."""
+    state: dict[str, Tensor] = {}
+    try:
+        for name, e in entries.items():
+            if e["encoding"] == "raw":
+                state[name] = _decode_raw(e, data)
+        for name, e in entries.items():
+            if e["encoding"] == "codes":
+                state[name] = _decode_codes(e, data, state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GetaError(
+            f"{path}: a tensor entry of its manifest is damaged ({type(exc).__name__}: {exc})"
+        ) from None
+    for name, e in entries.items():
+        if e["encoding"] == "alias":
+            state[name] = state[e["of"]]
+    return state
+
+
 def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     """Load a packed file into ``skeleton``, a model of the saved class, and return it (changed in place).
 
@@ -242,7 +347,8 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     recorded quantizers are attached and its tensors and size attributes shrunk to the saved
     ones first (module docstring). A skeleton on the ``meta`` device is materialised on the
     CPU (``load_state_dict(assign=True)``); otherwise tensors stay on their device. Raises
-    `GetaError` for a file that does not fit (another architecture) or is damaged.
+    `GetaError` for a file that does not fit (another architecture) and `geta.IntegrityError`
+    for one that is damaged, truncated or oversized (checked before anything is allocated).
 
     >>> model = MyNet()  # doctest: +SKIP
     >>> small = geta.export.load_packed("model.geta", model)  # doctest: +SKIP
@@ -250,10 +356,16 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     True
     """
     manifest, data = _read(os.fspath(path))
+    _check_entries(os.fspath(path), manifest, data)
     entries = {e["name"]: e for e in manifest["tensors"]}
     if "structure" in manifest:
         shapes = {n: e["shape"] for n, e in entries.items() if "shape" in e}
-        fit(skeleton, manifest["structure"], shapes)
+        try:
+            fit(skeleton, manifest["structure"], shapes)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GetaError(
+                f"{os.fspath(path)}: its structure record is damaged ({type(exc).__name__}: {exc})"
+            ) from None
     expected = skeleton.state_dict(keep_vars=True)
     if set(entries) != set(expected):
         missing, extra = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
@@ -262,16 +374,7 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
             f"missing {missing[:5]}, unexpected {extra[:5]}; build the skeleton the way "
             "the saved model was built (same class, convert of the same plan)"
         )
-    state: dict[str, Tensor] = {}
-    for name, e in entries.items():
-        if e["encoding"] == "raw":
-            state[name] = _decode_raw(e, data)
-    for name, e in entries.items():
-        if e["encoding"] == "codes":
-            state[name] = _decode_codes(e, data, state)
-    for name, e in entries.items():
-        if e["encoding"] == "alias":
-            state[name] = state[e["of"]]
+    state = _decode(os.fspath(path), entries, data)
     for name, t in state.items():
         if tuple(t.shape) != tuple(expected[name].shape):
             raise GetaError(

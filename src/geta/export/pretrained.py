@@ -51,6 +51,7 @@ from torch import nn
 from geta.export.bake import bake_weights
 from geta.export.info import ExportError
 from geta.export.layersizes import check_plain_shapes, set_global_sizes
+from geta.integrity import member_path, verify_file, write_sidecar
 from geta.ops.modules import apply_module_fixers
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, attach_input_quantizer, input_quantizer
 from geta.quant.products import detach_product_quantizers, restore_product_quantizers
@@ -59,10 +60,11 @@ from geta.quant.quantizer import LearnableQuantizer
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["FIELD", "FORMAT_VERSION", "load_pretrained", "pretrained"]
+__all__ = ["CHECKSUMS", "FIELD", "FORMAT_VERSION", "load_pretrained", "pretrained"]
 
 FIELD = "geta"  # the extra key in config.json
 FORMAT_VERSION = 1
+CHECKSUMS = "geta-checksums.json"  # SHA-256 of each safetensors file and tensor (geta.integrity)
 
 
 def _transformers() -> ModuleType:
@@ -237,6 +239,16 @@ def pretrained(model: nn.Module, path: str | os.PathLike[str], *, plain: bool = 
     }  # fmt: skip
     with _quiet(hf):
         export.save_pretrained(os.fspath(path))
+    _write_checksums(os.fspath(path))
+
+
+def _write_checksums(folder: str) -> None:
+    """`CHECKSUMS` in ``folder``: the SHA-256 of every safetensors file and of each tensor in it."""
+    from safetensors.torch import load_file
+
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors") or n.endswith(".index.json"))
+    files = {n: (load_file(os.path.join(folder, n)) if n.endswith(".safetensors") else None) for n in names}
+    write_sidecar(folder, CHECKSUMS, files)
 
 
 def _read_field(folder: str) -> dict[str, Any]:
@@ -338,21 +350,31 @@ def _init_buffers(model: nn.Module, hf: ModuleType) -> None:
             init_of[module]._init_weights(module)
 
 
-def _read_weights(folder: str) -> dict[str, torch.Tensor]:
-    """The tensors of ``model.safetensors``, or of every shard listed by its index."""
+def _read_file(folder: str, name: str, what: str) -> dict[str, torch.Tensor]:
+    """One safetensors file of ``folder``, kept inside it and checked against `CHECKSUMS`."""
     from safetensors.torch import load_file
 
-    single = os.path.join(folder, "model.safetensors")
-    if os.path.exists(single):
-        return load_file(single)
+    path = member_path(folder, name, what=what)
+    verify_file(folder, name, CHECKSUMS, load_tensors=load_file)
+    return load_file(path)
+
+
+def _read_weights(folder: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors``, or of every shard listed by its index."""
+    if os.path.exists(os.path.join(folder, "model.safetensors")):
+        return _read_file(folder, "model.safetensors", f"{folder}")
     index = os.path.join(folder, "model.safetensors.index.json")
     if not os.path.exists(index):
         raise ExportError(f"{folder} has no model.safetensors; write it with geta.export.pretrained")
-    with open(index, encoding="utf-8") as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
+    verify_file(folder, "model.safetensors.index.json", CHECKSUMS)
+    try:
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ExportError(f"{index} is not a safetensors index ({type(exc).__name__}: {exc})") from None
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
-        state.update(load_file(os.path.join(folder, shard)))
+        state.update(_read_file(folder, shard, f"the weight_map of {index}"))
     return state
 
 
@@ -395,18 +417,30 @@ def load_pretrained(
     model_class: type[PreTrainedModel] | None = None,
     *,
     with_input_quantizers: bool = True,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load a folder written by `pretrained`, with its per-layer shapes, in eval mode.
 
     ``model_class`` defaults to the class named in the config's ``architectures``. With
     ``with_input_quantizers`` the activation quantizers (layer inputs, attention products) are
     attached again (the model then computes exactly what the saved one did); without, layers
-    see unquantized inputs.
+    see unquantized inputs. A config that names code of its own (``auto_map``) is refused
+    unless ``trust_remote_code`` (that code would run). The safetensors files are checked
+    against the folder's `CHECKSUMS` (`geta.IntegrityError` names the tensor that changed) and
+    must lie inside the folder.
     """
     hf = _transformers()
     folder = os.fspath(path)
     info = _read_field(folder)
-    config = hf.AutoConfig.from_pretrained(folder)
+    try:
+        config = hf.AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ExportError(
+            f"{folder}/config.json names custom code (auto_map) that loading would run; pass "
+            "trust_remote_code=True only if you trust that folder"
+        ) from None
     cls = model_class if model_class is not None else _architecture(hf, config, folder)
     model = _build_meta(cls, config, info.get("attn_implementation"))
     _resize(model, info.get("shapes", {}))

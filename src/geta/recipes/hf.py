@@ -2,7 +2,8 @@
 
 A checkpoint directory is what ``save_pretrained`` writes: ``config.json``, the weights and,
 for text models, the tokenizer files (``tokenizer.save_pretrained(DIR)``). Nothing is
-downloaded: every load passes ``local_files_only=True``.
+downloaded: every load passes ``local_files_only=True``, and no code of the folder runs
+(``trust_remote_code=False``: a config whose ``auto_map`` names its own code is refused).
 
 `open_checkpoint` reads the config and picks the kind of model from its ``architectures``
 entry, through transformers' own Auto mappings:
@@ -145,7 +146,9 @@ class Checkpoint:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True)
+            return AutoTokenizer.from_pretrained(
+                str(self.directory), local_files_only=True, trust_remote_code=False
+            )
         except Exception as exc:
             raise RecipeError(
                 f"the tokenizer in {self.directory} could not be loaded ({type(exc).__name__}: "
@@ -201,7 +204,7 @@ def open_checkpoint(directory: str) -> Checkpoint:
     except ImportError:
         raise RecipeError("--model hf:DIR needs transformers: pip install 'torch-geta[hf]'") from None
     try:
-        config = AutoConfig.from_pretrained(str(root), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise RecipeError(
             f"{root / 'config.json'} could not be read ({type(exc).__name__}: {_first_line(exc)}); "
@@ -269,7 +272,11 @@ def build_checkpoint_model(ckpt: Checkpoint, data: DataBundle, *, pad_id: int = 
     try:
         with _no_progress_bars():
             model = auto.from_pretrained(
-                str(ckpt.directory), local_files_only=True, dtype=torch.float32, **extra
+                str(ckpt.directory),
+                local_files_only=True,
+                trust_remote_code=False,
+                dtype=torch.float32,
+                **extra,
             )
     except Exception as exc:
         raise RecipeError(

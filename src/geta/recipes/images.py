@@ -59,10 +59,34 @@ def load_digits_bundle(seed: int = 0) -> DataBundle:
     return _bundle("digits", *_split(x, y, seed), classes=10)
 
 
+# What a CIFAR batch file may name: numpy's array reconstruction and the str->bytes codec of
+# Python 2 pickles. Nothing else is found, so a file cannot call any other function.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads a CIFAR batch (a dict of lists and numpy arrays) and refuses anything else."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"the file names {module}.{name}, which a CIFAR-10 batch never does "
+                "(refused: it could run code)"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> tuple[Tensor, Tensor]:
+    """One CIFAR batch file, read by `_ArrayUnpickler` (plain data only, no code runs)."""
     try:
         with path.open("rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
     except Exception as exc:

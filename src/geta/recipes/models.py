@@ -257,7 +257,7 @@ def _factory_kwargs(factory: Callable[..., object], data: DataBundle) -> dict[st
 
 
 def load_factory(spec: str, data: DataBundle) -> nn.Module:
-    """Import ``module:factory`` (the current directory is importable) and call the factory.
+    """Import ``module:factory`` (the current directory is importable, last) and call the factory.
 
     The factory may take any of ``num_classes``, ``vocab_size``, ``in_channels`` and
     ``input_shape`` as keyword parameters; it must return an ``nn.Module``.
@@ -266,7 +266,9 @@ def load_factory(spec: str, data: DataBundle) -> nn.Module:
     if not module_name or not attr:
         raise RecipeError(f"model {spec!r} is not of the form module:factory, e.g. mymodels:build_net")
     cwd = os.getcwd()
-    sys.path.insert(0, cwd)
+    added = cwd not in sys.path
+    if added:  # last: a file in the current directory never shadows an installed module
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -275,7 +277,8 @@ def load_factory(spec: str, data: DataBundle) -> nn.Module:
             f"({type(exc).__name__}: {exc}); check the name and that it is on PYTHONPATH"
         ) from None
     finally:
-        sys.path.remove(cwd)
+        if added:
+            sys.path.remove(cwd)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise RecipeError(
