@@ -49,7 +49,9 @@ import torch
 from torch import nn
 
 from geta.export.bake import bake_weights
+from geta.export.hffolder import tied_keys, write_folder
 from geta.export.info import ExportError
+from geta.export.intweights import decode, encode, integer_weights, is_integer_config
 from geta.export.layersizes import check_plain_shapes, set_global_sizes
 from geta.ops.modules import apply_module_fixers
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, attach_input_quantizer, input_quantizer
@@ -203,23 +205,46 @@ def _check_ties(model: nn.Module, fresh: nn.Module) -> None:
             )
 
 
-def pretrained(model: nn.Module, path: str | os.PathLike[str], *, plain: bool = False) -> None:
-    """Write ``model`` (a converted HF ``PreTrainedModel``) with ``save_pretrained`` + the "geta" field.
+def _sizes(model: nn.Module, *, plain: bool) -> dict[str, int]:
+    """Write the pruned sizes into the config where every layer has the same (required if ``plain``)."""
+    try:
+        return set_global_sizes(model)
+    except ExportError:
+        if plain:
+            raise
+        return {}  # layers of different sizes: "shapes" records them for load_pretrained
 
-    ``model`` is not modified. Weights are saved as their fake-quantized values; input
-    quantizers go into the config (module docstring). With ``plain`` the pruned sizes are
-    written into the config's own fields (``intermediate_size``, ``num_attention_heads``,
-    ``num_key_value_heads``, ``head_dim``) so that plain ``transformers`` ``from_pretrained``
-    loads the folder without geta (weights only: activation quantizers still need
-    `load_pretrained`); every decoder layer must then have the same sizes
-    (``Config(uniform_layers=True)``), else `ExportError`. Raises `ExportError` for a model
-    that is not a ``PreTrainedModel`` (use ``torch.save`` or `geta.export.packed`).
+
+def pretrained(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    plain: bool = False,
+    integer: bool = True,
+    tokenizer: Any = None,
+) -> None:
+    """Write ``model`` (a converted HF ``PreTrainedModel``) as a HF folder with the "geta" field.
+
+    ``model`` is not modified. With ``integer`` (the default) each quantized ``nn.Linear``
+    weight is stored as its integer codes and step in the compressed-tensors format
+    (`geta.export.intweights`), which transformers decodes without geta (with the
+    ``compressed-tensors`` package installed); other weights are saved as their fake-quantized
+    float values. Input quantizers go into the config (module docstring).
+
+    Where every decoder layer kept the same sizes, they are written into the config's own
+    fields (``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``,
+    ``head_dim``), so that plain ``transformers`` ``from_pretrained`` loads the folder
+    (weights only: activation quantizers still need `load_pretrained`). ``plain=True``
+    requires that (``Config(uniform_layers=True)``) and raises `ExportError` otherwise.
+    ``tokenizer`` (anything with ``save_pretrained``) is saved alongside. Raises `ExportError`
+    for a model that is not a ``PreTrainedModel`` (use ``torch.save`` or `geta.export.packed`).
     """
     hf = _require_hf(model)
     from geta import __version__
 
     export = copy.deepcopy(model).eval()
-    sizes = set_global_sizes(export) if plain else {}
+    codes = integer_weights(export) if integer else {}
+    sizes = _sizes(export, plain=plain)
     if bake_weights(export):
         export.config.tie_word_embeddings = False  # lm_head is quantized, the embedding is not
     products = _drop_product_quantizers(export)
@@ -236,7 +261,14 @@ def pretrained(model: nn.Module, path: str | os.PathLike[str], *, plain: bool = 
         "input_quantizers": table, "product_quantizers": products,
     }  # fmt: skip
     with _quiet(hf):
-        export.save_pretrained(os.fspath(path))
+        if not codes:  # the class's own method: the instance's may be geta's guard (geta.savehook)
+            type(export).save_pretrained(export, os.fspath(path))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(os.fspath(path))
+            return
+        state = export.state_dict()
+        export.config.quantization_config = encode(state, codes)
+        write_folder(export, state, os.fspath(path), tied=tied_keys(fresh), tokenizer=tokenizer)
 
 
 def _read_field(folder: str) -> dict[str, Any]:
@@ -338,8 +370,17 @@ def _init_buffers(model: nn.Module, hf: ModuleType) -> None:
             init_of[module]._init_weights(module)
 
 
-def _read_weights(folder: str) -> dict[str, torch.Tensor]:
-    """The tensors of ``model.safetensors``, or of every shard listed by its index."""
+def _read_weights(folder: str, quantization: object = None) -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors`` (or of every shard listed by its index), float.
+
+    Integer codes (``quantization`` is the config's compressed-tensors ``quantization_config``
+    written by `pretrained`) are decoded to their values k·step (`geta.export.intweights`).
+    """
+    state = _read_safetensors(folder)
+    return decode(state, quantization) if is_integer_config(quantization) else state  # type: ignore[arg-type]
+
+
+def _read_safetensors(folder: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     single = os.path.join(folder, "model.safetensors")
@@ -407,12 +448,15 @@ def load_pretrained(
     folder = os.fspath(path)
     info = _read_field(folder)
     config = hf.AutoConfig.from_pretrained(folder)
+    quantization = getattr(config, "quantization_config", None)
+    if is_integer_config(quantization):
+        del config.quantization_config  # decoded here: the loaded model holds float weights
     cls = model_class if model_class is not None else _architecture(hf, config, folder)
     model = _build_meta(cls, config, info.get("attn_implementation"))
     _resize(model, info.get("shapes", {}))
     _update_sizes(model, info.get("attributes", {}))
     _init_buffers(model, hf)
-    _load_weights(model, _read_weights(folder), folder)
+    _load_weights(model, _read_weights(folder, quantization), folder)
     if with_input_quantizers:
         _attach_inputs(model, info.get("input_quantizers", {}))
         _attach_products(model, info.get("product_quantizers", {}))
