@@ -57,6 +57,7 @@ from geta.ops.modules import apply_module_fixers
 from geta.quant.attach import INPUT_QUANTIZER_ATTR, attach_input_quantizer, input_quantizer
 from geta.quant.products import detach_product_quantizers, restore_product_quantizers
 from geta.quant.quantizer import LearnableQuantizer
+from geta.savehook import guard_save_pretrained
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -460,4 +461,5 @@ def load_pretrained(
     if with_input_quantizers:
         _attach_inputs(model, info.get("input_quantizers", {}))
         _attach_products(model, info.get("product_quantizers", {}))
+        guard_save_pretrained(model)  # HF's own would write the quantizers' keys
     return model.eval()
