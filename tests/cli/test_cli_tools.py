@@ -166,6 +166,9 @@ def test_export_both_formats(finished_run: Path, tmp_path: Path, geta_cli: Calla
         "export", finished_run / "compressed.pt", "--format", "packed", "--out", tmp_path / "m.geta"
     )
     assert packed.code == 0 and "bit-packed tensors" in packed.out
+    hf = geta_cli("export", finished_run, "--format", "hf", "--out", tmp_path / "hf")
+    assert hf.code == 2 and "--format hf needs a Hugging Face model" in hf.err
+    assert not (tmp_path / "hf").exists()
 
 
 def test_env_lists_versions(geta_cli: Callable[..., Result]) -> None:
