@@ -37,6 +37,7 @@ from geta.quant.products import (
 )
 from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.count import dense_counts
+from geta.savehook import guard_save_pretrained
 
 __all__ = ["prepare", "analyze_model"]
 
@@ -97,6 +98,7 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     dense = dense_counts(model, plan.graph, example_inputs)  # before quantizers: the original model
     bindings = _quantize(model, plan.graph, analysis, example_inputs, config)
     bindings += _carried_quantizers(model, bindings)
+    guard_save_pretrained(model)  # HF's save_pretrained would write parametrization keys
     return dataclasses.replace(plan, bindings=bindings, dense=dense)
 
 

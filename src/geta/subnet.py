@@ -23,6 +23,7 @@ from geta.graph.space import Space
 from geta.ops.modules import apply_module_fixers
 from geta.plan import Plan
 from geta.reporting.model import DENSE_COUNTS_ATTR
+from geta.savehook import guard_save_pretrained
 
 __all__ = ["convert", "removed_units", "apply_removal"]
 
@@ -93,6 +94,7 @@ def convert(model: nn.Module, plan: Plan, *, verify: bool = True) -> nn.Module:
             f"({type(exc).__name__}: {exc}); keep non-copyable objects out of the module's attributes"
         ) from exc
     apply_removal(plan, new, removed, memo)
+    guard_save_pretrained(new)  # HF's save_pretrained would write the pruned tensors under the old config
     if plan.dense is not None:  # the original model's counts: the reference of geta.report(new, ...)
         setattr(new, DENSE_COUNTS_ATTR, plan.dense)
     if verify and plan.example_inputs is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from geta.testing import max_relative_error
 
@@ -42,6 +43,22 @@ def test_uniform_layers_run_writes_a_folder_plain_transformers_loads(
     ids = torch.randint(0, 384, (2, 32))
     with torch.no_grad():  # weights only: plain HF computes what geta's converted model computes
         assert max_relative_error(plain(input_ids=ids).logits, hf(input_ids=ids).logits) <= 1e-5
+    exported = tmp_path / "exported"
+    again = geta_cli("export", out, "--format", "hf", "--out", exported)
+    assert again.code == 0 and f"wrote {exported}" in again.out, again.err
+    for folder in (out / "hf", exported):  # self-contained: tokenizer, generation config, card
+        names = {p.name for p in folder.iterdir()}
+        assert {"tokenizer.json", "generation_config.json", "README.md", "model.safetensors"} <= names
+        card = (folder / "README.md").read_text()
+        assert "geta compress --model hf:" in card and "--uniform-layers" in card and "perplexity" in card
+        assert "AutoModelForCausalLM.from_pretrained" in card
+        saved = load_file(str(folder / "model.safetensors"))
+        assert saved["model.layers.0.mlp.up_proj.weight_packed"].dtype == torch.int32
+    size = (out / "hf" / "model.safetensors").stat().st_size
+    assert size <= 1.1 * (out / "model.geta").stat().st_size  # about the packed size
+    assert (exported / "model.safetensors").read_bytes() == (out / "hf" / "model.safetensors").read_bytes()
+    refused = geta_cli("export", out, "--format", "hf", "--out", exported)
+    assert refused.code != 0 and "not an empty directory" in refused.err
 
 
 def test_uniform_layers_with_global_selection_is_one_line(

@@ -168,6 +168,9 @@ def test_export_both_formats(finished_run: Path, tmp_path: Path, geta_cli: Calla
     assert packed.code == 0 and "bit-packed tensors" in packed.out
     # the run's model is rebuilt from model.geta: exporting it again gives the same bytes
     assert (tmp_path / "m.geta").read_bytes() == (finished_run / "model.geta").read_bytes()
+    hf = geta_cli("export", finished_run, "--format", "hf", "--out", tmp_path / "hf")
+    assert hf.code == 2 and "--format hf needs a Hugging Face model" in hf.err
+    assert not (tmp_path / "hf").exists()
 
 
 def test_env_lists_versions(geta_cli: Callable[..., Result]) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 import geta
 from geta.export import ExportError, load_pretrained, pretrained
+from geta.export.intweights import unpack_rows
 from geta.quant.attach import input_quantizer, weight_quantizers
 from geta.quant.quantizer import LearnableQuantizer
 from geta.testing import max_relative_error, model_outputs, zero_random_groups, zoo
@@ -85,17 +86,24 @@ def test_input_quantizers_are_reattached_with_their_exact_scalars(trip: RoundTri
             assert torch.equal(getattr(again, scalar), getattr(saved, scalar))
 
 
-def test_saved_weights_are_the_fake_quantized_values(trip: RoundTrip) -> None:
+def test_saved_weights_are_integer_codes_whose_values_are_the_fake_quantized_ones(trip: RoundTrip) -> None:
     saved = load_file(str(trip.folder / "model.safetensors"))
+    groups = json.loads((trip.folder / "config.json").read_text())["quantization_config"]["config_groups"]
+    bits_of = {name: g["weights"]["num_bits"] for g in groups.values() for name in g["targets"]}
     checked = 0
     for name, module in trip.converted.named_modules():
         for attr, q in weight_quantizers(module).items():
-            key = f"{name}.{attr}"
             with torch.no_grad():
                 expected = getattr(module, attr)  # Q(W): what the converted model computes with
-            assert torch.equal(saved[key], expected), key
-            codes = saved[key] / q.step.detach()  # exponent 1: W_q = k·step, k integer, |k| <= 7
-            assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.abs().max() <= 7.001
+            if f"{name}.{attr}" in saved:  # kept in float: not a Linear (GPT-2's Conv1D) or wider than 8 bits
+                assert torch.equal(saved[f"{name}.{attr}"], expected) and not isinstance(module, nn.Linear)
+                continue
+            words, scale = saved[f"{name}.weight_packed"], saved[f"{name}.weight_scale"]
+            assert words.dtype == torch.int32 and bits_of[name] == 4  # set_bits(4), and the codes fit
+            assert words.numel() * 32 == expected.shape[0] * -(-expected.shape[1] * 4 // 32) * 32
+            codes = unpack_rows(words, 4, tuple(expected.shape))
+            assert torch.equal(codes.float() * scale, expected) and codes.abs().max() <= 7
+            assert torch.equal(scale, q.step.detach().reshape(1))
             checked += 1
     assert checked > 0
 
@@ -109,7 +117,11 @@ def test_config_field_lists_every_shape_that_differs_from_the_global_config(trip
     shapes = {n: list(p.shape) for n, p in trip.loaded.state_dict().items()}
     assert field["shapes"] and all(shapes[k] == v for k, v in field["shapes"].items())
     saved = load_file(str(trip.folder / "model.safetensors"))
-    assert all(list(saved[k].shape) == shapes[k] for k in saved)
+    assert all(list(saved[k].shape) == shapes[k] for k in saved if k in shapes)
+    packed = (".weight_packed", ".weight_scale", ".weight_shape")
+    assert all(k.endswith(packed) for k in set(saved) - set(shapes))
+    for key in (k for k in saved if k.endswith(".weight_shape")):  # integer codes: the weight's shape
+        assert saved[key].tolist() == shapes[key.removesuffix("_shape")]
     for module_name, attrs in field["attributes"].items():  # size attributes restored on load
         module = trip.loaded.get_submodule(module_name)
         assert all(getattr(module, a) == (tuple(v) if isinstance(v, list) else v) for a, v in attrs.items())

@@ -23,6 +23,7 @@ from torch import nn
 import geta
 from geta.cli.checkpoint import CHECKPOINT_DIR, state_path, write_run_checksums
 from geta.cli.errors import CliError
+from geta.cli.hfout import write_hf
 from geta.cli.job import JobResult
 from geta.cli.plots import write_plots
 from geta.cli.progress import summary_table
@@ -179,7 +180,14 @@ def _export(call: Any) -> dict[str, Any]:
 
 
 def _write_files(
-    staging: Path, small: nn.Module, dense: nn.Module, example: tuple[Any, ...], *, export: bool, plain: bool
+    staging: Path,
+    small: nn.Module,
+    dense: nn.Module,
+    example: tuple[Any, ...],
+    *,
+    export: bool,
+    plain: bool,
+    report: dict[str, Any],
 ) -> dict[str, Any]:
     torch.save(small, staging / "compressed.pt")  # for your own torch.load; geta never reads it
     torch.save(example, staging / "inputs.pt")
@@ -190,10 +198,11 @@ def _write_files(
         if export:
             exports["onnx"] = _export(lambda: geta.export.onnx(small, example, str(files["onnx"])))
         hf = _hf_model(small) if export else None
-        if hf is not None:  # a Hugging Face model: also save_pretrained with its pruned shapes
+        if hf is not None:  # a Hugging Face model: integer weights, tokenizer and a model card
+            spec = report["options"]["model"]
             exports["pretrained"] = _export(
-                lambda: geta.export.pretrained(hf, str(files["pretrained"]), plain=plain)
-            )  # plain (--uniform-layers): the config says the pruned sizes, plain HF loads it
+                lambda: write_hf(hf, files["pretrained"], plain=plain, report=report, model_spec=spec)
+            )  # plain (--uniform-layers): refuse layers of different sizes
     for name, info in exports.items():
         file = files[name]
         if "error" not in info and file.exists():
@@ -252,12 +261,12 @@ def write_results(
     dense.eval()
     report = _measure(result, small, dense)
     compressed_md = report.pop("_markdown")
-    report["exports"] = _write_files(
-        staging, small, dense, data.example(1), export=export, plain=o.uniform_layers
-    )
     if data.task is Task.LM:
         report["dense"]["perplexity"] = float(torch.tensor(report["dense"]["loss"]).exp())
         report["compressed"]["perplexity"] = float(torch.tensor(report["compressed"]["loss"]).exp())
+    report["exports"] = _write_files(
+        staging, small, dense, data.example(1), export=export, plain=o.uniform_layers, report=report
+    )
     report["plots"] = write_plots(report, staging) if plots else []
     with (staging / "config.yaml").open("w", encoding="utf-8") as f:
         import yaml

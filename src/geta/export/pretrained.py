@@ -12,23 +12,24 @@ shapes. `pretrained(model, path)` writes an ordinary ``save_pretrained`` folder 
      "input_quantizers": {"model.layers.0.mlp.up_proj":
                           {"step": 0.01, "qmax": 2.5, "exponent": 1.0, "signed": true, "bits": 8.0}}}
 
-- **weights** are saved as the fake-quantized values the model computes with, W_q = k·step
-  (parametrizations baked in, as ``leave_parametrized=True`` would). A quantized ``lm_head``
-  tied to an unquantized embedding is saved untied (``tie_word_embeddings=False``);
+- **weights**: each quantized ``nn.Linear`` weight as its integer codes and step in the
+  compressed-tensors format, with a ``quantization_config`` that transformers reads
+  (`geta.export.intweights`); other weights as their fake-quantized values W_q = k·step
+  (``integer=False``: all of them). A quantized ``lm_head`` tied to an unquantized embedding
+  is saved untied (``tie_word_embeddings=False``);
 - **shapes** / **attributes**: every tensor shape and integer size attribute (``out_features``,
   ``split_size``, ...) that differs from a model built fresh from the config on ``meta``;
 - **input_quantizers** / **product_quantizers**: the layer-input quantizers and those of
   attention's activation products (HF has no way to express them).
 
-With ``plain=True`` (for a model pruned alike in every layer, ``Config(uniform_layers=True)``)
-the pruned sizes go into the config's own fields instead (`geta.export.layersizes`; listed under
-``"plain_sizes"``), ``"shapes"`` is empty, and plain ``transformers`` ``from_pretrained`` loads
-the folder without geta -- computing with float layer inputs, since HF cannot say activation
-quantization.
+Where every decoder layer has the same sizes, they go into the config's own fields
+(`geta.export.layersizes`; listed under ``"plain_sizes"``), ``"shapes"`` is empty, and plain
+``transformers`` ``from_pretrained`` loads the folder without geta -- computing with float
+layer inputs, since HF cannot say activation quantization. ``plain=True`` requires it.
 
 `load_pretrained(path)` reverses it: build the architecture on ``meta``, resize the listed
-tensors, update size attributes, load the safetensors with ``assign=True``, and re-attach the
-input quantizers. The result computes what the saved model computed.
+tensors, update size attributes, load the safetensors (integer codes decoded) with
+``assign=True``, and re-attach the input quantizers. The result computes what the saved model computed.
 
 >>> geta.export.pretrained(small, "out/")  # doctest: +SKIP
 >>> model = geta.export.load_pretrained("out/")  # doctest: +SKIP
@@ -49,13 +50,19 @@ import torch
 from torch import nn
 
 from geta.export.bake import bake_weights
+from geta.export.hffolder import tied_keys, write_folder
+from geta.export.hfquantizers import (
+    attach_inputs,
+    attach_products,
+    drop_input_quantizers,
+    drop_product_quantizers,
+)
 from geta.export.info import ExportError
+from geta.export.intweights import decode, encode, integer_weights, is_integer_config
 from geta.export.layersizes import check_plain_shapes, set_global_sizes
 from geta.integrity import member_path, verify_file, write_sidecar
 from geta.ops.modules import apply_module_fixers
-from geta.quant.attach import INPUT_QUANTIZER_ATTR, attach_input_quantizer, input_quantizer
-from geta.quant.products import detach_product_quantizers, restore_product_quantizers
-from geta.quant.quantizer import LearnableQuantizer
+from geta.savehook import guard_save_pretrained
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -100,50 +107,6 @@ def _quiet(hf: ModuleType) -> Iterator[None]:
     finally:
         if was_enabled:
             logging.enable_progress_bar()
-
-
-def _quantizer_entry(q: LearnableQuantizer) -> dict[str, Any]:
-    """The JSON form of an input quantizer (float32 scalars survive a JSON double exactly)."""
-    return {
-        "step": float(q.step.detach()), "qmax": float(q.qmax.detach()),
-        "exponent": float(q.exponent.detach()), "signed": q.signed, "bits": q.bit_width,
-    }  # fmt: skip
-
-
-def _drop_input_quantizers(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Remove every layer-input quantizer (its pre-hook then passes inputs through); their table."""
-    table: dict[str, dict[str, Any]] = {}
-    for name, module in model.named_modules():
-        q = input_quantizer(module)
-        if q is not None:
-            table[name] = _quantizer_entry(q)
-            delattr(module, INPUT_QUANTIZER_ATTR)
-    left = [n for n, m in model.named_modules() if isinstance(m, LearnableQuantizer)]
-    if left:
-        raise ExportError(
-            f"quantizers not attached by geta (not a weight parametrization or a layer input): {left}; "
-            "attach them with geta.quant.attach so that export can convert them"
-        )
-    return table
-
-
-def _drop_product_quantizers(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Remove every activation-product quantizer (attention's q·kᵀ, p·v); their table by module.
-
-    Each entry holds the holder's layout (`geta.quant.products`) and the scalars of each
-    quantized operand slot, keyed ``"<call>.<position>"``.
-    """
-    table: dict[str, dict[str, Any]] = {}
-    for name, module in list(model.named_modules()):
-        holder = detach_product_quantizers(module)
-        if holder is not None:
-            scalars = {
-                f"{call}.{position}": _quantizer_entry(q)
-                for call, position, _, q in holder.slots()
-                if isinstance(q, LearnableQuantizer)
-            }
-            table[name] = {"layout": holder.layout(), "quantizers": scalars}
-    return table
 
 
 def _build_meta(cls: type[PreTrainedModel], config: Any, attn: str | None) -> PreTrainedModel:
@@ -205,27 +168,50 @@ def _check_ties(model: nn.Module, fresh: nn.Module) -> None:
             )
 
 
-def pretrained(model: nn.Module, path: str | os.PathLike[str], *, plain: bool = False) -> None:
-    """Write ``model`` (a converted HF ``PreTrainedModel``) with ``save_pretrained`` + the "geta" field.
+def _sizes(model: nn.Module, *, plain: bool) -> dict[str, int]:
+    """Write the pruned sizes into the config where every layer has the same (required if ``plain``)."""
+    try:
+        return set_global_sizes(model)
+    except ExportError:
+        if plain:
+            raise
+        return {}  # layers of different sizes: "shapes" records them for load_pretrained
 
-    ``model`` is not modified. Weights are saved as their fake-quantized values; input
-    quantizers go into the config (module docstring). With ``plain`` the pruned sizes are
-    written into the config's own fields (``intermediate_size``, ``num_attention_heads``,
-    ``num_key_value_heads``, ``head_dim``) so that plain ``transformers`` ``from_pretrained``
-    loads the folder without geta (weights only: activation quantizers still need
-    `load_pretrained`); every decoder layer must then have the same sizes
-    (``Config(uniform_layers=True)``), else `ExportError`. Raises `ExportError` for a model
-    that is not a ``PreTrainedModel`` (use ``torch.save`` or `geta.export.packed`).
+
+def pretrained(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    plain: bool = False,
+    integer: bool = True,
+    tokenizer: Any = None,
+) -> None:
+    """Write ``model`` (a converted HF ``PreTrainedModel``) as a HF folder with the "geta" field.
+
+    ``model`` is not modified. With ``integer`` (the default) each quantized ``nn.Linear``
+    weight is stored as its integer codes and step in the compressed-tensors format
+    (`geta.export.intweights`), which transformers decodes without geta (with the
+    ``compressed-tensors`` package installed); other weights are saved as their fake-quantized
+    float values. Input quantizers go into the config (module docstring).
+
+    Where every decoder layer kept the same sizes, they are written into the config's own
+    fields (``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``,
+    ``head_dim``), so that plain ``transformers`` ``from_pretrained`` loads the folder
+    (weights only: activation quantizers still need `load_pretrained`). ``plain=True``
+    requires that (``Config(uniform_layers=True)``) and raises `ExportError` otherwise.
+    ``tokenizer`` (anything with ``save_pretrained``) is saved alongside. Raises `ExportError`
+    for a model that is not a ``PreTrainedModel`` (use ``torch.save`` or `geta.export.packed`).
     """
     hf = _require_hf(model)
     from geta import __version__
 
     export = copy.deepcopy(model).eval()
-    sizes = set_global_sizes(export) if plain else {}
+    codes = integer_weights(export) if integer else {}
+    sizes = _sizes(export, plain=plain)
     if bake_weights(export):
         export.config.tie_word_embeddings = False  # lm_head is quantized, the embedding is not
-    products = _drop_product_quantizers(export)
-    table = _drop_input_quantizers(export)
+    products = drop_product_quantizers(export)
+    table = drop_input_quantizers(export)
     attn = export.config._attn_implementation
     fresh = _build_meta(type(export), export.config, attn)
     _check_ties(export, fresh)
@@ -238,7 +224,14 @@ def pretrained(model: nn.Module, path: str | os.PathLike[str], *, plain: bool = 
         "input_quantizers": table, "product_quantizers": products,
     }  # fmt: skip
     with _quiet(hf):
-        export.save_pretrained(os.fspath(path))
+        if not codes:  # the class's own method: the instance's may be geta's guard (geta.savehook)
+            type(export).save_pretrained(export, os.fspath(path))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(os.fspath(path))
+        else:
+            state = export.state_dict()
+            export.config.quantization_config = encode(state, codes)
+            write_folder(export, state, os.fspath(path), tied=tied_keys(fresh), tokenizer=tokenizer)
     _write_checksums(os.fspath(path))
 
 
@@ -350,6 +343,16 @@ def _init_buffers(model: nn.Module, hf: ModuleType) -> None:
             init_of[module]._init_weights(module)
 
 
+def _read_weights(folder: str, quantization: object = None) -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors`` (or of every shard listed by its index), float.
+
+    Integer codes (``quantization`` is the config's compressed-tensors ``quantization_config``
+    written by `pretrained`) are decoded to their values k·step (`geta.export.intweights`).
+    """
+    state = _read_safetensors(folder)
+    return decode(state, quantization) if is_integer_config(quantization) else state  # type: ignore[arg-type]
+
+
 def _read_file(folder: str, name: str, what: str) -> dict[str, torch.Tensor]:
     """One safetensors file of ``folder``, kept inside it and checked against `CHECKSUMS`."""
     from safetensors.torch import load_file
@@ -359,7 +362,7 @@ def _read_file(folder: str, name: str, what: str) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
-def _read_weights(folder: str) -> dict[str, torch.Tensor]:
+def _read_safetensors(folder: str) -> dict[str, torch.Tensor]:
     """The tensors of ``model.safetensors``, or of every shard listed by its index."""
     if os.path.exists(os.path.join(folder, "model.safetensors")):
         return _read_file(folder, "model.safetensors", f"{folder}")
@@ -388,28 +391,6 @@ def _load_weights(model: PreTrainedModel, state: dict[str, torch.Tensor], folder
     left = [name for name, t in tensors if t.is_meta]
     if left:
         raise ExportError(f"{folder}: the checkpoint lacks {left[:5]}; it is incomplete")
-
-
-def _attach_inputs(model: nn.Module, table: dict[str, dict[str, Any]]) -> None:
-    """Re-attach the recorded input quantizers with their exact scalars."""
-    for name, entry in table.items():
-        q = LearnableQuantizer(signed=bool(entry["signed"]))
-        with torch.no_grad():
-            for scalar in ("step", "qmax", "exponent"):
-                getattr(q, scalar).fill_(float(entry[scalar]))
-        attach_input_quantizer(model.get_submodule(name), q)
-
-
-def _attach_products(model: nn.Module, table: dict[str, dict[str, Any]]) -> None:
-    """Re-attach the recorded product quantizers with their exact scalars."""
-    for name, entry in table.items():
-        holder = restore_product_quantizers(model.get_submodule(name), entry["layout"])
-        for call, position, _, q in holder.slots():
-            saved = entry["quantizers"].get(f"{call}.{position}")
-            if isinstance(q, LearnableQuantizer) and saved is not None:
-                with torch.no_grad():
-                    for scalar in ("step", "qmax", "exponent"):
-                        getattr(q, scalar).fill_(float(saved[scalar]))
 
 
 def load_pretrained(
@@ -441,13 +422,17 @@ def load_pretrained(
             f"{folder}/config.json names custom code (auto_map) that loading would run; pass "
             "trust_remote_code=True only if you trust that folder"
         ) from None
+    quantization = getattr(config, "quantization_config", None)
+    if is_integer_config(quantization):
+        del config.quantization_config  # decoded here: the loaded model holds float weights
     cls = model_class if model_class is not None else _architecture(hf, config, folder)
     model = _build_meta(cls, config, info.get("attn_implementation"))
     _resize(model, info.get("shapes", {}))
     _update_sizes(model, info.get("attributes", {}))
     _init_buffers(model, hf)
-    _load_weights(model, _read_weights(folder), folder)
+    _load_weights(model, _read_weights(folder, quantization), folder)
     if with_input_quantizers:
-        _attach_inputs(model, info.get("input_quantizers", {}))
-        _attach_products(model, info.get("product_quantizers", {}))
+        attach_inputs(model, info.get("input_quantizers", {}))
+        attach_products(model, info.get("product_quantizers", {}))
+        guard_save_pretrained(model)  # HF's own would write the quantizers' keys
     return model.eval()
