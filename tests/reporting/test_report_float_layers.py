@@ -14,6 +14,8 @@ from geta.reporting import report
 from geta.reporting.count import layer_costs
 from geta.testing import zoo
 
+pytestmark = pytest.mark.filterwarnings("ignore:The tensor attributes")  # export on nn.LSTM's flat weights
+
 
 def _lstm_macs(lstm: nn.LSTM, batch: int, steps: int) -> int:
     """x·W_ihᵀ + h·W_hhᵀ per step and sample, 4 gates of ``hidden_size`` each (one layer)."""
@@ -83,3 +85,40 @@ def test_an_op_no_one_can_count_is_named_in_the_headline() -> None:
     assert len(r.unknown_ops) == 1 and "mul" in r.unknown_ops[0]
     assert "NOT counted" in r.to_markdown().splitlines()[0]
     assert [layer.name for layer in r.layers] == ["fc"]
+
+
+def test_attention_products_are_named_by_their_role() -> None:
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            weights = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1)
+            return torch.matmul(weights, v)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = Attention()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x) + torch.bmm(x, x.transpose(1, 2)) @ x  # a product with no softmax
+
+    r = report(Net(), (torch.randn(2, 5, 8),))
+    names = [layer.name for layer in r.layers if not layer.weighted]
+    assert names[:2] == ["attn:q@k", "attn:attn@v"]
+    assert all("q@k" not in n and "attn@v" not in n for n in names[2:]) and len(set(names)) == len(names)
+
+
+def test_quantizer_bits_above_float_count_as_float() -> None:
+    model, x = zoo.build("mlp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = geta.prepare(model, x, geta.Config(weight_bits=(4, 8), act_bits=(4, 8)))
+    for quantizer in plan.quantizers.values():
+        quantizer.set_bits(53.0)  # a warm-up quantizer grows freely: its grid is finer than float32
+    r = report(model, x)
+    assert all(layer.weight_bits == 32 and layer.act_bits == 32 for layer in r.layers if layer.quantized)
+    assert r.relative_bops <= 1.0  # never more than the float model (the warm-up once showed 184 %)

@@ -26,6 +26,7 @@ import geta
 from geta.cli.checkpoint import atomic_save, rng_state, set_rng_state, state_path
 from geta.cli.errors import CliError
 from geta.cli.options import STAGE_NAMES, CompressOptions
+from geta.cli.progress import RunProgress
 from geta.cli.quiet import quiet_capture
 from geta.cli.runstate import RunState
 from geta.plan import QuantTarget
@@ -51,6 +52,7 @@ __all__ = [
     "mean_bits",
 ]
 
+FLOAT_BITS = 32  # a quantizer with more bits than float32 computes in float
 CALIBRATION_SAMPLES = 64  # training samples that calibrate the activation ranges in `prepare`
 _COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart from dense ones
 
@@ -58,6 +60,7 @@ _COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart fr
 class Reporter(Protocol):
     """Receives progress; the CLI shows it with tqdm."""
 
+    def run_start(self, progress: RunProgress) -> None: ...
     def epoch_start(
         self, phase: str, epoch: int, epochs: int, stage: str, batches: int, done: int
     ) -> None: ...
@@ -154,10 +157,13 @@ def _metrics_text(data: DataBundle, metrics: Metrics) -> str:
 
 
 def mean_bits(plan: geta.Plan) -> dict[str, float]:
-    """``weight_bits`` / ``input_bits``: mean real-valued bit width of the plan's quantizers per target."""
+    """``weight_bits`` / ``input_bits``: mean real-valued bit width of the plan's quantizers per target.
+
+    A quantizer above 32 bits (free to grow in the warm-up) counts as float: 32 bits.
+    """
     out = {}
     for target in QuantTarget:
-        bits = [b.quantizer.bit_width for b in plan.bindings if b.target is target]
+        bits = [min(b.quantizer.bit_width, FLOAT_BITS) for b in plan.bindings if b.target is target]
         if bits:
             out[f"{target.value}_bits"] = sum(bits) / len(bits)
     return out
@@ -199,6 +205,11 @@ class CompressJob:
         if state.phase == "dense" and o.dense_checkpoint:
             _load_dense_checkpoint(o.dense_checkpoint, self.model)
         self._announce(state, resumed=resumed)  # after the inputs are checked: errors come alone
+        dense_epochs = 0 if o.dense_checkpoint else o.training().dense_epochs
+        self.reporter.run_start(
+            RunProgress(dense_epochs, sum(o.stage_epochs()), self.data.num_batches(o.batch_size),
+                        phase=state.phase, epoch=state.epoch, batch=state.batch)
+        )  # fmt: skip
         if state.phase == "dense":
             self._dense(state)
         else:

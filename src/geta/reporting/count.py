@@ -36,6 +36,7 @@ from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.flops import flop_macs, op_name
 from geta.reporting.macs import mac_rule
 from geta.reporting.model import DENSE_COUNTS_ATTR, FP32_BITS, CompressionReport, DenseCounts, LayerReport
+from geta.reporting.naming import product_role
 
 __all__ = ["LayerCost", "dense_counts", "dtype_bits", "input_shapes", "layer_costs", "report", "rounded_bits"]
 
@@ -110,11 +111,13 @@ class _Counter:
     def layer_name(self, node: fx.Node, weight: TensorRef | None, *, whole: bool = False) -> str:
         """The weight's module ('fc', 'attn.in_proj_weight' for other attributes); for a weight
         owned outside the module running the op (a tied lm_head) that module's path; for
-        weightless ops 'module.path:op_name'. ``whole``: an op using several weights of its
-        module (an LSTM) is named by the module ('lstm'). Repeated names get '#2', '#3', ..."""
+        weightless ops 'module.path:op' ('self_attn:q@k' and 'self_attn:attn@v' around a
+        softmax, 'self_attn:attention' for a fused one, else the graph's node name).
+        ``whole``: an op using several weights of its module (an LSTM) is named by the module
+        ('lstm'). Repeated names get '#2', '#3', ..."""
         path = self.graph.module_paths.get(node, "")
         if weight is None:
-            base = f"{path}:{node.name}".lstrip(":")
+            base = f"{path}:{product_role(node) or node.name}".lstrip(":")
         else:
             owner, attr = self.parents.get(id(weight.owner), (weight.owner, weight.attr))
             module = self.names.get(id(owner), "")
@@ -159,7 +162,10 @@ def _flat_nodes(args: object) -> Iterator[fx.Node]:
 
 
 def _bits(operand: _Operand) -> int:
-    return rounded_bits(operand.quantizer) if operand.quantizer is not None else dtype_bits(operand.dtype)
+    """The operand's bits: its quantizer's, at most its dtype's (a grid finer than float32 --
+    a quantizer still free to grow, as in QASSO's warm-up -- computes in float, 32 bits)."""
+    float_bits = dtype_bits(operand.dtype)
+    return min(rounded_bits(operand.quantizer), float_bits) if operand.quantizer is not None else float_bits
 
 
 @dataclass(frozen=True)
