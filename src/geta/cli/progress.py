@@ -1,12 +1,15 @@
 """Console progress of ``geta compress``: one line for the whole run, with its ETA; the summary.
 
 The run is measured in steps: every training batch of the dense phase and of the compression
-phase, plus the finish (convert, evaluate, export, plot), counted as one epoch's batches (an
-estimate: its real cost depends on the model and the exports). On a terminal one tqdm bar
-covers all of it: what runs now (``compress 3/30 [joint]``), the elapsed time and the time left
-at the run's average pace so far; each finished epoch leaves a line above the bar. Off a
-terminal (a log file, CI) there is no bar: one line per epoch, with the run's elapsed time and
-ETA.
+phase, plus the finish (convert, evaluate, export, plot), which the bar counts as one epoch of
+steps. The ETA is the time per step so far times the steps left, plus the finish: estimated
+as `FINISH_PER_MEASUREMENT` times the convert + report that every compression epoch runs to
+measure its BOPs (the finish converts, measures twice and traces the model again for ONNX;
+measured on a 2-core CPU with the llama recipe: 65 s against 4-5 s a measurement), or one
+epoch before any measurement. On a terminal one tqdm bar covers the run: what runs now
+(``compress 3/30 [joint]``), the elapsed time and the ETA; each finished epoch leaves a line
+above the bar. Off a terminal (a log file, CI) there is no bar: one line per epoch with the
+run's elapsed time and ETA.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from geta.recipes import EpochStats
 __all__ = ["FLOAT_BITS", "RunProgress", "TqdmReporter", "bits_text", "clock", "summary_table"]
 
 FLOAT_BITS = 32  # a mean bit width of 32 and more is float (a quantizer not yet bounded)
-_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ETA {remaining}{postfix}"
+FINISH_PER_MEASUREMENT = 14  # the finish takes about this many per-epoch convert + report measurements
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed{postfix}"
 
 
 def clock(seconds: float) -> str:
@@ -30,9 +34,12 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
-def bits_text(bits: float) -> str:
-    """A mean bit width for the console: ``3.87``, or ``float`` at 32 bits and more."""
-    return "float" if bits >= FLOAT_BITS - 1e-6 else f"{bits:.2f}"
+def bits_text(bits: float, floats: float = 0) -> str:
+    """A mean bit width for the console: ``3.87``, ``16.00 (+9 float)`` when ``floats``
+    quantizers compute in float (left out of the mean), ``float`` at 32 bits and more."""
+    if bits >= FLOAT_BITS - 1e-6:
+        return "float"
+    return f"{bits:.2f}" + (f" (+{int(floats)} float)" if floats else "")
 
 
 class RunProgress:
@@ -61,13 +68,30 @@ class RunProgress:
         before = dense_epochs if phase == "compress" else 0
         self.done = (before + epoch) * steps_per_epoch + batch
         self.started, self.done_at_start = time.perf_counter(), self.done
+        self._measurements: list[float] = []
+
+    def measured(self, seconds: float) -> None:
+        """One convert + report of the model took ``seconds``: the finish will take a multiple."""
+        self._measurements.append(seconds)
+
+    def finish_seconds(self) -> float | None:
+        """The finish's estimated duration: from the measurements, else one epoch at the pace so far."""
+        if self._measurements:
+            return FINISH_PER_MEASUREMENT * sum(self._measurements) / len(self._measurements)
+        pace = self._pace()
+        return None if pace is None else pace * self.finish_steps
+
+    def _pace(self) -> float | None:
+        steps = self.done - self.done_at_start
+        return (time.perf_counter() - self.started) / steps if steps > 0 else None
 
     def eta(self) -> float | None:
-        """Seconds left at this process's average pace per step; None before the first step."""
-        steps = self.done - self.done_at_start
-        if steps <= 0:
+        """Seconds left: the training steps left at this process's pace so far, plus the finish;
+        None before the first step."""
+        pace, finish = self._pace(), self.finish_seconds()
+        if pace is None or finish is None:
             return None
-        return (time.perf_counter() - self.started) / steps * (self.total - self.done)
+        return pace * max(0, self.total - self.finish_steps - self.done) + finish
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -102,9 +126,14 @@ class TqdmReporter:
         total, initial = (
             (batches, done) if self.progress is None else (self.progress.total, self.progress.done)
         )
-        self._bar = tqdm(total=total, initial=initial, file=self.stream, dynamic_ncols=True,
-                         smoothing=0, bar_format=_BAR_FORMAT, leave=True)  # fmt: skip
-        # smoothing=0: the ETA is the average pace of this process over all steps, evaluations included
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            file=self.stream,
+            dynamic_ncols=True,
+            bar_format=_BAR_FORMAT,
+            leave=True,
+        )  # fmt: skip (the ETA is RunProgress's)
 
     def epoch_start(self, phase: str, epoch: int, epochs: int, stage: str, batches: int, done: int) -> None:
         self._epochs = epochs
@@ -122,10 +151,10 @@ class TqdmReporter:
         if "sparsity" in extra:
             post["sparsity"] = f"{extra['sparsity']:.2f}"
         if "weight_bits" in extra:
-            post["w_bits"] = bits_text(extra["weight_bits"])
+            post["w_bits"] = bits_text(extra["weight_bits"], extra.get("weight_float", 0))
         if "input_bits" in extra:
-            post["a_bits"] = bits_text(extra["input_bits"])
-        self._bar.set_postfix(post, refresh=False)
+            post["a_bits"] = bits_text(extra["input_bits"], extra.get("input_float", 0))
+        self._bar.set_postfix({"ETA": self._eta_text(), **post}, refresh=False)
         self._bar.update(1)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
@@ -134,19 +163,22 @@ class TqdmReporter:
         of = f"/{self._epochs}" if self._epochs else ""
         line = f"{record['phase']} epoch {record['epoch'] + 1}{of} [{record['stage']}]: {_epoch_text(record)}"
         if self._bar is None and self.progress is not None:
-            eta = self.progress.eta()
-            line += f" | run {clock(self.progress.elapsed())} elapsed" + (
-                f", ETA {clock(eta)}" if eta else ""
-            )
+            line += f" | run {clock(self.progress.elapsed())} elapsed, ETA {self._eta_text()}"
         self._write(line)
+
+    def _eta_text(self) -> str:
+        eta = self.progress.eta() if self.progress is not None else None
+        return "?" if eta is None else clock(eta)
 
     def finishing(self) -> None:
         """The finish begins: converting, evaluating, exporting (no batches to count)."""
+        finish = self.progress.finish_seconds() if self.progress is not None else None
+        about = f" (about {clock(finish)})" if finish is not None else ""
         if self._bar is not None:
             self._bar.set_description_str("converting, evaluating, exporting", refresh=False)
-            self._bar.set_postfix_str("", refresh=True)
+            self._bar.set_postfix_str(f"ETA {clock(finish)}" if finish is not None else "", refresh=True)
         elif not self.quiet:
-            print("converting, evaluating and exporting ...", file=self.stream, flush=True)
+            print(f"converting, evaluating and exporting{about} ...", file=self.stream, flush=True)
 
     def finished(self) -> None:
         """The run is done: the bar reaches 100 % and stays as the last progress line."""
@@ -185,9 +217,9 @@ def _epoch_text(record: dict[str, Any]) -> str:
     if "sparsity" in record:
         text += f", sparsity {record['sparsity']:.2f}"
     if "weight_bits" in record:
-        text += f", w bits {bits_text(record['weight_bits'])}"
+        text += f", w bits {bits_text(record['weight_bits'], record.get('weight_float', 0))}"
     if "input_bits" in record:
-        text += f", a bits {bits_text(record['input_bits'])}"
+        text += f", a bits {bits_text(record['input_bits'], record.get('input_float', 0))}"
     return text
 
 
