@@ -146,6 +146,16 @@ def metric_of(report: dict[str, Any]) -> Metric:
     )  # fmt: skip
 
 
+def _plain_log_y(ax: Any) -> None:
+    """A log y axis with plain numbers at 1, 1.5, 2, 3, 5, 7 x 10^k (8, 10, 15, 20, not 10¹)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _spans(history: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
     """(stage, first x, last x) of each run of equal stages, x being the 1-based epoch."""
     spans: list[tuple[str, float, float]] = []
@@ -236,7 +246,7 @@ def _curves(plt: Any, report: dict[str, Any]) -> Any:
             ax.plot(*zip(*pts), marker=".", color=color, label=label)
     acc.axhline(metric.dense, color="k", linewidth=0.8, label="dense model (test)")
     if metric.log:
-        acc.set_yscale("log")
+        _plain_log_y(acc)
     _plot_bits(bits, x, history, _bit_cap(report))
     bits.yaxis.set_major_locator(MaxNLocator(integer=True))  # linear: 3.4 vs 3.7 bits readable
     for ax in axes[1]:
@@ -323,10 +333,10 @@ def _tradeoff(plt: Any, report: dict[str, Any]) -> Any:
     ax.xaxis.set_major_formatter(FuncFormatter(_percent))
     ax.xaxis.set_minor_formatter(NullFormatter())
     lo_x = min([final, *xs]) / 1.6
-    ax.set_xlim(lo_x, max([160.0, *xs]) * 1.3)  # warm-up bits are unbounded: BOPs may exceed 100 %
+    ax.set_xlim(lo_x, max([100.0, *xs]) * 1.6)  # (quantizers above float count 32 bits: <= 100 %)
     values = [metric.dense, metric.final, *ys]
     if metric.log:  # perplexity: lower is better, ratios matter
-        ax.set_yscale("log")
+        _plain_log_y(ax)
         ax.set_ylim(min(values) / 1.15, max(values) * 1.15)
     else:
         ax.set_ylim(max(0.0, min(values) - 2.0), min(100.5, max(values) + 1.0))

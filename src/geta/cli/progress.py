@@ -118,7 +118,7 @@ class TqdmReporter:
         """The run's steps (called once the data, hence the batches per epoch, are known)."""
         self.progress = progress
 
-    def _ensure_bar(self, batches: int, done: int) -> None:
+    def _ensure_bar(self, batches: int, done: int, label: str) -> None:
         if self._bar is not None or not self.enabled or self.quiet:
             return
         from tqdm import tqdm
@@ -137,9 +137,9 @@ class TqdmReporter:
 
     def epoch_start(self, phase: str, epoch: int, epochs: int, stage: str, batches: int, done: int) -> None:
         self._epochs = epochs
-        self._ensure_bar(batches, done)
+        label = f"{phase} {epoch + 1}/{epochs}" + (f" [{stage}]" if stage != phase else "")
+        self._ensure_bar(batches, done, label)
         if self._bar is not None:
-            label = f"{phase} {epoch + 1}/{epochs}" + (f" [{stage}]" if stage != phase else "")
             self._bar.set_description_str(label, refresh=False)
 
     def batch(self, stats: EpochStats, extra: dict[str, float]) -> None:
@@ -184,6 +184,7 @@ class TqdmReporter:
         """The run is done: the bar reaches 100 % and stays as the last progress line."""
         if self._bar is not None:
             self._bar.set_description_str("done", refresh=False)
+            self._bar.set_postfix_str("", refresh=False)
             self._bar.update(self._bar.total - self._bar.n)
         elif self.progress is not None and not self.quiet:
             print(f"done in {clock(self.progress.elapsed())}", file=self.stream, flush=True)
