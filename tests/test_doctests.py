@@ -22,6 +22,7 @@ MODULES = [
     "geta.reporting.count",
     "geta.reporting.macs",
     "geta.reporting.model",
+    "geta.reporting.flops",
     "geta.export.bitpack",
     "geta.export.qdq",
     "geta.recipes.data",
@@ -32,6 +33,9 @@ MODULES = [
     "geta.recipes.models",
     "geta.recipes.training",
     "geta.cli.options",
+    "geta.cli.outputs",
+    "geta.cli.plots",
+    "geta.cli.progress",
 ]
 
 
