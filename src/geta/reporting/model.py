@@ -129,7 +129,7 @@ class CompressionReport:
         lines = []
         if self.float_layers:
             bops = self.bops or 1
-            parts = [f"{r.name} ({r.kind}, {r.params:,} params, {r.bops / bops:.1%} of the BOPs)"
+            parts = [f"{r.name} ({r.kind}, {r.params:,} params, {r.bops / bops:.2%} of the BOPs)"
                      for r in self.float_layers]  # fmt: skip
             lines.append(f"left in float, counted at {FP32_BITS} bits: {', '.join(parts)}")
         if self.unknown_ops:
