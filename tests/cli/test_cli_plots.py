@@ -155,3 +155,13 @@ def test_warmup_bits_above_float_are_labelled_float(report: dict[str, Any]) -> N
     bits = next(ax for ax in fig.axes if ax.get_title().startswith("mean bit width"))
     assert {t.get_text() for t in bits.texts} == {"float"}  # not "32 bits"
     plt.close(fig)
+
+
+def test_warmup_bits_tell_how_many_quantizers_are_float(report: dict[str, Any]) -> None:
+    for record in report["history"]:
+        if record["stage"] == "warmup":
+            record |= {"weight_bits": 6.2, "weight_float": 9}  # the mean of the 16-bit-ish ones, 9 float
+    fig = _drawn(plots._curves(plt, report))
+    bits = next(ax for ax in fig.axes if ax.get_title().startswith("mean bit width"))
+    assert "6 (+9 float)" in {t.get_text() for t in bits.texts}
+    plt.close(fig)

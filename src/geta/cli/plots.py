@@ -204,17 +204,22 @@ def _plot_bits(ax: Any, x: list[int], history: list[dict[str, Any]], cap: int) -
         ("input_bits", "mean activation bits", "tab:purple"),
     )
     for row, (key, label, color) in enumerate(kinds):
-        pts = [(xi, r[key]) for xi, r in zip(x, history) if r.get(key) is not None]
+        floats = key.replace("_bits", "_float")  # quantizers above 32 bits, left out of the mean
+        pts = [(xi, r[key], r.get(floats, 0)) for xi, r in zip(x, history) if r.get(key) is not None]
         if not pts:
             continue
         ax.plot([p[0] for p in pts], [min(p[1], cap) for p in pts], marker=".", color=color, label=label)
         above = False
-        for xi, y in pts:
+        for xi, y, n_float in pts:
             if y > cap:
                 ax.plot([xi], [cap], marker="^", color=color)
                 if not above:  # one value per run of ▲ (labels of neighbours would overlap)
                     where = {"textcoords": "offset points", "xytext": (-6, -4 - 10 * row), "ha": "right"}
-                    text = "float" if y >= FLOAT_BITS else f"{y:.0f}"  # a warm-up quantizer above float
+                    text = (
+                        "float"
+                        if y >= FLOAT_BITS
+                        else f"{y:.0f}" + (f" (+{n_float} float)" if n_float else "")
+                    )
                     ax.annotate(text, (xi, cap), fontsize=7, color=color, **where)  # left of ▲
             above = y > cap
     ax.set_ylim(0, cap + 0.5)
