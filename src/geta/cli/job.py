@@ -26,7 +26,7 @@ import geta
 from geta.cli.checkpoint import atomic_save, rng_state, set_rng_state, state_path
 from geta.cli.errors import CliError
 from geta.cli.options import STAGE_NAMES, CompressOptions
-from geta.cli.progress import RunProgress
+from geta.cli.progress import FLOAT_BITS, RunProgress
 from geta.cli.quiet import quiet_capture
 from geta.cli.runstate import RunState
 from geta.plan import QuantTarget
@@ -52,7 +52,6 @@ __all__ = [
     "mean_bits",
 ]
 
-FLOAT_BITS = 32  # a quantizer with more bits than float32 computes in float
 CALIBRATION_SAMPLES = 64  # training samples that calibrate the activation ranges in `prepare`
 _COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart from dense ones
 
