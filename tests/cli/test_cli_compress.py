@@ -84,7 +84,10 @@ def test_summary_table_is_printed(tmp_path: Path, geta_cli: Callable[..., Result
     result = geta_cli("compress", "--out", tmp_path / "run", *argv, "--act-bits", "none")
     assert result.code == 0
     assert "BOPs (W+A)" in result.out and "group sparsity" in result.out and "compressed" in result.out
-    assert "compress epoch 2 [cooldown]" in result.err
+    assert "compress epoch 2/2 [cooldown]" in result.err  # off a terminal: one line per epoch ...
+    epochs = [line for line in result.err.splitlines() if " epoch " in line and "[" in line]
+    assert len(epochs) == 3 and all("ETA " in line for line in epochs)  # ... with the run's ETA
+    assert "converting, evaluating and exporting" in result.err and "done in " in result.err
     assert "compression epochs: warm-up 0, projection 0, joint 1, cool-down 1 (2 in total)" in result.err
     assert "warning: --epochs 2 leaves no epoch for warm-up and projection" in result.err
 

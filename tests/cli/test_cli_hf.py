@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import Result
 
@@ -25,11 +27,13 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_compress_a_checkpoint_from_disk_on_tokenized_text(
-    llama_dir: Path, tmp_path: Path, geta_cli: Callable[..., Result]
+    llama_dir: Path, tmp_path: Path, geta_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
+    shutil.copy(SOURCE, llama_dir.parent / "corpus.txt")
+    monkeypatch.chdir(llama_dir.parent)  # relative paths: config.yaml must store them absolute
     result = geta_cli(
-        "compress", "--model", f"hf:{llama_dir}", "--data", f"text:{SOURCE}", "--seq-len", "32",
+        "compress", "--model", f"hf:{llama_dir.name}", "--data", "text:corpus.txt", "--seq-len", "32",
         "--dense-epochs", "1", "--epochs", "2", "--batch-size", "64", "--quantize-embeddings",
         "--no-plots", "--no-export", "--out", out,
     )  # fmt: skip
@@ -48,6 +52,10 @@ def test_compress_a_checkpoint_from_disk_on_tokenized_text(
     assert json.loads(again.out)["totals"]["relative_bops"] == pytest.approx(report["relative_bops"])
     assert "perplexity" in (out / "report.md").read_text()
     assert "perplexity" in result.err  # the per-epoch lines and the dense note show it
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"] == f"hf:{llama_dir.absolute()}"
+    assert config["data"] == f"text:{(llama_dir.parent / 'corpus.txt').absolute()}"
+    monkeypatch.chdir(tmp_path)  # another working directory
     again = geta_cli("report", out)  # the dense reference is rebuilt from hf:DIR + dense.pt
     assert again.code == 0 and "perplexity" in again.out, again.err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -21,7 +22,7 @@ def _report() -> dict[str, Any]:
         record = {"phase": phase, "epoch": i, "stage": stage, "loss": 1.0 / (i + 1),
                   "train_accuracy": 0.9, "test_accuracy": 0.88 + 0.01 * (i % 3)}  # fmt: skip
         if stage != "dense":
-            bits = 40.0 if stage == "warmup" else 3.4 if stage == "cooldown" else 3.7
+            bits = 20.0 if stage == "warmup" else 3.4 if stage == "cooldown" else 3.7
             record |= {"sparsity": 0.5, "weight_bits": bits, "input_bits": bits + 0.2,
                        "relative_bops": 0.004 if stage == "cooldown" else 0.05}  # fmt: skip
         history.append(record)
@@ -54,8 +55,8 @@ def test_bit_panel_is_linear_with_integer_ticks(report: dict[str, Any]) -> None:
     assert bits.get_yscale() == "linear"
     ticks = [t for t in bits.get_yticks() if bits.get_ylim()[0] <= t <= bits.get_ylim()[1]]
     assert all(float(t).is_integer() for t in ticks) and {3.0, 4.0} <= set(ticks)
-    assert bits.get_ylim()[1] <= 6  # the 40 warm-up bits do not squash 3.4 vs 3.7
-    assert any("40" in t.get_text() for t in bits.texts)  # ... and are still told
+    assert bits.get_ylim()[1] <= 6  # the 20 warm-up bits do not squash 3.4 vs 3.7
+    assert any("20" in t.get_text() for t in bits.texts)  # ... and are still told
     plt.close(fig)
 
 
@@ -75,7 +76,7 @@ def test_layers_legend_outside_names_short_weightless_ops_without_weight_bars(re
         legend = ax.get_legend()
         assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # right of the data
     names = [t.get_text() for t in bottom.get_xticklabels()]
-    assert all(len(n) <= 22 for n in names) and names[-1] == "head" and ".0." in names[0]
+    assert names == ["layers.0.self_attn.in_proj_weight", "layers.0.self_attn · matmul", "head"]
     blue = plt.matplotlib.colors.to_rgba("tab:blue")
     weight_bars = [p for p in top.patches if p.get_facecolor()[:3] == blue[:3]]
     assert len(weight_bars) == 2  # the matmul multiplies two activations: no weight bar
@@ -96,3 +97,71 @@ def test_tradeoff_shows_the_path_and_readable_percent_axis(report: dict[str, Any
 def test_short_names_keep_the_block_index() -> None:
     assert plots.short_name("model.layers.11.self_attn.q_proj") == "m.l.11.s.q_proj"
     assert plots.short_name("model.layers.11.mlp") == "model.layers.11.mlp"  # short enough: kept
+
+
+def test_layer_labels_of_a_transformer_are_readable_and_distinct() -> None:
+    names = ["lm.model.embed_tokens", "lm.model.layers.0.self_attn.q_proj",
+             "lm.model.layers.0.self_attn:q@k", "lm.model.layers.0.self_attn:attn@v",
+             "lm.model.layers.1.self_attn:q@k", "lm.lm_head"]  # fmt: skip
+    labels = plots.display_names(names)
+    assert labels == ["model.embed_tokens", "layers.0.self_attn.q_proj", "layers.0.self_attn · q@k",
+                      "layers.0.self_attn · attn@v", "layers.1.self_attn · q@k", "lm_head"]  # fmt: skip
+    # names that only differ in their wrappers keep them (never two layers under one label)
+    assert plots.display_names(["a.blocks.0.fc", "b.blocks.0.fc"]) == ["a.blocks.0.fc", "b.blocks.0.fc"]
+    assert all(len(label) <= 34 for label in plots.display_names(["x" * 50 + ".layers.3." + "y" * 40]))
+
+
+def _lm_report() -> dict[str, Any]:
+    report = _report()
+    report["task"] = "lm"
+    for i, record in enumerate(report["history"]):
+        record["test_perplexity"] = 30.0 / (i + 1) + 5
+    report["dense"] |= {"perplexity": 12.0}
+    report["compressed"] |= {"perplexity": 8.5}
+    return report
+
+
+def test_language_model_curves_plot_train_and_test_perplexity() -> None:
+    report = _lm_report()
+    fig = _drawn(plots._curves(plt, report))
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith("perplexity"))
+    assert panel.get_yscale() == "log" and not any(ax.get_title().startswith("accuracy") for ax in fig.axes)
+    lines = {line.get_label(): line for line in panel.get_lines()}
+    test = [r["test_perplexity"] for r in report["history"]]
+    train = [math.exp(r["loss"]) for r in report["history"]]
+    assert list(lines["test perplexity"].get_ydata()) == pytest.approx(test)
+    assert list(lines["train perplexity"].get_ydata()) == pytest.approx(train)
+    assert list(lines["dense model (test)"].get_ydata()) == [12.0, 12.0]
+    plt.close(fig)
+
+
+def test_language_model_tradeoff_uses_perplexity() -> None:
+    report = _lm_report()
+    fig = _drawn(plots._tradeoff(plt, report))
+    (ax,) = fig.axes
+    assert "perplexity" in ax.get_ylabel() and ax.get_yscale() == "log"
+    ys = sorted(float(y) for c in ax.collections for _, y in c.get_offsets())
+    path = [r["test_perplexity"] for r in report["history"] if r.get("relative_bops")]
+    assert ys == pytest.approx(sorted([*path, 12.0, 8.5]))  # the path, the dense and the converted model
+    assert any("ppl 8.50" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+
+
+def test_warmup_bits_above_float_are_labelled_float(report: dict[str, Any]) -> None:
+    for record in report["history"]:
+        if record["stage"] == "warmup":
+            record["weight_bits"] = record["input_bits"] = 32.0  # mean_bits caps a free quantizer at 32
+    fig = _drawn(plots._curves(plt, report))
+    bits = next(ax for ax in fig.axes if ax.get_title().startswith("mean bit width"))
+    assert {t.get_text() for t in bits.texts} == {"float"}  # not "32 bits"
+    plt.close(fig)
+
+
+def test_warmup_bits_tell_how_many_quantizers_are_float(report: dict[str, Any]) -> None:
+    for record in report["history"]:
+        if record["stage"] == "warmup":
+            record |= {"weight_bits": 6.2, "weight_float": 9}  # the mean of the 16-bit-ish ones, 9 float
+    fig = _drawn(plots._curves(plt, report))
+    bits = next(ax for ax in fig.axes if ax.get_title().startswith("mean bit width"))
+    assert "6 (+9 float)" in {t.get_text() for t in bits.texts}
+    plt.close(fig)

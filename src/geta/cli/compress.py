@@ -186,8 +186,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with stop.installed():
             result = job.run(state)
-        reporter.note("converting, evaluating and exporting ...")
+        reporter.finishing()
         report = _finish(result, out, args, job.wall_seconds)
+        reporter.finished()
     except Interrupted as exc:
         reporter.close()
         print(f"geta compress: stopped at {exc.where}; checkpoint saved; {resume_hint}", file=sys.stderr)

@@ -26,6 +26,7 @@ import geta
 from geta.cli.checkpoint import rng_state, save_state, set_rng_state, state_path
 from geta.cli.errors import CliError
 from geta.cli.options import STAGE_NAMES, CompressOptions
+from geta.cli.progress import FLOAT_BITS, RunProgress
 from geta.cli.quiet import quiet_capture
 from geta.cli.runstate import RunState
 from geta.plan import QuantTarget
@@ -58,6 +59,7 @@ _COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart fr
 class Reporter(Protocol):
     """Receives progress; the CLI shows it with tqdm."""
 
+    def run_start(self, progress: RunProgress) -> None: ...
     def epoch_start(
         self, phase: str, epoch: int, epochs: int, stage: str, batches: int, done: int
     ) -> None: ...
@@ -169,12 +171,20 @@ def _metrics_text(data: DataBundle, metrics: Metrics) -> str:
 
 
 def mean_bits(plan: geta.Plan) -> dict[str, float]:
-    """``weight_bits`` / ``input_bits``: mean real-valued bit width of the plan's quantizers per target."""
-    out = {}
+    """``weight_bits`` / ``input_bits``: mean real-valued bit width of the plan's quantizers per target.
+
+    A quantizer above 32 bits (free to grow in the warm-up) computes in float: it is left out
+    of the mean and counted in ``weight_float`` / ``input_float`` instead (the mean is 32 when
+    every one is float).
+    """
+    out: dict[str, float] = {}
     for target in QuantTarget:
         bits = [b.quantizer.bit_width for b in plan.bindings if b.target is target]
         if bits:
-            out[f"{target.value}_bits"] = sum(bits) / len(bits)
+            bounded = [b for b in bits if b < FLOAT_BITS]
+            out[f"{target.value}_bits"] = sum(bounded) / len(bounded) if bounded else FLOAT_BITS
+            if len(bounded) < len(bits):
+                out[f"{target.value}_float"] = len(bits) - len(bounded)
     return out
 
 
@@ -214,6 +224,10 @@ class CompressJob:
         if state.phase == "dense" and o.dense_checkpoint:
             _load_dense_checkpoint(o.dense_checkpoint, self.model)
         self._announce(state, resumed=resumed)  # after the inputs are checked: errors come alone
+        dense_epochs = 0 if o.dense_checkpoint else o.training().dense_epochs
+        self.progress = RunProgress(dense_epochs, sum(o.stage_epochs()), self.data.num_batches(o.batch_size),
+                                    phase=state.phase, epoch=state.epoch, batch=state.batch)  # fmt: skip
+        self.reporter.run_start(self.progress)
         if state.phase == "dense":
             self._dense(state)
         else:
@@ -399,6 +413,7 @@ class CompressJob:
         plan: geta.Plan | None = getattr(self, "plan", None)
         if plan is None:
             return {}
+        t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]), quiet_capture(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a measurement, not the user's business
             try:
@@ -406,6 +421,8 @@ class CompressJob:
                 rep = geta.report(small, tuple(t.to(self.device) for t in self.data.example(1)))
             except Exception:  # a measurement only: the final convert reports what went wrong
                 return {}
+        if getattr(self, "progress", None) is not None:
+            self.progress.measured(time.perf_counter() - t0)  # the finish's ETA scales with it
         return {"relative_bops": rep.relative_bops}
 
     def _on_batch(self) -> Callable[[EpochStats], None]:

@@ -33,6 +33,7 @@ from geta.recipes import Task, build_model, evaluate
 
 __all__ = [
     "RunStatus",
+    "absolute_paths",
     "check_out_dir",
     "kept_fractions",
     "publish",
@@ -155,6 +156,7 @@ def _measure(result: JobResult, small: nn.Module, dense: nn.Module) -> dict[str,
     assert state.dense is not None
     return {
         "geta_version": geta.__version__, "task": data.task.value, "data": data.name,
+        "headline": rep.headline(), "float_layers": [r.name for r in rep.float_layers],
         "options": state.options.to_dict(), "training": dataclasses.asdict(state.options.training()),
         "stage_epochs": list(state.options.stage_epochs()),
         "dense": _side(state.dense["accuracy"], state.dense["loss"], dense_rep),
@@ -271,12 +273,44 @@ def write_results(
     with (staging / "config.yaml").open("w", encoding="utf-8") as f:
         import yaml
 
-        yaml.safe_dump(o.to_dict(), f, sort_keys=False)
+        yaml.safe_dump(absolute_paths(o.to_dict()), f, sort_keys=False)
     report["wall_seconds"] = wall_clock() if wall_clock is not None else None
     (staging / "report.md").write_text(_markdown(report, compressed_md), encoding="utf-8")
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_run_checksums(staging, dense.state_dict())
     return report
+
+
+_PATH_DATA = ("cifar10", "imagefolder", "text", "jsonl")  # data sets whose spec names a path
+
+
+def absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the paths they name made absolute (``~`` expanded), so that the run's
+    ``config.yaml`` means the same files from any working directory: ``hf:DIR``, the data's
+    ``NAME:PATH`` (``jsonl:FILE:FIELD`` keeps its field) and ``dense_checkpoint``.
+
+    >>> import os
+    >>> absolute_paths({"model": "hf:ckpt", "data": "jsonl:a.jsonl:body"})["data"] == (
+    ...     "jsonl:" + os.path.join(os.getcwd(), "a.jsonl") + ":body")
+    True
+    """
+
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().absolute())
+
+    out = dict(options)
+    model, data = str(out.get("model", "")), str(out.get("data", ""))
+    if model.startswith("hf:") and model[3:]:
+        out["model"] = "hf:" + absolute(model[3:])
+    name, _, path = data.partition(":")
+    if name in _PATH_DATA and path:
+        field = ""
+        if name == "jsonl" and not Path(path).expanduser().is_file() and ":" in path:  # FILE:FIELD
+            path, field = path.rpartition(":")[0], ":" + path.rpartition(":")[2]
+        out["data"] = f"{name}:{absolute(path)}{field}"
+    if out.get("dense_checkpoint"):
+        out["dense_checkpoint"] = absolute(str(out["dense_checkpoint"]))
+    return out
 
 
 def publish(staging: Path, out: Path) -> None:

@@ -1,21 +1,27 @@
 """PNG plots of a ``geta compress`` run (matplotlib, imported lazily, Agg backend).
 
-- ``training_curves.png``: loss, accuracy, group sparsity and mean bits per epoch; the stages
+- ``training_curves.png``: loss, accuracy (perplexity, train and test, for a language model),
+  group sparsity and mean bits per epoch; the stages
   (dense, warm-up, projection, joint, cool-down) are shaded, with their legend above the panels;
 - ``layers.png``: per-layer weight/activation bit widths and kept-channel fractions;
-- ``tradeoff.png``: test accuracy against relative BOPs: the dense model, the run's path epoch
-  by epoch through the compression stages, and the converted model.
+- ``tradeoff.png``: the task's metric (test accuracy; perplexity for language models) against
+  relative BOPs: the dense model, the run's path epoch by epoch through the compression
+  stages, and the converted model.
 
-Legends sit outside the data; bit axes are linear with integer ticks.
+Legends sit outside the data; bit axes are linear with integer ticks; layer labels drop the
+wrappers all names share (`display_names`: 'layers.0.self_attn · q@k').
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_plots", "PLOT_FILES", "short_name"]
+__all__ = ["write_plots", "PLOT_FILES", "display_names", "metric_of", "short_name"]
 
 PLOT_FILES = ("training_curves.png", "layers.png", "tradeoff.png")
 STAGE_COLORS = {"dense": "#9e9e9e", "warmup": "#8dd3c7", "projection": "#80b1d3", "joint": "#fb8072",
@@ -23,7 +29,8 @@ STAGE_COLORS = {"dense": "#9e9e9e", "warmup": "#8dd3c7", "projection": "#80b1d3"
 STAGE_LABELS = {"dense": "dense", "warmup": "warm-up", "projection": "projection", "joint": "joint",
                 "cooldown": "cool-down"}  # fmt: skip
 FLOAT_BITS = 32  # bits of an unquantized float32 operand
-_NAME_WIDTH = 22  # layer names longer than this are shortened on the axis
+_NAME_WIDTH = 22  # `short_name`'s default width
+_LABEL_WIDTH = 34  # layer labels on an axis longer than this are shortened
 
 
 def _pyplot() -> Any:
@@ -61,7 +68,7 @@ def short_name(name: str, width: int = _NAME_WIDTH) -> str:
     >>> short_name("encoder.layers.0.self_attn.in_proj_weight"), short_name("fc")
     ('e.l.0.s.in_proj_weight', 'fc')
     """
-    parts = re.split(r"([.:])", name)  # components and the separators between them
+    parts = re.split(r"([.:]| · )", name)  # components and the separators between them
     for i in range(0, len(parts) - 1, 2):
         if len("".join(parts)) <= width:
             break
@@ -69,6 +76,84 @@ def short_name(name: str, width: int = _NAME_WIDTH) -> str:
             parts[i] = parts[i][:1]
     short = "".join(parts)
     return short if len(short) <= width else "…" + short[-(width - 1) :]
+
+
+def _trimmed(name: str) -> str:
+    """``name`` from its first indexed block on ('lm.model.layers.0.mlp' -> 'layers.0.mlp')."""
+    path, sep, op = name.partition(":")
+    parts = path.split(".")
+    first = next((i for i in range(len(parts) - 1) if parts[i + 1].isdigit()), 0)
+    return ".".join(parts[first:]) + sep + op
+
+
+def display_names(names: list[str], width: int = _LABEL_WIDTH) -> list[str]:
+    """Readable, still unambiguous labels of layer names, for axes and tables.
+
+    The module prefix every name shares is dropped, and so are the wrappers before a name's
+    first indexed block ('lm.model.layers.0' -> 'layers.0') unless two labels would collide;
+    a weightless op of a module reads 'module · op'; a label over ``width`` is shortened by
+    `short_name`.
+
+    >>> display_names(["lm.model.embed_tokens", "lm.model.layers.0.self_attn:q@k", "lm.lm_head"])
+    ['model.embed_tokens', 'layers.0.self_attn · q@k', 'lm_head']
+    """
+    split = [n.partition(":")[0].split(".") for n in names]
+    common = 0
+    while split and all(len(p) > common + 1 and p[common] == split[0][common] for p in split):
+        common += 1
+    shared = [
+        ".".join(n.partition(":")[0].split(".")[common:]) + "".join(n.partition(":")[1:]) for n in names
+    ]
+    trimmed = [_trimmed(n) for n in shared]
+    if len(set(trimmed)) == len(set(shared)):
+        shared = trimmed
+    return [short_name(n.replace(":", " · "), width) for n in shared]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The task's own quality measure, as the plots draw it."""
+
+    label: str  # 'accuracy (%)' or 'perplexity'
+    dense: float  # of the dense model (test)
+    final: float  # of the converted model (test)
+    test: Callable[[dict[str, Any]], float | None]  # of a history record, held-out
+    train: Callable[[dict[str, Any]], float | None]  # of a history record, on the training batches
+    log: bool  # drawn on a log axis (perplexity)
+    text: str  # formats a value: '91.20%', 'ppl 8.61'
+
+
+def metric_of(report: dict[str, Any]) -> Metric:
+    """Accuracy (%) for classifiers; perplexity for language models (lower is better).
+
+    Train perplexity is exp(mean training loss), drawn only without distillation (whose loss
+    is not the cross-entropy alone).
+    """
+    d, c = report["dense"], report["compressed"]
+    if report.get("task") == "lm" and "perplexity" in c:
+        plain = not report.get("options", {}).get("distill")
+        return Metric(
+            "perplexity", d["perplexity"], c["perplexity"],
+            lambda r: r.get("test_perplexity"),
+            lambda r: math.exp(min(r["loss"], 50.0)) if plain and r.get("loss") is not None else None,
+            True, lambda v: f"ppl {v:.2f}",
+        )  # fmt: skip
+    return Metric(
+        "accuracy (%)", 100 * d["accuracy"], 100 * c["accuracy"],
+        lambda r: 100 * r["test_accuracy"] if r.get("test_accuracy") is not None else None,
+        lambda r: 100 * r["train_accuracy"] if r.get("train_accuracy") is not None else None,
+        False, lambda v: f"{v:.2f}%",
+    )  # fmt: skip
+
+
+def _plain_log_y(ax: Any) -> None:
+    """A log y axis with plain numbers at 1, 1.5, 2, 3, 5, 7 x 10^k (8, 10, 15, 20, not 10¹)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _spans(history: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
@@ -119,17 +204,23 @@ def _plot_bits(ax: Any, x: list[int], history: list[dict[str, Any]], cap: int) -
         ("input_bits", "mean activation bits", "tab:purple"),
     )
     for row, (key, label, color) in enumerate(kinds):
-        pts = [(xi, r[key]) for xi, r in zip(x, history) if r.get(key) is not None]
+        floats = key.replace("_bits", "_float")  # quantizers above 32 bits, left out of the mean
+        pts = [(xi, r[key], r.get(floats, 0)) for xi, r in zip(x, history) if r.get(key) is not None]
         if not pts:
             continue
         ax.plot([p[0] for p in pts], [min(p[1], cap) for p in pts], marker=".", color=color, label=label)
         above = False
-        for xi, y in pts:
+        for xi, y, n_float in pts:
             if y > cap:
                 ax.plot([xi], [cap], marker="^", color=color)
                 if not above:  # one value per run of ▲ (labels of neighbours would overlap)
                     where = {"textcoords": "offset points", "xytext": (-6, -4 - 10 * row), "ha": "right"}
-                    ax.annotate(f"{y:.0f}", (xi, cap), fontsize=7, color=color, **where)  # left of ▲
+                    text = (
+                        "float"
+                        if y >= FLOAT_BITS
+                        else f"{y:.0f}" + (f" (+{n_float} float)" if n_float else "")
+                    )
+                    ax.annotate(text, (xi, cap), fontsize=7, color=color, **where)  # left of ▲
             above = y > cap
     ax.set_ylim(0, cap + 0.5)
 
@@ -142,20 +233,25 @@ def _curves(plt: Any, report: dict[str, Any]) -> Any:
     spans = _spans(history)
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharex=True)
     (loss, acc), (sparsity, bits) = axes
-    for ax, title in ((loss, "training loss"), (acc, "accuracy (%)"), (sparsity, "group sparsity"),
+    metric = metric_of(report)
+    name = metric.label.split(" (")[0]
+    for ax, title in ((loss, "training loss"), (acc, metric.label + (" (log scale)" if metric.log else "")),
+                      (sparsity, "group sparsity"),
                       (bits, "mean bit width (larger values: ▲ at the top, with their value)")):  # fmt: skip
         _shade_stages(ax, spans)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax, key, scale, color, label in ((loss, "loss", 1.0, "tab:blue", None),
-                                         (acc, "test_accuracy", 100.0, "tab:blue", "test accuracy"),
-                                         (acc, "train_accuracy", 100.0, "tab:orange", "train accuracy"),
-                                         (sparsity, "sparsity", 1.0, "tab:red", None)):  # fmt: skip
-        pts = [(xi, r[key] * scale) for xi, r in zip(x, history) if r.get(key) is not None]
+    for ax, value, color, label in ((loss, lambda r: r.get("loss"), "tab:blue", None),
+                                    (acc, metric.test, "tab:blue", f"test {name}"),
+                                    (acc, metric.train, "tab:orange", f"train {name}"),
+                                    (sparsity, lambda r: r.get("sparsity"), "tab:red", None)):  # fmt: skip
+        pts = [(xi, v) for xi, r in zip(x, history) if (v := value(r)) is not None]
         if pts:
             ax.plot(*zip(*pts), marker=".", color=color, label=label)
-    acc.axhline(100 * report["dense"]["accuracy"], color="k", linewidth=0.8, label="dense model (test)")
+    acc.axhline(metric.dense, color="k", linewidth=0.8, label="dense model (test)")
+    if metric.log:
+        _plain_log_y(acc)
     _plot_bits(bits, x, history, _bit_cap(report))
     bits.yaxis.set_major_locator(MaxNLocator(integer=True))  # linear: 3.4 vs 3.7 bits readable
     for ax in axes[1]:
@@ -208,7 +304,7 @@ def _layers(plt: Any, report: dict[str, Any]) -> Any:
     bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     bottom.grid(alpha=0.3, axis="y")
     bottom.set_xticks(idx)
-    bottom.set_xticklabels([short_name(r["name"]) for r in layers], rotation=60, ha="right", fontsize=7)
+    bottom.set_xticklabels(display_names([r["name"] for r in layers]), rotation=60, ha="right", fontsize=7)
     fig.suptitle("per-layer bit widths and kept channels", fontsize=10)
     return fig
 
@@ -223,30 +319,34 @@ def _tradeoff(plt: Any, report: dict[str, Any]) -> Any:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    d, c = report["dense"], report["compressed"]
-    path = [r for r in report["history"] if r.get("relative_bops")]
+    metric = metric_of(report)
+    path = [r for r in report["history"] if r.get("relative_bops") and metric.test(r) is not None]
     xs = [100 * r["relative_bops"] for r in path]
-    ys = [100 * r["test_accuracy"] for r in path]
+    ys = [float(metric.test(r)) for r in path]  # type: ignore[arg-type]
     if path:
         ax.plot(xs, ys, color="0.6", linewidth=0.8, zorder=1)
         ax.scatter(xs, ys, c=[STAGE_COLORS.get(r["stage"], "0.5") for r in path], s=22, edgecolor="0.3",
                    linewidth=0.4, zorder=2)  # fmt: skip
     final = 100 * report["relative_bops"]
-    ax.scatter([100.0], [100 * d["accuracy"]], color="k", marker="o", s=40, zorder=3)
-    ax.scatter([final], [100 * c["accuracy"]], facecolor="none", edgecolor="tab:red", marker="*", s=260,
+    ax.scatter([100.0], [metric.dense], color="k", marker="o", s=40, zorder=3)
+    ax.scatter([final], [metric.final], facecolor="none", edgecolor="tab:red", marker="*", s=260,
                linewidth=1.4, zorder=4)  # hollow: the last epochs' points stay visible inside  # fmt: skip
-    ax.annotate(f"{final:.3g}% BOPs, {100 * c['accuracy']:.2f}%", (final, 100 * c["accuracy"]),
+    ax.annotate(f"{final:.3g}% BOPs, {metric.text(metric.final)}", (final, metric.final),
                 textcoords="offset points", xytext=(6, -12), fontsize=8)  # fmt: skip
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(_percent))
     ax.xaxis.set_minor_formatter(NullFormatter())
     lo_x = min([final, *xs]) / 1.6
-    ax.set_xlim(lo_x, max([160.0, *xs]) * 1.3)  # warm-up bits are unbounded: BOPs may exceed 100 %
-    accuracies = [100 * d["accuracy"], 100 * c["accuracy"], *ys]
-    ax.set_ylim(max(0.0, min(accuracies) - 2.0), min(100.5, max(accuracies) + 1.0))
+    ax.set_xlim(lo_x, max([100.0, *xs]) * 1.6)  # (quantizers above float count 32 bits: <= 100 %)
+    values = [metric.dense, metric.final, *ys]
+    if metric.log:  # perplexity: lower is better, ratios matter
+        _plain_log_y(ax)
+        ax.set_ylim(min(values) / 1.15, max(values) * 1.15)
+    else:
+        ax.set_ylim(max(0.0, min(values) - 2.0), min(100.5, max(values) + 1.0))
     ax.set_xlabel("relative BOPs, weights x activations (% of the dense FP32 model, log scale)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"test {metric.label}" + (" (log scale, lower is better)" if metric.log else ""))
     ax.grid(alpha=0.3, which="major")
     stages = list(dict.fromkeys(r["stage"] for r in path))
     dot = {"marker": "o", "linestyle": ""}
@@ -261,5 +361,5 @@ def _tradeoff(plt: Any, report: dict[str, Any]) -> Any:
             Line2D([], [], color=STAGE_COLORS.get(stage, "0.5"), markeredgecolor="0.3", label=label, **dot)
         )
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    ax.set_title("accuracy vs cost: the run's path to the converted model", fontsize=10)
+    ax.set_title(f"{metric.label.split(' (')[0]} vs cost: the run's path to the converted model", fontsize=10)
     return fig

@@ -12,6 +12,11 @@ views, casts) to where they come from, by object identity, never by name:
   `LearnableQuantizer` owning the node's ``step`` placeholder. So b_w and b_a are the bits of
   the quantizers the graph actually runs, e.g. an attention module whose pre-hook quantizes
   only its query input reports float key and value projections.
+
+An op without a `MacRule` that multiplies matrices all the same (``aten.lstm`` of an
+``nn.LSTM``) is counted by torch's FLOP counter (`geta.reporting.flops`) as a layer of its own
+(``source='flop_counter'``), at the bits of its operands (float: 32 · 32). An op with a matrix
+parameter that neither knows is listed in ``unknown_ops``: its cost is missing from the totals.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from torch.nn.utils import parametrize
 from geta.graph.capture import capture, normalize_inputs
 from geta.graph.ir import Graph, TensorRef
 from geta.quant.quantizer import LearnableQuantizer
-from geta.reporting.macs import MacRule, mac_rule
+from geta.reporting.flops import flop_macs, op_name
+from geta.reporting.macs import mac_rule
 from geta.reporting.model import DENSE_COUNTS_ATTR, FP32_BITS, CompressionReport, DenseCounts, LayerReport
+from geta.reporting.naming import product_role
 
 __all__ = ["LayerCost", "dense_counts", "dtype_bits", "input_shapes", "layer_costs", "report", "rounded_bits"]
 
@@ -101,17 +108,20 @@ class _Counter:
         ref = self.graph.refs.get(fake_quant.args[1])  # type: ignore[arg-type]  # the step placeholder
         return ref.owner if ref is not None and isinstance(ref.owner, LearnableQuantizer) else None
 
-    def layer_name(self, node: fx.Node, weight: TensorRef | None) -> str:
+    def layer_name(self, node: fx.Node, weight: TensorRef | None, *, whole: bool = False) -> str:
         """The weight's module ('fc', 'attn.in_proj_weight' for other attributes); for a weight
         owned outside the module running the op (a tied lm_head) that module's path; for
-        weightless ops 'module.path:op_name'. Repeated names get '#2', '#3', ..."""
+        weightless ops 'module.path:op' ('self_attn:q@k' and 'self_attn:attn@v' around a
+        softmax, 'self_attn:attention' for a fused one, else the graph's node name).
+        ``whole``: an op using several weights of its module (an LSTM) is named by the module
+        ('lstm'). Repeated names get '#2', '#3', ..."""
         path = self.graph.module_paths.get(node, "")
         if weight is None:
-            base = f"{path}:{node.name}".lstrip(":")
+            base = f"{path}:{product_role(node) or node.name}".lstrip(":")
         else:
             owner, attr = self.parents.get(id(weight.owner), (weight.owner, weight.attr))
             module = self.names.get(id(owner), "")
-            base = module if attr == "weight" and module else f"{module}.{attr}".lstrip(".")
+            base = module if (attr == "weight" or whole) and module else f"{module}.{attr}".lstrip(".")
             if path and module != path and not module.startswith(path + "."):
                 base = path
         self.row_names[base] += 1
@@ -152,15 +162,73 @@ def _flat_nodes(args: object) -> Iterator[fx.Node]:
 
 
 def _bits(operand: _Operand) -> int:
-    return rounded_bits(operand.quantizer) if operand.quantizer is not None else dtype_bits(operand.dtype)
+    """The operand's bits: its quantizer's, at most its dtype's (a grid finer than float32 --
+    a quantizer still free to grow, as in QASSO's warm-up -- computes in float, 32 bits)."""
+    float_bits = dtype_bits(operand.dtype)
+    return min(rounded_bits(operand.quantizer), float_bits) if operand.quantizer is not None else float_bits
 
 
-def _layer(counter: _Counter, node: fx.Node, rule: MacRule) -> LayerReport:
-    operands = [counter.operand(node.args[i]) for i in rule.operands if i < len(node.args)]
-    weight = next((op for op in operands if op.ref is not None), None)
+@dataclass(frozen=True)
+class _Op:
+    """One multiplying op of the graph: what it is, its MACs and the arguments it multiplies."""
+
+    node: fx.Node
+    kind: str
+    macs: int
+    operands: list[object]  # the multiplied arguments; a weight is looked for among them
+    source: str  # 'rule' (geta's MAC table) or 'flop_counter' (torch's, for ops without a rule)
+
+
+def _fallback_operands(counter: _Counter, node: fx.Node) -> list[object]:
+    """[input activation, weight] of an op without a rule: its first activation and first matrix
+    parameter among its (flattened) arguments, e.g. the input and W_ih of ``aten.lstm``."""
+    args = list(_flat_nodes((node.args, node.kwargs)))
+    refs = {id(a): counter.operand(a).ref for a in args}
+    weight = next(
+        (a for a in args if (r := refs[id(a)]) is not None and r.is_param and r.tensor.dim() >= 2), None
+    )
+    act = next((a for a in args if refs[id(a)] is None and isinstance(a.meta.get("val"), torch.Tensor)), None)
+    return [a for a in (act, weight) if a is not None]
+
+
+def _ops(counter: _Counter) -> Iterator[_Op | str]:
+    """Every multiplying op of the graph in order; a str for an op with a matrix parameter whose
+    cost neither geta's rules nor torch's FLOP counter know ('target (module path)')."""
+    graph = counter.graph
+    for node in graph.call_nodes():
+        rule = mac_rule(node.target)
+        if rule is not None:
+            operands = [node.args[i] for i in rule.operands if i < len(node.args)]
+            yield _Op(node, rule.kind_of(node), rule.macs(node), operands, "rule")
+            continue
+        macs = flop_macs(node) if _is_op(node) else None
+        if macs is not None:
+            yield _Op(node, op_name(node), macs, _fallback_operands(counter, node), "flop_counter")
+        elif _has_matrix_param(counter, node):
+            yield f"{node.target} ({graph.module_paths.get(node, node.name)})"
+
+
+def _is_op(node: fx.Node) -> bool:
+    """Not a quantizer and not a look-through op (they pass operands on, they multiply nothing)."""
+    packet = getattr(node.target, "overloadpacket", node.target)
+    return packet is not torch.ops.geta.fake_quant and packet not in _LOOK_THROUGH
+
+
+def _slots(counter: _Counter, op: _Op) -> tuple[_Operand | None, _Operand, _Operand]:
+    """(weight or None, the weight slot, the activation slot) of ``op``'s operands."""
+    operands = [counter.operand(a) for a in op.operands]
+    if not operands:  # (an op of the FLOP counter with no tensor argument of its own)
+        operands = [_Operand(None, None, _dtype(op.node))]
+    weight = next((o for o in operands if o.ref is not None), None)
     slot_w = weight if weight is not None else operands[min(1, len(operands) - 1)]
-    slot_a = next((op for op in operands if op is not slot_w), slot_w)
+    slot_a = next((o for o in operands if o is not slot_w), slot_w)
+    return weight, slot_w, slot_a
+
+
+def _layer(counter: _Counter, op: _Op) -> LayerReport:
+    weight, slot_w, slot_a = _slots(counter, op)
     b_w, b_a = _bits(slot_w), _bits(slot_a)
+    node = op.node
     refs = [counter.operand(a).ref for a in _flat_nodes((node.args, node.kwargs))]
     fresh = counter.new_params([r for r in refs if r is not None])
     size = sum(
@@ -169,15 +237,17 @@ def _layer(counter: _Counter, node: fx.Node, rule: MacRule) -> LayerReport:
     )
     n_quant = counter.new_quantizers(slot_w.quantizer, slot_a.quantizer)
     return LayerReport(
-        name=counter.layer_name(node, weight.ref if weight is not None else None),
-        kind=rule.kind_of(node),
-        macs=rule.macs(node),
+        name=counter.layer_name(node, weight.ref if weight is not None else None, whole=op.source != "rule"),
+        kind=op.kind,
+        macs=op.macs,
         weight_bits=b_w,
         act_bits=b_a,
         params=sum(r.tensor.numel() for r in fresh),
         size_bits=size + FP32_BITS * n_quant,
         quantizers=n_quant,
         weighted=weight is not None,
+        quantized=slot_w.quantizer is not None or slot_a.quantizer is not None,
+        source=op.source,
     )
 
 
@@ -204,21 +274,16 @@ def layer_costs(model: nn.Module, example_inputs: object) -> list[LayerCost]:
     Counted exactly as `report` counts (same capture, same operand tracing), so a bit-width
     allocation computed from these terms gives the BOPs `report` measures.
     """
-    graph = capture(model, example_inputs)
-    counter = _Counter(model, graph)
+    counter = _Counter(model, capture(model, example_inputs))
     costs: list[LayerCost] = []
-    for node in graph.call_nodes():
-        rule = mac_rule(node.target)
-        if rule is None:
+    for op in _ops(counter):
+        if isinstance(op, str):
             continue
-        operands = [counter.operand(node.args[i]) for i in rule.operands if i < len(node.args)]
-        weight = next((op for op in operands if op.ref is not None), None)
-        slot_w = weight if weight is not None else operands[min(1, len(operands) - 1)]
-        slot_a = next((op for op in operands if op is not slot_w), slot_w)
+        weight, slot_w, slot_a = _slots(counter, op)
         costs.append(
             LayerCost(
-                macs=rule.macs(node),
-                weight=weight.ref.tensor if weight is not None else None,
+                macs=op.macs,
+                weight=weight.ref.tensor if weight is not None and weight.ref is not None else None,
                 weight_quantizer=slot_w.quantizer,
                 act_quantizer=slot_a.quantizer if slot_a is not slot_w else None,
                 weight_bits=dtype_bits(slot_w.dtype),
@@ -242,13 +307,12 @@ def dense_counts(model: nn.Module, graph: Graph, example_inputs: object) -> Dens
     """
     counter = _Counter(model, graph)
     layers: list[tuple[str, int]] = []
-    for node in graph.call_nodes():
-        rule = mac_rule(node.target)
-        if rule is None:
+    for op in _ops(counter):
+        if isinstance(op, str):
             continue
-        operands = [counter.operand(node.args[i]) for i in rule.operands if i < len(node.args)]
-        weight = next((op.ref for op in operands if op.ref is not None), None)
-        layers.append((counter.layer_name(node, weight), rule.macs(node)))
+        weight, _, _ = _slots(counter, op)
+        ref = weight.ref if weight is not None else None
+        layers.append((counter.layer_name(op.node, ref, whole=op.source != "rule"), op.macs))
     params, _ = _other_params(model, _Counter(model, graph))  # nothing counted yet: every parameter
     return DenseCounts(sum(m for _, m in layers), params, tuple(layers), input_shapes(example_inputs))
 
@@ -304,12 +368,11 @@ def report(
     counter = _Counter(model, graph)
     layers: list[LayerReport] = []
     unknown: list[str] = []
-    for node in graph.call_nodes():
-        rule = mac_rule(node.target)
-        if rule is not None:
-            layers.append(_layer(counter, node, rule))
-        elif _has_matrix_param(counter, node):
-            unknown.append(f"{node.target} ({graph.module_paths.get(node, node.name)})")
+    for op in _ops(counter):
+        if isinstance(op, str):
+            unknown.append(op)
+        else:
+            layers.append(_layer(counter, op))
     other_count, other_bits = _other_params(model, counter)
     own_macs = sum(layer.macs for layer in layers)
     own_params = sum(layer.params for layer in layers) + other_count

@@ -79,6 +79,8 @@ class LayerReport:
     size_bits: int  # weight · b_w + other params · their dtype bits + 32 per quantizer
     quantizers: int = 0  # quantizer scales counted in size_bits (first use only)
     weighted: bool = True  # multiplies a parameter (False: activation x activation, e.g. q·kᵀ)
+    quantized: bool = False  # a quantizer sets b_w or b_a (False: the op runs in float)
+    source: str = "rule"  # MACs from geta's table ('rule') or torch's FLOP counter ('flop_counter')
 
     @property
     def bops(self) -> int:
@@ -109,6 +111,32 @@ class CompressionReport:
     @property
     def macs(self) -> int:
         return sum(layer.macs for layer in self.layers)
+
+    @property
+    def float_layers(self) -> list[LayerReport]:
+        """Layers with a weight and MACs that run in float although the model is quantized.
+
+        They are counted at their float bits (32 · 32 for float32) in the BOPs; a model without
+        any quantizer has none (it is float everywhere, nothing was left out).
+        """
+        if not any(layer.quantized for layer in self.layers):
+            return []
+        return [r for r in self.layers if r.weighted and r.macs and not r.quantized]
+
+    def headline(self) -> list[str]:
+        """What the totals rest on, one line each: layers left in float (with their share of the
+        BOPs) and ops whose cost nobody knows (not in the BOPs at all). Empty when neither."""
+        lines = []
+        if self.float_layers:
+            bops = self.bops or 1
+            parts = [f"{r.name} ({r.kind}, {r.params:,} params, {r.bops / bops:.2%} of the BOPs)"
+                     for r in self.float_layers]  # fmt: skip
+            lines.append(f"left in float, counted at {FP32_BITS} bits: {', '.join(parts)}")
+        if self.unknown_ops:
+            lines.append(
+                f"NOT counted in MACs or BOPs (no MAC rule, no FLOP count): {', '.join(self.unknown_ops)}"
+            )
+        return lines
 
     @property
     def bops(self) -> int:
@@ -156,17 +184,21 @@ class CompressionReport:
         return {name: getattr(self, name) for name in names}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"layers": [...], "totals": {...}, "unknown_ops": [...]}``."""
+        """JSON-ready: ``{"layers": [...], "totals": {...}, "float_layers": [names],
+        "unknown_ops": [...]}``."""
         return {
             "layers": [layer.to_dict() for layer in self.layers],
             "totals": self.totals(),
+            "float_layers": [r.name for r in self.float_layers],
             "unknown_ops": list(self.unknown_ops),
         }
 
     def to_markdown(self) -> str:
-        """A per-layer table followed by the totals, as GitHub-flavoured markdown."""
+        """The `headline` (layers left in float, ops not counted), a per-layer table, the totals,
+        as GitHub-flavoured markdown."""
         head = "| layer | kind | MACs | W bits | A bits | BOPs | params | size (bits) |"
-        rows = [head, "|" + "---|" * 8]
+        rows = [f"**{line}**" for line in self.headline()]
+        rows += ["", head, "|" + "---|" * 8] if rows else [head, "|" + "---|" * 8]
         for r in self.layers:
             rows.append(
                 f"| {r.name} | {r.kind} | {r.macs:,} | {r.weight_bits} | {r.act_bits} "
@@ -181,6 +213,4 @@ class CompressionReport:
             f"- parameters: {self.params:,}; size: {self.size_bits / 8:,.0f} bytes "
             f"({self.relative_size:.2%} of dense FP32)",
         ]
-        if self.unknown_ops:
-            rows.append(f"- not counted (no MAC rule): {', '.join(self.unknown_ops)}")
         return "\n".join(rows)
