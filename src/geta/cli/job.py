@@ -405,7 +405,7 @@ class CompressJob:
         except NonFiniteError as exc:
             raise CliError(
                 f"{exc}; lower --lr (now {o.learning_rates()[1]:g}) or --lr-quant ({o.lr_quant:g}), or set "
-                "--grad-clip; the last finished epoch's checkpoint is kept"
+                "--grad-clip (the checkpoint of the last finished epoch, if any, is kept)"
             ) from None
 
     def _train_epoch(
@@ -460,7 +460,7 @@ class CompressJob:
                 raise CliError(
                     f"{state.phase} training diverged at epoch {state.epoch + 1}, batch {stats.batches} "
                     f"(loss {stats.loss_sum / max(stats.batches, 1)}); lower {flag} (now {lr:g}) or set "
-                    "--clip-norm; the last finished epoch's checkpoint is kept"
+                    "--clip-norm (the checkpoint of the last finished epoch, if any, is kept)"
                 )
             if stats.batches % 10 == 0:
                 extra.update(self._extra())
