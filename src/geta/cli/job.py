@@ -213,12 +213,7 @@ class CompressJob:
         self.model = build_model(o.model, self.data, seed=o.seed).to(self.device)
         if state.phase == "dense" and o.dense_checkpoint:
             _load_dense_checkpoint(o.dense_checkpoint, self.model)
-        spe = self.data.num_batches(o.batch_size)
-        if state.batch >= spe:
-            raise CliError(
-                f"checkpoint {state_path(self.out)}: field 'batch' is {state.batch} but an epoch has only "
-                f"{spe} batches; the checkpoint is damaged: restore it, or start over with --overwrite"
-            )
+        self._check_position(state)
         if state.phase == "dense" and o.target_bops is not None:
             self._check_budget(state)  # before the dense phase: an infeasible budget fails in seconds
         self._announce(state, resumed=resumed)  # after the inputs are checked: errors come alone
@@ -230,6 +225,19 @@ class CompressJob:
         plan, opt = self._prepare(state)
         self._epochs(state, opt, sum(o.stage_epochs()), lambda: opt.stage.value, self._qasso_lr(state, opt))
         return JobResult(self.model, plan, self.data, state, self.device)
+
+    def _check_position(self, state: RunState) -> None:
+        """A checkpoint's epoch and batch must lie inside its phase (else it is damaged)."""
+        o = state.options
+        spe = self.data.num_batches(o.batch_size)
+        epochs = o.training().dense_epochs if state.phase == "dense" else sum(o.stage_epochs())
+        for name, value, limit in (("epoch", state.epoch, epochs), ("batch", state.batch, spe - 1)):
+            if value > limit or (name == "batch" and value and state.epoch >= epochs):
+                raise CliError(
+                    f"checkpoint {state_path(self.out)}: field {name!r} is {value}, beyond the {state.phase} "
+                    f"phase ({epochs} epochs of {spe} batches); the checkpoint is damaged: restore it, or "
+                    "start over with --overwrite"
+                )
 
     def _announce(self, state: RunState, *, resumed: bool) -> None:
         """Note the stage split (and where a resumed run goes on); warn about stages left empty."""

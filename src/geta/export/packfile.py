@@ -188,8 +188,11 @@ def packed(model: nn.Module, path: str | os.PathLike[str]) -> PackedInfo:
 
 
 def _read(path: str) -> tuple[dict[str, Any], bytes]:
-    with open(path, "rb") as f:
-        blob = f.read()
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        raise GetaError(f"{path} cannot be read as a packed file ({exc.strerror or exc})") from None
     if len(blob) < _PREFIX.size:
         raise GetaError(f"{path} is not a geta packed file (too short)")
     magic, version, length = _PREFIX.unpack_from(blob)
@@ -202,6 +205,49 @@ def _read(path: str) -> tuple[dict[str, Any], bytes]:
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GetaError(f"{path}: the manifest of this packed file is damaged ({exc})") from exc
     return manifest, blob[_PREFIX.size + length :]
+
+
+def _check_manifest(manifest: Any, data_bytes: int, path: str) -> None:
+    """Refuse a manifest whose entries do not describe the data that follows it.
+
+    Checked before any tensor is allocated: a damaged or forged manifest (a shape of 10^12
+    elements, an offset past the end, an unknown encoding) is one `GetaError` naming the entry,
+    not a 160 GB allocation or a traceback from deep inside torch.
+    """
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
+        raise GetaError(f"{path}: the manifest of this packed file is damaged (no list of tensors)")
+    names = {e.get("name") for e in manifest["tensors"] if isinstance(e, dict)}
+    for i, e in enumerate(manifest["tensors"]):
+        name = e.get("name") if isinstance(e, dict) else None
+        problem = _entry_problem(e, data_bytes, names) if isinstance(name, str) else "has no name"
+        if problem:
+            raise GetaError(f"{path}: tensor {name or i!r} of the manifest {problem}; the file is damaged")
+
+
+def _entry_problem(e: dict[str, Any], data_bytes: int, names: set[Any]) -> str | None:
+    """What is wrong with one manifest entry, or None."""
+    kind = e.get("encoding")
+    if kind == "alias":
+        return None if e.get("of") in names and e.get("of") != e["name"] else "is an alias of no tensor"
+    if kind not in ("raw", "codes"):
+        return f"has unknown encoding {kind!r}"
+    shape, offset, nbytes = e.get("shape"), e.get("offset"), e.get("nbytes")
+    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        return f"has a bad shape {shape!r}"
+    if not all(isinstance(v, int) and v >= 0 for v in (offset, nbytes)) or offset + nbytes > data_bytes:
+        return f"lies outside the data (offset {offset!r}, {nbytes!r} bytes of {data_bytes})"
+    try:
+        itemsize = _parse_dtype(str(e.get("dtype"))).itemsize
+    except (GetaError, AttributeError):
+        return f"has unknown dtype {e.get('dtype')!r}"
+    if kind == "raw":
+        need = math.prod(shape) * itemsize
+    else:
+        bits = e.get("bits")
+        if not (isinstance(bits, int) and 1 <= bits <= 64 and isinstance(e.get("code_min"), int)):
+            return f"has bad codes (bits {bits!r}, code_min {e.get('code_min')!r})"
+        need = math.ceil(math.prod(shape) * bits / 8)
+    return None if need == nbytes else f"claims shape {shape} ({need} bytes) but holds {nbytes} bytes"
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -250,6 +296,7 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     True
     """
     manifest, data = _read(os.fspath(path))
+    _check_manifest(manifest, len(data), os.fspath(path))
     entries = {e["name"]: e for e in manifest["tensors"]}
     if "structure" in manifest:
         shapes = {n: e["shape"] for n, e in entries.items() if "shape" in e}
