@@ -394,3 +394,104 @@ def test_packed_file_of_another_model(packed_file: tuple[Path, torch.nn.Module])
     with pytest.raises(GetaError, match="Sequential") as info:
         load_packed(packed_file[0], torch.nn.Sequential(torch.nn.Linear(3, 2)))
     assert "\n" not in str(info.value)
+
+
+# -- 7. load_pretrained -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("transformers")
+    from geta.export import pretrained
+    from geta.testing import zoo
+
+    model, x = zoo.build("hf_llama")
+    plan = geta.prepare(model, x, geta.Config(weight_bits=(4, 8), act_bits=(4, 8)))
+    folder = tmp_path_factory.mktemp("hf") / "model"
+    pretrained(geta.convert(model, plan), folder)
+    return folder
+
+
+def _edit_json(file: Path, change: Callable[[Any], Any]) -> None:
+    data = json.loads(file.read_text())
+    new = change(data)
+    file.write_text(json.dumps(data if new is None else new))
+
+
+def _edit_tensors(file: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(file)
+    change(state)
+    save_file(state, file, metadata={"format": "pt"})
+
+
+def _first_weight(state: dict[str, torch.Tensor]) -> str:
+    return next(k for k, v in state.items() if v.dim() == 2)
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda config: config.update({key: value})
+
+
+def _break_folder(case: str, d: Path) -> Path:
+    """Damage the copy ``d`` of a save_pretrained folder as ``case`` says; return what to load."""
+    config, weights = d / "config.json", d / "model.safetensors"
+    edits: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "no geta field": lambda c: c.pop("geta"),
+        "geta format 99": lambda c: c["geta"].update(format=99),
+        "unknown architecture": _set("architectures", ["Nope"]),
+        "unknown model_type": _set("model_type", "nope"),
+        "hidden size changed": _set("hidden_size", 12),
+    }
+    tensor_edits: dict[str, Callable[[dict[str, torch.Tensor]], Any]] = {
+        "a tensor missing": lambda s: s.pop(_first_weight(s)),
+        "an extra tensor": lambda s: s.update(bogus=torch.zeros(1)),
+        "a tensor of another shape": lambda s: s.update({_first_weight(s): torch.zeros(3, 3)}),
+    }
+    if case in edits:
+        _edit_json(config, edits[case])
+    elif case in tensor_edits:
+        _edit_tensors(weights, tensor_edits[case])
+    elif case == "missing":
+        return d / "nothing"
+    elif case == "a file":
+        return config
+    elif case == "empty folder":
+        for p in d.iterdir():
+            p.unlink()
+    elif case in ("config garbage", "config a list"):
+        config.write_text("{oops" if case == "config garbage" else "[1]")
+    elif case == "no weights":
+        weights.unlink()
+    elif case == "weights garbage":
+        weights.write_bytes(b"\x00" * 64)
+    elif case == "weights truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif case == "index garbage":
+        weights.unlink()
+        (d / "model.safetensors.index.json").write_text("{")
+    return d
+
+
+PRETRAINED = [
+    "missing", "a file", "empty folder", "config garbage", "config a list", "no geta field",
+    "geta format 99", "unknown architecture", "unknown model_type", "hidden size changed", "no weights",
+    "weights garbage", "weights truncated", "a tensor missing", "an extra tensor",
+    "a tensor of another shape", "index garbage",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PRETRAINED)
+def test_bad_pretrained_folder(case: str, pretrained_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from geta.export import load_pretrained
+
+    folder = tmp_path / "model"
+    shutil.copytree(pretrained_folder, folder)
+    path = _break_folder(case, folder)
+    with pytest.raises(GetaError) as info:
+        load_pretrained(path)
+    message = str(info.value)
+    assert "\n" not in message and str(folder) in message
