@@ -104,6 +104,12 @@ FLAGS: list[tuple[list[str], str]] = [
     (["--seq-len", "1"], "--seq-len"),
     (["--dense-checkpoint", "/no/such/dense.pt"], "--dense-checkpoint"),
     (["--resume"], "--resume"),
+    (["--model", "hf:/no/such/model"], "/no/such/model"),
+    (["--data", "text:/no/such/file.txt"], "/no/such/file.txt"),
+    (["--data", "jsonl:/no/such/file.jsonl"], "/no/such/file.jsonl"),
+    (["--data", "imagefolder:/no/such/dir"], "/no/such/dir"),
+    (["--seq-len", "x"], "--seq-len"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:99x"], "--device"),
 ]
 
 
@@ -131,6 +137,13 @@ def _bad_out(kind: str, d: Path) -> Path:
     (d / "mine" / "notes.txt").write_text("x")
     places = {"a file": d / "f", "under a file": d / "f" / "out", "foreign folder": d / "mine"}
     return places.get(kind, Path("/proc/geta-no-such-dir/out"))
+
+
+def test_dense_checkpoint_of_another_model(tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
+    other = tmp_path / "dense.pt"
+    torch.save({"w": torch.zeros(2)}, other)
+    line = _clean(geta_cli("compress", "--out", tmp_path / "run", *TINY, "--dense-checkpoint", other))
+    assert "--dense-checkpoint" in line and "not a state_dict of this model" in line
 
 
 OUTS = ["a file", "under a file", "unwritable", "foreign folder"]
@@ -367,6 +380,8 @@ PACKED: dict[str, Callable[[dict[str, Any], bytes, bytes], bytes | None]] = {
         m["tensors"].append({"name": "x", "encoding": "alias", "of": "y"}),
         _file(m, d),
     )[1],
+    "structure a string": lambda m, d, b: _file({**m, "structure": "x"}, d),
+    "structure of garbage": lambda m, d, b: _file({**m, "structure": {"quantizers": [1], "sizes": 5}}, d),
     "a folder": lambda m, d, b: None,
     "missing": lambda m, d, b: None,
 }

@@ -250,6 +250,18 @@ def _entry_problem(e: dict[str, Any], data_bytes: int, names: set[Any]) -> str |
     return None if need == nbytes else f"claims shape {shape} ({need} bytes) but holds {nbytes} bytes"
 
 
+def _fit_checked(skeleton: nn.Module, structure: Any, shapes: dict[str, Any], path: str) -> None:
+    """`fit` the skeleton to the manifest's structure record; a malformed record is one `GetaError`."""
+    try:
+        fit(skeleton, structure, shapes)
+    except GetaError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise GetaError(
+            f"{path}: the structure record of the manifest is damaged ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON manifest of a packed file (format, version, model class, tensor entries)."""
     return _read(os.fspath(path))[0]
@@ -300,7 +312,7 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     entries = {e["name"]: e for e in manifest["tensors"]}
     if "structure" in manifest:
         shapes = {n: e["shape"] for n, e in entries.items() if "shape" in e}
-        fit(skeleton, manifest["structure"], shapes)
+        _fit_checked(skeleton, manifest["structure"], shapes, os.fspath(path))
     expected = skeleton.state_dict(keep_vars=True)
     if set(entries) != set(expected):
         missing, extra = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
