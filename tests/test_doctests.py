@@ -32,6 +32,7 @@ MODULES = [
     "geta.recipes.models",
     "geta.recipes.training",
     "geta.cli.options",
+    "geta.cli.runlock",
 ]
 
 
