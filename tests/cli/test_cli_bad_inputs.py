@@ -246,6 +246,16 @@ def test_bad_checkpoint_field(edit: str, tmp_path: Path, geta_cli: Callable[...,
     assert state_path(out).read_bytes() == before
 
 
+def test_overwrite_refused_for_bad_input_keeps_the_interrupted_run(
+    tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
+    out = tmp_path / "run"
+    atomic_save(_checkpoint(), state_path(out))
+    before = state_path(out).read_bytes()
+    _clean(geta_cli("compress", "--out", out, *TINY, "--overwrite", "--target-bops", "1e-7"), "--target-bops")
+    assert state_path(out).read_bytes() == before  # still resumable
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_damaged_checkpoint_file(damage: str, tmp_path: Path, geta_cli: Callable[..., Result]) -> None:
     out = tmp_path / "run"

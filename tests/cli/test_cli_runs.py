@@ -82,6 +82,18 @@ def test_the_lock_is_held_once_and_released_by_its_holder(tmp_path: Path) -> Non
         pass
 
 
+def test_a_killed_holder_leaves_the_folder_free(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = (
+        "import os, sys; from pathlib import Path; from geta.cli.runlock import RunLock; "
+        "RunLock(Path(sys.argv[1])).acquire(); os._exit(9)"  # dies holding the lock, file left
+    )
+    assert subprocess.run([sys.executable, "-c", code, str(out)], check=False).returncode == 9
+    assert lock_path(out).exists() and holder(out) is None
+    with RunLock(out):
+        assert f"pid {os.getpid()} " in str(holder(out))
+
+
 # -- a crash inside publish, then --resume ---------------------------------------------------------
 
 

@@ -174,8 +174,6 @@ def _run_locked(args: argparse.Namespace, out: Path, start: float) -> int:
               "nothing to resume (pass --overwrite to run it again)", file=sys.stderr)  # fmt: skip
         return 0
     state = _resume_state(args, out) if args.resume else RunState(options_from_args(args))
-    if args.overwrite and status is RunStatus.INTERRUPTED:
-        shutil.rmtree(state_path(out).parent)  # asked for: the interrupted run starts over
     reporter = TqdmReporter(quiet=args.quiet)
     stop = StopFlag()
     job = CompressJob(out, reporter, stop=stop, stop_after_epochs=args.stop_after_epochs, started=start)

@@ -102,7 +102,7 @@ def check_out_dir(out: Path, status: RunStatus, *, resume: bool = False, overwri
     if status is RunStatus.INTERRUPTED:
         raise CliError(
             f"--out {out} holds an interrupted run; pass --resume to continue it or --overwrite to "
-            "start over (its checkpoint is deleted), or choose another --out"
+            "start over (its checkpoint is replaced), or choose another --out"
         )
     raise CliError(
         f"--out {out} holds a finished run; pass --overwrite to replace it, or choose another --out"
