@@ -214,6 +214,14 @@ STATE_EDITS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
     "partial nan": (lambda s: s.update(partial={"loss_sum": float("nan")}), "'partial'"),
     "history a string": (lambda s: s.update(history="x"), "'history'"),
     "history of numbers": (lambda s: s.update(history=[1, 2]), "'history'"),
+    "history record of another phase": (
+        lambda s: s.update(history=[{"phase": "x", "epoch": 0}]),
+        "'history'",
+    ),
+    "history record with text": (
+        lambda s: s.update(history=[{"phase": "dense", "epoch": 0, "loss": "x"}]),
+        "'history'",
+    ),
     "dense a string": (lambda s: s.update(dense="x"), "'dense'"),
     "compress without dense": (lambda s: s.update(phase="compress"), "'dense'"),
     "dense of another model": (
@@ -395,6 +403,20 @@ PACKED: dict[str, Callable[[dict[str, Any], bytes, bytes], bytes | None]] = {
     "a folder": lambda m, d, b: None,
     "missing": lambda m, d, b: None,
 }
+
+
+def test_packed_manifest_that_inflates_without_end(
+    packed_file: tuple[Path, torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geta.export.packfile as packfile
+
+    monkeypatch.setattr(packfile, "MAX_MANIFEST_BYTES", 1 << 16)
+    bomb = zlib.compress(b" " * (1 << 20))  # 1 MiB of spaces in 1 kB
+    path = tmp_path / "bomb.geta"
+    path.write_bytes(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(bomb)) + bomb)
+    with pytest.raises(GetaError, match="inflates past") as info:
+        load_packed(path, packed_file[1])
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
 @pytest.mark.parametrize("case", list(PACKED))

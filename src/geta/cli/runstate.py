@@ -95,6 +95,21 @@ def _dense_ok(v: Any) -> bool:
     )
 
 
+def _record_ok(r: Any) -> bool:
+    """One epoch record of the history: its phase and epoch, then numbers (the stage is a name)."""
+    return (
+        isinstance(r, dict)
+        and r.get("phase") in ("dense", "compress")
+        and _count(r.get("epoch"))
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)  # (a perplexity may be inf)
+            for k, v in r.items()
+            if k not in ("phase", "epoch", "stage")
+        )
+        and isinstance(r.get("stage", ""), str)
+    )
+
+
 def _rng_ok(v: Any) -> bool:
     return v is None or (
         isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor) and isinstance(v.get("python"), list)
@@ -107,8 +122,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch": (_count, "must be an integer >= 0"),
     "partial": (lambda v: isinstance(v, dict), "must be a mapping"),
     "history": (
-        lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
-        "must be a list of records",
+        lambda v: isinstance(v, list) and all(_record_ok(r) for r in v),
+        "must be a list of epoch records (phase, epoch, numbers)",
     ),
     "dense": (_optional_mapping, "must be a mapping or None"),
     "model": (_optional_mapping, "must be a state_dict or None"),

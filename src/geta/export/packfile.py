@@ -187,6 +187,18 @@ def packed(model: nn.Module, path: str | os.PathLike[str]) -> PackedInfo:
     )  # fmt: skip
 
 
+MAX_MANIFEST_BYTES = 1 << 28  # 256 MiB of JSON: far beyond any real model's tensor list
+
+
+def _inflate(raw: bytes, path: str) -> bytes:
+    """Decompress the manifest, refusing one that inflates past `MAX_MANIFEST_BYTES` (a zip bomb)."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(raw, MAX_MANIFEST_BYTES)
+    if inflater.unconsumed_tail:
+        raise GetaError(f"{path}: the manifest of this packed file inflates past {MAX_MANIFEST_BYTES} bytes")
+    return out + inflater.flush()
+
+
 def _read(path: str) -> tuple[dict[str, Any], bytes]:
     try:
         with open(path, "rb") as f:
@@ -201,7 +213,7 @@ def _read(path: str) -> tuple[dict[str, Any], bytes]:
     if version != FORMAT_VERSION:
         raise GetaError(f"{path} has packed format version {version}; this geta reads {FORMAT_VERSION}")
     try:
-        manifest = json.loads(zlib.decompress(blob[_PREFIX.size : _PREFIX.size + length]).decode("utf-8"))
+        manifest = json.loads(_inflate(blob[_PREFIX.size : _PREFIX.size + length], path).decode("utf-8"))
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GetaError(f"{path}: the manifest of this packed file is damaged ({exc})") from exc
     return manifest, blob[_PREFIX.size + length :]
