@@ -32,7 +32,7 @@ def test_a_budget_run_ends_at_or_under_its_budget(geta_cli: Callable[..., Result
         (["--target-bops", "2"], "--target-bops must be in"),
         (["--min-keep", "-0.1"], "--min-keep must be in"),
         (["--distill", "-1"], "--distill must be >="),
-        (["--target-bops", "1e-7"], "target_bops=1e-07 cannot be met"),
+        (["--target-bops", "1e-7"], "--target-bops 1e-07 cannot be met"),
     ],
 )
 def test_bad_quality_flags_exit_2_with_one_line(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,8 +24,17 @@ from geta.cli.checkpoint import load_state, state_path
 from geta.cli.errors import EXIT_INTERRUPTED, CliError
 from geta.cli.job import CompressJob, Interrupted, JobResult, RunState
 from geta.cli.options import CompressOptions, default_text, load_config_file
-from geta.cli.outputs import RunStatus, check_out_dir, publish, run_status, write_results
+from geta.cli.outputs import (
+    RunStatus,
+    check_out_dir,
+    check_out_path,
+    publish,
+    recover_publish,
+    run_status,
+    write_results,
+)
 from geta.cli.progress import TqdmReporter, summary_table
+from geta.cli.runlock import RunLock
 from geta.errors import GetaError
 from geta.recipes import DATA_SETS, RECIPES
 
@@ -116,14 +126,7 @@ def _resume_state(args: argparse.Namespace, out: Path) -> RunState:
     path = state_path(out)
     state = RunState.from_checkpoint(load_state(path), path)
     _check_resumed_code(args, state.options.model, path)
-    asked = options_from_args(args, base=state.options.to_dict())
-    if asked != state.options:
-        old, new = state.options.to_dict(), asked.to_dict()
-        diff = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k])
-        raise CliError(
-            f"--resume continues the run in {out} with its own options, but these differ: {diff}; "
-            "drop them, or start a new run with another --out"
-        )
+    _refuse_changes(args, out, state.options)
     return state
 
 
@@ -167,17 +170,28 @@ class StopFlag:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``geta compress``; 0 on success, 130 when stopped (resumable), 2 on bad input."""
+    """Run ``geta compress``; 0 on success, 130 when stopped (resumable), 2 on bad input.
+
+    The whole run holds the lock of ``--out`` (`RunLock`): a second run on it is refused at once.
+    """
     start = time.perf_counter()
     out = Path(args.out).expanduser()
-    status = run_status(out)
+    check_out_path(out)  # before anything else: a bad --out is found in a second, not after training
+    with RunLock(out):
+        note = recover_publish(out)
+        if note and not args.quiet:
+            print(f"geta compress: {note}", file=sys.stderr)
+        return _run_locked(args, out, start)
+
+
+def _run_locked(args: argparse.Namespace, out: Path, start: float) -> int:
+    status = run_status(out, locked=True)
     check_out_dir(out, status, resume=args.resume, overwrite=args.overwrite)
     if args.resume and status is RunStatus.FINISHED:
+        _check_finished(args, out)
         print(f"geta compress: the run in {out} is already complete ({out / 'report.json'}); "
               "nothing to resume (pass --overwrite to run it again)", file=sys.stderr)  # fmt: skip
         return 0
-    if args.overwrite and status is RunStatus.INTERRUPTED:
-        shutil.rmtree(state_path(out).parent)  # asked for: the interrupted run starts over
     state = _resume_state(args, out) if args.resume else RunState(options_from_args(args))
     reporter = TqdmReporter(quiet=args.quiet)
     stop = StopFlag()
@@ -206,19 +220,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_finished(args: argparse.Namespace, out: Path) -> None:
+    """``--resume`` on a finished run: its report.json must be sound and the options given its own."""
+    path = out / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        stored = report["options"]
+        if not isinstance(stored, dict):
+            raise TypeError("'options' is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(
+            f"--resume: {path} is not a geta report ({type(exc).__name__}: {exc}) and no checkpoint is "
+            f"left to resume; pass --overwrite to run again, or restore the file"
+        ) from None
+    options = CompressOptions.from_mapping(stored, where=lambda k: f"option {k!r} in {path}")
+    _refuse_changes(args, out, options)
+
+
+def _refuse_changes(args: argparse.Namespace, out: Path, stored: CompressOptions) -> None:
+    """A flag or config value given with ``--resume`` must equal what the run stored."""
+    asked = options_from_args(args, base=stored.to_dict())
+    if asked != stored:
+        old, new = stored.to_dict(), asked.to_dict()
+        diff = ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k])
+        raise CliError(
+            f"--resume continues the run in {out} with its own options, but these differ: {diff}; "
+            "drop them, or start a new run with another --out"
+        )
+
+
 def _finish(
     result: JobResult, out: Path, args: argparse.Namespace, wall_clock: Callable[[], float]
 ) -> dict[str, Any]:
-    """Write the results into a staging folder and swap it into place as ``out``."""
+    """Write the results into a staging folder and swap it into place as ``out``.
+
+    A failure while writing deletes the staging folder (the checkpoint in ``out`` resumes); once
+    it is complete, a failure inside `publish` leaves it for `recover_publish` to move in.
+    """
     staging = out.parent / f".{out.name}.staging-{os.getpid()}"
     try:
         report = write_results(
             result, staging, plots=not args.no_plots, export=not args.no_export,
             wall_clock=wall_clock,
         )  # fmt: skip
-        publish(staging, out)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish(staging, out)
     return report
 
 

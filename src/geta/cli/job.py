@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import random
 import time
 import warnings
@@ -29,6 +30,8 @@ from geta.cli.options import STAGE_NAMES, CompressOptions
 from geta.cli.progress import FLOAT_BITS, RunProgress
 from geta.cli.quiet import quiet_capture
 from geta.cli.runstate import RunState
+from geta.optim.budget import InfeasibleBudget
+from geta.optim.guard import NonFiniteError
 from geta.plan import QuantTarget
 from geta.recipes import (
     DataBundle,
@@ -148,6 +151,18 @@ def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
     model.load_state_dict(sd)
 
 
+def _restore(field: str, load: Callable[[], object], out: Path) -> None:
+    """Run ``load`` (a checkpoint field into the model, optimizer or RNG); bad data is one line."""
+    try:
+        load()
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(
+            f"checkpoint {state_path(out)}: field {field!r} does not fit this run ({first[:200]}); the "
+            "checkpoint is damaged or from another model: restore it, or start over with --overwrite"
+        ) from None
+
+
 def _state_dict_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
     """A short description of how ``given`` differs from ``own`` (keys, shapes); '' if it fits."""
 
@@ -223,6 +238,9 @@ class CompressJob:
         self.model = build_model(o.model, self.data, seed=o.seed).to(self.device)
         if state.phase == "dense" and o.dense_checkpoint:
             _load_dense_checkpoint(o.dense_checkpoint, self.model)
+        self._check_position(state)
+        if state.phase == "dense" and o.target_bops is not None:
+            self._check_budget(state)  # before the dense phase: an infeasible budget fails in seconds
         self._announce(state, resumed=resumed)  # after the inputs are checked: errors come alone
         dense_epochs = 0 if o.dense_checkpoint else o.training().dense_epochs
         self.progress = RunProgress(dense_epochs, sum(o.stage_epochs()), self.data.num_batches(o.batch_size),
@@ -232,10 +250,23 @@ class CompressJob:
             self._dense(state)
         else:
             assert state.dense is not None
-            self.model.load_state_dict(state.dense["state"])
+            _restore("dense", lambda: self.model.load_state_dict(state.dense["state"]), self.out)
         plan, opt = self._prepare(state)
         self._epochs(state, opt, sum(o.stage_epochs()), lambda: opt.stage.value, self._qasso_lr(state, opt))
         return JobResult(self.model, plan, self.data, state, self.device)
+
+    def _check_position(self, state: RunState) -> None:
+        """A checkpoint's epoch and batch must lie inside its phase (else it is damaged)."""
+        o = state.options
+        spe = self.data.num_batches(o.batch_size)
+        epochs = o.training().dense_epochs if state.phase == "dense" else sum(o.stage_epochs())
+        for name, value, limit in (("epoch", state.epoch, epochs), ("batch", state.batch, spe - 1)):
+            if value > limit or (name == "batch" and value and state.epoch >= epochs):
+                raise CliError(
+                    f"checkpoint {state_path(self.out)}: field {name!r} is {value}, beyond the {state.phase} "
+                    f"phase ({epochs} epochs of {spe} batches); the checkpoint is damaged: restore it, or "
+                    "start over with --overwrite"
+                )
 
     def _announce(self, state: RunState, *, resumed: bool) -> None:
         """Note the stage split (and where a resumed run goes on); warn about stages left empty."""
@@ -261,11 +292,7 @@ class CompressJob:
         dense_epochs = o.training().dense_epochs
         if not o.dense_checkpoint:  # (a dense checkpoint is loaded in `run`)
             opt = _dense_optimizer(o, self.model, lr)
-            if state.model is not None and state.optimizer is not None:
-                self.model.load_state_dict(state.model)
-                opt.load_state_dict(state.optimizer)
-            if state.rng is not None:
-                set_rng_state(state.rng)
+            self._restore_all(state, opt)
             spe = self.data.num_batches(o.batch_size)
 
             def lr_at(stats: EpochStats) -> float:  # cosine over all dense steps, one epoch of warm-up
@@ -280,17 +307,16 @@ class CompressJob:
         state.model = state.optimizer = None
         self._save(state, None)
 
-    def _prepare(self, state: RunState) -> tuple[geta.Plan, geta.QASSO]:
-        """Prepare the dense model and build QASSO; load the checkpoint's state if there is one."""
+    def _build(self, state: RunState, model: nn.Module) -> tuple[geta.Plan, geta.QASSO]:
+        """Prepare ``model`` with the run's `geta.Config` and build its QASSO optimizer."""
         o = state.options
         config = geta.Config(
             target_sparsity=o.sparsity, weight_bits=o.weight_bits, act_bits=o.act_bits,
             target_bops=o.target_bops, selection=o.selection, min_keep_fraction=o.min_keep,
             quantize_embeddings=o.quantize_embeddings, uniform_layers=o.uniform_layers,
         )  # fmt: skip
-        self.teacher = self._teacher(state) if o.distill > 0 else None
         example = tuple(t.to(self.device) for t in self.data.example(CALIBRATION_SAMPLES))
-        plan = geta.prepare(self.model, example, config)
+        plan = geta.prepare(model, example, config)
         warmup, projection, joint, cooldown = o.stage_epochs()
         schedule = geta.Schedule.from_epochs(
             steps_per_epoch=self.data.num_batches(o.batch_size),
@@ -303,22 +329,36 @@ class CompressJob:
         variant = o.training().optimizer
         extra = {"momentum": o.momentum} if variant == "sgd" else {}
         opt = geta.QASSO(
-            plan,
-            lr,
-            schedule=schedule,
-            lr_quant=o.lr_quant,
-            variant=variant,
-            weight_decay=o.weight_decay,
-            grad_clip=o.grad_clip,
-            forget=o.forget,
-            bits=o.bit_rule,
-            **extra,
-        )
-        if state.model is not None and state.optimizer is not None:
-            self.model.load_state_dict(state.model)
-            opt.load_state_dict(state.optimizer)
-        if state.rng is not None:
-            set_rng_state(state.rng)  # `prepare` may draw random numbers: start from the checkpoint's
+            plan, lr, schedule=schedule, lr_quant=o.lr_quant, variant=variant,
+            weight_decay=o.weight_decay, grad_clip=o.grad_clip, forget=o.forget, bits=o.bit_rule, **extra,
+        )  # fmt: skip
+        return plan, opt
+
+    def _check_budget(self, state: RunState) -> None:
+        """Build the compression on a throwaway copy of the model: is ``--target-bops`` reachable?
+
+        The random states are put back afterwards, so the run is the same as without the check.
+        """
+        o, saved = state.options, rng_state()
+        try:
+            with quiet_capture(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the real `prepare` warns later, once
+                self._build(state, copy.deepcopy(self.model))
+        except InfeasibleBudget as exc:
+            raise CliError(
+                f"--target-bops {o.target_bops:g} cannot be met: with the lower ends of --weight-bits "
+                f"{o.weight_bits[0]} and --act-bits {o.act_bits[0] if o.act_bits else 'none'} and "
+                f"--sparsity {o.sparsity:g} the model costs {exc.floor:.6g} of the dense BOPs; pass "
+                f"--target-bops {exc.floor:.6g} or more, lower those lower ends or raise --sparsity"
+            ) from None
+        finally:
+            set_rng_state(saved)
+
+    def _prepare(self, state: RunState) -> tuple[geta.Plan, geta.QASSO]:
+        """Prepare the dense model and build QASSO; load the checkpoint's state if there is one."""
+        self.teacher = self._teacher(state) if state.options.distill > 0 else None
+        plan, opt = self._build(state, self.model)
+        self._restore_all(state, opt)  # `prepare` may draw random numbers: start from the checkpoint's
         self.plan = plan
         self.reporter.note(
             f"prepared: {len(plan.prunable_groups)} of {len(plan.groups)} groups prunable "
@@ -326,6 +366,14 @@ class CompressJob:
             f"{len(plan.quantizers)} quantizers"
         )
         return plan, opt
+
+    def _restore_all(self, state: RunState, opt: torch.optim.Optimizer) -> None:
+        """Load the checkpoint's model, optimizer and RNG states (those it has)."""
+        if state.model is not None and state.optimizer is not None:
+            _restore("model", lambda: self.model.load_state_dict(state.model), self.out)
+            _restore("optimizer", lambda: opt.load_state_dict(state.optimizer), self.out)
+        if state.rng is not None:
+            _restore("rng", lambda: set_rng_state(state.rng), self.out)
 
     def _teacher(self, state: RunState) -> nn.Module:
         """A frozen copy of the dense model (eval mode) that teaches the compressed one."""
@@ -389,10 +437,27 @@ class CompressJob:
         o = state.options
         stats = EpochStats(**state.partial) if state.batch else EpochStats()
         offset = _COMPRESS_EPOCH_SEED if state.phase == "compress" else 0
+        try:
+            return self._train_epoch(state, opt, lr_at, stats, offset)
+        except NonFiniteError as exc:
+            raise CliError(
+                f"{exc}; lower --lr (now {o.learning_rates()[1]:g}) or --lr-quant ({o.lr_quant:g}), or set "
+                "--grad-clip (the checkpoint of the last finished epoch, if any, is kept)"
+            ) from None
+
+    def _train_epoch(
+        self,
+        state: RunState,
+        opt: torch.optim.Optimizer,
+        lr_at: Callable[[EpochStats], float],
+        stats: EpochStats,
+        offset: int,
+    ) -> EpochStats:
+        o = state.options
         return train_epoch(
             self.model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
-            on_batch=self._on_batch(), stop=self.stop,
+            on_batch=self._on_batch(state), stop=self.stop,
             teacher=getattr(self, "teacher", None) if state.phase == "compress" else None,
             distill_weight=o.distill, clip_norm=o.training().clip_norm,
         )  # fmt: skip
@@ -425,10 +490,18 @@ class CompressJob:
             self.progress.measured(time.perf_counter() - t0)  # the finish's ETA scales with it
         return {"relative_bops": rep.relative_bops}
 
-    def _on_batch(self) -> Callable[[EpochStats], None]:
+    def _on_batch(self, state: RunState) -> Callable[[EpochStats], None]:
         extra: dict[str, float] = self._extra()
+        flag = "--dense-lr" if state.phase == "dense" else "--lr"
+        lr = state.options.learning_rates()[0 if state.phase == "dense" else 1]
 
         def on_batch(stats: EpochStats) -> None:
+            if not math.isfinite(stats.loss_sum):  # stop at the step, before a checkpoint keeps NaN
+                raise CliError(
+                    f"{state.phase} training diverged at epoch {state.epoch + 1}, batch {stats.batches} "
+                    f"(loss {stats.loss_sum / max(stats.batches, 1)}); lower {flag} (now {lr:g}) or set "
+                    "--clip-norm (the checkpoint of the last finished epoch, if any, is kept)"
+                )
             if stats.batches % 10 == 0:
                 extra.update(self._extra())
             self.reporter.batch(stats, extra)

@@ -318,6 +318,8 @@ def _number(kind: type, lo: float, hi: float | None, *, optional: bool = False) 
             raise CliError(
                 f"{where} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
             ) from None
+        if value != value or value in (float("inf"), float("-inf")):  # NaN passes every comparison
+            raise CliError(f"{where} must be a finite number, got {raw!r}")
         if value < lo or (hi is not None and value > hi):
             span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
             raise CliError(f"{where} must be {span}, got {raw!r}")

@@ -3,6 +3,8 @@
 Everything is written into a staging directory next to ``OUT`` and swapped into place at the
 end, so a run that fails half-way never leaves a half-written folder that looks like a result.
 The run's checkpoint (``OUT/.checkpoint``) is not carried over: a finished run needs none.
+A run that dies inside the swap is completed (or rolled back) by the next run on the same
+``OUT`` before it looks at the folder (`recover_publish`), so ``--resume`` always finds it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from geta.cli.job import JobResult
 from geta.cli.plots import write_plots
 from geta.cli.progress import summary_table
 from geta.cli.quiet import quiet_exporters
+from geta.cli.runlock import holder
 from geta.plan import QuantTarget
 from geta.recipes import Task, build_model, evaluate
 
@@ -35,9 +38,11 @@ __all__ = [
     "RunStatus",
     "absolute_paths",
     "check_out_dir",
+    "check_out_path",
     "kept_fractions",
     "publish",
     "quantizer_bits",
+    "recover_publish",
     "run_status",
     "write_results",
 ]
@@ -50,10 +55,17 @@ class RunStatus(enum.Enum):
     INTERRUPTED = "interrupted"  # a checkpoint newer than any result: resumable
     FINISHED = "finished"  # a report.json and no newer checkpoint
     FOREIGN = "foreign"  # files that are not a geta run
+    RUNNING = "running"  # another process holds the run's lock (`geta.cli.runlock`)
 
 
-def run_status(out: Path) -> RunStatus:
-    """Classify ``out``; a file is `RunStatus.FOREIGN` too."""
+def run_status(out: Path, *, locked: bool = False) -> RunStatus:
+    """Classify ``out``; a file is `RunStatus.FOREIGN` too.
+
+    A folder whose lock another process holds is `RunStatus.RUNNING` (never "interrupted");
+    ``locked=True`` says the caller holds the lock itself, so the probe is skipped.
+    """
+    if not locked and holder(out) is not None:
+        return RunStatus.RUNNING
     if not out.exists():
         return RunStatus.NEW
     if not out.is_dir():
@@ -74,6 +86,8 @@ def check_out_dir(out: Path, status: RunStatus, *, resume: bool = False, overwri
     (continue it) or ``--overwrite`` (start over); ``--resume`` needs an interrupted run (a
     finished one is reported complete by the caller).
     """
+    if status is RunStatus.RUNNING:
+        raise CliError(f"--out {out} is in use by another geta compress ({holder(out)}); pass another --out")
     if status is RunStatus.FOREIGN:
         if not out.is_dir():
             raise CliError(f"--out {out} is a file; pass a directory path (it is created if missing)")
@@ -90,11 +104,38 @@ def check_out_dir(out: Path, status: RunStatus, *, resume: bool = False, overwri
     if status is RunStatus.INTERRUPTED:
         raise CliError(
             f"--out {out} holds an interrupted run; pass --resume to continue it or --overwrite to "
-            "start over (its checkpoint is deleted), or choose another --out"
+            "start over (its checkpoint is replaced), or choose another --out"
         )
     raise CliError(
         f"--out {out} holds a finished run; pass --overwrite to replace it, or choose another --out"
     )
+
+
+def check_out_path(out: Path) -> None:
+    """Check that ``--out`` can be written before any work: not a file, its parent a writable folder.
+
+    Missing parents are created (``--out runs/a`` makes ``runs``); an existing ``out`` must be
+    a folder this process can write into (tried with a probe file).
+    """
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; pass a directory path (it is created if missing)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(
+            f"--out {out}: its parent folder {out.parent} cannot be created ({exc.strerror or exc}); "
+            "pass an --out inside a folder you can write to"
+        ) from None
+    for folder in (out.parent, out) if out.is_dir() else (out.parent,):
+        probe = folder / f".geta-write-probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CliError(
+                f"--out {out}: cannot write into {folder} ({exc.strerror or exc}); "
+                "pass an --out inside a folder you can write to"
+            ) from None
 
 
 @torch.no_grad()
@@ -313,12 +354,59 @@ def absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _move(src: Path, dst: Path) -> None:
+    os.replace(src, dst)  # (one function, so that tests can crash the publishing between steps)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def publish(staging: Path, out: Path) -> None:
-    """Swap ``staging`` into place as ``out``; the old contents, checkpoint included, go."""
+    """Swap ``staging`` (complete: its report.json is written last) into place as ``out``.
+
+    Three steps: ``out`` -> ``.OUT.old-PID``, ``staging`` -> ``out``, delete the old folder
+    (its checkpoint goes with it). Whatever step a crash interrupts, `recover_publish` finishes
+    the swap on the next run, so no work is lost.
+    """
     if not out.exists():
-        os.replace(staging, out)
+        _move(staging, out)
         return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+    old = out.parent / f".{out.name}.old-{staging.name.rpartition('-')[2]}"
+    _move(out, old)
+    _move(staging, out)
+    _remove(old)
+
+
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    """``.OUT.KIND-PID`` folders beside ``out`` (``kind`` is ``staging`` or ``old``)."""
+    prefix = f".{out.name}.{kind}-"
+    if not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.iterdir() if p.name.startswith(prefix))
+
+
+def recover_publish(out: Path) -> str | None:
+    """Finish what a run that died inside `publish` left beside ``out``; say what was done.
+
+    Call it holding the run's lock (no other run is publishing). When ``out`` is missing, the
+    run died between moving ``out`` away and moving its staging folder in: a complete staging
+    folder is moved in (the run is finished), else the old folder comes back (its checkpoint
+    resumes). Then every leftover staging and old folder is deleted: the results they held are
+    in ``out`` or are recomputed from its checkpoint by ``--resume``.
+    """
+    note = None
+    olds = _leftovers(out, "old")
+    if not out.exists() and olds:
+        for old in reversed(olds):
+            staging = out.parent / f".{out.name}.staging-{old.name.rpartition('-')[2]}"
+            if (staging / "report.json").is_file():
+                _move(staging, out)
+                note = f"completed the publishing of {out} that an earlier run left unfinished"
+                break
+        else:
+            _move(olds[-1], out)
+            note = f"restored {out} from {olds[-1].name}, left by a run that stopped while publishing"
+    for leftover in _leftovers(out, "old") + _leftovers(out, "staging"):
+        _remove(leftover)
+    return note

@@ -69,7 +69,6 @@ MAGIC = b"GETAPACK"
 FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<8sIQ32s")  # magic, version, manifest length, SHA-256 of the manifest
 _PREFIX_V1 = struct.Struct("<8sIQ")  # version 1: no checksums
-_MAX_MANIFEST = 1 << 30  # bytes of the decompressed manifest (a damaged length cannot ask for more)
 
 
 @dataclass(frozen=True)
@@ -198,6 +197,18 @@ def packed(model: nn.Module, path: str | os.PathLike[str]) -> PackedInfo:
     )  # fmt: skip
 
 
+MAX_MANIFEST_BYTES = 1 << 28  # 256 MiB of JSON: far beyond any real model's tensor list
+
+
+def _inflate(raw: bytes, path: str) -> bytes:
+    """Decompress the manifest, refusing one that inflates past `MAX_MANIFEST_BYTES` (a zip bomb)."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(raw, MAX_MANIFEST_BYTES)
+    if inflater.unconsumed_tail:
+        raise GetaError(f"{path}: the manifest of this packed file inflates past {MAX_MANIFEST_BYTES} bytes")
+    return out + inflater.flush()
+
+
 def _header(path: str, blob: bytes) -> tuple[int, int, bytes | None]:
     """(manifest start, manifest length, the manifest's SHA-256 or None for version 1)."""
     if len(blob) < _PREFIX_V1.size:
@@ -215,8 +226,11 @@ def _header(path: str, blob: bytes) -> tuple[int, int, bytes | None]:
 
 
 def _read(path: str) -> tuple[dict[str, Any], bytes]:
-    with open(path, "rb") as f:
-        blob = f.read()
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        raise GetaError(f"{path} cannot be read as a packed file ({exc.strerror or exc})") from None
     start, length, digest = _header(path, blob)
     if start + length > len(blob):
         raise IntegrityError(
@@ -227,11 +241,7 @@ def _read(path: str) -> tuple[dict[str, Any], bytes]:
     if digest is not None and hashlib.sha256(raw).digest() != digest:
         raise IntegrityError(f"{path} is damaged: its manifest does not match its SHA-256 checksum")
     try:
-        inflate = zlib.decompressobj()
-        text = inflate.decompress(raw, _MAX_MANIFEST)
-        if inflate.unconsumed_tail:
-            raise GetaError(f"{path}: the manifest exceeds {_MAX_MANIFEST} bytes")
-        manifest = json.loads(text.decode("utf-8"))
+        manifest = json.loads(_inflate(raw, path).decode("utf-8"))
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GetaError(f"{path}: the manifest of this packed file is damaged ({exc})") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
@@ -249,8 +259,12 @@ def _entry_bytes(path: str, e: dict[str, Any]) -> int:
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise _fail(path, e["name"], f"has an invalid shape {shape!r}")
     count = math.prod(shape)
+    try:
+        itemsize = _parse_dtype(str(e.get("dtype"))).itemsize
+    except GetaError:
+        raise _fail(path, e["name"], f"has an unknown dtype {e.get('dtype')!r}") from None
     if e["encoding"] == "raw":
-        return count * _parse_dtype(str(e.get("dtype"))).itemsize
+        return count * itemsize
     bits = e.get("bits")
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
         raise _fail(path, e["name"], f"has an invalid bit width {bits!r}")
@@ -287,6 +301,61 @@ def _check_entries(path: str, manifest: dict[str, Any], data: bytes) -> None:
     for e in manifest["tensors"]:
         if e.get("encoding") == "alias" and e.get("of") not in names:
             raise _fail(path, e["name"], f"is an alias of {e.get('of')!r}, which the file does not hold")
+
+
+def _check_manifest(manifest: Any, data_bytes: int, path: str) -> None:
+    """Refuse a manifest whose entries do not describe the data that follows it.
+
+    Checked before any tensor is allocated: a damaged or forged manifest (a shape of 10^12
+    elements, an offset past the end, an unknown encoding) is one `GetaError` naming the entry,
+    not a 160 GB allocation or a traceback from deep inside torch.
+    """
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
+        raise GetaError(f"{path}: the manifest of this packed file is damaged (no list of tensors)")
+    names = {e.get("name") for e in manifest["tensors"] if isinstance(e, dict)}
+    for i, e in enumerate(manifest["tensors"]):
+        name = e.get("name") if isinstance(e, dict) else None
+        problem = _entry_problem(e, data_bytes, names) if isinstance(name, str) else "has no name"
+        if problem:
+            raise GetaError(f"{path}: tensor {name or i!r} of the manifest {problem}; the file is damaged")
+
+
+def _entry_problem(e: dict[str, Any], data_bytes: int, names: set[Any]) -> str | None:
+    """What is wrong with one manifest entry, or None."""
+    kind = e.get("encoding")
+    if kind == "alias":
+        return None if e.get("of") in names and e.get("of") != e["name"] else "is an alias of no tensor"
+    if kind not in ("raw", "codes"):
+        return f"has unknown encoding {kind!r}"
+    shape, offset, nbytes = e.get("shape"), e.get("offset"), e.get("nbytes")
+    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        return f"has a bad shape {shape!r}"
+    if not all(isinstance(v, int) and v >= 0 for v in (offset, nbytes)) or offset + nbytes > data_bytes:
+        return f"lies outside the data (offset {offset!r}, {nbytes!r} bytes of {data_bytes})"
+    try:
+        itemsize = _parse_dtype(str(e.get("dtype"))).itemsize
+    except (GetaError, AttributeError):
+        return f"has unknown dtype {e.get('dtype')!r}"
+    if kind == "raw":
+        need = math.prod(shape) * itemsize
+    else:
+        bits = e.get("bits")
+        if not (isinstance(bits, int) and 1 <= bits <= 64 and isinstance(e.get("code_min"), int)):
+            return f"has bad codes (bits {bits!r}, code_min {e.get('code_min')!r})"
+        need = math.ceil(math.prod(shape) * bits / 8)
+    return None if need == nbytes else f"claims shape {shape} ({need} bytes) but holds {nbytes} bytes"
+
+
+def _fit_checked(skeleton: nn.Module, structure: Any, shapes: dict[str, Any], path: str) -> None:
+    """`fit` the skeleton to the manifest's structure record; a malformed record is one `GetaError`."""
+    try:
+        fit(skeleton, structure, shapes)
+    except GetaError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise GetaError(
+            f"{path}: the structure record of the manifest is damaged ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -356,16 +425,12 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     True
     """
     manifest, data = _read(os.fspath(path))
-    _check_entries(os.fspath(path), manifest, data)
+    _check_entries(os.fspath(path), manifest, data)  # sizes and checksums (IntegrityError)
+    _check_manifest(manifest, len(data), os.fspath(path))  # dtypes, code ranges, aliases
     entries = {e["name"]: e for e in manifest["tensors"]}
     if "structure" in manifest:
         shapes = {n: e["shape"] for n, e in entries.items() if "shape" in e}
-        try:
-            fit(skeleton, manifest["structure"], shapes)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise GetaError(
-                f"{os.fspath(path)}: its structure record is damaged ({type(exc).__name__}: {exc})"
-            ) from None
+        _fit_checked(skeleton, manifest["structure"], shapes, os.fspath(path))
     expected = skeleton.state_dict(keep_vars=True)
     if set(entries) != set(expected):
         missing, extra = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import sys
@@ -393,6 +394,32 @@ def _load_weights(model: PreTrainedModel, state: dict[str, torch.Tensor], folder
         raise ExportError(f"{folder}: the checkpoint lacks {left[:5]}; it is incomplete")
 
 
+def _damaged_folder_is_one_error(load: Callable[..., PreTrainedModel]) -> Callable[..., PreTrainedModel]:
+    """Turn whatever a damaged folder makes transformers, safetensors or torch raise into one line.
+
+    A geta error passes through as it is; any other exception while reading the folder (bad
+    JSON, a truncated safetensors file, a tensor of another shape) becomes an `ExportError`
+    naming the folder and the first line of the cause.
+    """
+    from geta.errors import GetaError
+
+    @functools.wraps(load)
+    def checked(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> PreTrainedModel:
+        try:
+            return load(path, *args, **kwargs)
+        except GetaError:
+            raise
+        except Exception as exc:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise ExportError(
+                f"{os.fspath(path)} cannot be loaded as a geta save_pretrained folder "
+                f"({type(exc).__name__}: {first[:300]}); write it again with geta.export.pretrained"
+            ) from None
+
+    return checked
+
+
+@_damaged_folder_is_one_error
 def load_pretrained(
     path: str | os.PathLike[str],
     model_class: type[PreTrainedModel] | None = None,

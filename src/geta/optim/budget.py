@@ -26,7 +26,18 @@ from geta.plan import Plan
 from geta.reporting.count import layer_costs
 from geta.reporting.model import FP32_BITS
 
-__all__ = ["BitBudget"]
+__all__ = ["BitBudget", "InfeasibleBudget"]
+
+
+class InfeasibleBudget(ConfigError):
+    """``Config.target_bops`` is below the cheapest model the bit ranges and sparsity allow.
+
+    ``target`` is the asked fraction of the dense BOPs, ``floor`` the smallest reachable one.
+    """
+
+    def __init__(self, message: str, *, target: float, floor: float) -> None:
+        super().__init__(message)
+        self.target, self.floor = target, floor
 
 
 def _kept_fractions(layout: UnitLayout, removed_per_group: Tensor) -> dict[tuple[int, int], float]:
@@ -75,11 +86,13 @@ class BitBudget:
             self.budget = float(target) * self.dense_bops
             floor = self.bops(self.lo)
             if floor > self.budget * (1 + 1e-9):
-                raise ConfigError(
+                raise InfeasibleBudget(
                     f"Config.target_bops={target} cannot be met: with every quantizer at its lower "
                     f"bit bound and target_sparsity={plan.config.target_sparsity} the model costs "
                     f"{floor / self.dense_bops:.6f} of the dense BOPs; raise target_bops, lower the "
-                    "bit ranges' lower ends or raise target_sparsity"
+                    "bit ranges' lower ends or raise target_sparsity",
+                    target=float(target),
+                    floor=floor / self.dense_bops,
                 )
 
     def bops(self, bits: Tensor) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,16 +88,42 @@ def _unpickle(path: Path) -> tuple[Tensor, Tensor]:
     try:
         with path.open("rb") as f:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
+        raw_data = np.asarray(batch[b"data"])
+        raw_labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")))
     except Exception as exc:
         raise RecipeError(
             f"CIFAR-10 file {path} could not be read ({type(exc).__name__}: {exc}); expected the "
             "python-pickle version (cifar-10-python.tar.gz, extracted)"
         ) from None
+    data, labels = _checked_cifar(raw_data, raw_labels, path)
     if len(labels) != len(data):
         raise RecipeError(f"CIFAR-10 file {path} holds {len(data)} images but {len(labels)} labels")
     return torch.from_numpy(data), torch.from_numpy(labels)
+
+
+def _checked_cifar(data: Any, labels: Any, path: Path) -> tuple[Any, Any]:
+    """Pixels as uint8 (N, 3, 32, 32) and labels as int64, refusing what a cast would hide.
+
+    Pixels must be whole numbers in [0, 255] (a NaN or 300 is an error, not a wrapped byte) and
+    labels whole numbers in [0, 10).
+    """
+
+    def whole(a: Any, lo: int, hi: int) -> bool:
+        if a.dtype.kind not in "iuf" or a.size == 0:
+            return False
+        return bool(np.isfinite(a).all() and (a == np.round(a)).all() and a.min() >= lo and a.max() <= hi)
+
+    if not whole(data, 0, 255) or data.size % (3 * 32 * 32):
+        raise RecipeError(
+            f"CIFAR-10 file {path}: 'data' must hold whole pixel values in [0, 255], 3072 per image "
+            f"(got dtype {data.dtype}, {data.size} values); the file is damaged or not CIFAR-10"
+        )
+    if labels.ndim != 1 or not whole(labels, 0, 9):
+        raise RecipeError(
+            f"CIFAR-10 file {path}: 'labels' must be whole numbers in [0, 9]; the file is damaged "
+            "or not CIFAR-10"
+        )
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar10(directory: str) -> DataBundle:
