@@ -23,6 +23,7 @@ MODULES = [
     "geta.reporting.macs",
     "geta.reporting.model",
     "geta.export.bitpack",
+    "geta.export.interface",
     "geta.export.qdq",
     "geta.recipes.data",
     "geta.recipes.text",

@@ -90,7 +90,7 @@ def test_onnx_export_of_a_pruned_quantized_resnet(tmp_path: Path) -> None:
     from onnx import numpy_helper
 
     model, x = _quantized("resnet", 4)
-    info = onnx(model, x, tmp_path / "resnet.onnx", fold_batchnorm=False, integer_convolutions=False)
+    info = onnx(model, x, tmp_path / "resnet.onnx", fold_batchnorm=False)
     assert info.max_relative_diff is not None and info.max_relative_diff <= 1e-3
     assert info.argmax_agreement is not None and info.argmax_agreement >= 0.99
     proto = onnx_lib.load(str(tmp_path / "resnet.onnx"))

@@ -14,6 +14,7 @@ from typing import Any
 from geta.cli.artifacts import add_checkpoint_argument, load_inputs, load_module, locate
 from geta.cli.errors import CliError
 from geta.cli.quiet import quiet_exporters
+from geta.recipes import export_form
 
 __all__ = ["add_parser", "run"]
 
@@ -49,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out}: the directory {out.parent} does not exist; create it first")
     model = load_module(files.model)
     if args.format == "onnx":
-        inputs = load_inputs(files, args.input_shape, args.input_dtype)
+        module, inputs = export_form(model, load_inputs(files, args.input_shape, args.input_dtype))
         try:
             with quiet_exporters():
-                info = geta.export.onnx(model, inputs, out)
+                info = geta.export.onnx(module, inputs, out)
         except ImportError as exc:
             raise CliError(
                 f"ONNX export needs onnx, onnxruntime and onnxscript ({exc}): pip install 'torch-geta[onnx]'"

@@ -28,7 +28,7 @@ from geta.cli.plots import write_plots
 from geta.cli.progress import summary_table
 from geta.cli.quiet import quiet_exporters
 from geta.plan import QuantTarget
-from geta.recipes import Task, build_model, evaluate
+from geta.recipes import Task, build_model, evaluate, export_form
 
 __all__ = [
     "RunStatus",
@@ -187,9 +187,12 @@ def _write_files(
     if not export:
         return {}
     files = {"onnx": staging / "model.onnx", "packed": staging / "model.geta", "pretrained": staging / "hf"}
+    # a wrapped Hugging Face model is exported as itself: input_ids + attention_mask -> logits;
+    # a failed parity check writes no file (the error, in the report, says why)
+    module, inputs = export_form(small, example)
     with quiet_exporters():
         exports = {
-            "onnx": _export(lambda: geta.export.onnx(small, example, str(files["onnx"]))),
+            "onnx": _export(lambda: geta.export.onnx(module, inputs, str(files["onnx"]))),
             "packed": _export(lambda: geta.export.packed(small, str(files["packed"]))),
         }
         hf = _hf_model(small)

@@ -5,8 +5,9 @@ The model is first turned into its deployment form (`geta.export.qdq.deployable`
 weight codes + DequantizeLinear, QuantizeLinear/DequantizeLinear on layer inputs, with the
 learned steps as scales), then written by the dynamo exporter (``torch.onnx.export(...,
 dynamo=True)``) with symbolic ``batch`` and ``sequence`` axes (`geta.export.interface`).
-Convolutions that onnxruntime would run in float on dequantized weights are rewritten into
-``ConvInteger`` (`geta.export.integer_ops`). A JSON record of every quantized tensor
+On request (``integer_convolutions=True``) the convolutions that onnxruntime would run in
+float on dequantized weights are rewritten into ``ConvInteger`` (`geta.export.integer_ops`). A
+JSON record of every quantized tensor
 (`ExportInfo.to_dict`) is stored in the file's ``metadata_props["geta"]``.
 
 The parity check (``check=True``, `geta.export.parity`) runs the file in onnxruntime on the
@@ -89,7 +90,7 @@ def onnx(
     dynamic_sequence: bool = True,
     dynamic_shapes: Any = None,
     fold_batchnorm: bool = True,
-    integer_convolutions: bool = True,
+    integer_convolutions: bool = False,
 ) -> ExportInfo:
     """Export ``model`` (with geta quantizers) to ``path`` as an ONNX QDQ graph.
 
@@ -107,7 +108,9 @@ def onnx(
     ``fold_batchnorm`` folds each BatchNorm that follows a convolution into it (exactly; see
     `geta.export.qdq.deployable`), so that onnxruntime can run the convolution on integers;
     ``integer_convolutions`` writes the quantized convolutions that onnxruntime would still run
-    in float (e.g. those feeding a residual add) as ``ConvInteger`` (`geta.export.integer_ops`).
+    in float (e.g. those feeding a residual add) as ``ConvInteger`` (`geta.export.integer_ops`):
+    every quantized convolution then runs on integers, exactly, but onnxruntime's CPU
+    ``ConvInteger`` is slower than its float ``Conv`` (for runtimes that need integer-only graphs).
     ``opset`` is the ai.onnx opset (None: the exporter's default). ``saturation_safe`` stores
     full-range 8-bit weights as uint8 with zero point 128 so that onnxruntime stays exact on
     AVX2 CPUs without VNNI (see `geta.export.qdq`). Returns an `ExportInfo`; raises
