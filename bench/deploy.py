@@ -214,7 +214,8 @@ def _why_lines(nodes: Counter[str], micros: Counter[str], speedup: dict[int, flo
         "come quantized (DequantizeLinear), and a convolution only when its output is re-quantized "
         "too (DequantizeLinear -> Conv -> QuantizeLinear = QLinearConv). geta quantizes layer inputs, "
         "so a convolution whose output feeds a residual add (ResNet's third conv and shortcut) stays "
-        "a float convolution on dequantized weights, as do products whose operands geta keeps float.",
+        "a float convolution on dequantized weights, as do products whose operands geta keeps float "
+        "(integer_convolutions=True writes those convolutions as ConvInteger: the QDQ+CI row).",
         f"  CPU: {cpu}; {_shares(micros)['Q/DQ']:.0f}% of the QDQ file's kernel time is "
         "Quantize/DequantizeLinear"
         + (f", {transposes:.0f}% layout Transposes around QLinearConv (NHWC kernels)" if transposes else "")

@@ -133,7 +133,7 @@ def check_parity(
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the library stays silent
+    options.log_severity_level = 4  # fatal only: the library stays silent (errors are raised)
     for key, value in ORT_SESSION_CONFIG.items():
         options.add_session_config_entry(key, value)
     if not optimize:
