@@ -11,7 +11,9 @@ For each model (a ResNet-50 at 224x224, a BERT-Small encoder at sequence length 
    ``geta.convert``, then ``geta.export.baked(..., fold_batchnorm=True)``: plain float modules;
 3. at 50 %: the float ONNX export of the baked model and the QDQ export of the converted model
    (8-bit weights and inputs: onnxruntime's integer kernels), plus a float ONNX of the dense
-   model; each checked against the torch model it came from, at batch 1 and 32. For the
+   model; for a CNN also the QDQ export with ``integer_convolutions=True`` ("QDQ+CI": the
+   convolutions onnxruntime leaves in float, e.g. before a residual add, as ConvInteger);
+   each checked against the torch model it came from, at batch 1 and 32. For the
    transformer also ``baked(..., int8_linear=True)`` at 50 % (torch.ao's dynamic int8 Linear
    with geta's codes: the only int8 GEMM path of torch 2.13 on CPU), against the float one.
 
@@ -212,7 +214,8 @@ def _why_lines(nodes: Counter[str], micros: Counter[str], speedup: dict[int, flo
         "come quantized (DequantizeLinear), and a convolution only when its output is re-quantized "
         "too (DequantizeLinear -> Conv -> QuantizeLinear = QLinearConv). geta quantizes layer inputs, "
         "so a convolution whose output feeds a residual add (ResNet's third conv and shortcut) stays "
-        "a float convolution on dequantized weights, as do products whose operands geta keeps float.",
+        "a float convolution on dequantized weights, as do products whose operands geta keeps float "
+        "(integer_convolutions=True writes those convolutions as ConvInteger: the QDQ+CI row).",
         f"  CPU: {cpu}; {_shares(micros)['Q/DQ']:.0f}% of the QDQ file's kernel time is "
         "Quantize/DequantizeLinear"
         + (f", {transposes:.0f}% layout Transposes around QLinearConv (NHWC kernels)" if transposes else "")
@@ -289,12 +292,24 @@ def _build(case: Case, args: argparse.Namespace, folder: str, saturation_safe: b
         # compared below at batch 1 and 32; the export's own check (<= 1e-3) is not applied: in a
         # deep W8A8 network float rounding moves a few activations across a rounding boundary
         geta.export.onnx(converted[0.5], x, files["qdq"], saturation_safe=saturation_safe, check=False)
+        # the same with the convolutions onnxruntime leaves in float written as ConvInteger
+        files["qdq-int"] = os.path.join(folder, f"{case.name}-qdq-int.onnx")
+        rewritten = geta.export.onnx(
+            converted[0.5], x, files["qdq-int"], saturation_safe=saturation_safe, check=False,
+            integer_convolutions=True,
+        ).integer_convolutions  # fmt: skip
+    if not rewritten:  # no such convolution (e.g. a transformer): nothing to compare
+        os.unlink(files.pop("qdq-int"))
     packed = geta.export.packed(converted[0.5], os.path.join(folder, f"{case.name}.geta"))
     variants += [
         Variant("ort dense float", _ort(_session(files["dense"], args.threads)), "torch dense"),
         Variant("ort 50% float", _ort(_session(files["float"], args.threads)), "torch 50%"),
         Variant("ort 50% QDQ", _ort(_session(files["qdq"], args.threads)), "torch 50% W8A8"),
     ]
+    if "qdq-int" in files:
+        variants.append(
+            Variant("ort 50% QDQ+CI", _ort(_session(files["qdq-int"], args.threads)), "torch 50% W8A8")
+        )
     variants.append(Variant("torch 50% W8A8", _call(converted[0.5])))  # the QDQ file's reference, untimed
     return Built(variants, params, files, packed.file_bytes, notes, time.perf_counter() - t0)
 
@@ -310,7 +325,8 @@ def run_case(case: Case, args: argparse.Namespace, folder: str) -> tuple[list[st
     for b in BATCHES:  # the fake-quant model: once per batch, as the QDQ file's reference
         by_label["torch 50% W8A8"].outputs[b] = _numpy(by_label["torch 50% W8A8"].run(case.inputs(b)))
     lines = [
-        f"{case.title}: setup (3 prepare + convert + bake, 3 ONNX exports) {built.seconds:.0f} s; "
+        f"{case.title}: setup (3 prepare + convert + bake, {len(built.files)} ONNX exports) "
+        f"{built.seconds:.0f} s; "
         f"medians of {args.rounds1} (batch 1) / {args.rounds32} (batch 32) interleaved rounds",
         f"  {'variant':<18} {'params M':>9} {'b=1 ms':>9} {'b=32 ms':>9} {'speedup b=1':>12} "
         f"{'speedup b=32':>13}  parity at b=1, b=32: max rel diff, argmax agreement",
@@ -331,7 +347,17 @@ def run_case(case: Case, args: argparse.Namespace, folder: str) -> tuple[list[st
     sizes = {k: _size(p) / 2**20 for k, p in built.files.items()}
     lines += [
         "  (speedup: dense / this; torch rows against torch dense, ort rows against ort dense float)",
-        f"  QDQ vs float ONNX at 50 %: float/QDQ latency {speedup[1]:.2f} (b=1), {speedup[32]:.2f} (b=32); "
+        f"  QDQ vs float ONNX at 50 %: float/QDQ latency {speedup[1]:.2f} (b=1), {speedup[32]:.2f} (b=32)"
+        + (
+            "; with integer_convolutions=True (QDQ+CI: every quantized convolution on integers, the ones "
+            "onnxruntime would leave in float as ConvInteger) "
+            + ", ".join(
+                f"{medians[b]['ort 50% float'] / medians[b]['ort 50% QDQ+CI']:.2f} (b={b})" for b in BATCHES
+            )
+            if "qdq-int" in built.files
+            else ""
+        )
+        + "; "
         f"QDQ weights {'int8 (u8s8 kernels)' if vnni else 'uint8 with zero point 128 (u8u8 kernels)'}",
         f"  files at 50 %: float ONNX {sizes['float']:.1f} MiB, QDQ ONNX {sizes['qdq']:.1f} MiB, packed "
         f"{built.packed_bytes / 2**20:.1f} MiB (dense float ONNX {sizes['dense']:.1f} MiB)",
@@ -339,8 +365,14 @@ def run_case(case: Case, args: argparse.Namespace, folder: str) -> tuple[list[st
         "  onnxruntime kernels executed (one profiled run at batch 32; op x nodes, share of kernel time):",
     ]
     profiles = {k: _kernels(built.files[k], case.inputs(32), args.threads, folder) for k in built.files}
-    for key, label in (("dense", "dense float"), ("float", "50% float"), ("qdq", "50% QDQ")):
-        lines += _kernel_lines(label, *profiles[key])
+    for key, label in (
+        ("dense", "dense float"),
+        ("float", "50% float"),
+        ("qdq", "50% QDQ"),
+        ("qdq-int", "50% QDQ+CI"),
+    ):
+        if key in profiles:
+            lines += _kernel_lines(label, *profiles[key])
     lines += _why_lines(*profiles["qdq"], speedup, vnni)
     return lines, medians[32]["torch dense"] / medians[32]["torch 50%"]
 

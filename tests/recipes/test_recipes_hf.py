@@ -157,3 +157,24 @@ def test_data_errors_name_the_file_line_and_field(bpe_tokenizer: Any, tmp_path: 
         load_data(f"jsonl:{short}", encoder=enc)
     with pytest.raises(RecipeError, match="needs a file: pass --data jsonl:FILE"):
         load_data("jsonl", encoder=enc)
+
+
+def test_export_form_unwraps_geta_wrappers_into_the_models_own_inputs() -> None:
+    """What ``geta compress`` exports: the HF model with ``input_ids`` + ``attention_mask``, same logits."""
+    from geta.recipes import export_form
+    from geta.recipes.hf import CausalLM, SequenceClassifier
+    from geta.testing import zoo
+
+    lm, _ = zoo.build("hf_llama")
+    ids = torch.tensor([[3, 5, 0, 7]])
+    wrapped = CausalLM(lm).eval()
+    module, inputs = export_form(wrapped, (ids,))
+    assert module is lm and set(inputs) == {"input_ids", "attention_mask"}  # type: ignore[arg-type]
+    assert torch.equal(inputs["attention_mask"], torch.ones_like(ids))  # type: ignore[index]
+    with torch.no_grad():
+        assert torch.equal(module(**inputs).logits, wrapped(ids))  # type: ignore[arg-type]
+    bert, _ = zoo.build("hf_bert")
+    _, masked = export_form(SequenceClassifier(bert, pad_id=0), (ids,))
+    assert masked["attention_mask"].tolist() == [[1, 1, 0, 1]]  # type: ignore[index]
+    plain = torch.nn.Linear(2, 2)
+    assert export_form(plain, (torch.zeros(1, 2),))[0] is plain  # any other model: unchanged

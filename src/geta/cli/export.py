@@ -18,6 +18,7 @@ from geta.cli.errors import CliError
 from geta.cli.hfout import write_hf
 from geta.cli.quiet import quiet_exporters
 from geta.cli.rebuild import load_run
+from geta.recipes import export_form
 
 __all__ = ["add_parser", "run"]
 
@@ -55,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out}: the directory {out.parent} does not exist; create it first")
     model = _model(files, args)
     if args.format == "onnx":
-        inputs = load_inputs(files, args.input_shape, args.input_dtype)
+        module, inputs = export_form(model, load_inputs(files, args.input_shape, args.input_dtype))
         try:
             with quiet_exporters():
-                info = geta.export.onnx(model, inputs, out)
+                info = geta.export.onnx(module, inputs, out)
         except ImportError as exc:
             raise CliError(
                 f"ONNX export needs onnx, onnxruntime and onnxscript ({exc}): pip install 'torch-geta[onnx]'"

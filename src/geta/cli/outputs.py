@@ -32,7 +32,7 @@ from geta.cli.progress import summary_table
 from geta.cli.quiet import quiet_exporters
 from geta.cli.runlock import holder
 from geta.plan import QuantTarget
-from geta.recipes import Task, build_model, evaluate
+from geta.recipes import Task, build_model, evaluate, export_form
 
 __all__ = [
     "RunStatus",
@@ -236,10 +236,13 @@ def _write_files(
     torch.save(example, staging / "inputs.pt")
     torch.save(dense.state_dict(), staging / "dense.pt")
     files = {"onnx": staging / "model.onnx", "packed": staging / "model.geta", "pretrained": staging / "hf"}
+    # a wrapped Hugging Face model is exported as itself: input_ids + attention_mask -> logits;
+    # a failed parity check writes no file (the error, in the report, says why)
+    module, inputs = export_form(small, example)
     with quiet_exporters():  # model.geta always: geta report/export rebuild the model from it
         exports = {"packed": _export(lambda: geta.export.packed(small, str(files["packed"])))}
         if export:
-            exports["onnx"] = _export(lambda: geta.export.onnx(small, example, str(files["onnx"])))
+            exports["onnx"] = _export(lambda: geta.export.onnx(module, inputs, str(files["onnx"])))
         hf = _hf_model(small) if export else None
         if hf is not None:  # a Hugging Face model: integer weights, tokenizer and a model card
             spec = report["options"]["model"]

@@ -1,8 +1,10 @@
 """Write compressed models for deployment: ONNX (QDQ), a packed low-bit file, a plain torch module.
 
 - `onnx(model, example_inputs, path)`: an ONNX graph with QuantizeLinear/DequantizeLinear per
-  quantized tensor, a dynamic batch axis and named outputs, checked against the torch model in
-  onnxruntime (`geta.export.onnx_export`, `geta.export.interface`);
+  quantized tensor, dynamic batch and (token inputs) sequence axes and named outputs, checked
+  against the torch model in onnxruntime, written only if it passes (`geta.export.onnx_export`,
+  `geta.export.interface`, `geta.export.parity`; ``ConvInteger`` on request:
+  `geta.export.integer_ops`);
 - `packed(model, path)` / `load_packed(path, model)`: integer codes at their real bit width,
   per-tensor scales, the other tensors raw, and a JSON manifest; loads into a freshly built
   model of the same class (`geta.export.packfile`, `geta.export.skeleton`);

@@ -49,6 +49,9 @@ class ExportInfo:
     tensors: list[TensorExport] = field(default_factory=list)
     max_relative_diff: float | None = None  # max|onnx - torch| / max|torch| (None: not checked)
     argmax_agreement: float | None = None  # fraction of equal argmax over the last dim
+    # symbolic axes of the file's inputs, e.g. {"input_ids": {0: "batch", 1: "sequence"}}
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    integer_convolutions: int = 0  # convolutions written as ConvInteger (`geta.export.integer_ops`)
 
     @property
     def limited(self) -> list[TensorExport]:
@@ -62,5 +65,7 @@ class ExportInfo:
             "opset": self.opset,
             "max_relative_diff": self.max_relative_diff,
             "argmax_agreement": self.argmax_agreement,
+            "dynamic_axes": {k: {str(d): n for d, n in v.items()} for k, v in self.dynamic_axes.items()},
+            "integer_convolutions": self.integer_convolutions,
             "tensors": [asdict(t) for t in self.tensors],
         }

@@ -1,24 +1,20 @@
-"""`geta.export.onnx`: a QDQ ONNX file of a quantized model, checked in onnxruntime.
+"""`geta.export.onnx`: a QDQ ONNX file of a quantized model that runs at any batch and sequence
+length, checked in onnxruntime.
 
 The model is first turned into its deployment form (`geta.export.qdq.deployable`: integer
 weight codes + DequantizeLinear, QuantizeLinear/DequantizeLinear on layer inputs, with the
 learned steps as scales), then written by the dynamo exporter (``torch.onnx.export(...,
-dynamo=True)``). A JSON record of every quantized tensor (`ExportInfo.to_dict`) is stored in
-the file's ``metadata_props["geta"]``.
+dynamo=True)``) with symbolic ``batch`` and ``sequence`` axes (`geta.export.interface`).
+On request (``integer_convolutions=True``) the convolutions that onnxruntime would run in
+float on dequantized weights are rewritten into ``ConvInteger`` (`geta.export.integer_ops`). A
+JSON record of every quantized tensor
+(`ExportInfo.to_dict`) is stored in the file's ``metadata_props["geta"]``.
 
-The parity check (``check=True``) runs the file in onnxruntime with its default (full)
-graph optimisations, i.e. with the fused integer kernels a user would get, on the example
-inputs, and compares with the *original* torch model: the largest relative difference
-max|onnx - torch| / max|torch| must be <= `PARITY_MAX_RELATIVE_DIFF` and the argmax over the
-last dimension must agree on >= `PARITY_MIN_ARGMAX` of the rows; otherwise `ExportError`.
-
-One session setting, `ORT_SESSION_CONFIG`, is part of the check and is recorded in the file
-(``metadata_props["geta.onnxruntime_session_config"]``): onnxruntime rewrites a weight-only
-quantized MatMul (float input, DequantizeLinear weight, e.g. a transformer projection without
-an input quantizer) into ``MatMulNBits`` whose default ``accuracy_level`` 4 quantizes the
-*activations* to int8 at run time — an approximation the model never had (about 1 % off on
-the zoo's attention model). Level 0 computes them in float and is exact; pass the same entry
-to ``SessionOptions.add_session_config_entry`` when deploying.
+The parity check (``check=True``, `geta.export.parity`) runs the file in onnxruntime on the
+example inputs and, when the file has dynamic axes, on the example resized along them (one
+more row, one token fewer), and compares with the *original* torch model. The file is written
+next to ``path`` and moved there only when the check passes: a failed export leaves nothing
+behind (and an older file at ``path`` untouched).
 
 onnx, onnxruntime and onnxscript are imported only when this is called
 (``pip install 'torch-geta[onnx]'``).
@@ -29,31 +25,45 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import inspect
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from geta.export.info import ExportError, ExportInfo
-from geta.export.interface import batch_shapes, output_names
+from geta.export.integer_ops import integer_convolutions as rewrite_convolutions
+from geta.export.interface import (
+    BATCH_DIM_NAME,
+    SEQUENCE_DIM_NAME,
+    batch_shapes,
+    dynamic_dims,
+    output_names,
+    resized,
+)
+from geta.export.parity import (
+    ORT_SESSION_CONFIG,
+    PARITY_MAX_RELATIVE_DIFF,
+    PARITY_MIN_ARGMAX,
+    check_parity,
+    mismatch_message,
+    run_eval,
+)
 from geta.export.qdq import deployable
 from geta.graph.capture import normalize_inputs
 
 __all__ = ["ORT_SESSION_CONFIG", "PARITY_MAX_RELATIVE_DIFF", "PARITY_MIN_ARGMAX", "check_parity", "onnx"]
 
-PARITY_MAX_RELATIVE_DIFF = 1e-3
-PARITY_MIN_ARGMAX = 0.99
 # torch's per-node debug records (stack traces with local paths, fx nodes, class lists): about
 # two thirds of a small model's file; the module namespace and name scopes are kept
 _DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
-ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}  # float activations in MatMulNBits
 
 
 @contextlib.contextmanager
@@ -77,26 +87,36 @@ def onnx(
     check: bool = True,
     saturation_safe: bool = True,
     dynamic_batch: bool = True,
+    dynamic_sequence: bool = True,
     dynamic_shapes: Any = None,
     fold_batchnorm: bool = True,
+    integer_convolutions: bool = False,
 ) -> ExportInfo:
     """Export ``model`` (with geta quantizers) to ``path`` as an ONNX QDQ graph.
 
     The file's inputs carry the names of ``forward``'s arguments and its outputs are named from
-    what the model returns (``"output"``, or a dict's keys such as ``"logits"``; see
-    `geta.export.interface`). With ``dynamic_batch`` dim 0 of every input is a symbolic
-    ``"batch"`` dimension, so the file runs at any batch size; ``dynamic_shapes`` (passed to
-    ``torch.onnx.export``) replaces that rule when given. A model without geta quantizers is
-    exported as a plain float graph.
+    what the model returns (``"output"``, or a dict's keys such as a Hugging Face model's
+    ``"logits"``; see `geta.export.interface`). With ``dynamic_batch`` dim 0 of every input is
+    a symbolic ``"batch"`` dimension, with ``dynamic_sequence`` dim 1 of every integer input of
+    two or more dims (token ids, attention masks) a symbolic ``"sequence"``, so the file runs
+    at any batch size and length whatever the example's were (a model that fixes its length
+    keeps a fixed one: the export then falls back to a dynamic batch only, see
+    ``ExportInfo.dynamic_axes``). ``dynamic_shapes`` (passed to ``torch.onnx.export``)
+    replaces these rules when given. A model without geta quantizers is exported as a plain
+    float graph.
 
     ``fold_batchnorm`` folds each BatchNorm that follows a convolution into it (exactly; see
-    `geta.export.qdq.deployable`), so that onnxruntime can run the convolution on integers.
+    `geta.export.qdq.deployable`), so that onnxruntime can run the convolution on integers;
+    ``integer_convolutions`` writes the quantized convolutions that onnxruntime would still run
+    in float (e.g. those feeding a residual add) as ``ConvInteger`` (`geta.export.integer_ops`):
+    every quantized convolution then runs on integers, exactly, but onnxruntime's CPU
+    ``ConvInteger`` is slower than its float ``Conv`` (for runtimes that need integer-only graphs).
     ``opset`` is the ai.onnx opset (None: the exporter's default). ``saturation_safe`` stores
     full-range 8-bit weights as uint8 with zero point 128 so that onnxruntime stays exact on
     AVX2 CPUs without VNNI (see `geta.export.qdq`). Returns an `ExportInfo`; raises
-    `ExportError` if the export fails or (``check``) the file does not reproduce the torch model
-    in onnxruntime; ``ImportError`` without onnx, onnxruntime or onnxscript
-    (``pip install 'torch-geta[onnx]'``).
+    `ExportError` if the export fails or (``check``) the file does not reproduce the torch
+    model in onnxruntime, and then writes nothing; ``ImportError`` without onnx, onnxruntime
+    or onnxscript (``pip install 'torch-geta[onnx]'``).
 
     Load it with the session setting recorded in the file (`ORT_SESSION_CONFIG`)::
 
@@ -110,28 +130,128 @@ def onnx(
     deploy, tensors = deployable(
         model, example_inputs, saturation_safe=saturation_safe, fold_batchnorm=fold_batchnorm
     )
-    names = output_names(_run(deploy, args, kwargs))
-    auto_batch = dynamic_shapes is None and dynamic_batch
-    shapes = batch_shapes(deploy, args, kwargs) if auto_batch else dynamic_shapes
-    program = _torch_export(model, deploy, args, kwargs, opset=opset, shapes=shapes, auto_batch=auto_batch)
-    if program is None:  # only possible with dynamo=False
-        raise ExportError("torch.onnx.export returned no program")
+    names = output_names(run_eval(deploy, args, kwargs))
+    if dynamic_shapes is not None:
+        program = _torch_export(model, deploy, args, kwargs, opset=opset, shapes=dynamic_shapes)
+    else:
+        program = _dynamic_export(model, deploy, args, kwargs, opset, dynamic_batch, dynamic_sequence)
     _name_outputs(program.model.graph, names)
-    info = ExportInfo(os.fspath(path), program.model.opset_imports.get(""), tensors)
-    _save(program, info)
-    if not check:
-        return info
-    importlib.import_module("onnx").checker.check_model(os.fspath(path))
-    rel, agree = check_parity(model, example_inputs, path)
-    info = dataclasses.replace(info, max_relative_diff=rel, argmax_agreement=agree)
-    if rel > PARITY_MAX_RELATIVE_DIFF or agree < PARITY_MIN_ARGMAX:
-        raise ExportError(_mismatch_message(model, example_inputs, info, saturation_safe))
+    rewritten = rewrite_convolutions(program.model) if integer_convolutions else 0
+    axes = _symbolic_axes(program.model.graph)
+    info = ExportInfo(os.fspath(path), program.model.opset_imports.get(""), tensors, dynamic_axes=axes,
+                      integer_convolutions=rewritten)  # fmt: skip
+    with _staged(path) as file:
+        _save(program, info, file)
+        if check:
+            importlib.import_module("onnx").checker.check_model(os.fspath(file))
+            info = _checked(model, example_inputs, file, info, saturation_safe)
+    return info
+
+
+@contextlib.contextmanager
+def _staged(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A file path in a fresh folder next to ``path``; its files move to ``path``'s folder only
+    if the block succeeds (an exporter's external ``.data`` file with it). The folder goes."""
+    final = Path(path)
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield folder / final.name
+        for file in folder.iterdir():
+            os.replace(file, final.parent / file.name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sizes(args: tuple[Any, ...], kwargs: dict[str, Any], *, batch: bool, sequence: bool) -> dict[str, int]:
+    """The example's size of each symbolic dim (`geta.export.interface.dynamic_dims`)."""
+    sizes: dict[str, int] = {}
+    for t in _leaves((args, kwargs)):
+        for d, name in dynamic_dims(t, batch=batch, sequence=sequence).items():
+            sizes.setdefault(name, int(t.shape[d]))
+    return sizes
+
+
+def _leaves(value: object) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _leaves(v)
+
+
+def _dynamic_export(
+    model: nn.Module, deploy: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+    opset: int | None, batch: bool, sequence: bool,
+) -> Any:  # fmt: skip
+    """Export with the requested symbolic axes; without the sequence axis if the model fixes it.
+
+    The graph is traced on the example repeated to at least 2 along each symbolic axis (torch
+    fixes a dimension whose example size is 0 or 1), and the axes must stay symbolic.
+    """
+    wanted = _sizes(args, kwargs, batch=batch, sequence=sequence)
+    attempts = [wanted] + ([{k: v for k, v in wanted.items() if k != SEQUENCE_DIM_NAME}]
+                           if SEQUENCE_DIM_NAME in wanted else [])  # fmt: skip
+    error: ExportError | None = None
+    for sizes in attempts:
+        shapes = batch_shapes(deploy, args, kwargs, batch=BATCH_DIM_NAME in sizes,
+                              sequence=SEQUENCE_DIM_NAME in sizes) if sizes else None  # fmt: skip
+        trace_args, trace_kwargs = resized((args, kwargs), {k: max(v, 2) for k, v in sizes.items()})
+        try:
+            program = _torch_export(model, deploy, trace_args, trace_kwargs, opset=opset, shapes=shapes)
+            fixed = set(sizes) - {
+                n for axes in _symbolic_axes(program.model.graph).values() for n in axes.values()
+            }
+            if fixed:
+                raise ExportError(
+                    f"torch.onnx.export fixed the {sorted(fixed)} axis of {type(model).__name__}; if the "
+                    "model needs a fixed size (e.g. a reshape to a constant), pass dynamic_batch=False "
+                    "or dynamic_sequence=False"
+                )
+            return program
+        except ExportError as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
+def _symbolic_axes(graph: Any) -> dict[str, dict[int, str]]:
+    """The symbolic dims of the graph's inputs (an onnx-ir graph), by input name."""
+    axes: dict[str, dict[int, str]] = {}
+    for value in graph.inputs:
+        dims = {d: str(dim) for d, dim in enumerate(value.shape or ()) if not isinstance(dim, int)}
+        if dims:
+            axes[value.name] = dims
+    return axes
+
+
+def _checked(
+    model: nn.Module, example_inputs: object, file: Path, info: ExportInfo, saturation_safe: bool
+) -> ExportInfo:
+    """``info`` with the parity of ``file`` at the example's shape and, along the file's
+    symbolic axes, at another one; `ExportError` (with the reason) if either is off."""
+    args, kwargs = normalize_inputs(example_inputs)
+    named = {n for axes in info.dynamic_axes.values() for n in axes.values()}
+    sizes = _sizes(args, kwargs, batch=BATCH_DIM_NAME in named, sequence=SEQUENCE_DIM_NAME in named)
+    other = {k: v + 1 if k == BATCH_DIM_NAME or v <= 2 else v - 1 for k, v in sizes.items()}
+    worst = (0.0, 1.0, example_inputs)
+    for inputs in [example_inputs] + ([resized(example_inputs, other)] if other else []):
+        rel, agree = check_parity(model, inputs, file)
+        if rel > worst[0] or agree < worst[1]:
+            worst = (max(rel, worst[0]), min(agree, worst[1]), inputs)
+    info = dataclasses.replace(info, max_relative_diff=worst[0], argmax_agreement=worst[1])
+    if worst[0] > PARITY_MAX_RELATIVE_DIFF or worst[1] < PARITY_MIN_ARGMAX:
+        raise ExportError(
+            mismatch_message(model, worst[2], file, info, saturation_safe) + "; no file written"
+        )
     return info
 
 
 def _torch_export(
     model: nn.Module, deploy: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-    opset: int | None, shapes: Any, auto_batch: bool,
+    opset: int | None, shapes: Any,
 ) -> Any:  # fmt: skip
     """``torch.onnx.export(dynamo=True)`` of ``deploy``, quietly; failures as `ExportError`."""
     try:
@@ -150,9 +270,10 @@ def _torch_export(
         raise  # onnxscript missing: pip install 'torch-geta[onnx]'
     except Exception as exc:
         hint = (
-            "if the model fixes its batch size (e.g. a reshape to a constant), pass dynamic_batch=False"
-            if auto_batch
-            else "does the model export with torch.onnx.export(dynamo=True) without geta?"
+            "does the model export with torch.onnx.export(dynamo=True) without geta?"
+            if shapes is None
+            else "if the model fixes its batch size or length (e.g. a reshape to a constant), pass "
+            "dynamic_batch=False or dynamic_sequence=False"
         )
         raise ExportError(
             f"torch.onnx.export failed on {type(model).__name__} ({type(exc).__name__}: "
@@ -177,117 +298,11 @@ def _name_outputs(graph: Any, names: list[str]) -> None:
         value.name = name
 
 
-def _save(program: torch.onnx.ONNXProgram, info: ExportInfo) -> None:
-    """Write the file with geta's records in its metadata and without torch's debug records."""
+def _save(program: torch.onnx.ONNXProgram, info: ExportInfo, file: Path) -> None:
+    """Write ``file`` with geta's records in its metadata and without torch's debug records."""
     for node in program.model.graph.all_nodes():
         for key in _DEBUG_METADATA:
             node.metadata_props.pop(key, None)
     program.model.metadata_props["geta"] = json.dumps(info.to_dict())
     program.model.metadata_props["geta.onnxruntime_session_config"] = json.dumps(ORT_SESSION_CONFIG)
-    program.save(info.path)
-
-
-def _mismatch_message(
-    model: nn.Module, example_inputs: object, info: ExportInfo, saturation_safe: bool
-) -> str:
-    """Say how far off the file is, and whether the graph itself or the runtime's kernels are."""
-    plain, _ = check_parity(model, example_inputs, info.path, optimize=False)
-    hints = []
-    if info.limited:
-        hints.append(
-            f"tensors whose real bits were rounded down: {[t.name for t in info.limited]} "
-            "(freeze integer bits, e.g. QASSO's cool-down, before exporting)"
-        )
-    if plain <= PARITY_MAX_RELATIVE_DIFF:
-        hints.append(
-            "the graph itself matches (without onnxruntime's optimisations the difference is "
-            f"{plain:.3g}): the runtime's integer kernels differ, e.g. its int32 rounding of "
-            "biases when the outputs are tiny"
-            + ("" if saturation_safe else ", or u8s8 saturation: export with saturation_safe=True")
-        )
-    return (
-        f"the ONNX file {info.path} does not reproduce the torch model in onnxruntime: max "
-        f"relative difference {info.max_relative_diff:.3g} (allowed {PARITY_MAX_RELATIVE_DIFF}), "
-        f"argmax agreement {info.argmax_agreement:.1%} (needed {PARITY_MIN_ARGMAX:.0%}); "
-        + "; ".join(hints or ["the exported graph differs from the torch model"])
-    )
-
-
-def _tensors(value: object) -> Iterator[Tensor]:
-    """Tensors of a nested output, depth first, dict values in insertion order (as ONNX flattens)."""
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from _tensors(v)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
-
-
-def _feeds(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str]
-) -> dict[str, Any]:
-    """onnxruntime inputs: by argument name when the names match, else by position."""
-    try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
-    except (TypeError, ValueError):
-        bound = {}
-    if all(isinstance(bound.get(n), Tensor) for n in names):
-        return {n: bound[n].detach().cpu().numpy() for n in names}
-    flat = [t for t in _tensors((args, kwargs))]
-    if len(flat) != len(names):
-        raise ExportError(f"cannot match the ONNX inputs {names} with {len(flat)} example input tensors")
-    return {n: t.detach().cpu().numpy() for n, t in zip(names, flat)}
-
-
-def _run(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``model(*args, **kwargs)`` in eval mode without gradients; train/eval modes restored."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(*args, **kwargs)
-    finally:
-        for m, mode in modes.items():
-            m.train(mode)
-
-
-def _torch_outputs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[np.ndarray]:
-    return [t.detach().float().cpu().numpy() for t in _tensors(_run(model, args, kwargs))]
-
-
-def check_parity(
-    model: nn.Module, example_inputs: object, path: str | os.PathLike[str], *, optimize: bool = True
-) -> tuple[float, float]:
-    """(max relative difference, argmax agreement) of the ONNX file vs ``model`` in eval mode.
-
-    The relative difference of each output is max|onnx - torch| / max|torch|; the argmax is
-    taken over the last dimension of every output with at least two dims and two entries.
-    ``optimize``: onnxruntime's default graph optimisations (fused integer kernels), else none.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the library stays silent
-    for key, value in ORT_SESSION_CONFIG.items():
-        options.add_session_config_entry(key, value)
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    args, kwargs = normalize_inputs(example_inputs)
-    names = [i.name for i in session.get_inputs()]
-    got = session.run(None, _feeds(model, args, kwargs, names))
-    expected = _torch_outputs(model, args, kwargs)
-    if len(got) != len(expected):
-        raise ExportError(f"the ONNX file has {len(got)} outputs, the torch model {len(expected)}")
-    rel, rows, agree = 0.0, 0, 0
-    for a, b in zip(got, expected):
-        a = np.asarray(a, dtype=np.float64).reshape(b.shape)
-        b = b.astype(np.float64)
-        if b.size:
-            rel = max(rel, float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)))
-        if b.ndim >= 2 and b.shape[-1] >= 2:
-            rows += b.size // b.shape[-1]
-            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-    return rel, (agree / rows if rows else 1.0)
+    program.save(os.fspath(file))

@@ -56,8 +56,11 @@ class DataBundle:
         return (x.float() / 255.0 - mean) / std
 
     def example(self, n: int = 1) -> tuple[Tensor]:
-        """The first ``n`` training inputs, model-ready: the example inputs of `geta.prepare`."""
-        return (self.inputs(self.x_train[:n]),)
+        """The first ``n`` training inputs, model-ready: the example inputs of `geta.prepare`.
+
+        A copy, not a view: saving it (``inputs.pt``) writes these ``n`` rows, not the data set.
+        """
+        return (self.inputs(self.x_train[:n]).clone(),)
 
     def num_batches(self, batch_size: int, *, train: bool = True) -> int:
         n = len(self.x_train if train else self.x_test)

@@ -17,8 +17,10 @@ entry, through transformers' own Auto mappings:
 
 `build_checkpoint_model` loads the weights (float32) and wraps the model so that
 ``forward(x)`` returns the logits, like every built-in recipe; a classification head whose
-class count differs from the data's is initialised anew. transformers is imported only here,
-and only when a checkpoint is opened.
+class count differs from the data's is initialised anew. `export_form` undoes the wrapping for
+deployment: the Hugging Face model itself with the keyword inputs its users pass
+(``input_ids`` and ``attention_mask``, or ``pixel_values``), returning ``logits``.
+transformers is imported only here, and only when a checkpoint is opened.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "ImageClassifier",
     "open_checkpoint",
     "build_checkpoint_model",
+    "export_form",
 ]
 
 PREFIX = "hf:"
@@ -290,3 +293,25 @@ def build_checkpoint_model(ckpt: Checkpoint, data: DataBundle, *, pad_id: int = 
     if ckpt.kind is HFKind.SEQUENCE_CLASSIFICATION:
         return SequenceClassifier(model, pad_id)
     return ImageClassifier(model)
+
+
+def export_form(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[nn.Module, object]:
+    """(module, example inputs) to export for deployment (ONNX): for one of the wrappers above,
+    the Hugging Face model inside it with the keyword inputs of its own ``forward``, so that
+    the file takes ``input_ids`` + ``attention_mask`` (or ``pixel_values``) and returns
+    ``logits``; any other model and ``example`` unchanged.
+
+    ``example`` is the wrapper's positional input (``(input_ids,)`` or ``(pixel_values,)``);
+    the attention mask marks every token (a causal LM) or the non-padding ones (a classifier,
+    as its ``forward`` does).
+    """
+    if isinstance(model, CausalLM):
+        (ids,) = example
+        return model.lm, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if isinstance(model, SequenceClassifier):
+        (ids,) = example
+        return model.model, {"input_ids": ids, "attention_mask": ids.ne(model.pad_id).long()}
+    if isinstance(model, ImageClassifier):
+        (pixels,) = example
+        return model.model, {"pixel_values": pixels}
+    return model, example
