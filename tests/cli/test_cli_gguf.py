@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from .conftest import Result
 
@@ -49,9 +50,10 @@ def test_export_gguf_embeds_the_checkpoints_tokenizer(
 
 
 def test_export_gguf_of_a_model_that_is_no_llm_is_one_line(
-    finished_run: Path, tmp_path: Path, geta_cli: Callable[..., Result]
+    tmp_path: Path, geta_cli: Callable[..., Result]
 ) -> None:
-    result = geta_cli("export", finished_run, "--format", "gguf", "--out", tmp_path / "m.gguf")
+    torch.save(torch.nn.Linear(4, 2), tmp_path / "linear.pt")
+    result = geta_cli("export", tmp_path / "linear.pt", "--format", "gguf", "--out", tmp_path / "m.gguf")
     assert result.code == 2 and "--format gguf: GGUF export needs a transformers causal LM" in result.err
     assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "m.gguf").exists()
 

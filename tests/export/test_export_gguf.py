@@ -13,6 +13,7 @@ Three kinds of evidence, each independent of the writer's own code paths:
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,25 @@ def test_other_models_and_options_are_refused(tmp_path: Path) -> None:
         geta.export.gguf(nn.Linear(2, 2), tmp_path / "m.gguf")
     with pytest.raises(ExportError, match="float_type='F8'; allowed: F32, F16"):
         geta.export.gguf(nn.Linear(2, 2), tmp_path / "m.gguf", float_type="F8")
+
+
+def test_the_pre_tokenizer_is_the_one_transformers_applies(tmp_path: Path, tokenizer: Any) -> None:
+    """AutoTokenizer gives a qwen2 folder Qwen2's split: the GGUF must name that one, not tokenizer.json's."""
+    from tokenizers import pre_tokenizers
+
+    from geta.export.gguf_vocab import tokenizer_metadata
+    from geta.recipes.tiny import save_tiny_checkpoint
+
+    for family, pre in (("qwen2", "qwen2"), ("llama", "gpt-2")):
+        folder = save_tiny_checkpoint(tmp_path / family, family, tokenizer=tokenizer)
+        meta = tokenizer_metadata(folder, VOCAB + 4)
+        assert (
+            meta["pre"] == pre and meta["token_type"][-1] == 5 and meta["tokens"][-1] == f"[PAD{VOCAB + 3}]"
+        )
+    tokenizer = copy.deepcopy(tokenizer)  # the fixture is shared
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(ExportError, match=r"not GPT-2's byte-level split; name llama\.cpp's pre-tokenizer"):
+        tokenizer_metadata(tokenizer, VOCAB)
+    assert tokenizer_metadata(tokenizer, VOCAB, pre="gpt-2")["pre"] == "gpt-2"
+    with pytest.raises(ExportError, match="300 tokens, more than the model's 200 rows"):
+        tokenizer_metadata(tokenizer, 200, pre="gpt-2")

@@ -18,8 +18,8 @@ Q8_0    −128 … 127    d (2) · 32 int8                                      
 So a code k fits the first type whose range holds every code of the tensor (a signed b-bit
 code of geta, |k| ≤ 2^(b−1) − 1: Q4_0 for 2–4 bits, Q5_0 for 5, Q8_0 for 6–8) and goes in
 unchanged, q = k, with d = step in every block. The one rounding is d itself: fp16 keeps 11
-significant bits, so d = fp16(step) differs from step by at most 2^−12 relative (about
-0.024 %) for a step in fp16's normal range (≥ 6.1e−5), and each weight then differs from geta's
+significant bits, so d = fp16(step) differs from step by at most 2^−11 relative (about
+0.05 %) for a step in fp16's normal range (≥ 6.1e−5), and each weight then differs from geta's
 by |k|·|d − step| -- the same relative factor for every weight of the tensor.
 `step_rounding` reports both. Smaller steps fall into fp16's subnormals and lose more: the
 export reports it, it does not hide it.

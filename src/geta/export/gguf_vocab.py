@@ -7,10 +7,13 @@ llama.cpp tokenizes by itself from the GGUF file, so the file carries the whole 
   them), ``token_type`` 1 (normal), 3 (control: special tokens), 4 (user-defined: added,
   not special) or 5 (unused: ids past the tokenizer that the model's vocabulary pads);
   ``merges`` the BPE merges, each ``"left right"``;
-- ``tokenizer.ggml.pre``: how text is split before BPE. ``"gpt-2"`` is GPT-2's split, which
-  a ``ByteLevel`` pre-tokenizer with ``use_regex`` applies (what `geta.recipes.tiny.train_tokenizer`
-  trains). Other splits (Llama-3's, Qwen2's regex) must be named with ``pre=``: llama.cpp knows
-  them by name only;
+- ``tokenizer.ggml.pre``: how text is split before BPE; llama.cpp knows the splits by name
+  only. ``"gpt-2"`` for a ``ByteLevel`` pre-tokenizer with ``use_regex`` (what
+  `geta.recipes.tiny.train_tokenizer` trains); ``"qwen2"`` / ``"llama-bpe"`` for a ``Split`` on
+  Qwen2's / Llama-3's regex before a ``ByteLevel`` without one. Note that transformers'
+  ``AutoTokenizer`` gives a ``qwen2`` checkpoint Qwen2's split whatever its ``tokenizer.json``
+  says, so a folder is read through ``AutoTokenizer``, as ``geta compress`` and users read it.
+  Other splits must be named with ``pre=``;
 - ``bos/eos/padding_token_id`` and ``add_bos_token`` / ``add_eos_token`` (from the
   tokenizer's post-processor template).
 """
@@ -31,15 +34,33 @@ TokenizerMetadata = dict[str, Any]
 """GGUF key (without ``tokenizer.ggml.``) -> value."""
 
 
+# The regexes of the Split pre-tokenizers llama.cpp knows by name (from the models' tokenizer.json).
+_WORDS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPLITS = {_WORDS + r"\p{N}" + _REST: "qwen2", _WORDS + r"\p{N}{1,3}" + _REST: "llama-bpe"}
+
+
+def _load_folder(path: str) -> Any:
+    """The tokenizer in folder ``path`` as transformers' ``AutoTokenizer`` loads it, if installed."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
 def _spec(tokenizer: Any) -> dict[str, Any]:
     """The ``tokenizer.json`` content of a transformers fast tokenizer, a folder, or a file path."""
     if isinstance(tokenizer, (str, os.PathLike)):
         path = os.fspath(tokenizer)
-        path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-        if not os.path.isfile(path):
-            raise ExportError(f"tokenizer={os.fspath(tokenizer)!r}: no tokenizer.json there")
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise ExportError(f"tokenizer={path!r}: no tokenizer.json there")
+        loaded = _load_folder(path) if os.path.isdir(path) else None
+        if loaded is None:
+            with open(file, encoding="utf-8") as f:
+                return json.load(f)
+        tokenizer = loaded
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     if not hasattr(backend, "to_str"):
         raise ExportError(
@@ -55,6 +76,11 @@ def _pre_name(spec: dict[str, Any], pre: str | None) -> str:
     p = spec.get("pre_tokenizer") or {}
     if p.get("type") == "ByteLevel" and p.get("use_regex", True) and not p.get("add_prefix_space", False):
         return "gpt-2"
+    parts = p.get("pretokenizers", []) if p.get("type") == "Sequence" else []
+    if len(parts) == 2 and parts[0].get("type") == "Split" and parts[1].get("type") == "ByteLevel":
+        regex = (parts[0].get("pattern") or {}).get("Regex")
+        if regex in SPLITS and not parts[1].get("use_regex", True):
+            return SPLITS[regex]
     raise ExportError(
         f"tokenizer: pre-tokenizer {json.dumps(p)[:120]} is not GPT-2's byte-level split; name llama.cpp's "
         "pre-tokenizer for it with pre=... (e.g. 'llama-bpe', 'qwen2')"
