@@ -362,7 +362,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--llm-only", action="store_true", help="only the LLM section (bench.deploy_llm)")
     parser.add_argument("--no-llm", action="store_true", help="skip the LLM section (llama.cpp)")
-    parser.add_argument("--llm-rounds", type=int, default=5, help="interleaved llama.cpp timing rounds")
+    parser.add_argument("--llm-rounds", type=int, default=21, help="interleaved llama.cpp timing rounds")
     args = parser.parse_args()
     if args.llm_only:
         write_llm_section(args)

@@ -1,6 +1,6 @@
 """Deployment of a compressed language model: geta's GGUF against the float GGUF, in llama.cpp.
 
-    python -m bench.deploy --llm-only [--threads 2] [--llm-rounds 5]
+    python -m bench.deploy --llm-only [--threads 2] [--llm-rounds 21]
     python -m bench.deploy_llm          (the same, on its own)
 
 Needs the ``deploy`` extra (llama-cpp-python: ``make deploy-venv``). What it does, as a user
@@ -16,8 +16,8 @@ would (the commands of docs/deploy.md, "Deploy a compressed LLM"):
    llama.cpp baseline, and F32) with `geta.export.gguf`;
 4. in llama.cpp: perplexity on held-out text (the source of ``pprint``, not in the training
    corpus; windows of 128 tokens), greedy next-token agreement with geta's torch model, and
-   tokens per second for a 128-token prompt and 64 generated tokens (llama.cpp's own
-   counters, medians of interleaved rounds);
+   tokens per second for a 128-token prompt and 64 generated tokens (wall clock through
+   llama-cpp-python, medians of interleaved rounds);
 5. file sizes: the original checkpoint, the run's ``hf/`` folder, the GGUFs and ``model.geta``.
 """
 
@@ -117,9 +117,11 @@ def _torch_perplexity(model: Any, ids: list[int]) -> float:
 def _one_round(llm: Any, prompt: list[int]) -> tuple[float, float]:
     """(prompt tokens/s, generated tokens/s) of one greedy generation of GENERATE tokens.
 
-    The first token arrives after the prompt's evaluation; each later one after one decoding step.
+    Wall clock through llama-cpp-python, as a Python user sees it: the first token arrives after
+    the prompt's evaluation, each later one after one decoding step (and a greedy sampling step).
     """
     stamps = []
+    llm.reset()  # else generate() reuses the cached prompt of the previous round
     t0 = time.perf_counter()
     for _, _token in zip(range(GENERATE), llm.generate(prompt, top_k=1, temp=0.0, reset=True)):
         stamps.append(time.perf_counter())
@@ -212,7 +214,8 @@ def run_llm(threads: int, rounds: int) -> list[str]:
     geta_q, f16 = m.speed["geta Q"], m.speed["float F16"]
     lines += [
         f"  (geta Q: ggml types {', '.join(m.types)}; argmax agreement with the torch model each came from; "
-        f"tokens/s: llama.cpp's counters, {PROMPT}-token prompt, {GENERATE} generated, median of {rounds})",
+        f"tokens/s: wall clock through llama-cpp-python, {PROMPT}-token prompt, {GENERATE} generated, "
+        f"median of {rounds})",
         "  file sizes (KiB): " + ", ".join(f"{k} {v:.0f}" for k, v in m.sizes_kib.items()),
         f"headline: geta's GGUF generates {geta_q[1] / f16[1]:.2f}x as fast as the F16 GGUF (prompt "
         f"{geta_q[0] / f16[0]:.2f}x) at {m.sizes_kib['GGUF geta Q'] / m.sizes_kib['GGUF float F16']:.0%} of "
@@ -226,7 +229,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
-    parser.add_argument("--llm-rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--llm-rounds", type=int, default=21, help="interleaved timing rounds")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
     write_llm_section(args)
