@@ -103,3 +103,32 @@ def test_llama_cpp_computes_what_geta_computes(exported: tuple[Path, Path]) -> N
     ppl = {name: float(np.exp(total / (count - count // WINDOW))) for name, total in nll.items()}
     assert abs(ppl["llama.cpp"] / ppl["geta"] - 1) <= 0.02, ppl
     assert agree / count >= 0.95, agree / count
+
+
+@pytest.mark.parametrize("bits", [5, 8])
+def test_wider_codes_run_in_q5_0_and_q8_0(exported: tuple[Path, Path], bits: int, tmp_path: Path) -> None:
+    """The run's dense model at ``bits``-bit weights (a quarter of the groups pruned, no training)."""
+    import transformers
+
+    import geta
+
+    run, _ = exported
+    ckpt = run.parent / "ckpt"
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt)
+    state = torch.load(run / "dense.pt", weights_only=True)
+    model.load_state_dict({k.removeprefix("lm."): v for k, v in state.items()})
+    ids = torch.tensor([list(range(2, 2 + WINDOW))])
+    plan = geta.prepare(
+        model, {"input_ids": ids[:, :8]}, geta.Config(weight_bits=(bits, bits), uniform_layers=True)
+    )
+    geta.testing.zero_random_groups(plan, 0.25, seed=0)
+    with torch.no_grad():
+        for q in plan.quantizers.values():
+            q.set_bits(bits)
+    small = geta.convert(model.eval(), plan).eval()
+    info = geta.export.gguf(small, tmp_path / "m.gguf", tokenizer=ckpt)
+    assert {t.type for t in info.tensors if t.rounding} == {"Q5_0" if bits == 5 else "Q8_0"}
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=WINDOW, logits_all=True, verbose=False, n_threads=1)
+    ours, theirs = _logits(llm, small, ids[0].tolist())
+    assert float((ours - theirs).abs().max() / ours.abs().max()) <= 0.02  # llama.cpp's 8-bit activations
+    assert float((ours.argmax(-1) == theirs.argmax(-1)).float().mean()) >= 0.95
