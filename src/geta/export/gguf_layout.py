@@ -136,7 +136,12 @@ def _head_slots(arch: str, hidden: int, heads: int, kv_heads: int, head_dim: int
     ratio = heads // kv_heads
     if arch == "qwen2":  # llama.cpp's qwen2 graph: heads·head_dim == hidden
         total = hidden // head_dim
-        kv = next(n for n in range(kv_heads, total + 1) if total % n == 0 and total // n >= ratio)
+        kv = next((n for n in range(kv_heads, total + 1) if total % n == 0 and total // n >= ratio), None)
+        if kv is None:
+            raise ExportError(
+                f"GGUF export: {heads} query heads over {kv_heads} key/value heads cannot be padded to "
+                f"llama.cpp's qwen2 layout of {total} heads"
+            )
         return kv, total // kv
     best = None
     for kv in range(kv_heads, kv_heads + BLOCK + 1):
