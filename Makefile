@@ -14,7 +14,7 @@ STAMP      := $(VENV)/.stamp
 # Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
 RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: venv test test-slow deploy-venv test-deploy demo lint format bench bench-qasso bench-prepare bench-deploy bench-compression zoo clean
+.PHONY: venv test test-slow deploy-venv test-deploy demo lint format bench bench-qasso bench-prepare bench-deploy bench-deploy-llm bench-compression zoo clean
 
 venv: $(STAMP)
 
@@ -63,9 +63,14 @@ bench-qasso: venv
 bench-prepare: venv
 	$(RUN_ENV) $(PY) -m bench.prepare_scale
 
-# Dense vs converted latency (PyTorch eager, onnxruntime float and QDQ), ResNet-50 and BERT-Small.
+# Dense vs converted latency (PyTorch eager, onnxruntime float and QDQ), ResNet-50 and BERT-Small;
+# then the LLM section below if llama-cpp-python is installed.
 bench-deploy: venv
 	$(RUN_ENV) $(PY) -m bench.deploy
+
+# A small Llama compressed and exported as GGUF against its float GGUF in llama.cpp (3 min here).
+bench-deploy-llm: $(DEPLOY_STAMP)
+	$(RUN_ENV) $(PY) -m bench.deploy --llm-only
 
 # geta vs Torch-Pruning -> fine-tune -> QAT on digits, MNIST-1D and a small LM, 3 seeds
 # (docs/benchmarks.md and docs/compression_pareto.png).
