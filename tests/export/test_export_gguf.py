@@ -209,7 +209,7 @@ def _codes_by_gguf_name(model: nn.Module) -> dict[str, np.ndarray]:
     return found
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_padded_heads_and_units_compute_what_transformers_computes(family: str, tmp_path: Path) -> None:
     """6 query heads over 3 kv heads of width 8 (48 columns) and 40 MLP units need zero padding."""
     import transformers
@@ -217,9 +217,12 @@ def test_padded_heads_and_units_compute_what_transformers_computes(family: str, 
     from geta.recipes.tiny import tiny_config
 
     torch.manual_seed(1)
-    config = tiny_config(
-        family, 80, num_attention_heads=8, num_key_value_heads=4, attn_implementation="eager"
-    )
+    sizes = dict(num_attention_heads=8, num_key_value_heads=4, attn_implementation="eager")
+    if family == "mistral":  # written as llama.cpp's llama graph
+        fields = {k: v for k, v in tiny_config("llama", 80, **sizes).to_dict().items() if k != "model_type"}
+        config = transformers.MistralConfig(**fields | {"sliding_window": 128})
+    else:
+        config = tiny_config(family, 80, **sizes)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     for layer in model.model.layers:  # keep the first 3 kv heads with their 6 query heads, 40 units
         _keep(layer.self_attn, {"q_proj": (0, 48), "k_proj": (0, 24), "v_proj": (0, 24), "o_proj": (1, 48)})
@@ -232,6 +235,8 @@ def test_padded_heads_and_units_compute_what_transformers_computes(family: str, 
         "ffn": 40,
     }
     tensors, meta, _ = _read(tmp_path / "m.gguf")
+    assert meta["general.architecture"] == ("qwen2" if family == "qwen2" else "llama")
+    assert meta[f"{meta['general.architecture']}.context_length"] == (128 if family == "mistral" else 256)
     ids = torch.randint(0, 80, (SEQ,))
     with torch.no_grad():
         expected = model(input_ids=ids[None]).logits[0]
