@@ -65,3 +65,20 @@ def test_export_gguf_with_a_missing_tokenizer_folder_is_one_line(
         "export", qwen2_run, "--format", "gguf", "--out", tmp_path / "m.gguf", "--tokenizer", tmp_path
     )
     assert result.code == 2 and "--tokenizer" in result.err and "no tokenizer.json" in result.err
+
+
+def test_tokenizer_flag_with_another_format_is_one_line(
+    tmp_path: Path, geta_cli: Callable[..., Result]
+) -> None:
+    torch.save(torch.nn.Linear(4, 2), tmp_path / "linear.pt")
+    result = geta_cli(
+        "export",
+        tmp_path / "linear.pt",
+        "--format",
+        "packed",
+        "--out",
+        tmp_path / "m",
+        "--tokenizer",
+        tmp_path,
+    )
+    assert result.code == 2 and "--tokenizer is read by --format gguf only" in result.err

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     """Export CHECKPOINT and print what was written."""
     import geta.export
 
+    if args.tokenizer is not None and args.format != "gguf":
+        raise CliError(f"--tokenizer is read by --format gguf only, not --format {args.format}")
     files = locate(args.checkpoint)
     out = Path(args.out).expanduser()
     if out.is_dir():

@@ -23,8 +23,9 @@ along a weight's input dimension. Two inputs are pruned: ``ffn_down`` reads the 
   Qwen2's graph in llama.cpp needs heads·head_dim equal to the hidden size, so there the
   heads are padded back to the hidden size's count.
 
-The hidden size and head_dim are never pruned (`geta.export.layersizes`); the hidden size must
-itself be a multiple of 32 for the quantized types.
+The hidden size and head_dim are never pruned (`geta.export.layersizes`), so the norms (over the
+hidden channels) need no padding; the hidden size must itself be a multiple of 32 for the
+quantized types.
 
 **Rotary order.** llama.cpp's ``llama`` architecture rotates adjacent pairs of a head's
 dimensions, while transformers rotates the first half against the second, so the rows of
