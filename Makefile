@@ -14,7 +14,7 @@ STAMP      := $(VENV)/.stamp
 # Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
 RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: venv test test-slow demo lint format bench bench-qasso bench-prepare bench-deploy bench-compression zoo clean
+.PHONY: venv test test-slow deploy-venv test-deploy demo lint format bench bench-qasso bench-prepare bench-deploy bench-deploy-llm bench-compression zoo clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,20 @@ test: venv
 # Exit status 5 means "no tests collected" (no slow suite yet): not a failure.
 test-slow: venv
 	$(RUN_ENV) $(PY) -m pytest -m slow || test $$? -eq 5
+
+# llama.cpp runs geta's GGUF files (tests marked `deploy`): the deploy extra adds llama-cpp-python,
+# which pip compiles from source (a C/C++ compiler and CMake; about 14 minutes on 2 busy cores, once:
+# pip keeps the built wheel in its cache). Also what `python -m bench.deploy --llm-only` needs.
+DEPLOY_STAMP := $(VENV)/.stamp-deploy
+
+$(DEPLOY_STAMP): $(STAMP)
+	$(PIP) install '$(TORCH_SPEC)' -e '.[dev,deploy]'
+	touch $(DEPLOY_STAMP)
+
+deploy-venv: $(DEPLOY_STAMP)
+
+test-deploy: $(DEPLOY_STAMP)
+	$(RUN_ENV) $(PY) -m pytest -m deploy
 
 # The main job on the built-in default: residual CNN on scikit-learn's digits, dense baseline,
 # GETA compression, report, plots, ONNX and packed exports in runs/demo.
@@ -49,9 +63,14 @@ bench-qasso: venv
 bench-prepare: venv
 	$(RUN_ENV) $(PY) -m bench.prepare_scale
 
-# Dense vs converted latency (PyTorch eager, onnxruntime float and QDQ), ResNet-50 and BERT-Small.
+# Dense vs converted latency (PyTorch eager, onnxruntime float and QDQ), ResNet-50 and BERT-Small;
+# then the LLM section below if llama-cpp-python is installed.
 bench-deploy: venv
 	$(RUN_ENV) $(PY) -m bench.deploy
+
+# A small Llama compressed and exported as GGUF against its float GGUF in llama.cpp (3 min here).
+bench-deploy-llm: $(DEPLOY_STAMP)
+	$(RUN_ENV) $(PY) -m bench.deploy --llm-only
 
 # geta vs Torch-Pruning -> fine-tune -> QAT on digits, MNIST-1D and a small LM, 3 seeds
 # (docs/benchmarks.md and docs/compression_pareto.png).

@@ -1,6 +1,7 @@
 """Deployment: does pruning turn into speed? Dense vs converted latency, PyTorch and onnxruntime.
 
     python -m bench.deploy [--models resnet50,bert] [--rounds32 5] [--rounds1 15] [--threads 2]
+    python -m bench.deploy --llm-only     (only the language model in llama.cpp: bench.deploy_llm)
 
 For each model (a ResNet-50 at 224x224, a BERT-Small encoder at sequence length 128; see
 `bench.models`):
@@ -23,6 +24,10 @@ onnxruntime's CPU provider with its full graph optimisations and the session set
 records in the file; both with ``--threads`` threads. One profiled onnxruntime run per file
 lists the kernels it executed. The headline (last line) is dense ÷ converted latency at 50 %
 in PyTorch eager at batch 32.
+
+Then, where llama-cpp-python is installed (``make deploy-venv``; skip with ``--no-llm``), a
+section of its own: a small Llama compressed by ``geta compress`` and exported as GGUF, against
+the float GGUF of the same model in llama.cpp (`bench.deploy_llm`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 from torch import nn
 
 import geta
+from bench.deploy_llm import write_llm_section
 from bench.models import bert_small, resnet50
 from bench.results import cpu_flags, machine, write_section
 from geta.export import ORT_SESSION_CONFIG
@@ -386,7 +392,13 @@ def main() -> None:
     parser.add_argument("--rounds32", type=int, default=5, help="interleaved rounds at batch 32")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--llm-only", action="store_true", help="only the LLM section (bench.deploy_llm)")
+    parser.add_argument("--no-llm", action="store_true", help="skip the LLM section (llama.cpp)")
+    parser.add_argument("--llm-rounds", type=int, default=21, help="interleaved llama.cpp timing rounds")
     args = parser.parse_args()
+    if args.llm_only:
+        write_llm_section(args)
+        return
     torch.set_num_threads(args.threads)
     lines = [
         machine(),
@@ -409,6 +421,13 @@ def main() -> None:
     if not args.no_write:
         write_section("deployment", lines)
     print(lines[-1])
+    if not args.no_llm:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            print("LLM section skipped: it needs llama-cpp-python (make deploy-venv)")
+            return
+        write_llm_section(args)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,18 @@
   preceding convolution (`geta.export.bake`);
 - `deployable(model)`: the QDQ form of a model as an ``nn.Module``, what `onnx` exports
   (`geta.export.qdq`);
-- `pretrained(model, path)` / `load_pretrained(path)`: Hugging Face ``save_pretrained`` folders.
+- `pretrained(model, path)` / `load_pretrained(path)`: Hugging Face ``save_pretrained`` folders;
+- `gguf(model, path, tokenizer=...)`: a GGUF file for llama.cpp from a Llama / Qwen2 / Mistral
+  causal LM, the learned integer codes in Q4_0 / Q5_0 / Q8_0 blocks (`geta.export.gguf_export`).
 
-docs/deploy.md shows each in use. Importing this package does not import onnx, onnxruntime or
-onnxscript.
+docs/deploy.md shows each in use. Importing this package does not import onnx, onnxruntime,
+onnxscript or gguf.
 """
 
 from __future__ import annotations
 
 from geta.export.bake import baked
+from geta.export.gguf_export import GgufInfo, gguf
 from geta.export.info import ExportError, ExportInfo, TensorExport
 from geta.export.onnx_export import ORT_SESSION_CONFIG, check_parity, onnx
 from geta.export.packfile import PackedInfo, load_packed, packed, read_manifest
@@ -32,11 +35,13 @@ __all__ = [
     "ORT_SESSION_CONFIG",
     "ExportError",
     "ExportInfo",
+    "GgufInfo",
     "PackedInfo",
     "TensorExport",
     "baked",
     "check_parity",
     "deployable",
+    "gguf",
     "load_packed",
     "load_pretrained",
     "onnx",
