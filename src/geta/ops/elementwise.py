@@ -3,6 +3,10 @@
 An element-wise op treats channels independently, so it is transparent to pruning: unary ops
 pass their input's labels through; binary ops (a residual ``add``, a squeeze-excitation gate
 ``mul``) unify the spaces of aligned dimensions (broadcast dims of size 1 excepted).
+
+Unary ops are registered in groups by what they declare about values (`geta.ops.traits`): never
+negative (relu, sigmoid, ...), the same values (casts, copies, the fake-quant), sign kept
+(dropout); ``operator.getitem`` returns a part of a tuple.
 """
 
 from __future__ import annotations

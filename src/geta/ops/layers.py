@@ -44,13 +44,16 @@ def linear(ctx: Context, node: fx.Node) -> Labels:
     return xl[:-1] + [wl[0]]
 
 
+_CONV_TRANSPOSE = (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
+
+
 @register_op(aten.conv1d, aten.conv2d, aten.conv3d, macs=macs.CONV)
 def conv(ctx: Context, node: fx.Node) -> Labels:
     x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
     target = node.target.overloadpacket
     if target is aten.convolution:
         transposed, groups = bool(node.args[6]), int(node.args[8])
-    elif target in (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d):
+    elif target in _CONV_TRANSPOSE:
         transposed, groups = True, int(_arg(node, 6, "groups", 1))
     else:
         transposed, groups = False, int(_arg(node, 6, "groups", 1))
@@ -81,9 +84,7 @@ def conv(ctx: Context, node: fx.Node) -> Labels:
 
 
 register_op(aten.convolution, macs=macs.CONVOLUTION)(conv)
-register_op(aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d, macs=macs.CONV_TRANSPOSE)(
-    conv
-)
+register_op(*_CONV_TRANSPOSE, macs=macs.CONV_TRANSPOSE)(conv)
 
 
 def _contract(ctx: Context, node: fx.Node, a: Any, b: Any) -> list[Expr]:
