@@ -3,7 +3,8 @@
 `geta.prepare` quantizes the operands of such products at the module that runs them
 (`geta.quant.products`). This module finds them in the captured graph, by identity:
 
-- a *product* is a node of `geta.quant.products.PRODUCT_OPS` (matmul, mm, bmm, sdpa); it is
+- a *product* is a node of an op registered with a product kind (`geta.ops.registry.product_kind`:
+  matmul, mm, bmm, sdpa); it is
   an *activation product* when none of its multiplied operands is a parameter or buffer
   (seen through views, casts, parts and quantizers): ``x @ self.w`` is a weight product;
 - it belongs to the innermost module of its ``nn_module_stack``, its *owner*; the owner's
@@ -21,29 +22,18 @@ one's call count); both are warned about.
 
 from __future__ import annotations
 
-import operator
 import warnings
 from dataclasses import dataclass
 
-import torch
 from torch import fx, nn
 
 from geta.graph.ir import Graph
-from geta.ops.elementwise import NONNEGATIVE, PASSTHROUGH
-from geta.ops.shape import VIEW_LIKE
-from geta.quant.products import ATTENTION, PRODUCT_OPS
+from geta.ops import catalog  # noqa: F401  (registers the built-in op facts)
+from geta.ops.registry import has_trait, product_kind
+from geta.ops.traits import ATTENTION, SIGN_THROUGH, Trait
 
 __all__ = ["OperandSite", "ProductOwner", "nonnegative", "operand_sites", "product_owners"]
 
-aten = torch.ops.aten
-
-# Ops whose output is a part, view or cast of their first input: a product operand reached
-# through them from a parameter or buffer is a weight, not an activation.
-_SAME_VALUES = {
-    operator.getitem, aten.unbind, aten.chunk, aten.split, aten.split_with_sizes, aten.slice,
-    aten.select, aten.narrow,
-}  # fmt: skip
-_SCALE_ONLY = {aten.dropout, aten.feature_dropout}  # x -> x · {0, 1/(1-p)}: keeps the sign
 _OPERAND_NAMES = {"qk": ("q", "k"), "pv": ("p", "v"), "matmul": ("a", "b")}
 
 
@@ -142,12 +132,16 @@ def operand_sites(owner: ProductOwner) -> list[OperandSite]:
 
 
 def nonnegative(node: object) -> bool:
-    """Is the value of ``node`` never negative? (looks through views, pools, casts, dropout)."""
+    """Is the value of ``node`` never negative?
+
+    True at an op declaring `Trait.NONNEGATIVE`; followed back (first input) through ops that
+    keep the sign: casts, views, parts, pools, dropout (`geta.ops.traits.SIGN_THROUGH`).
+    """
     while isinstance(node, fx.Node) and node.op == "call_function":
         packet = getattr(node.target, "overloadpacket", node.target)
-        if packet in NONNEGATIVE:
+        if has_trait(packet, Trait.NONNEGATIVE):
             return True
-        if packet not in PASSTHROUGH and packet not in VIEW_LIKE and packet not in _SCALE_ONLY:
+        if not has_trait(packet, *SIGN_THROUGH):
             return False
         node = node.args[0]
     return False
@@ -184,7 +178,7 @@ def _feeds_first_operand(first: fx.Node, second: fx.Node) -> bool:
 
 
 def _kind(node: fx.Node) -> str | None:
-    return PRODUCT_OPS.get(getattr(node.target, "overloadpacket", node.target))
+    return product_kind(getattr(node.target, "overloadpacket", node.target))
 
 
 def _activation_product(graph: Graph, node: fx.Node) -> bool:
@@ -194,7 +188,8 @@ def _activation_product(graph: Graph, node: fx.Node) -> bool:
 
 
 def _from_tensor(graph: Graph, arg: object) -> bool:
-    """Is ``arg`` a parameter or buffer, seen through views, casts, parts and quantizers?"""
+    """Is ``arg`` a parameter or buffer, seen through views, casts, parts, quantizers and pools
+    (`geta.ops.traits.SIGN_THROUGH`)?"""
     node = arg
     while isinstance(node, fx.Node):
         if node in graph.refs:
@@ -202,7 +197,7 @@ def _from_tensor(graph: Graph, arg: object) -> bool:
         if node.op != "call_function" or not node.args:
             return False
         packet = getattr(node.target, "overloadpacket", node.target)
-        if packet not in PASSTHROUGH and packet not in VIEW_LIKE and packet not in _SAME_VALUES:
+        if not has_trait(packet, *SIGN_THROUGH):
             return False
         node = node.args[0]
     return False

@@ -189,3 +189,25 @@ def test_qasso_keeps_product_bits_in_the_activation_range(name: str) -> None:
         warnings.simplefilter("ignore")
         small = geta.convert(model, plan)
     assert max_relative_error(model_outputs(small, inputs), model_outputs(model, inputs)) <= 1e-4
+
+
+class _Halves(nn.Module):
+    """One ReLU output cut in two ways: a part of a non-negative tensor is non-negative."""
+
+    def __init__(self, cut: str) -> None:
+        super().__init__()
+        self.cut, self.stem, self.fc1, self.fc2 = cut, nn.Linear(4, 8), nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        a, b = torch.chunk(h, 2, dim=-1) if self.cut == "chunk" else torch.split(h, 4, dim=-1)
+        return self.fc1(a) + self.fc2(-b)
+
+
+@pytest.mark.parametrize("cut", ["chunk", "split"])
+def test_input_signs_follow_every_part_op(cut: str) -> None:
+    """Every op declaring `Trait.PART` is looked through alike (the tuple item of a split was once
+    missed: both inputs stayed signed)."""
+    plan = geta.prepare(_Halves(cut), (torch.randn(2, 4),), geta.Config(act_bits=(4, 8)))
+    signed = {b.name: b.quantizer.signed for b in plan.bindings if b.target is QuantTarget.INPUT}
+    assert signed == {"stem.input": True, "fc1.input": False, "fc2.input": True}

@@ -34,8 +34,9 @@ from geta.graph.context import (
 )
 from geta.graph.ir import Graph
 from geta.graph.space import Expr, Space
-from geta.ops.catalog import PASSTHROUGH  # importing the catalog registers the built-in handlers
-from geta.ops.registry import Handler, handler_for
+from geta.ops import catalog  # noqa: F401  (importing the catalog registers the built-in handlers)
+from geta.ops.registry import Handler, handler_for, ops_with
+from geta.ops.traits import Trait
 
 # The vocabulary is re-exported for callers that import it from here (prepare, plan).
 __all__ = ["analyze", "Analysis", "AttrRule", "Binding", "Context", "Labels", "QuantSite"]
@@ -43,7 +44,7 @@ __all__ = ["analyze", "Analysis", "AttrRule", "Binding", "Context", "Labels", "Q
 
 def analyze(graph: Graph, model: nn.Module) -> Analysis:
     """Run every op handler over ``graph``; return labels, bindings and module rules."""
-    ctx = Context(graph, model, PASSTHROUGH)
+    ctx = Context(graph, model, ops_with(Trait.SAME_VALUES))  # a weight through a cast is the weight
     bindings: list[Binding] = []
     for node in graph.program.graph.nodes:
         val = node.meta.get("val")

@@ -5,7 +5,8 @@ Layering (every import points down)::
     graph/analysis.py     the interpreter: walks the graph, calls one handler per node
     ops/catalog.py        the one place that loads the built-in handler families
     ops/<family>.py       the handlers (layers, elementwise, shape, indexing, reduce, ...)
-    ops/registry.py       register_op / handler_for: op object -> handler
+    ops/registry.py       register_op: op object -> handler + facts (traits, MACs, product kind)
+    ops/traits.py, macs.py  the facts' vocabulary (Trait, ProductKind, MacRule)
     graph/context.py      this module: Labels, Context, AttrRule, QuantSite, Binding, Analysis
     graph/space.py, ir.py the label algebra and the captured graph
 

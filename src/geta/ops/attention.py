@@ -15,14 +15,16 @@ from torch import fx
 
 from geta.graph.context import Context, Labels
 from geta.graph.space import prod
+from geta.ops.macs import ATTENTION as ATTENTION_MACS
 from geta.ops.registry import register_op
+from geta.ops.traits import ATTENTION
 
 aten = torch.ops.aten
 
 __all__: list[str] = []
 
 
-@register_op(aten.scaled_dot_product_attention)
+@register_op(aten.scaled_dot_product_attention, macs=ATTENTION_MACS, product=ATTENTION)
 def sdpa(ctx: Context, node: fx.Node) -> Labels:
     q, k, v = node.args[:3]
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")

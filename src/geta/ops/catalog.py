@@ -8,11 +8,8 @@ custom ops, and fixers of its classes are registered by the module holding that 
 knowledge, `geta.ops.hf` or `geta.ops.timm`, which `load_library_knowledge` loads once the user
 has imported the library.)
 
-It also gathers the op sets other layers ask about (by op object, never by name):
-
-- `PASSTHROUGH`: ops through which a weight is still "the weight" (fake-quant, casts);
-- `NONNEGATIVE`: ops whose output is never negative (an unsigned input quantizer suffices);
-- `VIEW_LIKE`: ops that only reshape.
+The facts other layers ask about an op (its traits, MAC rule, product kind) are declared with
+its handler and read from the registry (`geta.ops.registry`); no table of ops is kept here.
 """
 
 from __future__ import annotations
@@ -22,14 +19,10 @@ import sys
 
 from geta.ops import attention, elementwise, experts, indexing, layers, reduce, shape
 
-__all__ = ["FAMILIES", "PASSTHROUGH", "NONNEGATIVE", "VIEW_LIKE", "LIBRARIES", "load_library_knowledge"]
+__all__ = ["FAMILIES", "LIBRARIES", "load_library_knowledge"]
 
 FAMILIES = (layers, elementwise, shape, indexing, reduce, attention, experts)
 """The handler modules, each a family of ops with one channel behaviour."""
-
-PASSTHROUGH = elementwise.PASSTHROUGH
-NONNEGATIVE = elementwise.NONNEGATIVE
-VIEW_LIKE = shape.VIEW_LIKE
 
 LIBRARIES = (("transformers", "geta.ops.hf"), ("timm", "geta.ops.timm"))
 """(optional library, the geta module holding what geta knows about its classes)."""

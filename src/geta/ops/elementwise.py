@@ -3,6 +3,10 @@
 An element-wise op treats channels independently, so it is transparent to pruning: unary ops
 pass their input's labels through; binary ops (a residual ``add``, a squeeze-excitation gate
 ``mul``) unify the spaces of aligned dimensions (broadcast dims of size 1 excepted).
+
+Unary ops are registered in groups by what they declare about values (`geta.ops.traits`): never
+negative (relu, sigmoid, ...), the same values (casts, copies, the fake-quant), sign kept
+(dropout); ``operator.getitem`` returns a part of a tuple.
 """
 
 from __future__ import annotations
@@ -16,26 +20,21 @@ from torch import fx
 from geta.graph.context import Context, Labels
 from geta.graph.space import Anon
 from geta.ops.registry import register_op
+from geta.ops.traits import Trait
 from geta.quant import functional as _qf  # noqa: F401  (registers torch.ops.geta.fake_quant)
 
 aten = torch.ops.aten
 
-__all__ = ["PASSTHROUGH", "NONNEGATIVE"]
+__all__: list[str] = []
 
 _UNARY = [
-    aten.relu,
-    aten.relu_,
     aten.gelu,
     aten.gelu_,
     aten.silu,
     aten.silu_,
-    aten.sigmoid,
-    aten.sigmoid_,
     aten.tanh,
     aten.tanh_,
     aten.neg,
-    aten.abs,
-    aten.exp,
     aten.log,
     aten.sqrt,
     aten.rsqrt,
@@ -43,7 +42,6 @@ _UNARY = [
     aten.sin,
     aten.cos,
     aten.erf,
-    aten.square,
     aten.expm1,
     aten.log1p,
     aten.sign,
@@ -63,8 +61,6 @@ _UNARY = [
     aten.hardtanh_,
     aten.hardswish,
     aten.hardswish_,
-    aten.hardsigmoid,
-    aten.hardsigmoid_,
     aten.leaky_relu,
     aten.leaky_relu_,
     aten.elu,
@@ -73,20 +69,8 @@ _UNARY = [
     aten.celu,
     aten.softplus,
     aten.mish,
-    aten.relu6,
-    aten.dropout,
-    aten.dropout_,
     aten.alpha_dropout,
-    aten.feature_dropout,
     aten.feature_alpha_dropout,
-    aten.clone,
-    aten.contiguous,
-    aten.detach,
-    aten.detach_,
-    aten.alias,
-    aten.lift_fresh_copy,
-    aten.to,
-    aten._to_copy,
     aten.tril,
     aten.triu,
     aten.fill,
@@ -172,33 +156,30 @@ _CREATE = [
     aten.lift_fresh,
 ]
 
-# Ops through which a weight is still "the weight" (for binding quantizers to layers).
-PASSTHROUGH = {
-    torch.ops.geta.fake_quant,
+# Same channels, and facts about their values (`geta.ops.traits`):
+_NEVER_NEGATIVE = [
+    aten.relu,
+    aten.relu_,
+    aten.sigmoid,
+    aten.sigmoid_,
+    aten.abs,
+    aten.exp,
+    aten.square,
+    aten.hardsigmoid,
+    aten.hardsigmoid_,
+    aten.relu6,
+]
+_SAME_VALUES = [
     aten.clone,
     aten.contiguous,
     aten.detach,
+    aten.detach_,
     aten.alias,
+    aten.lift_fresh_copy,
     aten.to,
     aten._to_copy,
-    aten.lift_fresh_copy,
-}
-
-# Ops whose output is never negative: a layer reading it gets an unsigned input quantizer.
-NONNEGATIVE = {
-    aten.relu,
-    aten.relu_,
-    aten.relu6,
-    aten.sigmoid,
-    aten.sigmoid_,
-    aten.hardsigmoid,
-    aten.hardsigmoid_,
-    aten.softmax,
-    aten._softmax,
-    aten.exp,
-    aten.abs,
-    aten.square,
-}
+]
+_KEEP_SIGN = [aten.dropout, aten.dropout_, aten.feature_dropout]  # x -> x · {0, 1/(1-p)}
 
 
 def _first(ctx: Context, node: fx.Node) -> list:
@@ -207,7 +188,7 @@ def _first(ctx: Context, node: fx.Node) -> list:
     return list(lab) if lab is not None else ctx.anon(ctx.shape(node))
 
 
-@register_op(*dict.fromkeys(_UNARY), torch.ops.geta.fake_quant)
+@register_op(*dict.fromkeys(_UNARY))
 def unary(ctx: Context, node: fx.Node) -> Labels:
     """Same shape, channel-wise: the output carries the input's labels."""
     lab = _first(ctx, node)
@@ -215,6 +196,11 @@ def unary(ctx: Context, node: fx.Node) -> Labels:
     if [e.size for e in lab] != list(out):
         return ctx.broadcast([node.args[0]], out, f"{node.target}")
     return lab
+
+
+register_op(*_NEVER_NEGATIVE, traits={Trait.NONNEGATIVE})(unary)
+register_op(*_SAME_VALUES, torch.ops.geta.fake_quant, traits={Trait.SAME_VALUES})(unary)
+register_op(*_KEEP_SIGN, traits={Trait.KEEPS_SIGN})(unary)
 
 
 @register_op(*_BINARY)
@@ -252,7 +238,7 @@ def uniform_like(ctx: Context, node: fx.Node) -> Labels:
     return _first(ctx, node)
 
 
-@register_op(operator.getitem)
+@register_op(operator.getitem, traits={Trait.PART})
 def getitem(ctx: Context, node: fx.Node) -> Labels:
     src, idx = node.args
     lab: Any = ctx.labels.get(src) if isinstance(src, fx.Node) else None

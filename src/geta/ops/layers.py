@@ -17,7 +17,9 @@ from torch import fx
 
 from geta.graph.context import Context, Labels
 from geta.graph.space import Anon, Expr, prod
+from geta.ops import macs
 from geta.ops.registry import register_op
+from geta.ops.traits import MATMUL
 
 aten = torch.ops.aten
 
@@ -28,7 +30,7 @@ def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
 
-@register_op(aten.linear)
+@register_op(aten.linear, macs=macs.LINEAR)
 def linear(ctx: Context, node: fx.Node) -> Labels:
     x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
     xl, wl = ctx.label_or_anon(x), ctx.label_or_anon(w)  # x: (..., in)   w: (out, in)
@@ -42,21 +44,16 @@ def linear(ctx: Context, node: fx.Node) -> Labels:
     return xl[:-1] + [wl[0]]
 
 
-@register_op(
-    aten.conv1d,
-    aten.conv2d,
-    aten.conv3d,
-    aten.convolution,
-    aten.conv_transpose1d,
-    aten.conv_transpose2d,
-    aten.conv_transpose3d,
-)
+_CONV_TRANSPOSE = (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
+
+
+@register_op(aten.conv1d, aten.conv2d, aten.conv3d, macs=macs.CONV)
 def conv(ctx: Context, node: fx.Node) -> Labels:
     x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
     target = node.target.overloadpacket
     if target is aten.convolution:
         transposed, groups = bool(node.args[6]), int(node.args[8])
-    elif target in (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d):
+    elif target in _CONV_TRANSPOSE:
         transposed, groups = True, int(_arg(node, 6, "groups", 1))
     else:
         transposed, groups = False, int(_arg(node, 6, "groups", 1))
@@ -86,6 +83,10 @@ def conv(ctx: Context, node: fx.Node) -> Labels:
     return xl[:ch] + [out_ch] + [Anon(n) for n in out[ch + 1 :]]
 
 
+register_op(aten.convolution, macs=macs.CONVOLUTION)(conv)
+register_op(*_CONV_TRANSPOSE, macs=macs.CONV_TRANSPOSE)(conv)
+
+
 def _contract(ctx: Context, node: fx.Node, a: Any, b: Any) -> list[Expr]:
     """Labels of ``a @ b`` with broadcasting batch dims (torch.matmul semantics)."""
     al, bl = ctx.label_or_anon(a), ctx.label_or_anon(b)
@@ -106,7 +107,7 @@ def _contract(ctx: Context, node: fx.Node, a: Any, b: Any) -> list[Expr]:
     return batch + ([] if a1 else [al[-2]]) + ([] if b1 else [bl[-1]])
 
 
-@register_op(aten.matmul, aten.mm, aten.bmm)
+@register_op(aten.matmul, aten.mm, aten.bmm, macs=macs.MATMUL, product=MATMUL)
 def matmul(ctx: Context, node: fx.Node) -> Labels:
     a, b = node.args[0], node.args[1]
     mod = ctx.module_of(node)
@@ -155,7 +156,7 @@ def einsum(ctx: Context, node: fx.Node) -> Labels:
     return out if [e.size for e in out] == list(out_shape) else ctx.anon(out_shape)
 
 
-@register_op(aten.addmm, aten.baddbmm, aten.addbmm)
+@register_op(aten.addmm, aten.baddbmm, macs=macs.ADDMM)
 def addmm(ctx: Context, node: fx.Node) -> Labels:
     bias, a, b = node.args[0], node.args[1], node.args[2]
     mod = ctx.module_of(node)
@@ -163,6 +164,9 @@ def addmm(ctx: Context, node: fx.Node) -> Labels:
     if ctx.is_static(b) and not ctx.is_static(a):
         ctx.quant_site(b, mod, a)
     return ctx.broadcast_labels([out, ctx.label_or_anon(bias)], ctx.shape(node), f"addmm ({node.name})")
+
+
+register_op(aten.addbmm)(addmm)  # sums over the batch: its MACs come from the FLOP counter
 
 
 @register_op(aten.batch_norm, aten.instance_norm)
@@ -206,7 +210,7 @@ def group_norm(ctx: Context, node: fx.Node) -> Labels:
     return xl
 
 
-@register_op(aten.embedding)
+@register_op(aten.embedding, macs=macs.LOOKUP)
 def embedding(ctx: Context, node: fx.Node) -> Labels:
     w, idx = node.args[0], node.args[1]
     wl = ctx.label_or_anon(w)  # (vocab, dim)

@@ -15,6 +15,7 @@ from torch import fx
 from geta.graph.context import Context, Labels
 from geta.graph.space import Anon, Expr
 from geta.ops.registry import register_op
+from geta.ops.traits import Trait
 
 aten = torch.ops.aten
 
@@ -63,7 +64,6 @@ def _fit(ctx: Context, lab: list[Expr], out_shape: tuple[int, ...], node: fx.Nod
 
 @register_op(
     aten.sum,
-    aten.mean,
     aten.amax,
     aten.amin,
     aten.prod,
@@ -89,6 +89,9 @@ def reduction(ctx: Context, node: fx.Node) -> Labels:
     if node.target in (aten.var.correction, aten.std.correction) and len(node.args) < 2:
         arg = node.kwargs.get("dim")
     return _reduce(ctx, node, _dims(arg, ndim))
+
+
+register_op(aten.mean, traits={Trait.KEEPS_SIGN})(reduction)  # a mean of non-negatives
 
 
 # Where the ``dim`` argument of a (values, indices) op sits, and its default (None: all dims).
@@ -127,9 +130,7 @@ def reduction_pair(ctx: Context, node: fx.Node) -> Labels:
     return tuple(outs) if isinstance(val, (tuple, list)) else outs[0]
 
 
-@register_op(
-    aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum, aten.cumprod, aten.argsort
-)
+@register_op(aten.cumsum, aten.cumprod, aten.argsort)
 def along_dim(ctx: Context, node: fx.Node) -> Labels:
     """Same shape, but channels along ``dim`` are mixed (softmax denominator, running sums)."""
     lab = ctx.label_or_anon(node.args[0])
@@ -137,6 +138,12 @@ def along_dim(ctx: Context, node: fx.Node) -> Labels:
     d = d + len(lab) if d < 0 else d
     ctx.freeze([lab[d]], f"{node.target} mixes channels along dim {d} at {node.name}")
     return lab
+
+
+register_op(aten.softmax, aten._softmax, aten._safe_softmax, traits={Trait.SOFTMAX, Trait.NONNEGATIVE})(
+    along_dim
+)
+register_op(aten.log_softmax, aten._log_softmax, traits={Trait.SOFTMAX})(along_dim)
 
 
 @register_op(aten.histc, aten.bincount)
@@ -162,7 +169,8 @@ def difference(ctx: Context, node: fx.Node) -> Labels:
     return _fit(ctx, _kept(lab, dims, out), out, node)
 
 
-_POOL = {
+# Pools of non-negative values are non-negative (their sign is looked through).
+_SIGN_KEEPING_POOL = {
     aten.adaptive_avg_pool1d: 1,
     aten.adaptive_avg_pool2d: 2,
     aten.adaptive_avg_pool3d: 3,
@@ -172,6 +180,9 @@ _POOL = {
     aten.max_pool1d: 1,
     aten.max_pool2d: 2,
     aten.max_pool3d: 3,
+}
+_POOL = {
+    **_SIGN_KEEPING_POOL,
     aten.max_pool2d_with_indices: 2,
     aten.max_pool3d_with_indices: 3,
     aten.adaptive_max_pool1d: 1,
@@ -188,7 +199,7 @@ _POOL = {
 }
 
 
-@register_op(*_POOL)
+@register_op(*(op for op in _POOL if op not in _SIGN_KEEPING_POOL))
 def pool(ctx: Context, node: fx.Node) -> Labels:
     """Spatial pooling/resampling: leading (batch, channel) dims keep labels."""
     k = _POOL[node.target.overloadpacket]
@@ -202,3 +213,6 @@ def pool(ctx: Context, node: fx.Node) -> Labels:
     if isinstance(val, (tuple, list)):
         return tuple(one(tuple(int(s) for s in v.shape)) for v in val)
     return one(ctx.shape(node))
+
+
+register_op(*_SIGN_KEEPING_POOL, traits={Trait.KEEPS_SIGN})(pool)

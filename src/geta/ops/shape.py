@@ -5,6 +5,8 @@
   refines a space into ``Prod(heads, head_dim)``; a flatten into a linear makes
   ``Prod(channels, H*W)``; a channel shuffle reorders factors).
 - ``cat`` builds a ``Sum``; ``split``/``chunk``/``slice`` refine a space into one.
+- Traits (`geta.ops.traits`): views, permutes and expands only rearrange (``RESHAPES``);
+  splits, slices, ``unbind`` and ``select`` return a part (``PART``); ``cat`` keeps the sign.
 - Picking single channels (``select``, ``index_select``, ``gather`` on a channel dim) cannot be
   followed: those spaces are frozen (``x[idx]`` indexing: `geta.ops.indexing`).
 """
@@ -17,10 +19,11 @@ from torch import fx
 from geta.graph.context import Context, Labels
 from geta.graph.space import Anon, Expr, LayoutConflict, Sum, concat, prod
 from geta.ops.registry import register_op
+from geta.ops.traits import Trait
 
 aten = torch.ops.aten
 
-__all__ = ["VIEW_LIKE", "reshape_labels"]
+__all__ = ["reshape_labels"]
 
 # Ops that only reshape: their labels come from `reshape_labels`.
 _RESHAPES = (
@@ -38,30 +41,6 @@ _RESHAPES = (
     aten.view_copy,
     aten.alias_copy,
 )
-
-# Ops that move values without changing them (used to look through for sign information).
-VIEW_LIKE = {
-    *_RESHAPES,
-    aten.permute,
-    aten.transpose,
-    aten.t,
-    aten.expand,
-    aten.contiguous,
-    aten.max_pool1d,
-    aten.max_pool2d,
-    aten.max_pool3d,
-    aten.adaptive_avg_pool1d,
-    aten.adaptive_avg_pool2d,
-    aten.adaptive_avg_pool3d,
-    aten.avg_pool1d,
-    aten.avg_pool2d,
-    aten.avg_pool3d,
-    aten.mean,
-    aten.dropout,
-    aten.cat,
-    aten.slice,
-    aten.split,
-}
 
 
 def _dim(d: int, ndim: int) -> int:
@@ -106,19 +85,19 @@ def reshape_labels(ctx: Context, lab: list[Expr], out_shape: tuple[int, ...], wh
     return out
 
 
-@register_op(*_RESHAPES)
+@register_op(*_RESHAPES, traits={Trait.RESHAPES})
 def view(ctx: Context, node: fx.Node) -> Labels:
     return reshape_labels(ctx, ctx.label_or_anon(node.args[0]), ctx.shape(node), node.name)
 
 
-@register_op(aten.permute, aten.permute_copy)
+@register_op(aten.permute, aten.permute_copy, traits={Trait.RESHAPES})
 def permute(ctx: Context, node: fx.Node) -> Labels:
     lab = ctx.label_or_anon(node.args[0])
     dims = [_dim(d, len(lab)) for d in node.args[1]]
     return [lab[d] for d in dims]
 
 
-@register_op(aten.transpose, aten.transpose_, aten.swapaxes, aten.swapdims)
+@register_op(aten.transpose, aten.transpose_, aten.swapaxes, aten.swapdims, traits={Trait.RESHAPES})
 def transpose(ctx: Context, node: fx.Node) -> Labels:
     lab = ctx.label_or_anon(node.args[0])
     a, b = (_dim(d, len(lab)) for d in node.args[1:3])
@@ -126,12 +105,12 @@ def transpose(ctx: Context, node: fx.Node) -> Labels:
     return lab
 
 
-@register_op(aten.t, aten.numpy_T)
+@register_op(aten.t, aten.numpy_T, traits={Trait.RESHAPES})
 def t(ctx: Context, node: fx.Node) -> Labels:
     return list(reversed(ctx.label_or_anon(node.args[0])))
 
 
-@register_op(aten.movedim)
+@register_op(aten.movedim, traits={Trait.RESHAPES})
 def movedim(ctx: Context, node: fx.Node) -> Labels:
     lab = ctx.label_or_anon(node.args[0])
     src, dst = node.args[1], node.args[2]
@@ -147,7 +126,7 @@ def movedim(ctx: Context, node: fx.Node) -> Labels:
     return [e if e is not None else next(it) for e in out]
 
 
-@register_op(aten.expand, aten.expand_copy)
+@register_op(aten.expand, aten.expand_copy, traits={Trait.RESHAPES})
 def expand(ctx: Context, node: fx.Node) -> Labels:
     lab = ctx.label_or_anon(node.args[0])
     out = ctx.shape(node)
@@ -180,7 +159,7 @@ def repeat_interleave(ctx: Context, node: fx.Node) -> Labels:
     return ctx.anon(out)
 
 
-@register_op(aten.cat, aten.concat, aten.concatenate)
+@register_op(aten.cat, aten.concat, aten.concatenate, traits={Trait.KEEPS_SIGN})
 def cat(ctx: Context, node: fx.Node) -> Labels:
     tensors = [a for a in node.args[0] if ctx.shape(a) != (0,)]
     out_shape = ctx.shape(node)
@@ -242,7 +221,9 @@ def _parts(ctx: Context, e: Expr) -> list[Expr]:
     return list(r.parts) if isinstance(r, Sum) else [r]
 
 
-@register_op(aten.split, aten.split_with_sizes, aten.chunk, aten.unsafe_split, aten.tensor_split)
+@register_op(
+    aten.split, aten.split_with_sizes, aten.chunk, aten.unsafe_split, aten.tensor_split, traits={Trait.PART}
+)
 def split(ctx: Context, node: fx.Node) -> Labels:
     val = node.meta["val"]
     shape = ctx.shape(node.args[0])
@@ -252,7 +233,7 @@ def split(ctx: Context, node: fx.Node) -> Labels:
     return _split(ctx, node, sizes, d)
 
 
-@register_op(aten.unbind)
+@register_op(aten.unbind, traits={Trait.PART})
 def unbind(ctx: Context, node: fx.Node) -> Labels:
     lab = ctx.label_or_anon(node.args[0])
     d = _dim(node.args[1] if len(node.args) > 1 else 0, len(lab))
@@ -261,7 +242,7 @@ def unbind(ctx: Context, node: fx.Node) -> Labels:
     return tuple(list(rest) for _ in range(lab[d].size))
 
 
-@register_op(aten.slice, aten.narrow, aten.slice_copy)
+@register_op(aten.slice, aten.narrow, aten.slice_copy, traits={Trait.PART})
 def slice_(ctx: Context, node: fx.Node) -> Labels:
     lab = ctx.label_or_anon(node.args[0])
     d = _dim(node.args[1] if len(node.args) > 1 else 0, len(lab))
@@ -306,7 +287,7 @@ def _roll_dims(node: fx.Node) -> object:
     return node.args[2] if len(node.args) > 2 else node.kwargs.get("dims", [])
 
 
-@register_op(aten.select, aten.index_select, aten.gather, aten.take_along_dim)
+@register_op(aten.index_select, aten.gather, aten.take_along_dim)
 def pick(ctx: Context, node: fx.Node) -> Labels:
     """Channel picking: the picked dim's spaces are frozen; other dims keep labels."""
     lab = ctx.label_or_anon(node.args[0])
@@ -323,6 +304,9 @@ def pick(ctx: Context, node: fx.Node) -> Labels:
             return rest
     ctx.freeze(lab, f"{node.target} indexes a tensor at {node.name}")
     return ctx.anon(out)
+
+
+register_op(aten.select, traits={Trait.PART})(pick)  # one channel: a part of the input
 
 
 @register_op(aten.constant_pad_nd, aten.pad)

@@ -16,7 +16,8 @@ call: while a module that owns product quantizers runs its forward, a
 
 Which calls to quantize is decided once, from the captured graph (`geta.prepare`): the k-th
 product call of a forward corresponds to the k-th product node of the module in the graph
-(`PRODUCT_OPS` maps the graph's ops to the functions intercepted here, one call per node).
+(an op registered with a product kind, `geta.ops.registry.product_kind`, leaves one node per
+call of the kind's functions, `geta.ops.traits.PRODUCT_KINDS`).
 Every call is counted, quantized or not, so weight products (``x @ self.w``) keep their place
 in the order. A module whose forward does not run the products the graph showed (kinds and
 count recorded by `record_products`) must be detached by the caller.
@@ -59,12 +60,12 @@ from torch.overrides import TorchFunctionMode
 
 from geta.config import STE
 from geta.errors import GetaError
+from geta.ops.traits import ATTENTION, MATMUL, PRODUCT_KINDS
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = [
     "ATTENTION",
     "MATMUL",
-    "PRODUCT_OPS",
     "PRODUCT_QUANTIZERS_ATTR",
     "ProductQuantizers",
     "ProductRecord",
@@ -78,32 +79,11 @@ __all__ = [
 
 PRODUCT_QUANTIZERS_ATTR = "geta_product_quantizers"  # submodule name on the module running them
 
-MATMUL = "matmul"  # a two-operand product: operand quantizers [a, b]
-ATTENTION = "attention"  # scaled dot-product attention: operand quantizers [q, k, v, p]
-
-aten = torch.ops.aten
-
-PRODUCT_OPS: dict[Any, str] = {
-    aten.matmul: MATMUL,
-    aten.mm: MATMUL,
-    aten.bmm: MATMUL,
-    aten.scaled_dot_product_attention: ATTENTION,
-}
-"""Graph op (overload packet) -> the kind of product call it records (one call, one node)."""
-
-# The torch functions the mode intercepts, by the kind of node each one leaves in the graph.
-_FUNCTIONS: dict[Callable[..., Any], str] = {
-    torch.matmul: MATMUL,
-    Tensor.matmul: MATMUL,
-    Tensor.__matmul__: MATMUL,
-    torch.mm: MATMUL,
-    Tensor.mm: MATMUL,
-    torch.bmm: MATMUL,
-    Tensor.bmm: MATMUL,
-    F.scaled_dot_product_attention: ATTENTION,
-}
-_OPERANDS = {MATMUL: 2, ATTENTION: 4}
-_LABELS = {MATMUL: ("a", "b"), ATTENTION: ("q", "k", "v", "p")}
+# The torch functions the mode intercepts, by the kind of node each one leaves in the graph
+# (declared with the kinds, `geta.ops.traits.PRODUCT_KINDS`).
+_FUNCTIONS: dict[Callable[..., Any], str] = {f: k.name for k in PRODUCT_KINDS.values() for f in k.functions}
+_OPERANDS = {name: len(kind.operands) for name, kind in PRODUCT_KINDS.items()}
+_LABELS = {name: kind.operands for name, kind in PRODUCT_KINDS.items()}
 
 
 class ProductQuantizers(nn.Module):

@@ -1,7 +1,8 @@
 """Measure a compressed model: MACs, bit widths, BOPs and sizes per layer (method.md §4).
 
 - `report(model, example_inputs, dense=None)` -> `CompressionReport` (also ``geta.report``);
-- `geta.reporting.macs`: the per-op MAC table (`MAC_RULES`, extend with `register_mac_rule`);
+- `mac_rule(op)`: the `MacRule` an op declares with its handler (``register_op(..., macs=...)``,
+  `geta.ops.registry`; the shared rules are in `geta.ops.macs`);
 - `geta.reporting.model`: the `LayerReport` / `CompressionReport` / `DenseCounts` data classes;
 - `dense_counts`: the counts `geta.prepare` records of the original model.
 
@@ -15,12 +16,12 @@
 
 from __future__ import annotations
 
+from geta.ops.macs import MacRule
+from geta.ops.registry import mac_rule
 from geta.reporting.count import dense_counts, dtype_bits, report, rounded_bits
-from geta.reporting.macs import MAC_RULES, MacRule, mac_rule, register_mac_rule
 from geta.reporting.model import CompressionReport, DenseCounts, LayerReport
 
 __all__ = [
-    "MAC_RULES",
     "CompressionReport",
     "DenseCounts",
     "LayerReport",
@@ -28,7 +29,6 @@ __all__ = [
     "dense_counts",
     "dtype_bits",
     "mac_rule",
-    "register_mac_rule",
     "report",
     "rounded_bits",
 ]

@@ -21,7 +21,6 @@ parameter that neither knows is listed in ``unknown_ops``: its cost is missing f
 
 from __future__ import annotations
 
-import operator
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,25 +31,24 @@ from torch.nn.utils import parametrize
 
 from geta.graph.capture import capture, normalize_inputs
 from geta.graph.ir import Graph, TensorRef
+from geta.ops import catalog  # noqa: F401  (registers the built-in op facts)
+from geta.ops.registry import has_trait, mac_rule
+from geta.ops.traits import VALUES_THROUGH
 from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.flops import flop_macs, op_name
-from geta.reporting.macs import mac_rule
 from geta.reporting.model import DENSE_COUNTS_ATTR, FP32_BITS, CompressionReport, DenseCounts, LayerReport
 from geta.reporting.naming import product_role
 
 __all__ = ["LayerCost", "dense_counts", "dtype_bits", "input_shapes", "layer_costs", "report", "rounded_bits"]
 
-aten = torch.ops.aten
 
-# Ops that pass values through unchanged (layout, casts, copies, parts of a tensor): operands are
-# traced through them, e.g. a fused q/k/v weight chunked into three projections.
-_LOOK_THROUGH = {
-    aten.t, aten.transpose, aten.permute, aten.view, aten._unsafe_view, aten.reshape,
-    aten.expand, aten.contiguous, aten.clone, aten.alias, aten.detach, aten._to_copy, aten.to,
-    aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten, aten.lift_fresh_copy,
-    aten.chunk, aten.split, aten.split_with_sizes, aten.unbind, aten.slice, aten.select,
-    aten.narrow, operator.getitem,
-}  # fmt: skip
+def _looks_through(target: object) -> bool:
+    """Does an op pass its first input's values on (a cast, a view, a part; `geta.ops.traits`)?
+
+    Operands are traced back through such ops, e.g. a fused q/k/v weight chunked into three
+    projections.
+    """
+    return has_trait(target, *VALUES_THROUGH)
 
 
 def rounded_bits(quantizer: LearnableQuantizer) -> int:
@@ -99,7 +97,7 @@ class _Counter:
             packet = getattr(node.target, "overloadpacket", node.target)
             if packet is torch.ops.geta.fake_quant:
                 quantizer = quantizer or self._quantizer_of(node)
-            elif packet not in _LOOK_THROUGH:
+            elif not _looks_through(packet):
                 break
             node = node.args[0]
         return _Operand(None, quantizer, dtype)
@@ -211,7 +209,7 @@ def _ops(counter: _Counter) -> Iterator[_Op | str]:
 def _is_op(node: fx.Node) -> bool:
     """Not a quantizer and not a look-through op (they pass operands on, they multiply nothing)."""
     packet = getattr(node.target, "overloadpacket", node.target)
-    return packet is not torch.ops.geta.fake_quant and packet not in _LOOK_THROUGH
+    return packet is not torch.ops.geta.fake_quant and not _looks_through(packet)
 
 
 def _slots(counter: _Counter, op: _Op) -> tuple[_Operand | None, _Operand, _Operand]:
@@ -323,7 +321,7 @@ def _has_matrix_param(counter: _Counter, node: fx.Node) -> bool:
     Quantizers and look-through ops pass weights on to the op that multiplies them.
     """
     packet = getattr(node.target, "overloadpacket", node.target)
-    if packet is torch.ops.geta.fake_quant or packet in _LOOK_THROUGH:
+    if packet is torch.ops.geta.fake_quant or _looks_through(packet):
         return False
     for arg in _flat_nodes((node.args, node.kwargs)):
         ref = counter.operand(arg).ref

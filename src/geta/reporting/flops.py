@@ -1,8 +1,9 @@
-"""MACs of ops geta has no `MacRule` for, from torch's FLOP counter (method.md §4).
+"""MACs of ops that declare no `MacRule`, from torch's FLOP counter (method.md §4).
 
-`geta.reporting.macs` covers the ops geta quantizes (conv, linear, matmul, attention). A model
-may run others that multiply matrices, e.g. ``aten.lstm`` (an ``nn.LSTM``): it is left in float,
-but its cost is real and belongs in the BOPs. For such an op the captured node is run again on
+The ops geta quantizes (conv, linear, matmul, attention) declare a `MacRule` with their handler
+(`geta.ops.registry.mac_rule`). A model may run others that multiply matrices, e.g.
+``aten.lstm`` (an ``nn.LSTM``): it is left in float, but its cost is real and belongs in the
+BOPs. For such an op the captured node is run again on
 ``meta`` tensors of its recorded shapes (no data, no memory) under
 `torch.utils.flop_counter.FlopCounterMode`, which counts the matrix products the op decomposes
 into; MACs = FLOPs / 2 (the counter counts a multiply-add as two FLOPs).
@@ -25,6 +26,9 @@ from typing import Any
 
 import torch
 from torch import fx
+
+from geta.ops.registry import has_trait
+from geta.ops.traits import SIGN_THROUGH
 
 __all__ = ["flop_macs", "op_name"]
 
@@ -56,9 +60,12 @@ def _arg(arg: Any) -> Any:
 
 
 def _candidate(node: fx.Node) -> bool:
-    """An ATen op that might multiply matrices: not elementwise, with a tensor of rank >= 2 in."""
+    """An ATen op that might multiply matrices: not elementwise, not declared to move or keep
+    values (a view, a pool: `geta.ops.traits.SIGN_THROUGH`), with a tensor of rank >= 2 in."""
     target = node.target
     if not isinstance(target, torch._ops.OpOverload) or torch.Tag.pointwise in target.tags:
+        return False
+    if has_trait(target, *SIGN_THROUGH):
         return False
     values = [a.meta.get("val") for a in node.all_input_nodes]
     return any(isinstance(v, torch.Tensor) and v.dim() >= 2 for v in values)

@@ -8,15 +8,20 @@ so that a report reads ``layers.0.self_attn:q@k`` rather than the graph's ``matm
 
 from __future__ import annotations
 
-import torch
 from torch import fx
+
+from geta.ops import catalog  # noqa: F401  (registers the built-in op facts)
+from geta.ops.registry import has_trait, product_kind
+from geta.ops.traits import ATTENTION, Trait
 
 __all__ = ["product_role"]
 
-aten = torch.ops.aten
-
-_SOFTMAX = {aten.softmax, aten._softmax, aten._safe_softmax, aten.log_softmax}
 _HOPS = 4  # ops between an attention product and its softmax (scale, mask, cast, dropout)
+
+
+def _is_softmax(node: fx.Node) -> bool:
+    """Does ``node`` run an op declaring `Trait.SOFTMAX` (`geta.ops.registry`)?"""
+    return has_trait(getattr(node.target, "overloadpacket", node.target), Trait.SOFTMAX)
 
 
 def _near_softmax(start: fx.Node, forward: bool) -> bool:
@@ -25,7 +30,7 @@ def _near_softmax(start: fx.Node, forward: bool) -> bool:
     for _ in range(_HOPS):
         step = [n for node in frontier for n in (node.users if forward else node.all_input_nodes)]
         frontier = [n for n in step if n not in seen and n.op == "call_function"]
-        if any(getattr(n.target, "overloadpacket", n.target) in _SOFTMAX for n in frontier):
+        if any(_is_softmax(n) for n in frontier):
             return True
         seen.update(frontier)
     return False
@@ -35,12 +40,9 @@ def product_role(node: fx.Node) -> str | None:
     """'q@k' for the product a softmax follows (attention scores), 'attn@v' for the product of a
     softmax's output (weights times values), 'attention' for a fused scaled-dot-product
     attention; None for any other activation x activation op."""
-    if getattr(node.target, "overloadpacket", node.target) is aten.scaled_dot_product_attention:
+    if product_kind(node.target) == ATTENTION:
         return "attention"  # both products and the softmax in one op
     first = node.args[0] if node.args else None
-    if isinstance(first, fx.Node) and (
-        getattr(first.target, "overloadpacket", first.target) in _SOFTMAX
-        or _near_softmax(first, forward=False)
-    ):
+    if isinstance(first, fx.Node) and (_is_softmax(first) or _near_softmax(first, forward=False)):
         return "attn@v"
     return "q@k" if _near_softmax(node, forward=True) else None

@@ -1,7 +1,8 @@
-"""Multiply-accumulate counts per ATen op: one table, keyed by the op object (method.md §4).
+"""Multiply-accumulate counts of ATen ops: the `MacRule` an op declares with its handler (method.md §4).
 
 Every op that multiplies activations by weights (or by other activations, as attention does)
-has one `MacRule`: what kind of layer it is, which of its arguments are the multiplied
+declares one `MacRule` in its registration (``register_op(aten.linear, macs=LINEAR)``, see
+`geta.ops.registry`): what kind of layer it is, which of its arguments are the multiplied
 operands (a weight, if any, is found among them by the caller), and how many MACs one call
 performs, computed from the shapes recorded on the captured graph (``node.meta["val"]``).
 
@@ -12,11 +13,15 @@ performs, computed from the shapes recorded on the captured graph (``node.meta["
     sdpa            q·kᵀ then softmax·v: L·S·E + L·S·E_v per batch·head
     embedding       a table look-up: 0
 
-The table is data: extend it with `register_mac_rule`; a duplicate key raises.
+This module holds the rules shared by the built-in families; an op with a formula of its own
+builds its `MacRule` beside its handler. `geta.reporting` reads them through
+`geta.ops.registry.mac_rule`.
 
 >>> import torch
->>> mac_rule(torch.ops.aten.linear.default).kind
-'linear'
+>>> from geta.ops import catalog  # registers the built-in families
+>>> from geta.ops.registry import mac_rule
+>>> mac_rule(torch.ops.aten.linear.default) is LINEAR
+True
 >>> mac_rule(torch.ops.aten.relu.default) is None
 True
 """
@@ -28,14 +33,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import fx
 
-from geta.errors import GetaError
-
-__all__ = ["MAC_RULES", "MacRule", "mac_rule", "register_mac_rule"]
-
-aten = torch.ops.aten
+__all__ = [
+    "ADDMM",
+    "ATTENTION",
+    "CONV",
+    "CONVOLUTION",
+    "CONV_TRANSPOSE",
+    "LINEAR",
+    "LOOKUP",
+    "MATMUL",
+    "MacRule",
+]
 
 
 def _shape(arg: Any) -> tuple[int, ...]:
@@ -114,38 +124,11 @@ def _zero(node: fx.Node) -> int:
     return 0
 
 
-MAC_RULES: dict[Any, MacRule] = {}
-"""ATen op (overload packet or overload) -> `MacRule`."""
-
-
-def register_mac_rule(rule: MacRule, *targets: Any) -> None:
-    """Count ``targets`` (ATen op objects) with ``rule``; a target already in the table raises."""
-    for target in targets:
-        if target in MAC_RULES:
-            raise GetaError(f"a MAC rule for {target} is already registered")
-        MAC_RULES[target] = rule
-
-
-def mac_rule(target: Any) -> MacRule | None:
-    """The rule of an fx node target: by overload first, then by its overload packet."""
-    rule = MAC_RULES.get(target)
-    if rule is None:
-        packet = getattr(target, "overloadpacket", None)
-        rule = MAC_RULES.get(packet) if packet is not None else None
-    return rule
-
-
-register_mac_rule(MacRule("conv", (0, 1), _conv_macs), aten.conv1d, aten.conv2d, aten.conv3d)
-register_mac_rule(
-    MacRule("conv_transpose", (0, 1), _conv_transpose_macs),
-    aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d,
-)  # fmt: skip
-register_mac_rule(
-    MacRule(lambda n: "conv_transpose" if _is_transposed(n) else "conv", (0, 1), _convolution_macs),
-    aten.convolution,
-)
-register_mac_rule(MacRule("linear", (0, 1), _linear_macs), aten.linear)
-register_mac_rule(MacRule("matmul", (0, 1), _contraction_macs(0)), aten.matmul, aten.mm, aten.bmm)
-register_mac_rule(MacRule("matmul", (1, 2), _contraction_macs(1)), aten.addmm, aten.baddbmm)
-register_mac_rule(MacRule("attention", (0, 1, 2), _sdpa_macs), aten.scaled_dot_product_attention)
-register_mac_rule(MacRule("embedding", (0, 1), _zero), aten.embedding)
+CONV = MacRule("conv", (0, 1), _conv_macs)
+CONV_TRANSPOSE = MacRule("conv_transpose", (0, 1), _conv_transpose_macs)
+CONVOLUTION = MacRule(lambda n: "conv_transpose" if _is_transposed(n) else "conv", (0, 1), _convolution_macs)
+LINEAR = MacRule("linear", (0, 1), _linear_macs)
+MATMUL = MacRule("matmul", (0, 1), _contraction_macs(0))
+ADDMM = MacRule("matmul", (1, 2), _contraction_macs(1))  # addmm(bias, a, b), baddbmm(bias, a, b)
+ATTENTION = MacRule("attention", (0, 1, 2), _sdpa_macs)
+LOOKUP = MacRule("embedding", (0, 1), _zero)  # a table look-up multiplies nothing
