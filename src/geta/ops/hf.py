@@ -76,7 +76,7 @@ def _phi3_attention(mod: nn.Module) -> None:
 
 
 # GPT-2's transposed linear: forward(x) -> addmm(b, x, W)
-register_module_spec(ModuleSpec(Conv1D, kind=Kind.LAYER, fixer=_conv1d, sizes=_conv1d_sizes))
+register_module_spec(ModuleSpec(Conv1D, kind=Kind.LAYER, fixer=_conv1d, sizes=_conv1d_sizes, out_dim=1))
 register_module_spec(ModuleSpec(GPT2Attention, fixer=_gpt2_attention))
 
 

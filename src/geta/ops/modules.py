@@ -12,6 +12,8 @@ them all, and every part of geta that needs one reads it from here (never by cla
   (`geta.convert`) or resized to a saved shape (`geta.export.load_packed`, ``load_pretrained``);
 - ``sizes(module)``: reads its size attributes back from its tensors' shapes, for a module
   built from a config and then resized (`geta.export.load_pretrained`);
+- ``out_dim``: the dim of its ``weight`` that holds its output units (0 for ``nn.Linear``, 1
+  for HF's transposed ``Conv1D``), read by `out_width` (`geta.export.layersizes`);
 - ``rebuild(module)``: turns a freshly built module into the form `geta.prepare` or
   `geta.convert` gave it, when a packed file saved it under another class (`geta.export.load_packed`).
 
@@ -47,6 +49,7 @@ __all__ = [
     "apply_module_fixers",
     "apply_size_rules",
     "rebuild",
+    "out_width",
     "freeze_tensor_dims",
 ]
 
@@ -73,6 +76,7 @@ class ModuleSpec:
     fixer: Fixer | None = None
     sizes: Fixer | None = None
     rebuild: Fixer | None = None
+    out_dim: int | None = None
 
 
 _SPECS: dict[type, ModuleSpec] = {}
@@ -147,6 +151,19 @@ def rebuild(module: nn.Module) -> bool:
     return bool(found)
 
 
+def out_width(module: object) -> int | None:
+    """The number of output units of ``module``'s weight (its spec's ``out_dim``), or None.
+
+    >>> out_width(nn.Linear(3, 5)), out_width(nn.ReLU()), out_width(None)
+    (5, None, None)
+    """
+    if not isinstance(module, nn.Module):
+        return None
+    dims = [s.out_dim for s in specs_for(module) if s.out_dim is not None]
+    weight = getattr(module, "weight", None)
+    return int(weight.shape[dims[0]]) if dims and weight is not None else None
+
+
 def freeze_tensor_dims(analysis: Analysis, tensor: object, dims: tuple[int, ...], reason: str) -> None:
     """Freeze every space bound to the given dims of ``tensor`` (by identity)."""
     for b in analysis.bindings:
@@ -170,7 +187,7 @@ def _layer_norm_sizes(m: nn.Module) -> None:
         m.normalized_shape = tuple(m.weight.shape)  # weight (*normalized_shape)
 
 
-register_module_spec(ModuleSpec(nn.Linear, kind=Kind.LAYER, sizes=_linear_sizes))
+register_module_spec(ModuleSpec(nn.Linear, kind=Kind.LAYER, sizes=_linear_sizes, out_dim=0))
 register_module_spec(ModuleSpec(nn.modules.conv._ConvNd, kind=Kind.LAYER))  # incl. transposed
 for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_module_spec(ModuleSpec(_conv, kind=Kind.CONV))
