@@ -58,7 +58,7 @@ _CLASSES = {
 _ERRORS = {"GetaError", "ConfigError", "CaptureError", "ConvertError", "IntegrityError", "UnsupportedOpError"}
 _FUNCTIONS = {
     "prepare": "geta.prepare",
-    "convert": "geta.subnet",
+    "convert": "geta.convert",
     "report": "geta.reporting.count",
     "shard": "geta.distributed",
     "full_state_dict": "geta.distributed",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from geta.config import STE, Config
+from geta.convert import convert
 from geta.errors import (
     CaptureError,
     ConfigError,
@@ -18,10 +19,9 @@ from geta.errors import (
     IntegrityError,
     UnsupportedOpError,
 )
-from geta.graph.group import ParamSlice, PruneGroup
+from geta.graph.prune_group import ParamSlice, PruneGroup
 from geta.plan import Plan
 from geta.prepare import prepare
-from geta.subnet import convert
 
 __version__ = "0.1.0"
 

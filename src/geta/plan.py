@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from geta.config import Config
-from geta.graph.group import PruneGroup
+from geta.graph.prune_group import PruneGroup
 from geta.graph.summary import plan_summary
 
 if TYPE_CHECKING:

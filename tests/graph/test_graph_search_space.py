@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import geta
-from geta.graph.group import PruneGroup
+from geta.graph.prune_group import PruneGroup
 from geta.prepare import analyze_model
 from geta.testing import zoo
 

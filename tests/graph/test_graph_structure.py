@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import geta
-from geta.graph.group import PruneGroup
+from geta.graph.prune_group import PruneGroup
 from geta.testing import zoo
 
 

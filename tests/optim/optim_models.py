@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from geta import Config
-from geta.graph.group import ParamSlice, PruneGroup
+from geta.graph.prune_group import ParamSlice, PruneGroup
 from geta.plan import Plan, QuantBinding, QuantTarget
 from geta.quant.attach import attach_input_quantizer, attach_weight_quantizer
 from geta.quant.quantizer import LearnableQuantizer

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import geta.testing
-from geta.graph.group import ParamSlice, PruneGroup
+from geta.graph.prune_group import ParamSlice, PruneGroup
 from geta.testing import ZOO, ZooEntry, max_relative_error, model_outputs, zero_random_groups, zoo
 
 ALL = list(ZOO)

@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from geta.export.info import ExportError
+from geta.ops.modules import Kind, is_kind
 from geta.quant.attach import detach_input_quantizer, weight_quantizers
 from geta.quant.functional import MIN_STEP, code_range, integer_codes
 from geta.quant.products import detach_product_quantizers
@@ -60,9 +61,6 @@ __all__ = [
     "replace_by_identity",
     "replace_module",
 ]
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def bake_weights(model: nn.Module) -> bool:
@@ -126,12 +124,15 @@ def _module_path(node: torch.fx.Node) -> str | None:
 def conv_bn_pairs(model: nn.Module, example_inputs: object) -> list[tuple[nn.Module, nn.Module]]:
     """(conv, bn) module pairs where the BatchNorm reads the convolution's output, and nothing else does.
 
+    Convolutions and BatchNorms are the modules whose `geta.ops.modules.ModuleSpec` says so
+    (``Kind.CONV``, ``Kind.BATCHNORM``).
+
     Both modules must be called exactly once (one node each in the exported graph): a shared
     convolution or BatchNorm cannot be folded for one of its uses only.
     """
     from geta.graph.capture import normalize_inputs
 
-    if not any(isinstance(m, _NORMS) for m in model.modules()):
+    if not any(is_kind(m, Kind.BATCHNORM) for m in model.modules()):
         return []  # nothing to fold: skip the trace
     args, kwargs = normalize_inputs(example_inputs)
     with torch.no_grad():
@@ -142,13 +143,13 @@ def conv_bn_pairs(model: nn.Module, example_inputs: object) -> list[tuple[nn.Mod
     pairs = []
     for node in nodes:
         bn = modules.get(_module_path(node) or "")
-        if not isinstance(bn, _NORMS) or calls[_module_path(node)] != 1 or not node.args:
+        if bn is None or not is_kind(bn, Kind.BATCHNORM) or calls[_module_path(node)] != 1 or not node.args:
             continue
         source = node.args[0]
         if not isinstance(source, torch.fx.Node) or len(source.users) != 1:
             continue
         conv = modules.get(_module_path(source) or "")
-        if isinstance(conv, _CONVS) and calls[_module_path(source)] == 1:
+        if conv is not None and is_kind(conv, Kind.CONV) and calls[_module_path(source)] == 1:
             pairs.append((conv, bn))
     return pairs
 

@@ -27,6 +27,7 @@ from typing import Any
 from torch import nn
 
 from geta.export.info import ExportError
+from geta.ops.modules import out_width
 
 __all__ = ["check_plain_shapes", "global_sizes", "set_global_sizes"]
 
@@ -42,25 +43,25 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def _layer_sizes(layer: nn.Module) -> dict[str, int]:
-    """Config field -> this layer's value, for the sizes geta prunes."""
+    """Config field -> this layer's value, for the sizes geta prunes.
+
+    A projection's width is its output units (`geta.ops.modules.out_width`: the module spec says
+    which weight dim holds them).
+    """
     sizes: dict[str, int] = {}
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-    up = getattr(mlp, "up_proj", None)
-    if isinstance(up, nn.Linear):
-        sizes["intermediate_size"] = int(up.weight.shape[0])  # weight (out, in)
-    fc = getattr(mlp, "c_fc", None)
-    if (
-        fc is not None
-        and getattr(fc, "weight", None) is not None
-        and getattr(layer, "attn", None) is not None
-    ):
-        sizes["n_inner"] = int(fc.weight.shape[1])  # GPT-2's Conv1D: weight (in, out)
-    q, k = getattr(attn, "q_proj", None), getattr(attn, "k_proj", None)
+    up = out_width(getattr(mlp, "up_proj", None))  # a Linear's out_features
+    if up is not None:
+        sizes["intermediate_size"] = up
+    fc = out_width(getattr(mlp, "c_fc", None))  # GPT-2's Conv1D: weight (in, out)
+    if fc is not None and getattr(layer, "attn", None) is not None:
+        sizes["n_inner"] = fc
+    q, k = out_width(getattr(attn, "q_proj", None)), out_width(getattr(attn, "k_proj", None))
     head_dim = getattr(attn, "head_dim", None)
-    if isinstance(q, nn.Linear) and isinstance(k, nn.Linear) and isinstance(head_dim, int):
+    if q is not None and k is not None and isinstance(head_dim, int):
         sizes["head_dim"] = head_dim
-        sizes["num_attention_heads"] = int(q.weight.shape[0]) // head_dim  # (heads * head_dim, hidden)
-        sizes["num_key_value_heads"] = int(k.weight.shape[0]) // head_dim
+        sizes["num_attention_heads"] = q // head_dim  # q: heads * head_dim outputs
+        sizes["num_key_value_heads"] = k // head_dim
     return sizes
 
 

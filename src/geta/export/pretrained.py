@@ -62,7 +62,7 @@ from geta.export.info import ExportError
 from geta.export.intweights import decode, encode, integer_weights, is_integer_config
 from geta.export.layersizes import check_plain_shapes, set_global_sizes
 from geta.integrity import member_path, verify_file, write_sidecar
-from geta.ops.modules import apply_module_fixers
+from geta.ops.modules import apply_module_fixers, apply_size_rules
 from geta.savehook import guard_save_pretrained
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _transformers() -> ModuleType:
         import transformers
     except ImportError as exc:
         raise ExportError("Hugging Face export needs transformers: pip install 'torch-geta[hf]'") from exc
-    import geta.ops.hf  # noqa: F401  (registers GPT-2's attention fixer)
+    import geta.ops.hf  # noqa: F401  (registers the specs of Conv1D, GPT-2's attention, ...)
 
     return transformers
 
@@ -291,33 +291,9 @@ def _resize(model: nn.Module, shapes: dict[str, list[int]]) -> None:
         setattr(owner, attr, new)  # a parameter stays a parameter, a buffer a buffer
 
 
-def _size_rules() -> dict[type, Callable[[nn.Module], None]]:
-    """Module type -> how it reads its size attributes back from its weight's shape."""
-    from transformers.pytorch_utils import Conv1D
-
-    def linear(m: nn.Module) -> None:
-        m.out_features, m.in_features = m.weight.shape  # weight (out, in)
-
-    def embedding(m: nn.Module) -> None:
-        m.num_embeddings, m.embedding_dim = m.weight.shape  # weight (vocab, dim)
-
-    def layer_norm(m: nn.Module) -> None:
-        if m.weight is not None:
-            m.normalized_shape = tuple(m.weight.shape)  # weight (*normalized_shape)
-
-    def conv1d(m: nn.Module) -> None:
-        m.nx, m.nf = m.weight.shape  # HF's transposed linear: weight (in, out)
-
-    return {nn.Linear: linear, nn.Embedding: embedding, nn.LayerNorm: layer_norm, Conv1D: conv1d}
-
-
 def _update_sizes(model: nn.Module, attributes: dict[str, dict[str, Any]]) -> None:
     """Size attributes from the weights' shapes, then the recorded ones, then geta's fixers."""
-    rules = _size_rules()
-    for module in model.modules():
-        for cls, rule in rules.items():
-            if isinstance(module, cls):
-                rule(module)
+    apply_size_rules(model)  # each module spec's ``sizes``: e.g. nn.Linear's out/in_features
     for name, attrs in attributes.items():
         module = model.get_submodule(name)
         for attr, value in attrs.items():

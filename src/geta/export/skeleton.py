@@ -12,9 +12,10 @@ A converted model differs from a freshly built one of the same class in three wa
   (``out_features``, ``in_channels``, ``num_heads``, ...) and the module's class, which
   `geta.convert` may have changed (``nn.MultiheadAttention`` -> ``PrunedMultiheadAttention``).
 
-`fit(model, description, shapes)` makes ``model`` look like that: it attaches the missing
+`fit(model, description, shapes)` makes ``model`` look like that: it rebuilds each module saved
+under another class (its `geta.ops.modules.ModuleSpec`'s ``rebuild``), attaches the missing
 quantizers, replaces every tensor whose shape differs by an empty one of the recorded shape
-(on the tensor's own device, ``meta`` included), runs geta's module fixers and sets the
+(on the tensor's own device, ``meta`` included), runs the module specs' fixers and sets the
 recorded size attributes. The values are then loaded by `geta.export.load_packed`. So the
 skeleton of a packed file can be the model the user builds anyway::
 
@@ -30,10 +31,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+import geta.ops.mha  # noqa: F401  (registers nn.MultiheadAttention's module spec)
 from geta.config import STE
 from geta.errors import GetaError
-from geta.ops.mha import PrunedMultiheadAttention, eager_multihead_attention
-from geta.ops.modules import apply_module_fixers
+from geta.ops.modules import apply_module_fixers, rebuild
 from geta.quant.attach import (
     attach_input_quantizer,
     attach_weight_quantizer,
@@ -150,6 +151,20 @@ def _set_sizes(model: nn.Module, modules: dict[str, dict[str, Any]]) -> None:
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
 
 
+def _rebuild(model: nn.Module, modules: dict[str, dict[str, Any]]) -> None:
+    """Rebuild (`geta.ops.modules.ModuleSpec.rebuild`) each module saved under another class.
+
+    E.g. an ``nn.MultiheadAttention`` that prepare or convert made a ``PrunedMultiheadAttention``.
+    """
+    for name, entry in modules.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue  # `_set_sizes` names it
+        if class_name(module) != entry["class"]:
+            rebuild(module)
+
+
 def fit(model: nn.Module, description: dict[str, Any], shapes: dict[str, list[int]]) -> None:
     """Make ``model`` match a `describe` record and the tensor ``shapes`` (module docstring).
 
@@ -157,8 +172,7 @@ def fit(model: nn.Module, description: dict[str, Any], shapes: dict[str, list[in
     change): load the values next. Raises `GetaError` for a model of another architecture.
     """
     modules = description.get("modules", {})
-    if any(e["class"] == class_name(PrunedMultiheadAttention) for e in modules.values()):
-        eager_multihead_attention(model)  # what prepare does with activation quantizers
+    _rebuild(model, modules)
     _attach_missing(model, description.get("quantizers", []))
     _resize(model, shapes)
     apply_module_fixers(model)  # e.g. nn.MultiheadAttention -> PrunedMultiheadAttention

@@ -7,7 +7,7 @@ import fnmatch
 import torch
 
 from geta.graph.context import Analysis
-from geta.graph.group import ParamSlice, PruneGroup
+from geta.graph.prune_group import ParamSlice, PruneGroup
 from geta.graph.space import Space
 
 __all__ = ["build_groups", "group_positions"]

@@ -12,7 +12,7 @@ from typing import Protocol
 from torch import nn
 
 from geta.graph.context import Analysis
-from geta.graph.group import PruneGroup
+from geta.graph.prune_group import PruneGroup
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = ["plan_summary"]

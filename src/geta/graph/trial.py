@@ -48,7 +48,7 @@ def _meta_memo(model: nn.Module) -> dict[int, object]:
 
 def _runs(plan: Plan, removed: dict[int, torch.Tensor], inputs: Any, meta: bool) -> bool:
     """Remove ``removed`` from a copy; on real tensors also compare with the zeroed model."""
-    from geta.subnet import apply_removal
+    from geta.convert import apply_removal
     from geta.testing.invariance import max_relative_error
 
     memo = _meta_memo(plan.model) if meta else {}

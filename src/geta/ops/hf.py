@@ -1,7 +1,7 @@
 """Hugging Face transformers knowledge (imported only when transformers is already loaded).
 
-Layer types and module fixers of transformers' classes, and the handlers of transformers' own
-custom ops (which exist only once transformers is imported, so `geta.ops.catalog` cannot
+The module specs (`geta.ops.modules.ModuleSpec`) of transformers' classes, and the handlers of
+transformers' own custom ops (which exist only once transformers is imported, so `geta.ops.catalog` cannot
 register them).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -17,12 +17,10 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 from transformers.pytorch_utils import Conv1D
 
 from geta.ops.experts import grouped_mm
-from geta.ops.modules import has_module_fixer, register_layer_type, register_module_fixer
+from geta.ops.modules import Kind, ModuleSpec, is_registered, register_module_spec
 from geta.ops.registry import register_op
 
 __all__ = ["register_loaded_classes"]
-
-register_layer_type(Conv1D)  # GPT-2's transposed linear: forward(x) -> addmm(b, x, W)
 
 try:  # stacked Mixture-of-Experts weights (transformers >= 5): defines the op below
     import transformers.integrations.moe  # noqa: F401
@@ -34,13 +32,15 @@ if _GROUPED_MM_FALLBACK is not None:
     register_op(_GROUPED_MM_FALLBACK)(grouped_mm)
 
 
-@register_module_fixer(Conv1D)
 def _conv1d(mod: nn.Module) -> None:
     """HF's transposed linear keeps its output width in ``nf`` (weight: (in, out))."""
     mod.nf = mod.weight.shape[1]
 
 
-@register_module_fixer(GPT2Attention)
+def _conv1d_sizes(mod: nn.Module) -> None:
+    mod.nx, mod.nf = mod.weight.shape  # HF's transposed linear: weight (in, out)
+
+
 def _gpt2_attention(mod: nn.Module) -> None:
     """GPT-2 splits its fused q|k|v output by ``split_size``: keep it equal to the q width."""
     fused = mod.c_attn.weight.shape[1]  # (nx, 3 * heads * head_dim)
@@ -75,28 +75,76 @@ def _phi3_attention(mod: nn.Module) -> None:
     mod.num_key_value_groups = heads // kv_heads
 
 
-# Attention classes whose forward reads a head count from an attribute, and the fixer that makes
-# it follow the pruned projections: (module, class, fixer). Resolved only from modules the user
-# has already imported (importing every HF model family here would be slow), then keyed by class.
-_ATTENTION_FIXERS: tuple[tuple[str, str, Callable[[nn.Module], None]], ...] = (
-    ("transformers.models.opt.modeling_opt", "OPTAttention", _heads_from_q_proj),
-    ("transformers.models.bart.modeling_bart", "BartAttention", _heads_from_q_proj),
-    ("transformers.models.whisper.modeling_whisper", "WhisperAttention", _heads_from_q_proj),
-    # copies of BartAttention (marked "Copied from" in transformers)
-    ("transformers.models.mbart.modeling_mbart", "MBartAttention", _heads_from_q_proj),
-    ("transformers.models.marian.modeling_marian", "MarianAttention", _heads_from_q_proj),
-    ("transformers.models.pegasus.modeling_pegasus", "PegasusAttention", _heads_from_q_proj),
-    ("transformers.models.m2m_100.modeling_m2m_100", "M2M100Attention", _heads_from_q_proj),
-    ("transformers.models.blenderbot.modeling_blenderbot", "BlenderbotAttention", _heads_from_q_proj),
-    ("transformers.models.t5.modeling_t5", "T5Attention", _t5_attention),
-    ("transformers.models.mt5.modeling_mt5", "MT5Attention", _t5_attention),
-    ("transformers.models.phi3.modeling_phi3", "Phi3Attention", _phi3_attention),
-)
+# GPT-2's transposed linear: forward(x) -> addmm(b, x, W)
+register_module_spec(ModuleSpec(Conv1D, kind=Kind.LAYER, fixer=_conv1d, sizes=_conv1d_sizes, out_dim=1))
+register_module_spec(ModuleSpec(GPT2Attention, fixer=_gpt2_attention))
+
+
+def _loaded(family: str) -> bool:
+    """Whether transformers' modeling module of ``family`` is imported (by the user's model)."""
+    return f"transformers.models.{family}.modeling_{family}" in sys.modules
+
+
+def _attention_specs() -> Iterator[ModuleSpec]:
+    """Specs of attention classes whose forward reads a head count from an attribute.
+
+    The fixer makes it follow the pruned projections. A family's class is imported only once the
+    user has loaded that family (importing every HF model family here would be slow); each class
+    exists in every transformers release geta supports (>= 4.45).
+    """
+    if _loaded("opt"):
+        from transformers.models.opt.modeling_opt import OPTAttention
+
+        yield ModuleSpec(OPTAttention, fixer=_heads_from_q_proj)
+    if _loaded("bart"):
+        from transformers.models.bart.modeling_bart import BartAttention
+
+        yield ModuleSpec(BartAttention, fixer=_heads_from_q_proj)
+    if _loaded("whisper"):
+        from transformers.models.whisper.modeling_whisper import WhisperAttention
+
+        yield ModuleSpec(WhisperAttention, fixer=_heads_from_q_proj)
+    yield from _bart_copies()
+    if _loaded("t5"):
+        from transformers.models.t5.modeling_t5 import T5Attention
+
+        yield ModuleSpec(T5Attention, fixer=_t5_attention)
+    if _loaded("mt5"):
+        from transformers.models.mt5.modeling_mt5 import MT5Attention
+
+        yield ModuleSpec(MT5Attention, fixer=_t5_attention)
+    if _loaded("phi3"):
+        from transformers.models.phi3.modeling_phi3 import Phi3Attention
+
+        yield ModuleSpec(Phi3Attention, fixer=_phi3_attention)
+
+
+def _bart_copies() -> Iterator[ModuleSpec]:
+    """Copies of BartAttention (marked "Copied from" in transformers)."""
+    if _loaded("mbart"):
+        from transformers.models.mbart.modeling_mbart import MBartAttention
+
+        yield ModuleSpec(MBartAttention, fixer=_heads_from_q_proj)
+    if _loaded("marian"):
+        from transformers.models.marian.modeling_marian import MarianAttention
+
+        yield ModuleSpec(MarianAttention, fixer=_heads_from_q_proj)
+    if _loaded("pegasus"):
+        from transformers.models.pegasus.modeling_pegasus import PegasusAttention
+
+        yield ModuleSpec(PegasusAttention, fixer=_heads_from_q_proj)
+    if _loaded("m2m_100"):
+        from transformers.models.m2m_100.modeling_m2m_100 import M2M100Attention
+
+        yield ModuleSpec(M2M100Attention, fixer=_heads_from_q_proj)
+    if _loaded("blenderbot"):
+        from transformers.models.blenderbot.modeling_blenderbot import BlenderbotAttention
+
+        yield ModuleSpec(BlenderbotAttention, fixer=_heads_from_q_proj)
 
 
 def register_loaded_classes() -> None:
-    """Register the fixers of the attention classes above whose modules are loaded now."""
-    for module_name, class_name, fixer in _ATTENTION_FIXERS:
-        cls = getattr(sys.modules.get(module_name), class_name, None)
-        if isinstance(cls, type) and not has_module_fixer(cls):
-            register_module_fixer(cls)(fixer)
+    """Register the specs of the attention classes above whose families are loaded now."""
+    for spec in _attention_specs():
+        if not is_registered(spec.cls):
+            register_module_spec(spec)

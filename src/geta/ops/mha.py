@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from geta.graph.context import Analysis
-from geta.ops.modules import freeze_tensor_dims, register_module_constraint, register_module_fixer
+from geta.ops.modules import ModuleSpec, freeze_tensor_dims, register_module_spec
 
 __all__ = ["PrunedMultiheadAttention", "eager_layer_inputs", "eager_multihead_attention"]
 
@@ -129,16 +129,18 @@ def eager_multihead_attention(model: nn.Module) -> list[nn.Module]:
     (which would skip geta's hooks) are no longer taken. Variants geta cannot express
     (``add_bias_kv``, ``add_zero_attn``) are left as they are.
     """
-    changed = []
-    for mod in model.modules():
-        cls = type(mod)
-        base = cls.__bases__[0] if parametrize.is_parametrized(mod) else cls  # Parametrized<MHA>
-        if base is not nn.MultiheadAttention or mod.bias_k is not None or mod.add_zero_attn:
-            continue  # a user's subclass keeps its own forward
-        mod._qkv_same_embed_dim = False  # keeps TransformerEncoderLayer off its fused fast path
-        mod.__class__ = _pruned_class(cls)
-        changed.append(mod)
-    return changed
+    return [mod for mod in model.modules() if _make_eager(mod)]
+
+
+def _make_eager(mod: nn.Module) -> bool:
+    """Give one plain ``nn.MultiheadAttention`` the class `PrunedMultiheadAttention`; True if done."""
+    cls = type(mod)
+    base = cls.__bases__[0] if parametrize.is_parametrized(mod) else cls  # Parametrized<MHA>
+    if base is not nn.MultiheadAttention or mod.bias_k is not None or mod.add_zero_attn:
+        return False  # a user's subclass keeps its own forward
+    mod._qkv_same_embed_dim = False  # keeps TransformerEncoderLayer off its fused fast path
+    mod.__class__ = _pruned_class(cls)
+    return True
 
 
 def eager_layer_inputs(mod: PrunedMultiheadAttention) -> list[nn.Module]:
@@ -151,7 +153,6 @@ def eager_layer_inputs(mod: PrunedMultiheadAttention) -> list[nn.Module]:
     return [mod, mod.out_proj]
 
 
-@register_module_constraint(nn.MultiheadAttention)
 def _mha_constraint(analysis: Analysis, mod: nn.Module) -> None:
     if mod.bias_k is None and not mod.add_zero_attn:
         return
@@ -171,7 +172,6 @@ def _mha_constraint(analysis: Analysis, mod: nn.Module) -> None:
             freeze_tensor_dims(analysis, t, tuple(range(t.dim())), reason)
 
 
-@register_module_fixer(nn.MultiheadAttention)
 def _mha_fixer(mod: nn.Module) -> None:
     inner = mod.in_proj_weight.shape[0] // 3 if mod.in_proj_weight is not None else mod.q_proj_weight.shape[0]
     out_w = mod.out_proj.weight
@@ -194,3 +194,13 @@ def _pruned_class(cls: type) -> type:
     # torch.nn.utils.parametrize made ``cls`` = Parametrized<MHA> holding the weight properties
     body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
     return type(f"Parametrized{PrunedMultiheadAttention.__name__}", (PrunedMultiheadAttention,), body)
+
+
+register_module_spec(
+    ModuleSpec(
+        nn.MultiheadAttention,
+        constraint=_mha_constraint,
+        fixer=_mha_fixer,
+        rebuild=_make_eager,  # load_packed: a fresh module saved as a PrunedMultiheadAttention
+    )
+)

@@ -7,18 +7,17 @@ fixer reads the surviving head count from a pruned tensor of the module. Attenti
 reshapes its output by the *input* width (``reshape(B, N, C)`` with ``C`` from ``x.shape``:
 PVT-v2's, CaiT's) cannot follow pruned heads; its heads stay frozen by the trial conversion.
 
-Classes are resolved from the timm modules already imported (``import timm`` imports them all),
-then registered by type (`geta.ops.modules.register_module_fixer`).
+Classes are imported from timm once the user has imported it (``import timm`` imports them all),
+then registered by type (`geta.ops.modules.register_module_spec`).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 
 from torch import nn
 
-from geta.ops.modules import has_module_fixer, register_module_fixer
+from geta.ops.modules import ModuleSpec, is_registered, register_module_spec
 
 __all__ = ["register_loaded_classes"]
 
@@ -34,15 +33,27 @@ def _window_attention(mod: nn.Module) -> None:
     mod.num_heads = mod.relative_position_bias_table.shape[1]
 
 
-_FIXERS: tuple[tuple[str, str, Callable[[nn.Module], None]], ...] = (
-    ("timm.layers.attention", "Attention", _vit_attention),
-    ("timm.models.swin_transformer", "WindowAttention", _window_attention),
-)
+def _specs() -> Iterator[ModuleSpec]:
+    """The specs of timm's attention classes (timm is imported: `load_library_knowledge`).
+
+    A timm release without one of them (older ones kept ``Attention`` elsewhere) skips it.
+    """
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:
+        pass
+    else:
+        yield ModuleSpec(Attention, fixer=_vit_attention)
+    try:
+        from timm.models.swin_transformer import WindowAttention
+    except ImportError:
+        pass
+    else:
+        yield ModuleSpec(WindowAttention, fixer=_window_attention)
 
 
 def register_loaded_classes() -> None:
-    """Register the fixers above for the classes whose timm modules are loaded now."""
-    for module_name, class_name, fixer in _FIXERS:
-        cls = getattr(sys.modules.get(module_name), class_name, None)
-        if isinstance(cls, type) and not has_module_fixer(cls):
-            register_module_fixer(cls)(fixer)
+    """Register the specs above (once)."""
+    for spec in _specs():
+        if not is_registered(spec.cls):
+            register_module_spec(spec)

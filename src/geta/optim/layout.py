@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from geta.graph.group import PruneGroup
+from geta.graph.prune_group import PruneGroup
 
 __all__ = [
     "FlatBucket",

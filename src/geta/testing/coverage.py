@@ -39,9 +39,9 @@ import torch
 from torch import fx, nn
 
 from geta.config import Config
+from geta.convert import convert
 from geta.plan import Plan
 from geta.prepare import prepare
-from geta.subnet import convert
 from geta.testing.invariance import max_relative_error, model_outputs, zero_random_groups
 
 __all__ = ["CoverageResult", "check_model", "general_reason", "prunable_share", "head_modules"]

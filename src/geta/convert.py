@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from geta.errors import ConvertError
-from geta.graph.group import PruneGroup
+from geta.graph.prune_group import PruneGroup
 from geta.graph.space import Space
 from geta.ops.modules import apply_module_fixers
 from geta.plan import Plan
@@ -163,7 +163,8 @@ def _verify(model: nn.Module, new: nn.Module, plan: Plan) -> None:
             except Exception as exc:
                 raise ConvertError(
                     f"the converted model fails its forward ({type(exc).__name__}: {exc}); a module "
-                    "probably keeps a size in an attribute geta does not know: register a rule for it "
+                    "probably keeps a size in an attribute geta does not know: register a "
+                    "geta.ops.modules.ModuleSpec with a fixer for its class "
                     "or exclude its groups with Config(exclude_prune=...)"
                 ) from exc
         err = max_relative_error(out, ref)
