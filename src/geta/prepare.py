@@ -66,25 +66,14 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     model that already carries geta quantizers keeps them, all bound again, and its groups are
     the same as its float model's.
 
-    The steps, each run once, in this order:
-
-    1. **capture** the model with ``torch.export`` (`geta.graph.capture`);
-    2. **analyse** the graph, then apply the module types' constraints (`_analyse`);
-    3. **groups**: the prune groups and their search spaces; a group whose removal breaks the
-       forward (a size fixed in the model's code) is made unprunable (`_groups`);
-    4. **dense counts**: MACs and parameters of the model as it is (`dense_counts`);
-    5. **quantizers**: weights (`_weight_quantizers`), layer inputs (`_input_quantizers`), then
-       products (`_product_quantizers`), each kind attached where the graph shows it;
-    6. **calibrate** the product quantizers on one float forward (`_calibrate_products`);
-       products the forward did not run as captured stay float;
-
-    then the quantizers the model already carried are bound again (`_carried_quantizers`).
-    Layer inputs are calibrated as they are attached, from a forward of the model *before*
-    any of their quantizers exist (an uninitialised quantizer would clip what reaches the layers
-    after it, §1.4); the layers inside an eager attention are only there after its swap, so
-    they are calibrated in step 5 too, with the other inputs quantized. The eager form is
-    swapped in after the weights are bound, since torch's form shows ``in_proj_weight`` whole
-    where the eager one slices it; its products are found by capturing the model once more.
+    Steps, each run once: 1. **capture** (``torch.export``); 2. **analyse** the graph, with the
+    module types' constraints; 3. **groups** (a group whose removal breaks the forward is made
+    unprunable); 4. **dense counts**; 5. **quantizers**: weights, layer inputs, products;
+    6. **calibrate** the products on one float forward (those it did not run as captured stay
+    float); then the quantizers the model carried are bound again. Layer inputs are
+    calibrated as they are attached, on a forward before their quantizers exist (§1.4); the
+    layers of an eager attention exist only after its swap, which follows the weights (torch's
+    form shows ``in_proj_weight`` whole), and its products need the second capture.
 
     >>> import torch, geta
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

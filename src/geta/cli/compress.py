@@ -23,7 +23,7 @@ from typing import Any
 from geta.cli.checkpoint import load_state, state_path
 from geta.cli.errors import EXIT_INTERRUPTED, CliError
 from geta.cli.job import CompressJob, Interrupted, JobResult, RunState
-from geta.cli.options import CompressOptions, default_text, load_config_file, option_spec
+from geta.cli.options import CompressOptions, default_text, option_spec
 from geta.cli.outputs import (
     RunStatus,
     check_out_dir,
@@ -35,6 +35,7 @@ from geta.cli.outputs import (
 )
 from geta.cli.progress import TqdmReporter, summary_table
 from geta.cli.runlock import RunLock
+from geta.cli.values import load_config_file
 from geta.errors import GetaError
 
 __all__ = ["add_parser", "run", "options_from_args", "option_help", "StopFlag"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from geta.cli.errors import CliError
@@ -35,7 +34,6 @@ __all__ = [
     "STAGE_WEIGHTS",
     "Target",
     "default_text",
-    "load_config_file",
     "option_spec",
     "split_epochs",
 ]
@@ -404,31 +402,3 @@ def split_epochs(
         alloc[donor] -= 1
         alloc[2] = 1
     return tuple(alloc.get(i, given[i]) for i in range(4))  # type: ignore[return-value]
-
-
-def load_config_file(path: str) -> dict[str, Any]:
-    """The mapping in a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise CliError(f"config file {file} does not exist; pass --config with a YAML or TOML file")
-    text = file.read_text(encoding="utf-8", errors="replace")
-    try:
-        if file.suffix.lower() == ".toml":
-            import tomllib
-
-            data: Any = tomllib.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CliError(
-            f"config file {file} is not valid {'TOML' if file.suffix == '.toml' else 'YAML'} "
-            f"({first}); fix the syntax"
-        ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise CliError(f"config file {file} must hold a mapping of option: value, got {type(data).__name__}")
-    return data

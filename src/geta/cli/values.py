@@ -1,4 +1,4 @@
-"""Converters of option values: a raw value (a flag's string or a config-file value) -> a checked one.
+"""Raw option values: read from a config file (`load_config_file`), then converted and checked.
 
 Each converter is called as ``convert(raw, where)``; ``where`` names the flag or config key for
 the message of the `CliError` a bad value raises (``"--sparsity"``, ``"'sparsity' in a.yaml"``).
@@ -11,6 +11,7 @@ A `geta.cli.options.CompressOptions` field names its converter next to its defau
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from geta.cli.errors import CliError
@@ -22,6 +23,7 @@ __all__ = [
     "boolean",
     "choice",
     "device",
+    "load_config_file",
     "number",
     "optional_choice",
     "optional_text",
@@ -29,6 +31,34 @@ __all__ = [
 ]
 
 Converter = Callable[[Any, str], Any]
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The mapping in a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CliError(f"config file {file} does not exist; pass --config with a YAML or TOML file")
+    text = file.read_text(encoding="utf-8", errors="replace")
+    try:
+        if file.suffix.lower() == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CliError(
+            f"config file {file} is not valid {'TOML' if file.suffix == '.toml' else 'YAML'} "
+            f"({first}); fix the syntax"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CliError(f"config file {file} must hold a mapping of option: value, got {type(data).__name__}")
+    return data
 
 
 def _is_none(raw: Any) -> bool:
