@@ -43,26 +43,12 @@ __all__ = ["prepare", "analyze_model"]
 
 
 def analyze_model(model: nn.Module, example_inputs: object, config: Config) -> tuple[Analysis, Plan]:
-    """Capture and analyse without attaching quantizers (the float model's search space)."""
+    """Capture and analyse without attaching quantizers (the float model's search space): the
+    first three steps of `prepare` (capture, analyse, groups)."""
     _register_known_layers()
     graph = capture(model, example_inputs)
-    analysis = analyze(graph, model)
-    apply_module_constraints(analysis, model)
-    groups, spaces = build_groups(analysis, config.exclude_prune)
-    plan = Plan(
-        model,
-        config,
-        graph,
-        groups,
-        [],
-        analysis=analysis,
-        group_spaces=spaces,
-        example_inputs=example_inputs,
-    )
-    for gid in unconvertible_groups(plan):
-        g = plan.groups[gid]
-        g.prunable, g.reason = False, "removing a unit breaks the model's forward (a size fixed in its code)"
-    return analysis, plan
+    analysis = _analyse(graph, model)
+    return analysis, _groups(model, graph, analysis, example_inputs, config)
 
 
 def prepare(model: nn.Module, example_inputs: object, config: Config | None = None) -> Plan:
@@ -80,6 +66,15 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     model that already carries geta quantizers keeps them, all bound again, and its groups are
     the same as its float model's.
 
+    Steps, each run once: 1. **capture** (``torch.export``); 2. **analyse** the graph, with the
+    module types' constraints; 3. **groups** (a group whose removal breaks the forward is made
+    unprunable); 4. **dense counts**; 5. **quantizers**: weights, layer inputs, products;
+    6. **calibrate** the products on one float forward (those it did not run as captured stay
+    float); then the quantizers the model carried are bound again. Layer inputs are
+    calibrated as they are attached, on a forward before their quantizers exist (§1.4); the
+    layers of an eager attention exist only after its swap, which follows the weights (torch's
+    form shows ``in_proj_weight`` whole), and its products need the second capture.
+
     >>> import torch, geta
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> plan = geta.prepare(model, (torch.randn(2, 4),), geta.Config(weight_bits=(4, 8)))
@@ -88,32 +83,112 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     >>> sorted(plan.quantizers)
     ['0.weight', '2.weight']
     """
+    config = _checked(model, example_inputs, config)
+    analysis, plan = analyze_model(model, example_inputs, config)  # 1-3: capture, analyse, groups
+    dense = dense_counts(model, plan.graph, example_inputs)  # 4: before quantizers, the original model
+    weights, bound = _weight_quantizers(model, analysis, config)  # 5: quantizers
+    inputs = _input_quantizers(model, bound, example_inputs, config)
+    products, fresh = _product_quantizers(model, plan.graph, example_inputs, config)
+    failed = _calibrate_products(model, fresh, example_inputs)  # 6: calibrate
+    bindings = weights + inputs + [b for b in products if b.module not in failed]
+    bindings += _carried_quantizers(model, bindings)
+    guard_save_pretrained(model)  # HF's save_pretrained would write parametrization keys
+    return dataclasses.replace(plan, bindings=bindings, dense=dense)
+
+
+def _checked(model: nn.Module, example_inputs: object, config: Config | None) -> Config:
+    """The config in force (default `Config()`); wrong argument types are a `ConfigError`."""
     config = Config() if config is None else config
     if not isinstance(config, Config):
         raise ConfigError(f"prepare(config=...) must be a geta.Config, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"prepare(model=...) must be a torch.nn.Module, got {type(model).__name__}")
     normalize_inputs(example_inputs)
-    analysis, plan = analyze_model(model, example_inputs, config)
-    dense = dense_counts(model, plan.graph, example_inputs)  # before quantizers: the original model
-    bindings = _quantize(model, plan.graph, analysis, example_inputs, config)
-    bindings += _carried_quantizers(model, bindings)
-    guard_save_pretrained(model)  # HF's save_pretrained would write parametrization keys
-    return dataclasses.replace(plan, bindings=bindings, dense=dense)
+    return config
 
 
-def _quantize(
+def _analyse(graph: Graph, model: nn.Module) -> Analysis:
+    """Step 2: what every node of ``graph`` does to channels, with the module types' constraints."""
+    analysis = analyze(graph, model)
+    apply_module_constraints(analysis, model)
+    return analysis
+
+
+def _groups(
     model: nn.Module, graph: Graph, analysis: Analysis, example_inputs: object, config: Config
+) -> Plan:
+    """Step 3: a plan without quantizers, with the prune groups; groups whose removal breaks the
+    model's forward are made unprunable."""
+    groups, spaces = build_groups(analysis, config.exclude_prune)
+    plan = Plan(
+        model,
+        config,
+        graph,
+        groups,
+        [],
+        analysis=analysis,
+        group_spaces=spaces,
+        example_inputs=example_inputs,
+    )
+    for gid in unconvertible_groups(plan):
+        g = plan.groups[gid]
+        g.prunable, g.reason = False, "removing a unit breaks the model's forward (a size fixed in its code)"
+    return plan
+
+
+def _weight_quantizers(
+    model: nn.Module, analysis: Analysis, config: Config
+) -> tuple[list[QuantBinding], list[QuantSite]]:
+    """Step 5a: a quantizer on every weight the graph uses as one (once per tensor; embeddings only
+    with ``quantize_embeddings``); returns the bindings and the sites bound, in graph order."""
+    names = {m: n for n, m in model.named_modules()}
+    bindings: list[QuantBinding] = []
+    bound: list[QuantSite] = []
+    seen: set[int] = set()
+    for site in analysis.quant_sites:
+        if id(site.weight.tensor) in seen or (site.embedding and not config.quantize_embeddings):
+            continue
+        seen.add(id(site.weight.tensor))
+        binding = _weight_binding(site, names, config)
+        if binding is not None:
+            bindings.append(binding)
+            bound.append(site)
+    return bindings, bound
+
+
+def _input_quantizers(
+    model: nn.Module, bound: list[QuantSite], example_inputs: object, config: Config
 ) -> list[QuantBinding]:
-    """Attach and calibrate the weight, layer-input and (with ``act_bits``) product quantizers."""
-    bindings = _attach(model, analysis, example_inputs, config)
+    """Step 5b (with ``act_bits``): a quantizer on the input of every layer whose weight was bound,
+    calibrated from the float inputs (`_float_input_peaks`)."""
     if config.act_bits is None:
-        return bindings
+        return []
+    sites = [
+        s
+        for s in bound
+        if not s.embedding and s.module is not None and is_layer(s.module) and s.input_node is not None
+    ]
+    return _attach_inputs(model, sites, example_inputs, config)
+
+
+def _product_quantizers(
+    model: nn.Module, graph: Graph, example_inputs: object, config: Config
+) -> tuple[list[QuantBinding], list[nn.Module]]:
+    """Step 5c (with ``act_bits``): operand quantizers on every activation x activation product;
+    returns the bindings and the modules that got fresh ones (to calibrate).
+
+    ``nn.MultiheadAttention`` turns eager first: the layers its eager form calls get input
+    quantizers (their bindings come first), and the model is captured again to show its products.
+    """
+    if config.act_bits is None:
+        return [], []
+    bindings: list[QuantBinding] = []
     eager = eager_multihead_attention(model)  # after binding its weights: torch's form shows them
     if eager:
         bindings += _attach_eager_inputs(model, eager, example_inputs, config)
         graph = capture(model, example_inputs)  # the products of the eager form
-    return bindings + _attach_products(model, graph, example_inputs, config)
+    products, fresh = _attach_products(model, graph, config)
+    return bindings + products, fresh
 
 
 def _carried_quantizers(model: nn.Module, bound: list[QuantBinding]) -> list[QuantBinding]:
@@ -151,33 +226,6 @@ def _new_quantizer(config: Config, *, signed: bool = True) -> LearnableQuantizer
     return LearnableQuantizer(
         signed=signed, init_bits=config.init_bits, learn_exponent=config.learn_exponent, ste=config.ste
     )
-
-
-def _attach(
-    model: nn.Module, analysis: Analysis, example_inputs: object, config: Config
-) -> list[QuantBinding]:
-    names = {m: n for n, m in model.named_modules()}
-    bindings: list[QuantBinding] = []
-    seen: set[int] = set()
-    act_sites: list[QuantSite] = []
-    for site in analysis.quant_sites:
-        if id(site.weight.tensor) in seen or (site.embedding and not config.quantize_embeddings):
-            continue
-        seen.add(id(site.weight.tensor))
-        binding = _weight_binding(site, names, config)
-        if binding is None:
-            continue
-        bindings.append(binding)
-        if (
-            config.act_bits is not None
-            and not site.embedding
-            and site.module is not None
-            and is_layer(site.module)
-            and site.input_node is not None
-        ):
-            act_sites.append(site)
-    bindings.extend(_attach_inputs(model, act_sites, example_inputs, config))
-    return bindings
 
 
 def _holder(site: QuantSite) -> tuple[nn.Module, str]:
@@ -303,12 +351,11 @@ def _register_known_layers() -> None:
 
 
 def _attach_products(
-    model: nn.Module, graph: Graph, example_inputs: object, config: Config
-) -> list[QuantBinding]:
-    """Operand quantizers on every activation x activation product (`geta.product_sites`).
-
-    Product quantizers the model already carries (a second prepare) are kept and bound again.
-    """
+    model: nn.Module, graph: Graph, config: Config
+) -> tuple[list[QuantBinding], list[nn.Module]]:
+    """Operand quantizers on every activation x activation product (`geta.product_sites`), and the
+    modules that got fresh ones. Product quantizers the model already carries (a second
+    prepare) are kept and bound again."""
     names = {m: n for n, m in model.named_modules()}
     out: dict[nn.Module, list[QuantBinding]] = {}
     for module in model.modules():
@@ -329,10 +376,7 @@ def _attach_products(
             attach_product_quantizers(owner.module, owner.kinds, slots, labels)
             out[owner.module] = _product_bindings(owner.module, owner.name)
             fresh.append(owner.module)
-    if fresh and not on_meta(model):
-        for module in _calibrate_products(model, fresh, example_inputs):
-            del out[module]
-    return [b for bs in out.values() for b in bs]
+    return [b for bs in out.values() for b in bs], fresh
 
 
 def _join(module_name: str, label: str) -> str:
@@ -353,8 +397,11 @@ def _product_bindings(module: nn.Module, name: str) -> list[QuantBinding]:
 def _calibrate_products(
     model: nn.Module, modules: list[nn.Module], example_inputs: object
 ) -> list[nn.Module]:
-    """Initialise product quantizers from one float forward (§1.4); return the modules that did
-    not run the products the graph showed: their quantizers are detached, with a warning."""
+    """Step 6: initialise the fresh product quantizers of ``modules`` from one float forward
+    (§1.4); return the modules that did not run the products the graph showed: their
+    quantizers are detached, with a warning. No forward without fresh ones, or on meta."""
+    if not modules or on_meta(model):
+        return []
     with record_products(modules) as record, torch.no_grad():
         _run_eval(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}

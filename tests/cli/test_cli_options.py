@@ -176,3 +176,50 @@ def test_quantize_embeddings_is_a_switch_on_the_command_line_and_a_bool_in_files
     config.write_text("quantize_embeddings: maybe\n")
     with pytest.raises(CliError, match="must be true or false"):
         options_from_args(_parse("--config", str(config)))
+
+
+def test_every_option_is_declared_once_with_what_the_cli_and_library_need() -> None:
+    """Each field's `Option` gives the flag, its help and the library argument it sets; the
+    arguments named exist in `geta.Config`, `geta.Schedule.from_epochs` and `geta.QASSO`."""
+    import inspect
+
+    import geta
+    from geta.cli.options import option_spec
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    compress = parser._subparsers._group_actions[0].choices["compress"]  # type: ignore[union-attr]
+    flags = {a.dest: a for a in compress._actions}
+    accepted = {
+        "config": set(inspect.signature(geta.Config).parameters),
+        "schedule": set(inspect.signature(geta.Schedule.from_epochs).parameters),
+        "qasso": set(inspect.signature(geta.QASSO).parameters),
+    }
+    for f in fields(CompressOptions):
+        spec = option_spec(f.name)
+        action = flags[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")]
+        assert action.help is not None and action.help.startswith(spec.help)
+        if spec.to is not None:
+            assert spec.to[1] in accepted[spec.to[0]], (f.name, spec.to)
+
+
+def test_options_set_the_library_arguments_they_declare() -> None:
+    import geta
+
+    opts = CompressOptions(
+        sparsity=0.3, weight_bits=(2, 6), act_bits=None, target_bops=0.01, selection="global", min_keep=0.2,
+        quantize_embeddings=True, epochs=8, joint=3, lr=0.02, lr_quant=0.005, weight_decay=0.0,
+        grad_clip=2.0, forget="descent", bit_rule="descent", optimizer="sgd", momentum=0.8,
+    )  # fmt: skip
+    config = geta.Config(**opts.arguments("config"))
+    assert (config.target_sparsity, config.weight_bits, config.act_bits) == (0.3, (2, 6), None)
+    assert (config.target_bops, config.selection.value, config.min_keep_fraction) == (0.01, "global", 0.2)
+    assert config.quantize_embeddings and not config.uniform_layers
+    assert tuple(opts.arguments("schedule").values()) == opts.stage_epochs()
+    assert opts.arguments("qasso") == {
+        "variant": "sgd", "lr": 0.02, "lr_quant": 0.005, "momentum": 0.8, "weight_decay": 0.0,
+        "grad_clip": 2.0, "forget": "descent", "bits": "descent",
+    }  # fmt: skip
+    adamw = CompressOptions(optimizer="adamw").arguments("qasso")
+    assert "momentum" not in adamw and adamw["lr"] == CompressOptions(optimizer="adamw").learning_rates()[1]

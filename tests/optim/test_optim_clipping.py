@@ -61,6 +61,24 @@ def test_sampler_is_deterministic_and_covers_every_channel() -> None:
     assert sampler.samples == {}
 
 
+def test_sampler_ignores_a_capture_of_the_model_mid_training() -> None:
+    """Converting or reporting mid-training captures the model with torch.export: the sampler's
+    hook must neither record fake values nor cache a traced index (it did, and every later
+    capture of the model failed on a fake constant, so that epoch had no relative BOPs)."""
+    layer = nn.Linear(128, 4)
+    q = LearnableQuantizer()
+    layer.register_forward_pre_hook(lambda m, args: (q(args[0]),))
+    sampler = InputSampler({0: q})
+    x = torch.randn(3, 2 * SAMPLE_SIZE // 128, 128)  # a shape the sampler has not seen: a new index
+    trained = torch.randn(5, 128)
+    layer(trained)
+    for _ in range(2):
+        torch.export.export(layer, (x,), strict=False)
+    assert torch.equal(sampler.samples[0], trained.reshape(-1))  # untouched by the captures
+    layer(x)  # a real forward of the captured shape samples as usual
+    assert sampler.samples[0].numel() == SAMPLE_SIZE and torch.isin(sampler.samples[0], x).all()
+
+
 class _Outliers(nn.Module):
     """Two linear layers; the second's input has a few huge values (an LM head's input)."""
 

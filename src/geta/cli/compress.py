@@ -23,7 +23,7 @@ from typing import Any
 from geta.cli.checkpoint import load_state, state_path
 from geta.cli.errors import EXIT_INTERRUPTED, CliError
 from geta.cli.job import CompressJob, Interrupted, JobResult, RunState
-from geta.cli.options import CompressOptions, default_text, load_config_file
+from geta.cli.options import CompressOptions, default_text, option_spec
 from geta.cli.outputs import (
     RunStatus,
     check_out_dir,
@@ -35,24 +35,16 @@ from geta.cli.outputs import (
 )
 from geta.cli.progress import TqdmReporter, summary_table
 from geta.cli.runlock import RunLock
+from geta.cli.values import load_config_file
 from geta.errors import GetaError
-from geta.recipes import DATA_SETS, RECIPES
 
 __all__ = ["add_parser", "run", "options_from_args", "option_help", "StopFlag"]
-
-_METAVARS = {"weight_bits": "LO,HI", "act_bits": "LO,HI", "dense_checkpoint": "FILE"} | {
-    name: "N" for name in ("epochs", "warmup", "projection", "joint", "cooldown", "dense_epochs", "seq_len")
-}
-_CHOICES = {
-    "model": f"one of {', '.join(RECIPES)}, hf:DIR, module:factory",
-    "data": f"one of {', '.join(DATA_SETS)}",
-}
 
 
 def option_help(name: str) -> str:
     """``--help`` text of a compress option: its description, then its default from the code."""
-    f = next(f for f in fields(CompressOptions) if f.name == name)
-    text = f.metadata["help"] + (f" ({_CHOICES[name]})" if name in _CHOICES else "")
+    spec = option_spec(name)
+    text = spec.help + (f" ({spec.choices()})" if spec.choices is not None else "")
     default = default_text(name)
     return text if default is None else f"{text} [{default}]"
 
@@ -86,8 +78,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS
     )  # tests: simulate ^C
-    for f in fields(CompressOptions):
-        flag = "--" + f.name.replace("_", "-")
+    for f in fields(CompressOptions):  # every option as its field declares it (`Option`)
+        flag, spec = "--" + f.name.replace("_", "-"), option_spec(f.name)
         if isinstance(f.default, bool):  # a switch: given means on (a config file may say false)
             p.add_argument(flag, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS,
                            help=option_help(f.name))  # fmt: skip
@@ -96,7 +88,7 @@ def add_parser(subparsers: Any) -> None:
             flag,
             dest=f.name,
             default=argparse.SUPPRESS,
-            metavar=_METAVARS.get(f.name, f.name.split("_")[-1].upper()),
+            metavar=spec.metavar or f.name.split("_")[-1].upper(),
             help=option_help(f.name),
         )
     p.set_defaults(func=run)

@@ -221,6 +221,14 @@ class CompressJob:
         self.started = time.perf_counter() if started is None else started
         self._wall_before = 0.0  # wall time of the earlier processes of a resumed run
         self._epochs_run = 0
+        # what `run` builds: the device, data and model first, the plan and teacher with QASSO
+        self.device = torch.device("cpu")
+        self.data: DataBundle | None = None
+        self.model: nn.Module | None = None
+        self.progress: RunProgress | None = None
+        self.plan: geta.Plan | None = None
+        self.teacher: nn.Module | None = None
+        self._warned: set[str] = set()  # warnings given (each once)
 
     def wall_seconds(self) -> float:
         """Wall-clock time of the run so far, over every process that worked on it."""
@@ -310,28 +318,11 @@ class CompressJob:
     def _build(self, state: RunState, model: nn.Module) -> tuple[geta.Plan, geta.QASSO]:
         """Prepare ``model`` with the run's `geta.Config` and build its QASSO optimizer."""
         o = state.options
-        config = geta.Config(
-            target_sparsity=o.sparsity, weight_bits=o.weight_bits, act_bits=o.act_bits,
-            target_bops=o.target_bops, selection=o.selection, min_keep_fraction=o.min_keep,
-            quantize_embeddings=o.quantize_embeddings, uniform_layers=o.uniform_layers,
-        )  # fmt: skip
         example = tuple(t.to(self.device) for t in self.data.example(CALIBRATION_SAMPLES))
-        plan = geta.prepare(model, example, config)
-        warmup, projection, joint, cooldown = o.stage_epochs()
-        schedule = geta.Schedule.from_epochs(
-            steps_per_epoch=self.data.num_batches(o.batch_size),
-            warmup=warmup,
-            projection=projection,
-            joint=joint,
-            cooldown=cooldown,
-        )
-        _, lr = o.learning_rates()
-        variant = o.training().optimizer
-        extra = {"momentum": o.momentum} if variant == "sgd" else {}
-        opt = geta.QASSO(
-            plan, lr, schedule=schedule, lr_quant=o.lr_quant, variant=variant,
-            weight_decay=o.weight_decay, grad_clip=o.grad_clip, forget=o.forget, bits=o.bit_rule, **extra,
-        )  # fmt: skip
+        plan = geta.prepare(model, example, geta.Config(**o.arguments("config")))
+        steps = self.data.num_batches(o.batch_size)
+        schedule = geta.Schedule.from_epochs(steps_per_epoch=steps, **o.arguments("schedule"))
+        opt = geta.QASSO(plan, schedule=schedule, **o.arguments("qasso"))
         return plan, opt
 
     def _check_budget(self, state: RunState) -> None:
@@ -458,13 +449,13 @@ class CompressJob:
             self.model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
             on_batch=self._on_batch(state), stop=self.stop,
-            teacher=getattr(self, "teacher", None) if state.phase == "compress" else None,
+            teacher=self.teacher if state.phase == "compress" else None,
             distill_weight=o.distill, clip_norm=o.training().clip_norm,
         )  # fmt: skip
 
     def _extra(self) -> dict[str, float]:
         """Group sparsity and mean bit widths of the compression phase (empty before it)."""
-        plan: geta.Plan | None = getattr(self, "plan", None)
+        plan = self.plan
         if plan is None:
             return {}
         return {"sparsity": plan.group_sparsity(), **mean_bits(plan)}
@@ -473,22 +464,29 @@ class CompressJob:
         """Relative BOPs (W+A) of the model as it would convert now (compression phase only).
 
         A converted copy is measured on one example against the original model's counts; the
-        RNG states are left as they were, so a resumed run stays bit-for-bit the same.
+        RNG states are left as they were, so a resumed run stays bit-for-bit the same. A model
+        geta cannot convert or measure now (a `geta.GetaError`) is warned about once and its
+        epoch goes without the number; any other exception is a bug and propagates.
         """
-        plan: geta.Plan | None = getattr(self, "plan", None)
-        if plan is None:
+        if self.plan is None or self.model is None or self.data is None:
             return {}
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]), quiet_capture(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a measurement, not the user's business
             try:
-                small = geta.convert(self.model, plan, verify=False).eval()
+                small = geta.convert(self.model, self.plan, verify=False).eval()
                 rep = geta.report(small, tuple(t.to(self.device) for t in self.data.example(1)))
-            except Exception:  # a measurement only: the final convert reports what went wrong
+            except geta.GetaError as exc:
+                self._warn_once(f"relative BOPs not measured this epoch ({exc}); the final convert retries")
                 return {}
-        if getattr(self, "progress", None) is not None:
+        if self.progress is not None:
             self.progress.measured(time.perf_counter() - t0)  # the finish's ETA scales with it
         return {"relative_bops": rep.relative_bops}
+
+    def _warn_once(self, text: str) -> None:
+        if text not in self._warned:
+            self._warned.add(text)
+            self.reporter.warning(text)
 
     def _on_batch(self, state: RunState) -> Callable[[EpochStats], None]:
         extra: dict[str, float] = self._extra()

@@ -3,6 +3,13 @@
 Flags and config-file keys have the same names (``--weight-bits 2,4`` is ``weight_bits: [2, 4]``
 or ``weight_bits = "2,4"``). Precedence: flag > config file > default. Every value is checked
 here, and a bad one raises `CliError` naming the flag (or the file and key) and the fix.
+
+Each option is declared once, as a field of `CompressOptions`: its default, ``--help`` text,
+converter (`geta.cli.values`), metavar, the default shown in ``--help`` and which argument of
+`geta.Config`, `geta.Schedule.from_epochs` or `geta.QASSO` it sets (`Option`). The argparse
+flags (`geta.cli.compress`), the checks of config files and checkpoints (`from_mapping`), the
+``--help`` defaults (`default_text`) and the library arguments (`CompressOptions.arguments`)
+are all read from there: a new option is one field.
 """
 
 from __future__ import annotations
@@ -10,36 +17,121 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from geta.cli.errors import CliError
-from geta.config import MAX_BITS, MIN_BITS
-from geta.recipes import TrainingDefaults, defaults_for
+from geta.cli.values import Converter, bits, boolean, choice, number, optional_choice, optional_text, text
+from geta.cli.values import device as torch_device
+from geta.recipes import DATA_SETS, RECIPES, TrainingDefaults, defaults_for
 from geta.recipes.defaults import CNN_DEFAULTS, HF_DEFAULTS, TRANSFORMER_DEFAULTS
 
 __all__ = [
     "CompressOptions",
     "DEFAULT_LR",
+    "OPTIMIZERS",
+    "Option",
     "STAGE_NAMES",
     "STAGE_WEIGHTS",
+    "Target",
     "default_text",
-    "load_config_file",
+    "option_spec",
     "split_epochs",
 ]
 
 STAGE_WEIGHTS = CNN_DEFAULTS.stage_weights  # default epochs of warm-up, projection, joint, cool-down
 STAGE_NAMES = ("warm-up", "projection", "joint", "cool-down")
+_STAGES = ("warmup", "projection", "joint", "cooldown")  # their options (and Schedule arguments)
 _STAGE_PRIORITY = (2, 3, 1, 0)  # who gets an epoch first when there are too few: joint, cool-down, ...
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LR = {"sgd": (0.1, 0.05), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)}  # (dense, QASSO)
 # (a recipe's own optimizer brings its own rates, `geta.recipes.TrainingDefaults`; these apply
 # when --optimizer picks another one)
 
+Target = Literal["config", "schedule", "qasso"]  # what an option sets: geta.Config, Schedule, QASSO
 
-def _opt(default: Any, text: str) -> Any:
-    """A field with its ``--help`` text (the default is appended from the code, `default_text`)."""
-    return field(default=default, metadata={"help": text})
+
+@dataclass(frozen=True)
+class Option:
+    """What ``geta compress`` knows about one option besides its default (`CompressOptions`).
+
+    ``shown`` is the default as ``--help`` shows it (a text, or a function of nothing that
+    computes it from the code's values); None shows the field's default (nothing for None).
+    ``to`` is ``(target, argument)``: the option sets that keyword argument of `geta.Config`,
+    `geta.Schedule.from_epochs` or `geta.QASSO`, with the value ``value(options)`` (default:
+    the option's own) where ``when(options)`` holds (default: always).
+    """
+
+    help: str
+    convert: Converter
+    metavar: str | None = None  # None: the last word of the name, upper case (a switch has none)
+    choices: Callable[[], str] | None = None  # appended to the help text in parentheses
+    shown: str | Callable[[], str] | None = None
+    to: tuple[Target, str] | None = None
+    value: Callable[[CompressOptions], Any] | None = None
+    when: Callable[[CompressOptions], bool] | None = None
+
+
+def _opt(default: Any, help: str, convert: Converter, **spec: Any) -> Any:
+    """A field of `CompressOptions` with its `Option` (``spec``: the rest of its arguments)."""
+    return field(default=default, metadata={"option": Option(help, convert, **spec)})
+
+
+# -- defaults as --help shows them (computed from the values the code applies) ------------------
+
+
+def _per_model(values: dict[str, object]) -> str:
+    """``"sgd; adamw for vit, llama, hf:DIR"``: the CNN value, then where the transformers differ."""
+    cnn = values["cnn"]
+    others = [f"{v} for {k}" for k, v in values.items() if k != "cnn" and v != cnn]
+    return "; ".join([str(cnn), *others])
+
+
+def _transformer_value(name: str) -> dict[str, object]:
+    """An option's default for the CNN recipes, the transformer recipes and ``hf:DIR``."""
+
+    def show(d: TrainingDefaults) -> object:
+        value = getattr(d, name)
+        return f"{value:g}" if isinstance(value, float) else value
+
+    both = show(TRANSFORMER_DEFAULTS) == show(HF_DEFAULTS)
+    out = {"cnn": show(CNN_DEFAULTS), "vit, llama" + (", hf:DIR" if both else ""): show(TRANSFORMER_DEFAULTS)}
+    if not both:
+        out["hf:DIR"] = show(HF_DEFAULTS)
+    return out
+
+
+def _by_model(name: str, *, hf_only: bool = False) -> Callable[[], str]:
+    """The default of a `TrainingDefaults` field per kind of model (``hf_only``: CNN and hf:DIR)."""
+
+    def shown() -> str:
+        values = _transformer_value(name)
+        if hf_only:
+            values = {"cnn": values["cnn"], **{k: v for k, v in values.items() if k == "hf:DIR"}}
+        return _per_model(values)
+
+    return shown
+
+
+def _learning_rate(side: int) -> Callable[[], str]:
+    """Default dense (``side`` 0) or QASSO (1) learning rate of each optimizer and the transformers."""
+
+    def shown() -> str:
+        own = ", ".join(f"{opt} {lrs[side]:g}" for opt, lrs in DEFAULT_LR.items())
+        t = TRANSFORMER_DEFAULTS
+        return f"{own}; vit, llama, hf:DIR: {t.optimizer} {(t.dense_lr, t.lr)[side]:g}"
+
+    return shown
+
+
+def _stage(i: int) -> dict[str, Any]:
+    """The spec of the stage option ``_STAGES[i]``: N epochs, a Schedule argument after the split."""
+    return {"metavar": "N", "shown": str(STAGE_WEIGHTS[i]), "to": ("schedule", _STAGES[i]),
+            "value": lambda o: o.stage_epochs()[i]}  # fmt: skip
+
+
+_EPOCHS = number(int, 0, None, optional=True)
+_RATE = number(float, 0.0, None, optional=True)
+_MODELS = f"one of {', '.join(RECIPES)}, hf:DIR, module:factory"
 
 
 @dataclass(frozen=True)
@@ -51,51 +143,106 @@ class CompressOptions:
     the transformer recipes and ``hf:DIR`` checkpoints.
     """
 
-    model: str = _opt("resnet", "model recipe, hf:DIR (a local Hugging Face checkpoint) or module:factory")
-    data: str = _opt("digits", "data set")
-    seq_len: int | None = _opt(None, "tokens per window / block of text data")
-    sparsity: float = _opt(0.6, "fraction of prunable channels/heads to remove")
-    weight_bits: tuple[int, int] = _opt((3, 4), "final bit range of the weights, LO,HI")
-    act_bits: tuple[int, int] | None = _opt((2, 4), "final bit range of layer inputs, LO,HI or none (float)")
-    epochs: int | None = _opt(None, "compression epochs in total, split over the four stages")
-    warmup: int | None = _opt(None, "warm-up epochs")
-    projection: int | None = _opt(None, "projection epochs")
-    joint: int | None = _opt(None, "joint (pruning) epochs")
-    cooldown: int | None = _opt(None, "cool-down epochs")
+    model: str = _opt(
+        "resnet", "model recipe, hf:DIR (a local Hugging Face checkpoint) or module:factory", text,
+        choices=lambda: _MODELS,
+    )  # fmt: skip
+    data: str = _opt("digits", "data set", text, choices=lambda: f"one of {', '.join(DATA_SETS)}")
+    seq_len: int | None = _opt(
+        None, "tokens per window / block of text data", number(int, 2, None, optional=True), metavar="N",
+        shown="64 bytes for byte-level text, 128 tokens with an hf:DIR tokenizer",
+    )  # fmt: skip
+    sparsity: float = _opt(
+        0.6, "fraction of prunable channels/heads to remove", number(float, 0.0, 0.95),
+        to=("config", "target_sparsity"),
+    )  # fmt: skip
+    weight_bits: tuple[int, int] = _opt(
+        (3, 4), "final bit range of the weights, LO,HI", bits(False), metavar="LO,HI",
+        to=("config", "weight_bits"),
+    )  # fmt: skip
+    act_bits: tuple[int, int] | None = _opt(
+        (2, 4), "final bit range of layer inputs, LO,HI or none (float)", bits(True), metavar="LO,HI",
+        to=("config", "act_bits"),
+    )  # fmt: skip
+    epochs: int | None = _opt(
+        None, "compression epochs in total, split over the four stages", _EPOCHS, metavar="N",
+        shown=lambda: str(sum(STAGE_WEIGHTS)),
+    )  # fmt: skip
+    warmup: int | None = _opt(None, "warm-up epochs", _EPOCHS, **_stage(0))
+    projection: int | None = _opt(None, "projection epochs", _EPOCHS, **_stage(1))
+    joint: int | None = _opt(None, "joint (pruning) epochs", _EPOCHS, **_stage(2))
+    cooldown: int | None = _opt(None, "cool-down epochs", _EPOCHS, **_stage(3))
     dense_epochs: int | None = _opt(
-        None, "epochs of dense baseline training (skipped with --dense-checkpoint)"
-    )
-    dense_lr: float | None = _opt(None, "dense training learning rate")
-    optimizer: str | None = _opt(None, "sgd, adam or adamw, for both phases")
-    lr: float | None = _opt(None, "QASSO learning rate of the weights (cosine decay in the cool-down)")
-    lr_quant: float = _opt(1e-3, "QASSO learning rate of the quantizer scalars")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(1e-4, "weight decay")
+        None, "epochs of dense baseline training (skipped with --dense-checkpoint)", _EPOCHS, metavar="N",
+        shown=_by_model("dense_epochs", hf_only=True),
+    )  # fmt: skip
+    dense_lr: float | None = _opt(None, "dense training learning rate", _RATE, shown=_learning_rate(0))
+    optimizer: str | None = _opt(
+        None, "sgd, adam or adamw, for both phases", optional_choice(*OPTIMIZERS),
+        shown=_by_model("optimizer"), to=("qasso", "variant"), value=lambda o: o.training().optimizer,
+    )  # fmt: skip
+    lr: float | None = _opt(
+        None, "QASSO learning rate of the weights (cosine decay in the cool-down)", _RATE,
+        shown=_learning_rate(1), to=("qasso", "lr"), value=lambda o: o.learning_rates()[1],
+    )  # fmt: skip
+    lr_quant: float = _opt(
+        1e-3, "QASSO learning rate of the quantizer scalars", number(float, 0.0, None),
+        to=("qasso", "lr_quant"),
+    )  # fmt: skip
+    momentum: float = _opt(
+        0.9, "SGD momentum", number(float, 0.0, 0.999),
+        to=("qasso", "momentum"), when=lambda o: o.training().optimizer == "sgd",
+    )  # fmt: skip
+    weight_decay: float = _opt(1e-4, "weight decay", number(float, 0.0, None), to=("qasso", "weight_decay"))
     clip_norm: float | None = _opt(
-        None, "clip the global gradient norm to this before every step, both phases (0: off)"
-    )
-    grad_clip: float | None = _opt(None, "element-wise gradient clip inside QASSO")
-    batch_size: int = _opt(64, "batch size")
-    device: str = _opt("cpu", "torch device")
-    seed: int = _opt(0, "seed of the data split, init and shuffling")
+        None, "clip the global gradient norm to this before every step, both phases (0: off)", _RATE,
+        shown=_by_model("clip_norm"),
+    )  # fmt: skip
+    grad_clip: float | None = _opt(
+        None, "element-wise gradient clip inside QASSO", number(float, 1e-12, None, optional=True),
+        shown="none", to=("qasso", "grad_clip"),
+    )  # fmt: skip
+    batch_size: int = _opt(64, "batch size", number(int, 1, None))
+    device: str = _opt("cpu", "torch device", torch_device)
+    seed: int = _opt(0, "seed of the data split, init and shuffling", number(int, 0, None))
     dense_checkpoint: str | None = _opt(
-        None, "state_dict of the dense model (e.g. dense.pt of a run): skip dense training"
-    )
+        None, "state_dict of the dense model (e.g. dense.pt of a run): skip dense training", optional_text,
+        metavar="FILE",
+    )  # fmt: skip
     target_bops: float | None = _opt(
         None,
         "W+A BOPs budget relative to the dense FP32 model, e.g. 0.004; none: the middle of the bit ranges",
+        number(float, 1e-9, 1.0, optional=True), shown="none", to=("config", "target_bops"),
+    )  # fmt: skip
+    selection: str = _opt(
+        "uniform", "how pruned units spread over groups: uniform (same share) or global",
+        choice("uniform", "global"), to=("config", "selection"),
+    )  # fmt: skip
+    min_keep: float = _opt(
+        0.1, "fraction of every group's units that always survives (no layer collapse)",
+        number(float, 0.0, 1.0), to=("config", "min_keep_fraction"),
+    )  # fmt: skip
+    forget: str = _opt(
+        "linear", "forget rate of the selected rows: linear, or descent (the paper's rule)",
+        choice("linear", "descent"), to=("qasso", "forget"),
+    )  # fmt: skip
+    bit_rule: str = _opt(
+        "budget", "bits by sensitivity under the budget, or descent (the paper's step rule)",
+        choice("budget", "descent"), to=("qasso", "bits"),
+    )  # fmt: skip
+    distill: float = _opt(
+        0.0,
+        "weight of distillation from the dense model during compression (0: off)",
+        number(float, 0.0, None),
     )
-    selection: str = _opt("uniform", "how pruned units spread over groups: uniform (same share) or global")
-    min_keep: float = _opt(0.1, "fraction of every group's units that always survives (no layer collapse)")
-    forget: str = _opt("linear", "forget rate of the selected rows: linear, or descent (the paper's rule)")
-    bit_rule: str = _opt("budget", "bits by sensitivity under the budget, or descent (the paper's step rule)")
-    distill: float = _opt(0.0, "weight of distillation from the dense model during compression (0: off)")
     quantize_embeddings: bool = _opt(
-        False, "quantize embedding tables too (their weights; lookups cost no BOPs)"
-    )
+        False, "quantize embedding tables too (their weights; lookups cost no BOPs)", boolean,
+        to=("config", "quantize_embeddings"),
+    )  # fmt: skip
     uniform_layers: bool = _opt(
-        False, "prune every layer alike: hf:DIR's hf/ output then also loads with plain transformers"
-    )
+        False, "prune every layer alike: hf:DIR's hf/ output then also loads with plain transformers",
+        boolean, to=("config", "uniform_layers"),
+    )  # fmt: skip
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: Callable[[str], str]) -> CompressOptions:
@@ -111,7 +258,7 @@ class CompressOptions:
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
                 raise CliError(f"{where(key)} is not a compress option{hint}")
-            out[name] = _CONVERT[name](raw, where(name))
+            out[name] = option_spec(name).convert(raw, where(name))
         opts = cls(**out)
         opts.stage_epochs()  # checks the epoch split
         if opts.uniform_layers and opts.selection != "uniform":
@@ -159,6 +306,25 @@ class CompressOptions:
         t = self.training()
         return t.dense_lr, t.lr
 
+    def arguments(self, target: Target) -> dict[str, Any]:
+        """Keyword arguments of ``target`` (`geta.Config`, `geta.Schedule.from_epochs` or
+        `geta.QASSO`) that the options set (`Option.to`).
+
+        >>> CompressOptions().arguments("config")["target_sparsity"]
+        0.6
+        >>> CompressOptions(optimizer="adamw").arguments("qasso")["variant"]
+        'adamw'
+        >>> "momentum" in CompressOptions(optimizer="adamw").arguments("qasso")
+        False
+        """
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            spec = option_spec(f.name)
+            if spec.to is None or spec.to[0] != target or (spec.when is not None and not spec.when(self)):
+                continue
+            out[spec.to[1]] = getattr(self, f.name) if spec.value is None else spec.value(self)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists), as written to ``config.yaml`` and checkpoints."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -167,25 +333,12 @@ class CompressOptions:
         return (self.warmup, self.projection, self.joint, self.cooldown)
 
 
-def _per_model(values: dict[str, object]) -> str:
-    """``"sgd; adamw for vit, llama, hf:DIR"``: the CNN value, then where the transformers differ."""
-    cnn = values["cnn"]
-    others = [f"{v} for {k}" for k, v in values.items() if k != "cnn" and v != cnn]
-    return "; ".join([str(cnn), *others])
+def option_spec(name: str) -> Option:
+    """The `Option` declared with field ``name`` of `CompressOptions`."""
+    return _SPECS[name]
 
 
-def _transformer_value(name: str) -> dict[str, object]:
-    """An option's default for the CNN recipes, the transformer recipes and ``hf:DIR``."""
-
-    def show(d: TrainingDefaults) -> object:
-        value = getattr(d, name)
-        return f"{value:g}" if isinstance(value, float) else value
-
-    both = show(TRANSFORMER_DEFAULTS) == show(HF_DEFAULTS)
-    out = {"cnn": show(CNN_DEFAULTS), "vit, llama" + (", hf:DIR" if both else ""): show(TRANSFORMER_DEFAULTS)}
-    if not both:
-        out["hf:DIR"] = show(HF_DEFAULTS)
-    return out
+_SPECS: dict[str, Option] = {f.name: f.metadata["option"] for f in fields(CompressOptions)}
 
 
 def default_text(name: str) -> str | None:
@@ -198,31 +351,17 @@ def default_text(name: str) -> str | None:
     >>> default_text("lr")
     'sgd 0.05, adam 0.001, adamw 0.001; vit, llama, hf:DIR: adamw 0.003'
     """
-    f = next(f for f in fields(CompressOptions) if f.name == name)
-    stages = ("warmup", "projection", "joint", "cooldown")
-    if name == "epochs":
-        return str(sum(STAGE_WEIGHTS))
-    if name in stages:
-        return str(STAGE_WEIGHTS[stages.index(name)])
-    if name in ("dense_lr", "lr"):
-        side = 0 if name == "dense_lr" else 1
-        own = ", ".join(f"{opt} {lrs[side]:g}" for opt, lrs in DEFAULT_LR.items())
-        t = TRANSFORMER_DEFAULTS
-        return f"{own}; vit, llama, hf:DIR: {t.optimizer} {(t.dense_lr, t.lr)[side]:g}"
-    if name in ("optimizer", "clip_norm", "dense_epochs"):
-        values = _transformer_value(name)
-        if name == "dense_epochs":
-            values = {"cnn": values["cnn"], **{k: v for k, v in values.items() if k == "hf:DIR"}}
-        return _per_model(values)
-    if name == "seq_len":
-        return "64 bytes for byte-level text, 128 tokens with an hf:DIR tokenizer"
-    if f.default is None:
-        return "none" if name in ("act_bits", "grad_clip", "target_bops") else None
-    if isinstance(f.default, bool):
-        return "on" if f.default else "off"
-    if isinstance(f.default, tuple):
-        return ",".join(str(v) for v in f.default)
-    return f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+    shown = option_spec(name).shown
+    if shown is not None:
+        return shown if isinstance(shown, str) else shown()
+    default = next(f.default for f in fields(CompressOptions) if f.name == name)
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, tuple):
+        return ",".join(str(v) for v in default)
+    return f"{default:g}" if isinstance(default, float) else str(default)
 
 
 def split_epochs(
@@ -263,152 +402,3 @@ def split_epochs(
         alloc[donor] -= 1
         alloc[2] = 1
     return tuple(alloc.get(i, given[i]) for i in range(4))  # type: ignore[return-value]
-
-
-def load_config_file(path: str) -> dict[str, Any]:
-    """The mapping in a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise CliError(f"config file {file} does not exist; pass --config with a YAML or TOML file")
-    text = file.read_text(encoding="utf-8", errors="replace")
-    try:
-        if file.suffix.lower() == ".toml":
-            import tomllib
-
-            data: Any = tomllib.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CliError(
-            f"config file {file} is not valid {'TOML' if file.suffix == '.toml' else 'YAML'} "
-            f"({first}); fix the syntax"
-        ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise CliError(f"config file {file} must hold a mapping of option: value, got {type(data).__name__}")
-    return data
-
-
-# -- converters: raw value (flag string or config value) -> checked value -----------------------
-
-
-def _text(raw: Any, where: str) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise CliError(f"{where} must be a non-empty string, got {raw!r}")
-    return raw.strip()
-
-
-def _optional_text(raw: Any, where: str) -> str | None:
-    return None if raw is None or raw == "" else _text(raw, where)
-
-
-def _number(kind: type, lo: float, hi: float | None, *, optional: bool = False) -> Callable[[Any, str], Any]:
-    def convert(raw: Any, where: str) -> Any:
-        if optional and (raw is None or str(raw).lower() in ("none", "")):
-            return None
-        try:
-            if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            value = kind(raw)
-        except (TypeError, ValueError):
-            raise CliError(
-                f"{where} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
-            ) from None
-        if value != value or value in (float("inf"), float("-inf")):  # NaN passes every comparison
-            raise CliError(f"{where} must be a finite number, got {raw!r}")
-        if value < lo or (hi is not None and value > hi):
-            span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-            raise CliError(f"{where} must be {span}, got {raw!r}")
-        return value
-
-    return convert
-
-
-def _bits(optional: bool) -> Callable[[Any, str], tuple[int, int] | None]:
-    def convert(raw: Any, where: str) -> tuple[int, int] | None:
-        if optional and (raw is None or str(raw).strip().lower() == "none"):
-            return None
-        parts = raw.split(",") if isinstance(raw, str) else raw
-        try:
-            lo, hi = (int(str(p).strip()) for p in parts)
-        except (TypeError, ValueError):
-            raise CliError(
-                f"{where} must be LO,HI (two integers, e.g. 4,8){' or none' if optional else ''}, got {raw!r}"
-            ) from None
-        if not (MIN_BITS <= lo <= MAX_BITS and MIN_BITS <= hi <= MAX_BITS):
-            raise CliError(
-                f"{where} {lo},{hi}: bit widths must lie in [{MIN_BITS}, {MAX_BITS}]; pass e.g. 4,8"
-            )
-        if lo > hi:
-            raise CliError(f"{where} {lo},{hi}: LO must not exceed HI; pass {hi},{lo}")
-        return (lo, hi)
-
-    return convert
-
-
-def _optimizer(raw: Any, where: str) -> str | None:
-    if raw is None or str(raw).strip().lower() in ("none", ""):
-        return None  # the model's default
-    value = _text(raw, where).lower()
-    if value not in OPTIMIZERS:
-        raise CliError(f"{where} must be one of {', '.join(OPTIMIZERS)}, got {raw!r}")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[Any, str], str]:
-    def convert(raw: Any, where: str) -> str:
-        value = _text(raw, where).lower()
-        if value not in allowed:
-            raise CliError(f"{where} must be one of {', '.join(allowed)}, got {raw!r}")
-        return value
-
-    return convert
-
-
-def _bool(raw: Any, where: str) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    value = str(raw).strip().lower()
-    if value in ("true", "yes", "on", "1"):
-        return True
-    if value in ("false", "no", "off", "0"):
-        return False
-    raise CliError(f"{where} must be true or false, got {raw!r}")
-
-
-def _device(raw: Any, where: str) -> str:
-    import torch
-
-    value = _text(raw, where)
-    try:
-        kind = torch.device(value).type
-    except (RuntimeError, ValueError):
-        raise CliError(f"{where} {value!r} is not a torch device; pass cpu, cuda, cuda:1 or mps") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(kind, True):
-        raise CliError(f"{where} {value!r}: this machine has no {kind} device available; pass --device cpu")
-    return value
-
-
-_EPOCHS = _number(int, 0, None, optional=True)
-_CONVERT: dict[str, Callable[[Any, str], Any]] = {
-    "model": _text, "data": _text, "seq_len": _number(int, 2, None, optional=True),
-    "sparsity": _number(float, 0.0, 0.95),
-    "weight_bits": _bits(False), "act_bits": _bits(True),
-    "epochs": _EPOCHS, "warmup": _EPOCHS, "projection": _EPOCHS, "joint": _EPOCHS, "cooldown": _EPOCHS,
-    "dense_epochs": _EPOCHS, "dense_lr": _number(float, 0.0, None, optional=True),
-    "optimizer": _optimizer, "lr": _number(float, 0.0, None, optional=True),
-    "clip_norm": _number(float, 0.0, None, optional=True),
-    "lr_quant": _number(float, 0.0, None), "momentum": _number(float, 0.0, 0.999),
-    "weight_decay": _number(float, 0.0, None), "grad_clip": _number(float, 1e-12, None, optional=True),
-    "batch_size": _number(int, 1, None), "device": _device, "seed": _number(int, 0, None),
-    "dense_checkpoint": _optional_text, "target_bops": _number(float, 1e-9, 1.0, optional=True),
-    "selection": _choice("uniform", "global"), "min_keep": _number(float, 0.0, 1.0),
-    "forget": _choice("linear", "descent"), "bit_rule": _choice("budget", "descent"),
-    "distill": _number(float, 0.0, None), "quantize_embeddings": _bool,
-    "uniform_layers": _bool,
-}  # fmt: skip

@@ -64,7 +64,8 @@ class InputSampler:
     deterministic (no random-number draws, so a resumed run samples as the uninterrupted one)
     and spread over channels, where an even stride would keep hitting the same one. A
     quantizer keeps its last sample until the next forward that runs it; `remove` drops the
-    hooks and the samples.
+    hooks and the samples. Forwards traced by ``torch.export`` (capturing the model to convert
+    or report it mid-training) are not sampled.
     """
 
     def __init__(self, quantizers: dict[int, nn.Module]) -> None:
@@ -74,6 +75,8 @@ class InputSampler:
 
     def _hook(self, i: int) -> Any:
         def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if torch.compiler.is_exporting():  # a capture (convert, report) is no training forward:
+                return  # its fake values must not become samples, nor its index a cached constant
             if args and isinstance(args[0], Tensor) and args[0].numel() > 0 and args[0].device.type != "meta":
                 self.samples[i] = self._sample(args[0].detach())
 
