@@ -14,7 +14,7 @@ STAMP      := $(VENV)/.stamp
 # Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
 RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: venv test test-slow demo lint format bench bench-qasso bench-prepare bench-deploy bench-compression zoo clean
+.PHONY: venv test test-slow test-gpu bench-gpu demo lint format bench bench-qasso bench-prepare bench-deploy bench-compression zoo clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,15 @@ test: venv
 # Exit status 5 means "no tests collected" (no slow suite yet): not a failure.
 test-slow: venv
 	$(RUN_ENV) $(PY) -m pytest -m slow || test $$? -eq 5
+
+# The tests that take the `device` fixture, on a CUDA GPU (they skip where there is none);
+# `make test` runs the same tests on the CPU. bench/gpu.py: step ratios, memory and a short
+# compression on the GPU (about 8 minutes).
+test-gpu: venv
+	$(RUN_ENV) $(PY) -m pytest -m "device and not ddp" --device cuda
+
+bench-gpu: venv
+	$(RUN_ENV) $(PY) -m bench.gpu
 
 # The main job on the built-in default: residual CNN on scikit-learn's digits, dense baseline,
 # GETA compression, report, plots, ONNX and packed exports in runs/demo.

@@ -360,8 +360,13 @@ class CompressJob:
         o = state.options
         stats = EpochStats(**state.partial) if state.batch else EpochStats()
         offset = _COMPRESS_EPOCH_SEED if state.phase == "compress" else 0
+        model = self.model
+        if o.compile:  # one wrapper per model object; dynamo recompiles when prepare changes it
+            if getattr(self, "_compiled", (None,))[0] is not self.model:
+                self._compiled = (self.model, torch.compile(self.model))
+            model = self._compiled[1]
         return train_epoch(
-            self.model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
+            model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
             on_batch=self._on_batch(), stop=self.stop,
             teacher=getattr(self, "teacher", None) if state.phase == "compress" else None,

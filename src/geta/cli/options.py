@@ -96,6 +96,7 @@ class CompressOptions:
     uniform_layers: bool = _opt(
         False, "prune every layer alike: hf:DIR's hf/ output then also loads with plain transformers"
     )
+    compile: bool = _opt(False, "torch.compile the training forward and backward (fused fake-quant)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: Callable[[str], str]) -> CompressOptions:
@@ -408,5 +409,5 @@ _CONVERT: dict[str, Callable[[Any, str], Any]] = {
     "selection": _choice("uniform", "global"), "min_keep": _number(float, 0.0, 1.0),
     "forget": _choice("linear", "descent"), "bit_rule": _choice("budget", "descent"),
     "distill": _number(float, 0.0, None), "quantize_embeddings": _bool,
-    "uniform_layers": _bool,
+    "uniform_layers": _bool, "compile": _bool,
 }  # fmt: skip

@@ -23,7 +23,6 @@ The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookk
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from geta.optim import rules
 from geta.optim.allocation import BitAllocation
 from geta.optim.arguments import choice as _choice
 from geta.optim.arguments import validate as _validate
-from geta.optim.direction import Variant, adam_direction, sgd_direction
+from geta.optim.direction import Variant, group_direction, group_directions
 from geta.optim.forget import ForgetStep
 from geta.optim.guard import check_finite, check_loss
 from geta.optim.layout import RedundantRows, UnitLayout
@@ -241,18 +240,12 @@ class QASSO(torch.optim.Optimizer):
             for p in live:
                 p.grad.clamp_(-self.grad_clip, self.grad_clip)
         forget = self._joint_begin(s) if stage is Stage.JOINT else None
-        domains, pinned, bounded = self._domains, self._pinned_steps(stage), []
+        pinned, bounded = self._pinned_steps(stage), []
         for group in self.param_groups:
-            direction_of, lr = self._direction_of(group), group["lr"]
-            for p in group["params"]:
-                if p.grad is None or id(p) in pinned:
-                    continue
-                direction = direction_of(p, p.grad, self.state[p])
-                if forget is not None and id(p) in forget.rows.flat_of:
-                    forget.record(p, direction)
-                p.add_(direction, alpha=-lr)
-                if id(p) in domains:
-                    bounded.append(p)
+            params = [p for p in group["params"] if p.grad is not None and id(p) not in pinned]
+            if params:
+                self._move(group, params, forget)
+                bounded.extend(p for p in params if id(p) in self._domains)
         self._clamp_domains(bounded)  # qmax > 0, exponent in range
         if forget is not None:
             start, end = self.schedule.pruning_period_bounds(self._period)
@@ -264,6 +257,29 @@ class QASSO(torch.optim.Optimizer):
             local_data(tensor).index_fill_(dim, pos, 0.0)
         self._step_count = s + 1
         return loss
+
+    def _move(self, group: dict[str, Any], params: list[Tensor], forget: ForgetStep | None) -> None:
+        """p <- p - lr ∇ for ``params`` of ``group`` (forgetting records ∇ of R's tensors first).
+
+        Plain tensors go through the foreach directions (`direction.sgd_directions`, bit for bit
+        the per-tensor ones, a few calls per group); sharded (DTensor) ones one at a time.
+        """
+        lr = group["lr"]
+        if self.sharding is not None:
+            direction_of = group_direction(self.variant, group)
+            directions = [direction_of(p, p.grad, self.state[p]) for p in params]
+        else:
+            grads, states = [p.grad for p in params], [self.state[p] for p in params]
+            directions = group_directions(self.variant, group)(params, grads, states)
+        if forget is not None:
+            for p, direction in zip(params, directions, strict=True):
+                if id(p) in forget.rows.flat_of:
+                    forget.record(p, direction)
+        if self.sharding is not None:
+            for p, direction in zip(params, directions, strict=True):
+                p.add_(direction, alpha=-lr)
+        else:
+            torch._foreach_add_(params, directions, alpha=-lr)
 
     def _clamp_domains(self, params: list[Tensor]) -> None:
         """Clamp the moved scalars into their domains; on the CPU only those outside it (one
@@ -286,24 +302,6 @@ class QASSO(torch.optim.Optimizer):
         step under the bit rule BUDGET after the warm-up, and in the cool-down once frozen."""
         pinned = self.allocation is not None and stage in (Stage.PROJECTION, Stage.JOINT)
         return self._step_ids if pinned or self._frozen is not None else frozenset()
-
-    def _direction_of(self, group: dict[str, Any]) -> Callable[[Tensor, Tensor, dict[str, Any]], Tensor]:
-        """The base direction of ``group``'s parameters: f(p, grad, state) -> ∇."""
-        if self.variant is Variant.SGD:
-            return functools.partial(
-                sgd_direction,
-                momentum=group["momentum"],
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                weight_decay=group["weight_decay"],
-            )
-        return functools.partial(
-            adam_direction,
-            betas=group["betas"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            decoupled=self.variant is Variant.ADAMW,
-        )
 
     def _bits(self, stage: Stage, s: int) -> None:
         alloc = self.allocation
