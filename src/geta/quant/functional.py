@@ -38,6 +38,7 @@ from torch import Tensor
 from geta.config import STE
 from geta.quant.fusable import fusable_fake_quant
 from geta.quant.limits import LN_EPS, MIN_QMAX, MIN_STEP, STE_FIXED_BOUND
+from geta.quant.recompute import RECIPE
 
 __all__ = [
     "LN_EPS",
@@ -294,7 +295,10 @@ def fake_quant(
         )
     if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
         return fusable_fake_quant(x, step, qmax, exponent, signed=signed, ste=ste)  # inductor fuses it
-    return torch.ops.geta.fake_quant(x, step, qmax, exponent, bool(signed), STE(ste).value)
+    out = torch.ops.geta.fake_quant(x, step, qmax, exponent, bool(signed), STE(ste).value)
+    if out.requires_grad and type(out) is Tensor:  # eager: `recompute_quantized` may rebuild it
+        setattr(out, RECIPE, (x, step, qmax, exponent, bool(signed)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
