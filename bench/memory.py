@@ -4,8 +4,12 @@
 
 Each configuration runs in a fresh process: a random Llama (``transformers``), ``steps`` training
 steps on one batch (causal-LM loss), and its peak memory — on CUDA
-``torch.cuda.max_memory_allocated``, on the CPU the process's peak resident set (which includes
-Python and torch themselves, the same for every row). Configurations:
+``torch.cuda.max_memory_allocated``; on the CPU the resident set sampled every millisecond by a
+thread during the steps, with glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``)
+so that every tensor of any size is its own mapping and is returned to the system when freed:
+the peak then follows the live tensors, as the CUDA allocator's statistics do. "training MiB"
+is that peak minus the resident set just before the first step (Python, torch, the model).
+Configurations:
 
 - ``float``: the model, ``torch.optim.AdamW``;
 - ``geta W`` / ``geta W+A``: prepared with weight (and layer-input) quantizers, QASSO adamw
@@ -20,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import torch
 
@@ -39,7 +46,6 @@ MODES = ("float", "geta W", "geta W+A", "geta W recompute", "geta W+A recompute"
 def worker(mode: str, shape: str, device: str, steps: int) -> dict[str, float]:
     """Peak memory (MiB) of ``steps`` training steps of one configuration, in this process."""
     import contextlib
-    import resource
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -62,11 +68,13 @@ def worker(mode: str, shape: str, device: str, steps: int) -> dict[str, float]:
         config = geta.Config(target_sparsity=0.3, weight_bits=(4, 8), act_bits=act)
         plan = geta.prepare(model, {"input_ids": ids[:1]}, config)
         opt = QASSO(plan, lr=1e-4, variant="adamw", schedule=Schedule(joint=steps + 1, pruning_periods=1))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    scope = geta.quant.recompute_quantized if "recompute" in mode else contextlib.nullcontext
+    sampler = _RssSampler()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev) / 2**20
-    scope = geta.quant.recompute_quantized if "recompute" in mode else contextlib.nullcontext
+    else:
+        before = sampler.start()
     for _ in range(steps):
         with scope():
             loss = model(input_ids=ids, labels=ids).loss
@@ -75,7 +83,35 @@ def worker(mode: str, shape: str, device: str, steps: int) -> dict[str, float]:
         opt.step()
     if dev.type == "cuda":
         return {"peak": torch.cuda.max_memory_allocated(dev) / 2**20, "before": before}
-    return {"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before": before}
+    return {"peak": sampler.stop(), "before": before}
+
+
+class _RssSampler:
+    """Peak resident set (MiB) of this process, read from /proc every millisecond by a thread."""
+
+    def __init__(self) -> None:
+        self.peak, self.running = 0.0, False
+        self.page = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def rss(self) -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def start(self) -> float:
+        self.running, self.peak = True, self.rss()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self.peak
+
+    def _run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.001)
+
+    def stop(self) -> float:
+        self.running = False
+        self.thread.join()
+        return max(self.peak, self.rss())
 
 
 def measure(device: torch.device, shape: str, steps: int) -> list[str]:
@@ -84,9 +120,12 @@ def measure(device: torch.device, shape: str, steps: int) -> list[str]:
     for mode in MODES:
         call = f"m.worker({mode!r}, {shape!r}, {str(device)!r}, {steps})"
         code = f"import json, bench.memory as m; print(json.dumps({call}))"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        ).stdout
         peaks[mode] = json.loads(out.strip().splitlines()[-1])
-    kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the process"
+    kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "sampled peak RSS"
     batch, seq = SHAPES[shape][6:]
     lines = [
         f"Llama {shape}, batch {batch} x seq {seq}, {steps} AdamW steps on {device}; {kind}",

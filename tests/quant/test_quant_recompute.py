@@ -37,7 +37,7 @@ def test_prepared_model_gradients_are_bit_for_bit(device: torch.device) -> None:
     config = geta.Config(target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8))
     plan = geta.prepare(model, (torch.randn(4, 6),), config)
     model.to(device)
-    x = torch.randn(32, 6, device=device)
+    x = torch.randn(4, 8, 6, device=device)  # 3-D: the linears save views of Q(x) and Q(W)
     grads = []
     for recompute in (False, True):
         model.zero_grad()
@@ -48,3 +48,18 @@ def test_prepared_model_gradients_are_bit_for_bit(device: torch.device) -> None:
     assert len(grads[0]) == len(grads[1]) > 0
     assert all(torch.equal(a, b) for a, b in zip(*grads))
     assert len(plan.quantizers) >= 6
+
+
+def test_views_of_the_output_are_saved_as_recipes_too() -> None:
+    """A layer saves views (linear: the weight's transpose, a 3-D input reshaped)."""
+    from geta.quant import recompute
+
+    q = LearnableQuantizer(init_bits=4)
+    x, w = torch.randn(2, 5, 4), torch.randn(3, 4, requires_grad=True)
+    out = q(x)
+    for saved in (out, out.reshape(10, 4), out.transpose(1, 2), out[1]):
+        packed = recompute._pack(saved)
+        assert isinstance(packed, recompute._Recipe)
+        assert torch.equal(recompute._unpack(packed), saved)
+        assert recompute._unpack(packed).stride() == saved.stride()
+    assert recompute._pack(w) is w and recompute._pack(x) is x  # anything else is kept as is

@@ -38,24 +38,32 @@ RECIPE = "_geta_fake_quant_recipe"  # attribute of an eager fake-quant output: (
 
 
 class _Recipe:
-    """What a saved fake-quant output is rebuilt from (no tensor data of its own)."""
+    """What a saved fake-quant output (or a view of one) is rebuilt from: no tensor data of its
+    own beyond x, which the op keeps anyway."""
 
-    __slots__ = ("args",)
+    __slots__ = ("args", "view")
 
-    def __init__(self, args: tuple[Tensor, Tensor, Tensor, Tensor, bool]) -> None:
+    def __init__(self, args: tuple, view: tuple | None) -> None:
         self.args = args
+        self.view = view  # (size, stride, storage offset) of a view of the output, or None
 
 
 def _pack(t: Tensor) -> Tensor | _Recipe:
-    recipe = getattr(t, RECIPE, None) if type(t) is Tensor else None
-    return t if recipe is None else _Recipe(recipe)
+    if type(t) is not Tensor:
+        return t
+    base = t if t._base is None else t._base  # layers save views: linear's weight.t(), reshapes
+    recipe = getattr(base, RECIPE, None)
+    if recipe is None:
+        return t
+    return _Recipe(recipe, None if base is t else (t.size(), t.stride(), t.storage_offset()))
 
 
 def _unpack(saved: Tensor | _Recipe) -> Tensor:
     if not isinstance(saved, _Recipe):
         return saved
     with torch.no_grad():  # the STE choice does not change the forward
-        return torch.ops.geta.fake_quant(*saved.args, "clipped")
+        out = torch.ops.geta.fake_quant(*saved.args, "clipped")
+    return out if saved.view is None else out.as_strided(*saved.view)
 
 
 @contextlib.contextmanager
