@@ -14,7 +14,7 @@ STAMP      := $(VENV)/.stamp
 # Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
 RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: venv test test-slow test-gpu bench-gpu demo lint format bench bench-qasso bench-prepare bench-deploy bench-compression zoo clean
+.PHONY: venv test test-slow test-gpu bench-gpu demo lint format bench bench-qasso bench-memory bench-prepare bench-deploy bench-compression zoo clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,10 @@ format: venv
 bench-qasso: venv
 	$(RUN_ENV) $(PY) -m bench.qasso_step
 
+# Peak memory of float AdamW vs geta training on a 125 M-parameter Llama (CPU, a few minutes).
+bench-memory: venv
+	$(RUN_ENV) $(PY) -m bench.memory
+
 bench-prepare: venv
 	$(RUN_ENV) $(PY) -m bench.prepare_scale
 
@@ -68,7 +72,7 @@ bench-compression: venv
 	$(RUN_ENV) $(PY) -m bench.compression
 
 # Every section of docs/benchmarks.md, one script each (each prints its headline last).
-bench: bench-qasso bench-prepare bench-deploy bench-compression
+bench: bench-qasso bench-memory bench-prepare bench-deploy bench-compression
 
 # Architecture coverage (docs/coverage.md): every torchvision classifier, a timm set and tiny
 # Hugging Face families through prepare -> zero half -> convert. Its own venv, because

@@ -52,6 +52,21 @@ from geta.plan import Plan
 __all__ = ["QASSO"]
 
 _STATE_KEY = "geta"  # where state_dict() keeps the run state next to torch's "state"
+_CHUNK = 1 << 22  # elements per foreach chunk of the update (16 MiB of float32 directions)
+
+
+def _chunks(params: list[Tensor], limit: int) -> list[list[Tensor]]:
+    """``params`` in order, cut into runs of at most ``limit`` elements (a larger tensor alone)."""
+    out: list[list[Tensor]] = []
+    size = limit
+    for p in params:
+        n = p.numel()
+        if size + n > limit:
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += n
+    return out
 
 
 class QASSO(torch.optim.Optimizer):
@@ -262,24 +277,29 @@ class QASSO(torch.optim.Optimizer):
         """p <- p - lr ∇ for ``params`` of ``group`` (forgetting records ∇ of R's tensors first).
 
         Plain tensors go through the foreach directions (`direction.sgd_directions`, bit for bit
-        the per-tensor ones, a few calls per group); sharded (DTensor) ones one at a time.
+        the per-tensor ones) a chunk of at most `_CHUNK` elements at a time, so that the
+        directions alive at once stay small next to the model; sharded (DTensor) ones one by one.
         """
-        lr = group["lr"]
-        if self.sharding is not None:
-            direction_of = group_direction(self.variant, group)
-            directions = [direction_of(p, p.grad, self.state[p]) for p in params]
+        lr, sharded = group["lr"], self.sharding is not None
+        if sharded:
+            one = group_direction(self.variant, group)
+            chunks = [[p] for p in params]
         else:
-            grads, states = [p.grad for p in params], [self.state[p] for p in params]
-            directions = group_directions(self.variant, group)(params, grads, states)
-        if forget is not None:
-            for p, direction in zip(params, directions, strict=True):
-                if id(p) in forget.rows.flat_of:
-                    forget.record(p, direction)
-        if self.sharding is not None:
-            for p, direction in zip(params, directions, strict=True):
-                p.add_(direction, alpha=-lr)
-        else:
-            torch._foreach_add_(params, directions, alpha=-lr)
+            many = group_directions(self.variant, group)
+            chunks = _chunks(params, _CHUNK)
+        for chunk in chunks:
+            if sharded:
+                directions = [one(p, p.grad, self.state[p]) for p in chunk]
+            else:
+                directions = many(chunk, [p.grad for p in chunk], [self.state[p] for p in chunk])
+            if forget is not None:
+                for p, direction in zip(chunk, directions, strict=True):
+                    if id(p) in forget.rows.flat_of:
+                        forget.record(p, direction)
+            if sharded:
+                chunk[0].add_(directions[0], alpha=-lr)
+            else:
+                torch._foreach_add_(chunk, directions, alpha=-lr)
 
     def _clamp_domains(self, params: list[Tensor]) -> None:
         """Clamp the moved scalars into their domains; on the CPU only those outside it (one
