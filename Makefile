@@ -14,7 +14,7 @@ STAMP      := $(VENV)/.stamp
 # Two shared CPU cores on the reference machine: keep torch from spinning idle threads.
 RUN_ENV    := OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: venv test test-slow deploy-venv test-deploy demo lint format bench bench-qasso bench-prepare bench-deploy bench-deploy-llm bench-compression zoo clean
+.PHONY: venv test test-slow test-gpu bench-gpu deploy-venv test-deploy demo lint format bench bench-qasso bench-memory bench-prepare bench-deploy bench-deploy-llm bench-compression zoo clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,15 @@ deploy-venv: $(DEPLOY_STAMP)
 test-deploy: $(DEPLOY_STAMP)
 	$(RUN_ENV) $(PY) -m pytest -m deploy
 
+# The tests that take the `device` fixture, on a CUDA GPU (they skip where there is none);
+# `make test` runs the same tests on the CPU. bench/gpu.py: step ratios, memory and a short
+# compression on the GPU (about 8 minutes).
+test-gpu: venv
+	$(RUN_ENV) $(PY) -m pytest -m "device and not ddp" --device cuda
+
+bench-gpu: venv
+	$(RUN_ENV) $(PY) -m bench.gpu
+
 # The main job on the built-in default: residual CNN on scikit-learn's digits, dense baseline,
 # GETA compression, report, plots, ONNX and packed exports in runs/demo.
 demo: venv
@@ -59,6 +68,10 @@ format: venv
 
 bench-qasso: venv
 	$(RUN_ENV) $(PY) -m bench.qasso_step
+
+# Peak memory of float AdamW vs geta training on a 125 M-parameter Llama (CPU, a few minutes).
+bench-memory: venv
+	$(RUN_ENV) $(PY) -m bench.memory
 
 bench-prepare: venv
 	$(RUN_ENV) $(PY) -m bench.prepare_scale
@@ -78,7 +91,7 @@ bench-compression: venv
 	$(RUN_ENV) $(PY) -m bench.compression
 
 # Every section of docs/benchmarks.md, one script each (each prints its headline last).
-bench: bench-qasso bench-prepare bench-deploy bench-compression
+bench: bench-qasso bench-memory bench-prepare bench-deploy bench-compression
 
 # Architecture coverage (docs/coverage.md): every torchvision classifier, a timm set and tiny
 # Hugging Face families through prepare -> zero half -> convert. Its own venv, because

@@ -228,6 +228,7 @@ class CompressJob:
         self.progress: RunProgress | None = None
         self.plan: geta.Plan | None = None
         self.teacher: nn.Module | None = None
+        self._compiled: tuple[nn.Module, nn.Module] | None = None  # --compile: (model, its wrapper)
         self._warned: set[str] = set()  # warnings given (each once)
 
     def wall_seconds(self) -> float:
@@ -445,8 +446,13 @@ class CompressJob:
         offset: int,
     ) -> EpochStats:
         o = state.options
+        model = self.model
+        if o.compile:  # one wrapper per model object; dynamo recompiles when prepare changes it
+            if self._compiled is None or self._compiled[0] is not self.model:
+                self._compiled = (self.model, torch.compile(self.model))
+            model = self._compiled[1]
         return train_epoch(
-            self.model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
+            model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
             on_batch=self._on_batch(state), stop=self.stop,
             teacher=self.teacher if state.phase == "compress" else None,

@@ -243,6 +243,11 @@ class CompressOptions:
         False, "prune every layer alike: hf:DIR's hf/ output then also loads with plain transformers",
         boolean, to=("config", "uniform_layers"),
     )  # fmt: skip
+    compile: bool = _opt(
+        False,
+        "torch.compile the training forward and backward (fused fake-quant)",
+        boolean,
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: Callable[[str], str]) -> CompressOptions:

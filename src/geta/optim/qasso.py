@@ -23,7 +23,6 @@ The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookk
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from geta.optim import rules
 from geta.optim.allocation import BitAllocation
 from geta.optim.arguments import choice as _choice
 from geta.optim.arguments import validate as _validate
-from geta.optim.direction import Variant, adam_direction, sgd_direction
+from geta.optim.direction import Variant, group_direction, group_directions
 from geta.optim.forget import ForgetStep
 from geta.optim.guard import check_finite, check_loss
 from geta.optim.layout import RedundantRows, UnitLayout
@@ -53,6 +52,21 @@ from geta.plan import Plan
 __all__ = ["QASSO"]
 
 _STATE_KEY = "geta"  # where state_dict() keeps the run state next to torch's "state"
+_CHUNK = 1 << 22  # elements per foreach chunk of the update (16 MiB of float32 directions)
+
+
+def _chunks(params: list[Tensor], limit: int) -> list[list[Tensor]]:
+    """``params`` in order, cut into runs of at most ``limit`` elements (a larger tensor alone)."""
+    out: list[list[Tensor]] = []
+    size = limit
+    for p in params:
+        n = p.numel()
+        if size + n > limit:
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += n
+    return out
 
 
 class QASSO(torch.optim.Optimizer):
@@ -241,18 +255,12 @@ class QASSO(torch.optim.Optimizer):
             for p in live:
                 p.grad.clamp_(-self.grad_clip, self.grad_clip)
         forget = self._joint_begin(s) if stage is Stage.JOINT else None
-        domains, pinned, bounded = self._domains, self._pinned_steps(stage), []
+        pinned, bounded = self._pinned_steps(stage), []
         for group in self.param_groups:
-            direction_of, lr = self._direction_of(group), group["lr"]
-            for p in group["params"]:
-                if p.grad is None or id(p) in pinned:
-                    continue
-                direction = direction_of(p, p.grad, self.state[p])
-                if forget is not None and id(p) in forget.rows.flat_of:
-                    forget.record(p, direction)
-                p.add_(direction, alpha=-lr)
-                if id(p) in domains:
-                    bounded.append(p)
+            params = [p for p in group["params"] if p.grad is not None and id(p) not in pinned]
+            if params:
+                self._move(group, params, forget)
+                bounded.extend(p for p in params if id(p) in self._domains)
         self._clamp_domains(bounded)  # qmax > 0, exponent in range
         if forget is not None:
             start, end = self.schedule.pruning_period_bounds(self._period)
@@ -264,6 +272,34 @@ class QASSO(torch.optim.Optimizer):
             local_data(tensor).index_fill_(dim, pos, 0.0)
         self._step_count = s + 1
         return loss
+
+    def _move(self, group: dict[str, Any], params: list[Tensor], forget: ForgetStep | None) -> None:
+        """p <- p - lr ∇ for ``params`` of ``group`` (forgetting records ∇ of R's tensors first).
+
+        Plain tensors go through the foreach directions (`direction.sgd_directions`, bit for bit
+        the per-tensor ones) a chunk of at most `_CHUNK` elements at a time, so that the
+        directions alive at once stay small next to the model; sharded (DTensor) ones one by one.
+        """
+        lr, sharded = group["lr"], self.sharding is not None
+        if sharded:
+            one = group_direction(self.variant, group)
+            chunks = [[p] for p in params]
+        else:
+            many = group_directions(self.variant, group)
+            chunks = _chunks(params, _CHUNK)
+        for chunk in chunks:
+            if sharded:
+                directions = [one(p, p.grad, self.state[p]) for p in chunk]
+            else:
+                directions = many(chunk, [p.grad for p in chunk], [self.state[p] for p in chunk])
+            if forget is not None:
+                for p, direction in zip(chunk, directions, strict=True):
+                    if id(p) in forget.rows.flat_of:
+                        forget.record(p, direction)
+            if sharded:
+                chunk[0].add_(directions[0], alpha=-lr)
+            else:
+                torch._foreach_add_(chunk, directions, alpha=-lr)
 
     def _clamp_domains(self, params: list[Tensor]) -> None:
         """Clamp the moved scalars into their domains; on the CPU only those outside it (one
@@ -286,24 +322,6 @@ class QASSO(torch.optim.Optimizer):
         step under the bit rule BUDGET after the warm-up, and in the cool-down once frozen."""
         pinned = self.allocation is not None and stage in (Stage.PROJECTION, Stage.JOINT)
         return self._step_ids if pinned or self._frozen is not None else frozenset()
-
-    def _direction_of(self, group: dict[str, Any]) -> Callable[[Tensor, Tensor, dict[str, Any]], Tensor]:
-        """The base direction of ``group``'s parameters: f(p, grad, state) -> ∇."""
-        if self.variant is Variant.SGD:
-            return functools.partial(
-                sgd_direction,
-                momentum=group["momentum"],
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                weight_decay=group["weight_decay"],
-            )
-        return functools.partial(
-            adam_direction,
-            betas=group["betas"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            decoupled=self.variant is Variant.ADAMW,
-        )
 
     def _bits(self, stage: Stage, s: int) -> None:
         alloc = self.allocation

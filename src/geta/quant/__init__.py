@@ -6,6 +6,9 @@
   exponent (t);
 - `geta.quant.attach`: weight quantizers as parametrizations, input quantizers as pre-hooks,
   and activation-range calibration;
+- `geta.quant.fusable`: the same fake-quantizer as plain ops, which ``torch.compile`` fuses;
+- `geta.quant.recompute`: `recompute_quantized`, which keeps fake-quant outputs for the backward
+  as recipes (recomputed) instead of a second full-size copy;
 - `geta.quant.products`: quantizers on the operands of activation x activation products
   (attention's q·kᵀ and p·v), applied at the call inside the module that runs them.
 """
@@ -39,6 +42,7 @@ from geta.quant.products import (
     record_products,
 )
 from geta.quant.quantizer import LearnableQuantizer
+from geta.quant.recompute import recompute_quantized
 
 __all__ = [
     "LearnableQuantizer",
@@ -59,6 +63,7 @@ __all__ = [
     "project_step",
     "quantized_attention",
     "record_products",
+    "recompute_quantized",
     "step_for_bits",
     "step_interval",
     "weight_quantizers",

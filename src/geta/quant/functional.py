@@ -10,6 +10,8 @@ The whole fake-quantizer is ONE registered custom op, ``torch.ops.geta.fake_quan
 own straight-through backward (§1.3). Being one op means that a model holding geta quantizers
 captures (``torch.export``) as one node per quantizer, which the graph analysis treats as a
 shape-preserving pass-through and the ONNX export maps to QuantizeLinear/DequantizeLinear.
+Under ``torch.compile`` (not export) ``fake_quant`` runs `geta.quant.fusable` instead: the same
+math as plain ops, which inductor can fuse with the neighbouring ops.
 
 Bit algebra (§1.2): ``bits``, ``step_for_bits``, ``step_interval``, ``project_step``; and the
 deployment view: ``integer_codes`` (k, with ``fake_quant(x) == k * step`` exactly) and
@@ -34,6 +36,9 @@ import torch
 from torch import Tensor
 
 from geta.config import STE
+from geta.quant.fusable import fusable_fake_quant
+from geta.quant.limits import LN_EPS, MIN_QMAX, MIN_STEP, STE_FIXED_BOUND
+from geta.quant.recompute import RECIPE
 
 __all__ = [
     "LN_EPS",
@@ -49,12 +54,9 @@ __all__ = [
     "step_interval",
 ]
 
-MIN_STEP = 1e-20  # floor of step (d) inside the math: never divide by zero
-MIN_QMAX = 1e-8  # floor of qmax (q_m): min(|x|, qmax) stays positive, so u**t is defined
-LN_EPS = 1e-12  # ln(min(|x|, qmax)) is taken of max(., LN_EPS) in dL/dexponent
-STE_FIXED_BOUND = 2.0  # STE.FIXED passes the input gradient where |x| <= 2 (authors' release)
 
 Number = float | int
+_FLOAT_TYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,13 +278,27 @@ def fake_quant(
     Gradients are the straight-through estimator of method.md §1.3; ``ste`` chooses where the
     input gradient flows (`STE.CLIPPED`: |x| <= qmax; `STE.FIXED`: |x| <= 2).
 
+    Under ``torch.export`` this is the op ``torch.ops.geta.fake_quant`` (one node); under
+    ``torch.compile`` it is `geta.quant.fusable.fusable_fake_quant`, the same math as plain ops
+    that inductor fuses with its neighbours; in eager mode the two are equal bit for bit.
+
     >>> x = torch.tensor([-1.5, -0.26, 0.0, 0.3, 0.74])
     >>> fake_quant(x, torch.tensor(0.25), torch.tensor(1.0), torch.tensor(1.0))
     tensor([-1.0000, -0.2500,  0.0000,  0.2500,  0.7500])
     >>> fake_quant(x, torch.tensor(0.25), torch.tensor(1.0), torch.tensor(1.0), signed=False)
     tensor([0.0000, 0.0000, 0.0000, 0.2500, 0.7500])
     """
-    return torch.ops.geta.fake_quant(x, step, qmax, exponent, bool(signed), STE(ste).value)
+    if x.dtype not in _FLOAT_TYPES:
+        raise TypeError(
+            f"fake_quant: x has dtype {x.dtype}; geta fake-quantizes float32, float64, bfloat16 "
+            "or float16 tensors (cast integer or float8 data to one of them first)"
+        )
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        return fusable_fake_quant(x, step, qmax, exponent, signed=signed, ste=ste)  # inductor fuses it
+    out = torch.ops.geta.fake_quant(x, step, qmax, exponent, bool(signed), STE(ste).value)
+    if out.requires_grad and type(out) is Tensor:  # eager: `recompute_quantized` may rebuild it
+        setattr(out, RECIPE, (x, step, qmax, exponent, bool(signed)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""The fake-quantizer as plain tensor ops, for ``torch.compile`` to fuse (method.md §1.1, §1.3).
+
+`geta.quant.functional.fake_quant` is one registered custom op, ``torch.ops.geta.fake_quant``:
+``torch.export`` keeps it as one node per quantizer (the graph analysis and the ONNX export rely
+on that), but inductor cannot look inside it, so under ``torch.compile`` every quantizer would
+be an opaque call with its own passes over memory. While ``torch.compile`` traces (and only then:
+not under ``torch.export``), ``fake_quant`` calls `fusable_fake_quant` instead: the same forward
+and the same straight-through backward written as ordinary elementwise ops and sums, which
+inductor fuses with the neighbouring ops (the weight's quantizer with nothing else to read, an
+activation quantizer with the norm or activation before it).
+
+In eager mode `fusable_fake_quant` equals the op bit for bit (forward and all four gradients;
+tests/quant/test_quant_fusable.py); a compiled graph may differ from eager in the last bit of the
+scalar gradients, whose sums inductor orders its own way, as for any compiled reduction.
+
+The backward saves x and the three scalars only (like the op); everything else is recomputed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from geta.config import STE
+from geta.quant.limits import LN_EPS, MIN_QMAX, MIN_STEP, STE_FIXED_BOUND
+
+__all__ = ["fusable_fake_quant"]
+
+
+def _scalars(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(d, q_m, t) in the compute dtype of x (float64 stays, the rest float32), floors applied."""
+    dt = torch.promote_types(x.dtype, torch.float32)
+    return step.to(dt).clamp_min(MIN_STEP), qmax.to(dt).clamp_min(MIN_QMAX), exponent.to(dt)
+
+
+def _sign_magnitude(xc: Tensor, q: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
+    """(s, m): the grid sign (unsigned: 1 for x > 0, else 0) and m = min(|x|, q_m)."""
+    if signed:
+        return torch.sign(xc), xc.abs().clamp_max(q)
+    return (xc > 0).to(xc.dtype), xc.clamp_min(0.0).clamp_max(q)
+
+
+def _quantize(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool) -> Tensor:
+    """Q(x) = (sign(x) d) round(m ** t / d), in the order of the op (so equal bit for bit)."""
+    d, q, t = _scalars(x, step, qmax, exponent)
+    xc = x.to(d.dtype)
+    s, m = _sign_magnitude(xc, q, signed)
+    return (s * d * torch.round(m.pow(t) / d)).to(x.dtype)
+
+
+def _ste_grads(
+    g: Tensor,
+    x: Tensor,
+    scalars: tuple[Tensor, Tensor, Tensor],
+    signed: bool,
+    ste: STE,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    """(dL/dx, dL/dd, dL/dq_m, dL/dt) of method.md §1.3, None where ``needs`` is False."""
+    step, qmax, exponent = scalars
+    d, q, t = _scalars(x, step, qmax, exponent)
+    xc = x.to(d.dtype)
+    s, m = _sign_magnitude(xc, q, signed)
+    grad_x = grad_step = grad_qmax = grad_exponent = None
+    if needs[0]:  # g where |x| <= bound (and x >= 0 when unsigned)
+        bound = q if ste is STE.CLIPPED else torch.full_like(q, STE_FIXED_BOUND)
+        passband = xc.abs() <= bound if signed else (xc.abs() <= bound) & (xc >= 0)
+        grad_x = torch.where(passband, g, torch.zeros((), dtype=g.dtype, device=g.device))
+    gs = g.to(d.dtype) * s
+    u = m.pow(t)
+    if needs[1]:  # sum g s (round(u/d) - u/d)
+        v = u / d
+        grad_step = ((torch.round(v) - v) * gs).sum().to(step.dtype).reshape(step.shape)
+    if needs[2]:  # sum over the clipped elements of g s t q_m ** (t - 1)
+        clipped = xc.abs() > q if signed else xc > q
+        zero = torch.zeros((), dtype=gs.dtype, device=gs.device)
+        grad_qmax = (
+            (torch.where(clipped, gs, zero).sum() * t * q ** (t - 1)).to(qmax.dtype).reshape(qmax.shape)
+        )
+    if needs[3]:  # sum g s u ln(max(m, eps))
+        grad_exponent = (gs * u * m.clamp_min(LN_EPS).log()).sum()
+        grad_exponent = grad_exponent.to(exponent.dtype).reshape(exponent.shape)
+    return grad_x, grad_step, grad_qmax, grad_exponent
+
+
+class _FusableFakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        step: Tensor,
+        qmax: Tensor,
+        exponent: Tensor,
+        signed: bool,
+        ste: STE,
+    ) -> Tensor:
+        ctx.save_for_backward(x, step, qmax, exponent)
+        ctx.signed, ctx.ste = signed, ste  # type: ignore[attr-defined]
+        return _quantize(x, step, qmax, exponent, signed)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
+        x, step, qmax, exponent = ctx.saved_tensors  # type: ignore[attr-defined]
+        needs = tuple(ctx.needs_input_grad[:4])  # type: ignore[attr-defined]
+        grads = _ste_grads(grad, x, (step, qmax, exponent), ctx.signed, ctx.ste, needs)  # type: ignore[attr-defined]
+        return (*grads, None, None)
+
+
+def fusable_fake_quant(
+    x: Tensor,
+    step: Tensor,
+    qmax: Tensor,
+    exponent: Tensor,
+    *,
+    signed: bool = True,
+    ste: STE = STE.CLIPPED,
+) -> Tensor:
+    """`geta.quant.functional.fake_quant` as plain ops (same arguments, same values, same STE).
+
+    ``fake_quant`` dispatches here by itself while ``torch.compile`` traces; call it directly
+    only to compare the two paths.
+
+    >>> x = torch.tensor([-1.5, -0.26, 0.0, 0.3, 0.74])
+    >>> fusable_fake_quant(x, torch.tensor(0.25), torch.tensor(1.0), torch.tensor(1.0))
+    tensor([-1.0000, -0.2500,  0.0000,  0.2500,  0.7500])
+    """
+    return _FusableFakeQuant.apply(x, step, qmax, exponent, bool(signed), STE(ste))
