@@ -103,3 +103,10 @@ def test_trainer_checkpoint_resumes_qasso_exactly(tmp_path: Path, bpe_tokenizer:
     assert opt2.step_count == opt.step_count
     ref = model.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in again.state_dict().items())
+    # a checkpoint-N/ folder is a training state, not a model: plain Auto loading refuses it by name
+    from transformers import AutoModelForCausalLM
+
+    from geta.savehook import TRAINING_CHECKPOINT
+
+    with pytest.raises(ValueError, match=TRAINING_CHECKPOINT):
+        AutoModelForCausalLM.from_pretrained(str(tmp_path / "checkpoint-12"))
