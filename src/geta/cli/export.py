@@ -40,15 +40,8 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     add_checkpoint_argument(p)
-    folders = [e.name for e in exporters() if e.folder]
-    p.add_argument(
-        "--format",
-        required=True,
-        choices=names,
-        help=", ".join(names[:-1])
-        + f" or {names[-1]}"
-        + (f" ({', '.join(folders)}: a folder)" if folders else ""),
-    )
+    shown = [f"{e.name} (a folder)" if e.folder else e.name for e in exporters()]
+    p.add_argument("--format", required=True, choices=names, help=", ".join(shown[:-1]) + f" or {shown[-1]}")
     p.add_argument("--out", required=True, metavar="PATH", help="file to write (hf: a new or empty folder)")
     p.add_argument("--input-shape", metavar="SHAPE", help="example input shape for ONNX, e.g. 1,3,32,32")
     p.add_argument("--input-dtype", default="float32", metavar="DTYPE", help="example input dtype [float32]")
