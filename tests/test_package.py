@@ -55,7 +55,15 @@ _CLASSES = {
     "Stage",
     "CompressionReport",
 }
-_ERRORS = {"GetaError", "ConfigError", "CaptureError", "ConvertError", "IntegrityError", "UnsupportedOpError"}
+_ERRORS = {
+    "GetaError",
+    "ConfigError",
+    "CaptureError",
+    "ConvertError",
+    "ExportError",
+    "IntegrityError",
+    "UnsupportedOpError",
+}
 _FUNCTIONS = {
     "prepare": "geta.prepare",
     "convert": "geta.convert",

@@ -15,6 +15,7 @@ from geta.errors import (
     CaptureError,
     ConfigError,
     ConvertError,
+    ExportError,
     GetaError,
     IntegrityError,
     UnsupportedOpError,
@@ -46,6 +47,7 @@ __all__ = [
     "ConfigError",
     "CaptureError",
     "ConvertError",
+    "ExportError",
     "IntegrityError",
     "UnsupportedOpError",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "CaptureError",
     "UnsupportedOpError",
     "ConvertError",
+    "ExportError",
     "IntegrityError",
 ]
 
@@ -36,8 +37,17 @@ class ConvertError(GetaError):
     """A model could not be physically pruned (e.g. a module class without an attribute fixer)."""
 
 
-class IntegrityError(GetaError):
+class ExportError(GetaError):
+    """Writing or reading an exported file failed, or its parity check did not pass.
+
+    The one error type of every exporter (`geta.export`): ONNX, packed, Hugging Face, GGUF,
+    bake, and any exporter registered with `geta.export.registry.register_exporter`.
+    """
+
+
+class IntegrityError(ExportError):
     """A file geta wrote no longer matches its recorded checksum, or points outside its folder.
 
-    The message names the file and, where known, the tensor that changed.
+    The message names the file and, where known, the tensor that changed. It is an
+    `ExportError` (a damaged export) and so a `GetaError`; run checkpoints raise it too.
     """

@@ -194,7 +194,7 @@ def test_every_subcommand_has_help(command: str, geta_cli: Callable[..., Result]
 
 def test_hugging_face_model_inside_a_recipe_wrapper_is_found_for_save_pretrained() -> None:
     pytest.importorskip("transformers")
-    from geta.cli.outputs import _hf_model
+    from geta.cli.exporting import hf_model as _hf_model
     from geta.recipes.models import CausalLM
     from geta.testing import zoo
 

@@ -1,90 +1,118 @@
-"""``geta export CHECKPOINT --format onnx|packed|hf|gguf --out PATH``: write a deployable file.
+"""``geta export CHECKPOINT --format FORMAT --out PATH``: write a deployable file.
 
-A thin wrapper over `geta.export.onnx` (QDQ graph, checked in onnxruntime),
-`geta.export.packed` (integer codes at their bit width + a JSON manifest), for a Hugging Face
-model `geta.cli.hfout.write_hf` (a folder plain transformers loads: integer weights, tokenizer,
-model card; the same as a run's ``hf/``), and `geta.export.gguf` (llama.cpp's file for a Llama /
-Qwen2 / Mistral run; the tokenizer comes from ``--tokenizer``, else the run's ``hf/`` folder,
-else the ``hf:DIR`` checkpoint the run compressed).
+The formats are the registered exporters (`geta.export.registry`; the built-ins in
+`geta.export.formats`): ``onnx`` (`geta.export.onnx`, a QDQ graph checked in onnxruntime),
+``packed`` (`geta.export.packed`, integer codes at their bit width + a JSON manifest), ``hf``
+for a Hugging Face model (a folder plain transformers loads: integer weights, tokenizer, model
+card; the same as a run's ``hf/``) and ``gguf`` (`geta.export.gguf`, llama.cpp's file for a
+Llama / Qwen2 / Mistral run; the tokenizer comes from ``--tokenizer``, else the run's ``hf/``
+folder, else the ``hf:DIR`` checkpoint the run compressed). What each needs (example inputs,
+a Hugging Face model, a tokenizer folder) comes from its registration, not from this module.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from geta.cli.artifacts import RunFiles, add_checkpoint_argument, load_inputs, load_module, locate
 from geta.cli.errors import CliError
-from geta.cli.hfout import write_hf
-from geta.cli.quiet import quiet_exporters
+from geta.cli.exporting import hf_model, write_format
 from geta.cli.rebuild import load_run
-from geta.recipes import export_form
+from geta.errors import GetaError
+from geta.export.registry import Exporter, exporter_names, exporters, get_exporter
 
 __all__ = ["add_parser", "run"]
 
-FORMATS = ("onnx", "packed", "hf", "gguf")
+
+def _flags(names: list[str]) -> str:
+    return " or ".join(f"--format {n}" for n in names)
 
 
 def add_parser(subparsers: Any) -> None:
-    """Register ``geta export``."""
+    """Register ``geta export``: the ``--format`` choices are the registered exporters."""
+    names = exporter_names()
     p = subparsers.add_parser(
         "export",
         help="export a compressed model to ONNX (QDQ), a packed low-bit file, a Hugging Face folder or GGUF",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     add_checkpoint_argument(p)
-    p.add_argument("--format", required=True, choices=FORMATS, help="onnx, packed, hf (a folder) or gguf")
+    shown = [f"{e.name} (a folder)" if e.folder else e.name for e in exporters()]
+    p.add_argument("--format", required=True, choices=names, help=", ".join(shown[:-1]) + f" or {shown[-1]}")
     p.add_argument("--out", required=True, metavar="PATH", help="file to write (hf: a new or empty folder)")
     p.add_argument("--input-shape", metavar="SHAPE", help="example input shape for ONNX, e.g. 1,3,32,32")
     p.add_argument("--input-dtype", default="float32", metavar="DTYPE", help="example input dtype [float32]")
+    readers = [e.name for e in exporters() if e.tokenizer_folder]
     p.add_argument(
         "--tokenizer",
         metavar="DIR",
-        help="gguf: folder of the tokenizer.json to embed [the run's checkpoint]",
+        help=f"{', '.join(readers)}: folder of the tokenizer.json to embed [the run's checkpoint]",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export CHECKPOINT and print what was written."""
-    import geta.export
-
-    if args.tokenizer is not None and args.format != "gguf":
-        raise CliError(f"--tokenizer is read by --format gguf only, not --format {args.format}")
+    """Export CHECKPOINT with the registered exporter ``--format`` and print what was written."""
+    entry = get_exporter(args.format)
+    if args.tokenizer is not None and not entry.tokenizer_folder:
+        readers = [e.name for e in exporters() if e.tokenizer_folder]
+        raise CliError(f"--tokenizer is read by {_flags(readers)} only, not --format {args.format}")
     files = locate(args.checkpoint)
     out = Path(args.out).expanduser()
-    if args.format == "hf":
-        return _run_hf(files, out, args)
-    if out.is_dir():
+    _check_out(entry, out)
+    model = _model(files, args)
+    if entry.model_kind == "hf" and hf_model(model) is None:
+        others = [e.name for e in exporters() if e.model_kind == "any"]
         raise CliError(
-            f"--out {out} is a directory; pass a file path such as {out / ('model.' + args.format)}"
+            f"--format {entry.name} needs a Hugging Face model; {files.model} holds a "
+            f"{type(model).__name__}: use {_flags(others)}"
+        )
+    inputs = load_inputs(files, args.input_shape, args.input_dtype) if entry.needs_example_inputs else None
+    report = _report(files) if entry.model_kind == "hf" or {"card", "plain"} & set(entry.options) else None
+    folder = _tokenizer_dir(files.run_dir, args.tokenizer) if entry.tokenizer_folder else None
+    plain = bool(report and report["options"].get("uniform_layers"))
+    try:
+        info, used = write_format(
+            entry, model, out, inputs=inputs, report=report, plain=plain, tokenizer_folder=folder
+        )
+    except ImportError as exc:
+        if not entry.requires:
+            raise
+        raise CliError(
+            f"{entry.label} export needs {entry.requires} ({exc}): pip install 'torch-geta[{entry.extra}]'"
+        ) from None
+    except GetaError as exc:
+        if not entry.errors_name_format:
+            raise
+        raise CliError(f"--format {entry.name}: {exc}") from None
+    for line in entry.summary(info, out, used):
+        print(line)
+    return 0
+
+
+def _check_out(entry: Exporter, out: Path) -> None:
+    """``--out``: a new or empty folder for a folder format, else a file path in an existing folder."""
+    if entry.folder:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise CliError(
+                f"--out {out} exists and is not an empty directory; "
+                f"pass a new folder for --format {entry.name}"
+            )
+    elif out.is_dir():
+        raise CliError(
+            f"--out {out} is a directory; pass a file path such as {out / ('model.' + entry.name)}"
         )
     if not out.parent.is_dir():
         raise CliError(f"--out {out}: the directory {out.parent} does not exist; create it first")
-    model = _model(files, args)
-    if args.format == "onnx":
-        module, inputs = export_form(model, load_inputs(files, args.input_shape, args.input_dtype))
-        try:
-            with quiet_exporters():
-                info = geta.export.onnx(module, inputs, out)
-        except ImportError as exc:
-            raise CliError(
-                f"ONNX export needs onnx, onnxruntime and onnxscript ({exc}): pip install 'torch-geta[onnx]'"
-            ) from None
-        print(
-            f"wrote {out} (opset {info.opset}, {len(info.tensors)} quantized tensors, "
-            f"max relative difference to torch {info.max_relative_diff:.2g})"
-        )
-    elif args.format == "gguf":
-        _gguf(model, files.run_dir, args.tokenizer, out)
-    else:
-        packed = geta.export.packed(model, out)
-        fields = dataclasses.asdict(packed)
-        print(f"wrote {out} ({fields['file_bytes']:,} bytes, {fields['packed_tensors']} bit-packed tensors)")
-    return 0
+
+
+def _report(files: RunFiles) -> dict[str, Any] | None:
+    """The run's report.json (its options and results), or None outside a run folder."""
+    report_file = files.run_dir / "report.json" if files.run_dir else None
+    return json.loads(report_file.read_text()) if report_file and report_file.is_file() else None
 
 
 def _model(files: RunFiles, args: argparse.Namespace) -> Any:
@@ -92,35 +120,6 @@ def _model(files: RunFiles, args: argparse.Namespace) -> Any:
     if files.run_dir is not None:
         return load_run(files, args).model
     return load_module(files.model, trust=args.trust_run_code)
-
-
-def _run_hf(files: RunFiles, out: Path, args: argparse.Namespace) -> int:
-    """``--format hf``: the run's Hugging Face model as a folder, with the run's report in its card."""
-    import json
-    import sys
-
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CliError(f"--out {out} exists and is not an empty directory; pass a new folder for --format hf")
-    if not out.parent.is_dir():
-        raise CliError(f"--out {out}: the directory {out.parent} does not exist; create it first")
-    model = _model(files, args)
-    transformers = sys.modules.get("transformers")  # loading a HF model imported it
-    kind = transformers.PreTrainedModel if transformers else ()
-    hf = next((m for m in model.modules() if isinstance(m, kind)), None)
-    if hf is None:
-        raise CliError(
-            f"--format hf needs a Hugging Face model; {files.model} holds a {type(model).__name__}: "
-            "use --format onnx or --format packed"
-        )
-    report_file = files.run_dir / "report.json" if files.run_dir else None
-    report = json.loads(report_file.read_text()) if report_file and report_file.is_file() else None
-    spec = report["options"]["model"] if report else None
-    plain = bool(report and report["options"].get("uniform_layers"))
-    with quiet_exporters():
-        write_hf(hf.eval(), out, plain=plain, report=report, model_spec=spec)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"wrote {out} ({size:,} bytes: integer weights, config, tokenizer if the run had one, README.md)")
-    return 0
 
 
 def _tokenizer_dir(run_dir: Path | None, flag: str | None) -> Path | None:
@@ -143,35 +142,3 @@ def _tokenizer_dir(run_dir: Path | None, flag: str | None) -> Path | None:
         if model.startswith("hf:") and (folder / "tokenizer.json").is_file():
             return folder
     return None
-
-
-def _gguf(model: Any, run_dir: Path | None, flag: str | None, out: Path) -> None:
-    """Write the GGUF file and say what it holds."""
-    import geta.export
-    from geta.errors import GetaError
-
-    tokenizer = _tokenizer_dir(run_dir, flag)
-    try:
-        info = geta.export.gguf(model, out, tokenizer=tokenizer)
-    except ImportError as exc:
-        raise CliError(
-            f"GGUF export needs the gguf package ({exc}): pip install 'torch-geta[gguf]'"
-        ) from None
-    except GetaError as exc:
-        raise CliError(f"--format gguf: {exc}") from None
-    quantized = [t for t in info.tensors if t.rounding is not None]
-    kinds = ", ".join(f"{n} {k}" for k, n in sorted(collections.Counter(t.type for t in quantized).items()))
-    print(
-        f"wrote {out} ({info.file_bytes:,} bytes, {info.arch}; {len(quantized)} quantized tensors: "
-        f"{kinds or 'none'}; fp16 block scales move the steps by at most "
-        f"{info.max_step_relative_error:.2%}, the weights by at most {info.max_weight_diff:.2g})"
-    )
-    if info.sizes != info.pruned:
-        print(f"  padded with zero units for 32-value blocks: {info.pruned} -> {info.sizes} (exact)")
-    if tokenizer is None:
-        print("  no tokenizer found: llama.cpp runs on token ids only; pass --tokenizer DIR to embed one")
-    if info.dropped_input_quantizers:
-        print(
-            f"  {info.dropped_input_quantizers} activation quantizers are not in the file: "
-            "llama.cpp quantizes activations its own way"
-        )

@@ -1,9 +1,10 @@
-"""The ``hf/`` folder of a run (and ``geta export RUN --format hf``): a self-contained HF model.
+"""What the ``hf/`` folder of a run (and ``geta export RUN --format hf``) holds besides the model.
 
-`write_hf` writes `geta.export.pretrained` (integer weights in the compressed-tensors format,
-pruned sizes in the config wherever the layers agree), the checkpoint's tokenizer for an
-``hf:DIR`` model, and a model card (``README.md``): the compression table of the run, the
-command that made it, the bit widths stored, and how to load the folder.
+The folder itself is the registered ``hf`` exporter (`geta.export.formats`: integer weights
+in the compressed-tensors format, pruned sizes in the config wherever the layers agree);
+`geta.cli.exporting` hands it the checkpoint's tokenizer for an ``hf:DIR`` model
+(`checkpoint_tokenizer`) and a model card (`model_card`, ``README.md``): the compression table
+of the run, the command that made it, the bit widths stored, and how to load the folder.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 import geta
 from geta.cli.options import CompressOptions
 from geta.cli.progress import summary_table
 
-__all__ = ["command_line", "model_card", "write_hf"]
+__all__ = ["checkpoint_tokenizer", "command_line", "model_card"]
 
 
 def command_line(options: dict[str, Any]) -> str:
@@ -39,7 +38,7 @@ def command_line(options: dict[str, Any]) -> str:
     return " ".join(parts) + " --out RUN"
 
 
-def _tokenizer(model_spec: str) -> Any:
+def checkpoint_tokenizer(model_spec: str) -> Any:
     """The tokenizer of an ``hf:DIR`` checkpoint, or None (another model, or none saved)."""
     if not model_spec.startswith("hf:"):
         return None
@@ -100,13 +99,3 @@ def model_card(folder: Path, report: dict[str, Any] | None) -> str:
               "everything else is float.", "", *_bits_table(config), "",
               "## Loading", "", *_loading(config)]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def write_hf(
-    model: nn.Module, folder: Path, *, plain: bool, report: dict[str, Any] | None, model_spec: str | None
-) -> Path:
-    """Write ``model`` (a converted ``PreTrainedModel``) into ``folder`` with tokenizer and card."""
-    tokenizer = _tokenizer(model_spec) if model_spec else None
-    geta.export.pretrained(model, folder, plain=plain, tokenizer=tokenizer)
-    (folder / "README.md").write_text(model_card(folder, report), encoding="utf-8")
-    return folder

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,14 @@ from torch import nn
 import geta
 from geta.cli.checkpoint import CHECKPOINT_DIR, state_path, write_run_checksums
 from geta.cli.errors import CliError
-from geta.cli.hfout import write_hf
+from geta.cli.exporting import hf_model, write_format
 from geta.cli.job import JobResult
 from geta.cli.plots import write_plots
 from geta.cli.progress import summary_table
-from geta.cli.quiet import quiet_exporters
 from geta.cli.runlock import holder
+from geta.export.registry import exporters
 from geta.plan import QuantTarget
-from geta.recipes import Task, build_model, evaluate, export_form
+from geta.recipes import Task, build_model, evaluate
 
 __all__ = [
     "RunStatus",
@@ -209,10 +209,10 @@ def _measure(result: JobResult, small: nn.Module, dense: nn.Module) -> dict[str,
     }  # fmt: skip
 
 
-def _export(call: Any) -> dict[str, Any]:
-    """Run one export; a failure is recorded (the run's other results still count)."""
+def _export(call: Callable[[], tuple[Any, Any]]) -> dict[str, Any]:
+    """Run one export (`write_format`); a failure is recorded (the run's other results still count)."""
     try:
-        info = call()
+        info, _ = call()
     except ImportError as exc:
         return {"error": f"skipped, a dependency is missing: {exc}"}
     except Exception as exc:  # an export is an extra: record why it failed and go on
@@ -232,25 +232,25 @@ def _write_files(
     plain: bool,
     report: dict[str, Any],
 ) -> dict[str, Any]:
+    """The run's files, then every registered exporter with a ``run_file`` (model.geta always).
+
+    A wrapped Hugging Face model is exported as itself (input_ids + attention_mask -> logits);
+    an ``hf`` format is written only for a Hugging Face model (with ``plain``, i.e.
+    --uniform-layers, it refuses layers of different sizes); a failed export (e.g. an ONNX
+    parity check) writes no file and its error goes into the report.
+    """
     torch.save(small, staging / "compressed.pt")  # for your own torch.load; geta never reads it
     torch.save(example, staging / "inputs.pt")
     torch.save(dense.state_dict(), staging / "dense.pt")
-    files = {"onnx": staging / "model.onnx", "packed": staging / "model.geta", "pretrained": staging / "hf"}
-    # a wrapped Hugging Face model is exported as itself: input_ids + attention_mask -> logits;
-    # a failed parity check writes no file (the error, in the report, says why)
-    module, inputs = export_form(small, example)
-    with quiet_exporters():  # model.geta always: geta report/export rebuild the model from it
-        exports = {"packed": _export(lambda: geta.export.packed(small, str(files["packed"])))}
-        if export:
-            exports["onnx"] = _export(lambda: geta.export.onnx(module, inputs, str(files["onnx"])))
-        hf = _hf_model(small) if export else None
-        if hf is not None:  # a Hugging Face model: integer weights, tokenizer and a model card
-            spec = report["options"]["model"]
-            exports["pretrained"] = _export(
-                lambda: write_hf(hf, files["pretrained"], plain=plain, report=report, model_spec=spec)
-            )  # plain (--uniform-layers): refuse layers of different sizes
-    for name, info in exports.items():
-        file = files[name]
+    wanted = [e for e in exporters() if e.run_file and (export or e.always_in_runs)]
+    wanted.sort(key=lambda e: not e.always_in_runs)  # model.geta first: report/export rebuild from it
+    exports: dict[str, dict[str, Any]] = {}
+    for entry in wanted:
+        if entry.model_kind != "any" and hf_model(small) is None:
+            continue
+        file = staging / str(entry.run_file)
+        call = functools.partial(write_format, entry, small, file, inputs=example, report=report, plain=plain)
+        info = _export(call)
         if "error" not in info and file.exists():
             size = (
                 sum(f.stat().st_size for f in file.rglob("*") if f.is_file())
@@ -258,15 +258,8 @@ def _write_files(
                 else file.stat().st_size
             )
             info["path"], info["bytes"] = file.name, size
+        exports[entry.report_key] = info
     return exports
-
-
-def _hf_model(model: nn.Module) -> nn.Module | None:
-    """The outermost transformers PreTrainedModel in ``model`` (a recipe may wrap one), if any."""
-    transformers = sys.modules.get("transformers")  # a model of that kind means it is loaded
-    if transformers is None:
-        return None
-    return next((m for m in model.modules() if isinstance(m, transformers.PreTrainedModel)), None)
 
 
 def _markdown(report: dict[str, Any], compressed_md: str) -> str:

@@ -15,7 +15,13 @@
   (`geta.export.qdq`);
 - `pretrained(model, path)` / `load_pretrained(path)`: Hugging Face ``save_pretrained`` folders;
 - `gguf(model, path, tokenizer=...)`: a GGUF file for llama.cpp from a Llama / Qwen2 / Mistral
-  causal LM, the learned integer codes in Q4_0 / Q5_0 / Q8_0 blocks (`geta.export.gguf_export`).
+  causal LM, the learned integer codes in Q4_0 / Q5_0 / Q8_0 blocks (`geta.export.gguf_export`);
+- `export(name, model, path, *, example_inputs=None, tokenizer=None, **options)`: any
+  registered format by name, with one signature; `register_exporter` adds a format, which
+  ``geta export --format`` then offers (`geta.export.registry`, built-ins in
+  `geta.export.formats`, docs/contributing.md).
+
+Every exporter raises `ExportError` (`geta.IntegrityError`, a damaged file, is one too).
 
 docs/deploy.md shows each in use. Importing this package does not import onnx, onnxruntime,
 onnxscript or gguf.
@@ -30,17 +36,22 @@ from geta.export.onnx_export import ORT_SESSION_CONFIG, check_parity, onnx
 from geta.export.packfile import PackedInfo, load_packed, packed, read_manifest
 from geta.export.pretrained import load_pretrained, pretrained
 from geta.export.qdq import deployable
+from geta.export.registry import Exporter, export, exporters, get_exporter, register_exporter
 
 __all__ = [
     "ORT_SESSION_CONFIG",
     "ExportError",
     "ExportInfo",
+    "Exporter",
     "GgufInfo",
     "PackedInfo",
     "TensorExport",
     "baked",
     "check_parity",
     "deployable",
+    "export",
+    "exporters",
+    "get_exporter",
     "gguf",
     "load_packed",
     "load_pretrained",
@@ -48,4 +59,5 @@ __all__ = [
     "packed",
     "pretrained",
     "read_manifest",
+    "register_exporter",
 ]

@@ -22,11 +22,16 @@ __all__ = ["attach_inputs", "attach_products", "drop_input_quantizers", "drop_pr
 
 
 def _quantizer_entry(q: LearnableQuantizer) -> dict[str, Any]:
-    """The JSON form of an input quantizer (float32 scalars survive a JSON double exactly)."""
-    return {
-        "step": float(q.step.detach()), "qmax": float(q.qmax.detach()),
-        "exponent": float(q.exponent.detach()), "signed": q.signed, "bits": q.bit_width,
-    }  # fmt: skip
+    """The JSON form of an activation quantizer: its scalars (`LearnableQuantizer.to_config`)."""
+    return q.to_config(settings=False)
+
+
+def _set_scalars(q: LearnableQuantizer, entry: dict[str, Any]) -> None:
+    """Give ``q`` the scalars of a recorded entry."""
+    saved = LearnableQuantizer.from_config(entry)
+    with torch.no_grad():
+        for name in LearnableQuantizer.SCALARS:
+            getattr(q, name).copy_(getattr(saved, name))
 
 
 def drop_input_quantizers(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -68,11 +73,7 @@ def drop_product_quantizers(model: nn.Module) -> dict[str, dict[str, Any]]:
 def attach_inputs(model: nn.Module, table: dict[str, dict[str, Any]]) -> None:
     """Re-attach the recorded input quantizers with their exact scalars."""
     for name, entry in table.items():
-        q = LearnableQuantizer(signed=bool(entry["signed"]))
-        with torch.no_grad():
-            for scalar in ("step", "qmax", "exponent"):
-                getattr(q, scalar).fill_(float(entry[scalar]))
-        attach_input_quantizer(model.get_submodule(name), q)
+        attach_input_quantizer(model.get_submodule(name), LearnableQuantizer.from_config(entry))
 
 
 def attach_products(model: nn.Module, table: dict[str, dict[str, Any]]) -> None:
@@ -82,6 +83,4 @@ def attach_products(model: nn.Module, table: dict[str, dict[str, Any]]) -> None:
         for call, position, _, q in holder.slots():
             saved = entry["quantizers"].get(f"{call}.{position}")
             if isinstance(q, LearnableQuantizer) and saved is not None:
-                with torch.no_grad():
-                    for scalar in ("step", "qmax", "exponent"):
-                        getattr(q, scalar).fill_(float(saved[scalar]))
+                _set_scalars(q, saved)

@@ -5,13 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from geta.errors import GetaError
+from geta.errors import ExportError
 
 __all__ = ["ExportError", "ExportInfo", "TensorExport"]
-
-
-class ExportError(GetaError):
-    """An export failed, or its parity check against the torch model did not pass."""
 
 
 @dataclass(frozen=True)

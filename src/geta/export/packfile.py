@@ -55,7 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geta.errors import GetaError, IntegrityError
+from geta.errors import ExportError, GetaError, IntegrityError
 from geta.export.bitpack import MAX_BITS, pack_bits, packed_nbytes, unpack_bits
 from geta.export.skeleton import describe, fit
 from geta.quant.attach import weight_quantizers
@@ -91,7 +91,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _parse_dtype(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise GetaError(f"packed file: unknown dtype {name!r}")
+        raise ExportError(f"packed file: unknown dtype {name!r}")
     return dtype
 
 
@@ -205,19 +205,23 @@ def _inflate(raw: bytes, path: str) -> bytes:
     inflater = zlib.decompressobj()
     out = inflater.decompress(raw, MAX_MANIFEST_BYTES)
     if inflater.unconsumed_tail:
-        raise GetaError(f"{path}: the manifest of this packed file inflates past {MAX_MANIFEST_BYTES} bytes")
+        raise ExportError(
+            f"{path}: the manifest of this packed file inflates past {MAX_MANIFEST_BYTES} bytes"
+        )
     return out + inflater.flush()
 
 
 def _header(path: str, blob: bytes) -> tuple[int, int, bytes | None]:
     """(manifest start, manifest length, the manifest's SHA-256 or None for version 1)."""
     if len(blob) < _PREFIX_V1.size:
-        raise GetaError(f"{path} is not a geta packed file (too short)")
+        raise ExportError(f"{path} is not a geta packed file (too short)")
     magic, version, length = _PREFIX_V1.unpack_from(blob)
     if magic != MAGIC:
-        raise GetaError(f"{path} is not a geta packed file (magic {magic!r})")
+        raise ExportError(f"{path} is not a geta packed file (magic {magic!r})")
     if version not in (1, FORMAT_VERSION):
-        raise GetaError(f"{path} has packed format version {version}; this geta reads 1 and {FORMAT_VERSION}")
+        raise ExportError(
+            f"{path} has packed format version {version}; this geta reads 1 and {FORMAT_VERSION}"
+        )
     if version == 1:
         return _PREFIX_V1.size, length, None
     if len(blob) < _PREFIX.size:
@@ -230,7 +234,7 @@ def _read(path: str) -> tuple[dict[str, Any], bytes]:
         with open(path, "rb") as f:
             blob = f.read()
     except OSError as exc:
-        raise GetaError(f"{path} cannot be read as a packed file ({exc.strerror or exc})") from None
+        raise ExportError(f"{path} cannot be read as a packed file ({exc.strerror or exc})") from None
     start, length, digest = _header(path, blob)
     if start + length > len(blob):
         raise IntegrityError(
@@ -243,9 +247,9 @@ def _read(path: str) -> tuple[dict[str, Any], bytes]:
     try:
         manifest = json.loads(_inflate(raw, path).decode("utf-8"))
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GetaError(f"{path}: the manifest of this packed file is damaged ({exc})") from exc
+        raise ExportError(f"{path}: the manifest of this packed file is damaged ({exc})") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
-        raise GetaError(f"{path}: the manifest of this packed file has no tensor list")
+        raise ExportError(f"{path}: the manifest of this packed file has no tensor list")
     return manifest, blob[start + length :]
 
 
@@ -307,17 +311,17 @@ def _check_manifest(manifest: Any, data_bytes: int, path: str) -> None:
     """Refuse a manifest whose entries do not describe the data that follows it.
 
     Checked before any tensor is allocated: a damaged or forged manifest (a shape of 10^12
-    elements, an offset past the end, an unknown encoding) is one `GetaError` naming the entry,
+    elements, an offset past the end, an unknown encoding) is one `ExportError` naming the entry,
     not a 160 GB allocation or a traceback from deep inside torch.
     """
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
-        raise GetaError(f"{path}: the manifest of this packed file is damaged (no list of tensors)")
+        raise ExportError(f"{path}: the manifest of this packed file is damaged (no list of tensors)")
     names = {e.get("name") for e in manifest["tensors"] if isinstance(e, dict)}
     for i, e in enumerate(manifest["tensors"]):
         name = e.get("name") if isinstance(e, dict) else None
         problem = _entry_problem(e, data_bytes, names) if isinstance(name, str) else "has no name"
         if problem:
-            raise GetaError(f"{path}: tensor {name or i!r} of the manifest {problem}; the file is damaged")
+            raise ExportError(f"{path}: tensor {name or i!r} of the manifest {problem}; the file is damaged")
 
 
 def _entry_problem(e: dict[str, Any], data_bytes: int, names: set[Any]) -> str | None:
@@ -347,13 +351,13 @@ def _entry_problem(e: dict[str, Any], data_bytes: int, names: set[Any]) -> str |
 
 
 def _fit_checked(skeleton: nn.Module, structure: Any, shapes: dict[str, Any], path: str) -> None:
-    """`fit` the skeleton to the manifest's structure record; a malformed record is one `GetaError`."""
+    """`fit` the skeleton to the manifest's structure record; a malformed record is one `ExportError`."""
     try:
         fit(skeleton, structure, shapes)
     except GetaError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
-        raise GetaError(
+        raise ExportError(
             f"{path}: the structure record of the manifest is damaged ({type(exc).__name__}: {exc})"
         ) from None
 
@@ -377,7 +381,7 @@ def _decode_codes(entry: dict[str, Any], data: bytes, state: dict[str, Tensor]) 
     raw = bytearray(data[entry["offset"] : entry["offset"] + entry["nbytes"]])
     chunk = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
     k = (unpack_bits(chunk, entry["bits"], count) + entry["code_min"]).reshape(shape)
-    step, qmax, t = (state[f"{entry['quantizer']}.{n}"] for n in ("step", "qmax", "exponent"))
+    step, qmax, t = (state[f"{entry['quantizer']}.{n}"] for n in LearnableQuantizer.SCALARS)
     if float(t) == 1.0:
         value = k.to(torch.float32) * step.to(torch.float32)
     else:
@@ -385,7 +389,7 @@ def _decode_codes(entry: dict[str, Any], data: bytes, state: dict[str, Tensor]) 
     value = value.to(_parse_dtype(entry["dtype"]))
     again = integer_codes(value, step, qmax, t, signed=entry["signed"])
     if not torch.equal(again.to(torch.int64), k):
-        raise GetaError(f"packed file: the codes of {entry['name']} do not survive the round trip")
+        raise ExportError(f"packed file: the codes of {entry['name']} do not survive the round trip")
     return value
 
 
@@ -400,7 +404,7 @@ def _decode(path: str, entries: dict[str, dict[str, Any]], data: bytes) -> dict[
             if e["encoding"] == "codes":
                 state[name] = _decode_codes(e, data, state)
     except (KeyError, TypeError, ValueError) as exc:
-        raise GetaError(
+        raise ExportError(
             f"{path}: a tensor entry of its manifest is damaged ({type(exc).__name__}: {exc})"
         ) from None
     for name, e in entries.items():
@@ -416,8 +420,9 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     recorded quantizers are attached and its tensors and size attributes shrunk to the saved
     ones first (module docstring). A skeleton on the ``meta`` device is materialised on the
     CPU (``load_state_dict(assign=True)``); otherwise tensors stay on their device. Raises
-    `GetaError` for a file that does not fit (another architecture) and `geta.IntegrityError`
-    for one that is damaged, truncated or oversized (checked before anything is allocated).
+    `geta.ExportError` for a file that does not fit (another architecture) and
+    `geta.IntegrityError` (an `ExportError` too) for one that is damaged, truncated or
+    oversized (checked before anything is allocated).
 
     >>> model = MyNet()  # doctest: +SKIP
     >>> small = geta.export.load_packed("model.geta", model)  # doctest: +SKIP
@@ -434,7 +439,7 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     expected = skeleton.state_dict(keep_vars=True)
     if set(entries) != set(expected):
         missing, extra = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
-        raise GetaError(
+        raise ExportError(
             f"{os.fspath(path)} does not fit the skeleton {type(skeleton).__name__}: "
             f"missing {missing[:5]}, unexpected {extra[:5]}; build the skeleton the way "
             "the saved model was built (same class, convert of the same plan)"
@@ -442,7 +447,7 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     state = _decode(os.fspath(path), entries, data)
     for name, t in state.items():
         if tuple(t.shape) != tuple(expected[name].shape):
-            raise GetaError(
+            raise ExportError(
                 f"{name}: the file has shape {tuple(t.shape)}, the skeleton "
                 f"{tuple(expected[name].shape)}; convert the skeleton with the same plan"
             )

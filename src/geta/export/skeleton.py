@@ -32,8 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import geta.ops.mha  # noqa: F401  (registers nn.MultiheadAttention's module spec)
-from geta.config import STE
-from geta.errors import GetaError
+from geta.errors import ExportError
 from geta.ops.modules import apply_module_fixers, rebuild
 from geta.quant.attach import (
     attach_input_quantizer,
@@ -70,10 +69,8 @@ def size_attributes(module: nn.Module) -> dict[str, Any]:
 
 
 def _quantizer_entry(module_name: str, kind: str, tensor: str, q: LearnableQuantizer) -> dict[str, Any]:
-    return {
-        "module": module_name, "kind": kind, "tensor": tensor, "signed": q.signed,
-        "ste": q.ste.value, "learn_exponent": q.learn_exponent,
-    }  # fmt: skip
+    """Where the quantizer sits plus its settings (`LearnableQuantizer.to_config`, no scalars)."""
+    return {"module": module_name, "kind": kind, "tensor": tensor, **q.to_config(scalars=False)}
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
@@ -101,7 +98,7 @@ def _module(model: nn.Module, name: str, what: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError as exc:
-        raise GetaError(
+        raise ExportError(
             f"the packed file has {what} in a module {name!r} that {type(model).__name__} does not "
             "have; load it into a model of the class that was saved"
         ) from exc
@@ -114,11 +111,10 @@ def _attach_missing(model: nn.Module, quantizers: list[dict[str, Any]]) -> None:
             if product_quantizers(module) is None:
                 restore_product_quantizers(module, e["layout"])
             continue
-        settings = dict(signed=e["signed"], ste=STE(e["ste"]), learn_exponent=e["learn_exponent"])
         if e["kind"] == "weight" and e["tensor"] not in weight_quantizers(module):
-            attach_weight_quantizer(module, e["tensor"], LearnableQuantizer(**settings))
+            attach_weight_quantizer(module, e["tensor"], LearnableQuantizer.from_config(e))
         elif e["kind"] == "input" and input_quantizer(module) is None:
-            attach_input_quantizer(module, LearnableQuantizer(**settings))
+            attach_input_quantizer(module, LearnableQuantizer.from_config(e))
 
 
 def _resize(model: nn.Module, shapes: dict[str, list[int]]) -> None:
@@ -143,7 +139,7 @@ def _set_sizes(model: nn.Module, modules: dict[str, dict[str, Any]]) -> None:
     for name, entry in modules.items():
         module = _module(model, name, "size attributes")
         if class_name(module) != entry["class"]:
-            raise GetaError(
+            raise ExportError(
                 f"module {name!r} is a {class_name(module)} here but was saved as a {entry['class']}; "
                 "load the file into a model of the class that was saved"
             )
@@ -169,7 +165,7 @@ def fit(model: nn.Module, description: dict[str, Any], shapes: dict[str, list[in
     """Make ``model`` match a `describe` record and the tensor ``shapes`` (module docstring).
 
     The tensors of ``model`` are left empty (or keep their values where the shape did not
-    change): load the values next. Raises `GetaError` for a model of another architecture.
+    change): load the values next. Raises `ExportError` for a model of another architecture.
     """
     modules = description.get("modules", {})
     _rebuild(model, modules)

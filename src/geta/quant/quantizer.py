@@ -7,6 +7,8 @@ the bit interval; the quantizer itself never constrains them.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +39,9 @@ class LearnableQuantizer(nn.Module):
     step: nn.Parameter
     qmax: nn.Parameter
     exponent: nn.Parameter
+
+    SCALARS: ClassVar[tuple[str, ...]] = ("step", "qmax", "exponent")  # the learned parameters
+    CONFIG_VERSION: ClassVar[int] = 1  # of the `to_config` schema (an entry without "version" is 1)
 
     def __init__(
         self,
@@ -108,3 +113,53 @@ class LearnableQuantizer(nn.Module):
     def extra_repr(self) -> str:
         shown = "?" if self.step.device.type == "meta" else f"{self.bit_width:.2f}"
         return f"bits={shown}, signed={self.signed}, ste={self.ste.value}"
+
+    def to_config(self, *, settings: bool = True, scalars: bool = True) -> dict[str, Any]:
+        """This quantizer as a JSON-ready dict: the one schema every export writes (version 1).
+
+        Keys, in this order: ``step``, ``qmax``, ``exponent`` (with ``scalars``; float32 values
+        survive a JSON double exactly), ``signed`` (always), ``ste`` and ``learn_exponent``
+        (with ``settings``), ``bits`` (with ``scalars``: the implied width, informative only).
+        A packed file's structure record stores the settings (its scalars are tensors of the
+        file), a Hugging Face config the scalars. Entries carry no version key while the
+        schema is version 1; `from_config` reads any subset.
+
+        >>> q = LearnableQuantizer(init_bits=4, signed=False)
+        >>> q.to_config(scalars=False)
+        {'signed': False, 'ste': 'clipped', 'learn_exponent': True}
+        >>> LearnableQuantizer.from_config(q.to_config()).to_config() == q.to_config()
+        True
+        """
+        out: dict[str, Any] = {}
+        if scalars:
+            out.update({name: float(getattr(self, name).detach()) for name in self.SCALARS})
+        out["signed"] = self.signed
+        if settings:
+            out.update(ste=self.ste.value, learn_exponent=self.learn_exponent)
+        if scalars:
+            out["bits"] = self.bit_width
+        return out
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LearnableQuantizer:
+        """A quantizer from a `to_config` dict (any subset with ``signed``; missing settings
+        take the constructor's defaults, missing scalars its initial values; ``bits`` is not
+        read). Raises `ConfigError` for a newer schema version or an entry without ``signed``.
+        """
+        version = config.get("version", 1)
+        if version != cls.CONFIG_VERSION:
+            raise ConfigError(
+                f"quantizer config version={version!r}: this geta reads version {cls.CONFIG_VERSION}"
+            )
+        if "signed" not in config:
+            raise ConfigError(f"quantizer config {config!r} has no 'signed' field")
+        q = cls(
+            signed=bool(config["signed"]),
+            ste=STE(config.get("ste", STE.CLIPPED.value)),
+            learn_exponent=bool(config.get("learn_exponent", True)),
+        )
+        with torch.no_grad():
+            for name in cls.SCALARS:
+                if name in config:
+                    getattr(q, name).fill_(float(config[name]))
+        return q
