@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -145,3 +147,14 @@ def test_unknown_names_and_enum_members() -> None:
         strategies.bit_rule("x")
     with pytest.raises(ConfigError, match="lower-case"):
         strategies.register_forget_rule("Half", HalfForget())
+
+
+def test_the_contributing_example_runs(registry: None) -> None:
+    """The forget-rule example of docs/contributing_rules.md, run as written."""
+    doc = Path(__file__).parents[2] / "docs" / "contributing_rules.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks, "docs/contributing_rules.md lost its example"
+    torch.manual_seed(0)
+    exec(compile(blocks[0], str(doc), "exec"), {})  # the repository's own docs
+    assert "half-life" in strategies.forget_rule_names()
+    assert options_from_args(_parse("--forget", "half-life")).arguments("qasso")["forget"] == "half-life"
