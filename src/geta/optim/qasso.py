@@ -20,11 +20,11 @@ The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookk
          ``"descent"``: project every quantizer's step onto [b_lo, b_hi(s)]);
          cool-down: the bit rule settles, the rounded bits are frozen once, then every step is
          reset to them
+      6) last step of a pruning period: commit the selection (rows set exactly to zero)
+      7) committed rows are set to exactly zero again (every stage, every step)
 
 The forget and bit rules are strategies looked up by name (`geta.optim.strategies`); this
 class calls them through their protocols and never asks which rule runs.
-      6) last step of a pruning period: commit the selection (rows set exactly to zero)
-      7) committed rows are set to exactly zero again (every stage, every step)
 """
 
 from __future__ import annotations
