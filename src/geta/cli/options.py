@@ -20,8 +20,19 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from geta.cli.errors import CliError
-from geta.cli.values import Converter, bits, boolean, choice, number, optional_choice, optional_text, text
+from geta.cli.values import (
+    Converter,
+    bits,
+    boolean,
+    choice,
+    number,
+    optional_choice,
+    optional_text,
+    registered,
+    text,
+)
 from geta.cli.values import device as torch_device
+from geta.optim.strategies import bit_rule_names, forget_rule_names
 from geta.recipes import DATA_SETS, RECIPES, TrainingDefaults, defaults_for
 from geta.recipes.defaults import CNN_DEFAULTS, HF_DEFAULTS, TRANSFORMER_DEFAULTS
 
@@ -223,12 +234,14 @@ class CompressOptions:
         number(float, 0.0, 1.0), to=("config", "min_keep_fraction"),
     )  # fmt: skip
     forget: str = _opt(
-        "linear", "forget rate of the selected rows: linear, or descent (the paper's rule)",
-        choice("linear", "descent"), to=("qasso", "forget"),
+        "linear", "forget rate of the selected rows (descent: the paper's rule)",
+        registered(forget_rule_names), to=("qasso", "forget"),
+        choices=lambda: f"one of {', '.join(forget_rule_names())}",
     )  # fmt: skip
     bit_rule: str = _opt(
-        "budget", "bits by sensitivity under the budget, or descent (the paper's step rule)",
-        choice("budget", "descent"), to=("qasso", "bits"),
+        "budget", "how bits are chosen (budget: by sensitivity under the budget; descent: the paper's rule)",
+        registered(bit_rule_names), to=("qasso", "bits"),
+        choices=lambda: f"one of {', '.join(bit_rule_names())}",
     )  # fmt: skip
     distill: float = _opt(
         0.0,

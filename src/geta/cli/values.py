@@ -10,7 +10,7 @@ A `geta.cli.options.CompressOptions` field names its converter next to its defau
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "number",
     "optional_choice",
     "optional_text",
+    "registered",
     "text",
 ]
 
@@ -133,6 +134,16 @@ def choice(*allowed: str) -> Converter:
         if value not in allowed:
             raise CliError(f"{where} must be one of {', '.join(allowed)}, got {raw!r}")
         return value
+
+    return convert
+
+
+def registered(names: Callable[[], Iterable[str]]) -> Converter:
+    """`choice` among ``names()`` read when a value is converted, not when the option is
+    declared: a rule registered after import (`geta.optim.strategies`) is a valid choice."""
+
+    def convert(raw: Any, where: str) -> str:
+        return choice(*names())(raw, where)
 
     return convert
 

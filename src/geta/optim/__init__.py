@@ -5,6 +5,7 @@
   (bit projection, forget rate, step choice, the five saliency criteria, base directions);
 - `geta.optim.layout`, `geta.optim.forget`, `geta.optim.quantizers`: vectorised bookkeeping
   of unit rows and quantizer scalars;
+- `geta.optim.strategies`: the forget and bit rules, strategies registered and chosen by name;
 - `geta.optim.qasso`: `QASSO`, the ``torch.optim.Optimizer`` that holds the state.
 """
 

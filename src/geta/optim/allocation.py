@@ -1,4 +1,4 @@
-"""`BitAllocation`: the state of QASSO's default bit rule (`BitRule.BUDGET`) over a run.
+"""`BudgetBits`, QASSO's default bit rule ``"budget"``, and `BitAllocation`, its state over a run.
 
 Per step (from the projection stage on, until the joint stage's first step):
 
@@ -13,13 +13,14 @@ Per step (from the projection stage on, until the joint stage's first step):
    step's forward (`geta.optim.clipping`) — and then learns on by gradient.
 
 The cool-down freezes round(bits) as in every rule (`QASSO`), which here is the allocation.
-Everything a resumed run needs is in `state_dict` (bitwise resume).
+Everything a resumed run needs is in `state_dict` (bitwise resume). `BudgetBits` puts this
+behind the `geta.optim.strategies.BitStrategy` hooks (registered there as ``"budget"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -32,7 +33,10 @@ from geta.optim.schedule import Schedule, Stage
 from geta.optim.sensitivity import FisherTracker
 from geta.plan import Plan
 
-__all__ = ["BitAllocation"]
+if TYPE_CHECKING:
+    from geta.optim.strategies import BitContext
+
+__all__ = ["BitAllocation", "BudgetBits"]
 
 
 class BitAllocation:
@@ -147,3 +151,42 @@ class BitAllocation:
         if state["final"]:
             self._finish()
             self._drop_sampler()
+
+
+class BudgetBits:
+    """The bit rule ``"budget"``: bits allocated by measured sensitivity under the BOPs budget
+    (`BitAllocation`), every step pinned to them from the projection stage on. Without
+    quantizers it does nothing (``allocation`` is None)."""
+
+    def __init__(self, context: BitContext) -> None:
+        self.allocation: BitAllocation | None = None
+        if len(context.table):
+            self.allocation = BitAllocation(
+                context.plan, context.table, context.layout, context.removed, context.broadcast
+            )
+
+    def pins(self, stage: Stage) -> bool:
+        return self.allocation is not None and stage in (Stage.PROJECTION, Stage.JOINT)
+
+    def forget_bounds(self, schedule: Schedule, s: int) -> Tensor | None:
+        return None  # the steps belong to the allocation: forgetting never writes them
+
+    def observe(self) -> None:
+        if self.allocation is not None:
+            self.allocation.observe()
+
+    def bound(self, schedule: Schedule, stage: Stage, s: int) -> None:
+        if self.allocation is not None:
+            self.allocation.pin(schedule, stage, s)
+
+    def settle(self) -> None:
+        alloc = self.allocation
+        if alloc is not None and alloc.targets is None:  # no projection or joint stage ran
+            alloc.table.reset_to_(alloc.allocate(final=True))
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None if self.allocation is None else self.allocation.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.allocation is not None:
+            self.allocation.load_state_dict(state)

@@ -17,7 +17,7 @@ one gather per tensor for x and ∇, one ``index_add_`` per tensor for the updat
 all tensors of a device and dtype in one ``index_add_`` -- no Python loop over slices, units or
 rows, and no host sync.
 
-With ``step_rule=False`` (the default bit rule of geta, `geta.optim.modes.BitRule.BUDGET`) the
+Without ``b_hi`` (the default bit rule of geta, ``"budget"``, `geta.optim.strategies`) the
 quantizers' steps belong to the bit allocation: the forgetting shrinks the raw rows,
 x_R <- x_R - α∇ - γ x_R, and never writes a step (the paper's rule would overwrite what the bits
 learned, pinning every touched layer at b_lo — method.md §3.5).
@@ -39,6 +39,7 @@ from geta.optim import rules
 from geta.optim.layout import FlatBucket, RedundantRows
 from geta.optim.quantizers import QuantizerTable
 from geta.optim.sharding import local_data
+from geta.optim.strategies import ForgetStrategy
 
 __all__ = ["ForgetStep"]
 
@@ -66,8 +67,8 @@ def _add_at(t: Tensor, index: Tensor, values: Tensor) -> None:
 class ForgetStep:
     """The forgetting of one step; see the module docstring for the three phases.
 
-    ``b_hi`` (n_q,), the upper bit bounds in force, is only read by the step rule (may be None
-    without it).
+    ``b_hi`` (n_q,), the upper bit bounds in force, turns the paper's step rule on (None: the
+    forgetting never writes a step); ``rule`` is the forget rule that gives γ.
     """
 
     def __init__(
@@ -76,17 +77,16 @@ class ForgetStep:
         table: QuantizerTable,
         b_hi: Tensor | None,
         *,
-        floor: float = 0.0,
-        step_rule: bool = True,
+        rule: ForgetStrategy,
         reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.rows = rows
         self.table = table
-        self.floor = floor  # γ >= floor / (T - t), see `rules.forget_rate`
-        self.step_rule = step_rule and len(table) > 0
-        # with floor >= 1 `rules.forget_rate` gives every unit floor / (T - t) (0 if already
-        # zero): γ does not depend on ∇, whose rows are then neither kept nor summed
-        self.needs_grad = floor < 1.0 or self.step_rule
+        self.rule = rule  # gives γ per unit (`geta.optim.strategies`)
+        self.step_rule = b_hi is not None and len(table) > 0
+        # a rule whose γ does not depend on ∇ (``needs_grad=False``): without the step rule ∇'s
+        # rows are then neither kept nor summed
+        self.needs_grad = rule.needs_grad or self.step_rule
         # the statistics live on the parameters' device: no host sync during the step
         self.device = rows.slices[0].ref.tensor.device if rows.slices else torch.device("cpu")
         if self.step_rule:
@@ -186,7 +186,7 @@ class ForgetStep:
             prepared.append((bucket, c, g, r))
         sums, r_dot = self._stats(prepared)
         grad_sq, c_sq, c_dot = sums.unbind(0)
-        gamma = rules.forget_rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t, floor=self.floor)
+        gamma = self.rule.rate(grad_sq, c_sq, c_dot, lr=lr, period_len=period_len, t=t)
         layer_step = None
         if self.step_rule and self.rows.block_unit.numel():
             layer = self.block_layer

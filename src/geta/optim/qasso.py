@@ -10,15 +10,21 @@ The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookk
       3) base direction ∇ of every parameter; p <- p - lr ∇ (quantizer scalars at lr_quant,
          then qmax kept positive and the exponent inside rules.EXPONENT_RANGE; a step that
          part 5 overwrites in this step without reading it is not moved)
-      4) joint stage: forget the selected rows (bit rule DESCENT: also set the steps of the
-         layers they touch, the paper's step rule)
-      5) bit rule BUDGET: fold this step's measured sensitivity; at each projection period
+      4) joint stage: forget the selected rows at the forget rule's rate γ (a bit rule with
+         ``forget_bounds``, the paper's ``"descent"``: also set the steps of the layers they
+         touch, the paper's step rule)
+      5) the bit rule observes the step, then bounds the steps in the projection and joint
+         stages (``"budget"``: fold this step's measured sensitivity; at each projection period
          start (re)allocate the bits under the BOPs budget (final at the joint start) and pin
          every step to its bits, descending from the initial bits over the projection periods;
-         bit rule DESCENT: project every quantizer's step onto [b_lo, b_hi(s)];
-         cool-down: freeze the rounded bits once, then reset every step to them
+         ``"descent"``: project every quantizer's step onto [b_lo, b_hi(s)]);
+         cool-down: the bit rule settles, the rounded bits are frozen once, then every step is
+         reset to them
       6) last step of a pruning period: commit the selection (rows set exactly to zero)
       7) committed rows are set to exactly zero again (every stage, every step)
+
+The forget and bit rules are strategies looked up by name (`geta.optim.strategies`); this
+class calls them through their protocols and never asks which rule runs.
 """
 
 from __future__ import annotations
@@ -34,19 +40,18 @@ from torch import Tensor
 from geta.config import Selection
 from geta.errors import ConfigError
 from geta.optim import rules
-from geta.optim.allocation import BitAllocation
 from geta.optim.arguments import choice as _choice
 from geta.optim.arguments import validate as _validate
 from geta.optim.direction import Variant, group_direction, group_directions
 from geta.optim.forget import ForgetStep
 from geta.optim.guard import check_finite, check_loss
 from geta.optim.layout import RedundantRows, UnitLayout
-from geta.optim.modes import BitRule, Forget
 from geta.optim.quantizers import QuantizerTable
 from geta.optim.quota import cumulative_quotas, group_floors, uniform_quotas
 from geta.optim.saliency import saliency_scores, select_per_group, select_units
 from geta.optim.schedule import Schedule, Stage
 from geta.optim.sharding import ShardedLayout, ShardedQuantizerTable, local_data, sharding_of
+from geta.optim.strategies import BitContext, BitRule, Forget, bit_rule, forget_rule
 from geta.plan import Plan
 
 __all__ = ["QASSO"]
@@ -78,12 +83,14 @@ class QASSO(torch.optim.Optimizer):
     ``nesterov``), ``"adam"`` or ``"adamw"`` (``betas``, ``eps``). ``grad_clip`` clamps every
     gradient element-wise to [-grad_clip, grad_clip] in place before the step.
 
-    ``forget`` (`Forget`): how fast the selected rows shrink during a pruning period —
-    ``"linear"`` (default) γ = 1/(T - t), ``"descent"`` the paper's descent-safe rate. ``bits``
-    (`BitRule`): ``"budget"`` (default) allocates every quantizer's bits by measured sensitivity
+    ``forget`` (a registered forget rule's name or a `Forget` member): how fast the selected
+    rows shrink during a pruning period — ``"linear"`` (default) γ = 1/(T - t), ``"descent"``
+    the paper's descent-safe rate. ``bits`` (a registered bit rule's name or a `BitRule`
+    member): ``"budget"`` (default) allocates every quantizer's bits by measured sensitivity
     under the BOPs budget (``Config.target_bops``, or the middle of the bit ranges), ``"descent"``
     learns steps by gradient with the paper's step rule. Both defaults come from the
     compression benchmark (docs/benchmarks.md); the paper's rules are kept for comparison.
+    More rules register by name (`geta.optim.strategies`, docs/contributing_rules.md).
 
     At the end of the joint stage round(target_sparsity x prunable units) units are exactly zero
     (each group keeps at least its floor: ``Config.min_keep_fraction``, ``min_keep_units``,
@@ -126,13 +133,10 @@ class QASSO(torch.optim.Optimizer):
     ) -> None:
         _validate(lr, lr_quant, momentum, dampening, nesterov, betas, eps, weight_decay, grad_clip)
         self.variant: Variant = _choice(Variant, variant, "variant")
-        self.forget: Forget = _choice(Forget, forget, "forget")
-        self.bit_rule: BitRule = _choice(BitRule, bits, "bits")
-        if self.bit_rule is BitRule.DESCENT and plan.config.target_bops is not None:
-            raise ConfigError(
-                f"Config.target_bops={plan.config.target_bops} needs QASSO(bits='budget'); "
-                "the paper's step rule (bits='descent') has no budget"
-            )
+        self.forget_rule = forget_rule(forget)  # the strategy that gives γ
+        bit_factory = bit_rule(bits)
+        self.forget: str = forget.value if isinstance(forget, Forget) else forget  # the rules' names
+        self.bit_rule: str = bits.value if isinstance(bits, BitRule) else bits
         if not isinstance(schedule, Schedule):
             raise ConfigError(f"QASSO(schedule={schedule!r}) must be a geta.Schedule")
         self.plan, self.schedule, self.grad_clip = plan, schedule, grad_clip
@@ -160,9 +164,8 @@ class QASSO(torch.optim.Optimizer):
         self._frozen: Tensor | None = None  # cool-down bits, (n_quantizers,)
         self._rows: RedundantRows | None = None
         self._zeros: list[tuple[Tensor, int, Tensor]] = []
-        self.allocation: BitAllocation | None = None  # the BUDGET bit rule's state
-        if len(self.table) and self.bit_rule is BitRule.BUDGET:
-            self.allocation = BitAllocation(plan, self.table, self.layout, self._group_quota, self._broadcast)
+        context = BitContext(plan, self.table, self.layout, self._group_quota, self._broadcast)
+        self.bits = bit_factory(context)  # the bit rule's strategy and state
 
     def _param_groups(self, lr_quant: float) -> list[dict[str, Any]]:
         """Group 0: every model parameter but the quantizers' (at ``lr``); group 1: quantizers."""
@@ -319,26 +322,22 @@ class QASSO(torch.optim.Optimizer):
 
     def _pinned_steps(self, stage: Stage) -> frozenset[int]:
         """ids of the quantizer steps `_bits` sets this step before anything reads them: every
-        step under the bit rule BUDGET after the warm-up, and in the cool-down once frozen."""
-        pinned = self.allocation is not None and stage in (Stage.PROJECTION, Stage.JOINT)
+        step when the bit rule pins them (``"budget"`` after the warm-up), and in the cool-down
+        once frozen."""
+        pinned = self.bits.pins(stage)
         return self._step_ids if pinned or self._frozen is not None else frozenset()
 
     def _bits(self, stage: Stage, s: int) -> None:
-        alloc = self.allocation
-        if alloc is not None:
-            alloc.observe()
+        self.bits.observe()
         if not len(self.table) or stage is Stage.WARMUP:
             return
         if stage is Stage.COOLDOWN:
-            if alloc is not None and alloc.targets is None:  # no projection or joint stage ran
-                self.table.reset_to_(alloc.allocate(final=True))
+            self.bits.settle()
             if self._frozen is None:
                 self._frozen = self.table.freeze()
             self.table.reset_to_(self._frozen)
-        elif alloc is not None:
-            alloc.pin(self.schedule, stage, s)
         else:
-            self.table.project_(self.table.upper(self.schedule, s))
+            self.bits.bound(self.schedule, stage, s)
 
     # -- the joint stage --------------------------------------------------------------------------
 
@@ -350,13 +349,11 @@ class QASSO(torch.optim.Optimizer):
             self._select(period)
         if self._rows is None or self._rows.units.numel() == 0:
             return None
-        step_rule = self.bit_rule is BitRule.DESCENT
         return ForgetStep(
             self._rows,
             self.table,
-            self.table.upper(self.schedule, s) if step_rule else None,
-            floor=1.0 if self.forget is Forget.LINEAR else 0.0,
-            step_rule=step_rule,
+            self.bits.forget_bounds(self.schedule, s),
+            rule=self.forget_rule,
             reduce=None if self.sharding is None else self.sharding.all_reduce,
         )
 
@@ -420,7 +417,7 @@ class QASSO(torch.optim.Optimizer):
             "selected": self._selected.clone(),
             "committed": self._committed.clone(),
             "frozen": None if self._frozen is None else self._frozen.clone(),
-            "allocation": None if self.allocation is None else self.allocation.state_dict(),
+            "allocation": self.bits.state_dict(),  # the bit rule's state (key kept for old checkpoints)
         }
         return sd
 
@@ -443,8 +440,8 @@ class QASSO(torch.optim.Optimizer):
         self._committed = run["committed"].to(dtype=torch.bool, device="cpu").clone()
         frozen = run["frozen"]
         self._frozen = None if frozen is None else frozen.to(self.table.b_lo).clone()
-        if self.allocation is not None and run.get("allocation") is not None:
-            self.allocation.load_state_dict(run["allocation"])
+        if run.get("allocation") is not None:
+            self.bits.load_state_dict(run["allocation"])
         has_rows = bool(self._selected.any())
         self._rows = self.layout.redundant(self._selected, len(self.table)) if has_rows else None
         self._zeros = self.layout.zero_positions(self._committed)

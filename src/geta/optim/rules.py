@@ -10,9 +10,9 @@ base-direction rows and α the learning rate, is
     x_R <- x_R - α ∇ - γ (c + Σ_l d_l r_l)          (c + d r = Q(x) for a quantized layer)
 
 where c is the clipped value, r the rounding residual (`forget_parts`), γ the forget rate
-(`forget_rate`) and d_l the quantization step of layer l (`forget_steps`, `layer_steps`). r is
-taken at the quantizer's step before the update, as in the paper's analysis, so that the
-descent bound below holds exactly for the applied update:
+(`forget_rate`, `linear_forget_rate`) and d_l the quantization step of layer l
+(`forget_steps`, `layer_steps`). r is taken at the quantizer's step before the update, as in
+the paper's analysis, so that the descent bound below holds exactly for the applied update:
 
     <∇, update> <= -min(1 - ζη, η(1 - ζ)) α ‖∇‖²  < 0.
 """
@@ -38,6 +38,7 @@ __all__ = [
     "forget_steps",
     "frozen_bits",
     "layer_steps",
+    "linear_forget_rate",
     "period_quotas",
     "step_bounds",
 ]
@@ -121,6 +122,18 @@ def forget_parts(
     return s * u, s * (torch.round(v) - v)
 
 
+def linear_forget_rate(c_sq: Tensor, *, period_len: int, t: int) -> Tensor:
+    """The linear forget rate γ = 1/(T - t) per redundant unit (0 if ‖c‖ ≈ 0, already zero).
+
+    ``c_sq`` (n,) holds ‖c‖². Every row shrinks to 1/T of its norm by the period's last step
+    (Π (1 - 1/(T - t)) telescopes), so the commit barely changes the function (method.md §3.5).
+    """
+    if not 0 <= t < period_len:
+        raise ValueError(f"linear_forget_rate: t={t} must be in [0, period_len={period_len})")
+    scheduled = torch.full_like(c_sq, 1.0 / (period_len - t))
+    return torch.where(c_sq.sqrt() <= ZERO_NORM, torch.zeros_like(scheduled), scheduled)
+
+
 def forget_rate(
     grad_sq: Tensor,
     c_sq: Tensor,
@@ -130,9 +143,9 @@ def forget_rate(
     period_len: int,
     t: int,
     eta: float = ETA,
-    floor: float = 0.0,
 ) -> Tensor:
-    """Forget rate γ per redundant unit; inputs are vectors (n,) of ‖∇‖², ‖c‖², <c, ∇>.
+    """The paper's descent-safe forget rate γ per redundant unit; inputs are vectors (n,) of
+    ‖∇‖², ‖c‖², <c, ∇>.
 
     - ‖c‖ ≈ 0 (already zero): γ = 0;
     - <c, ∇> >= 0 (forgetting helps descent): γ = 1 / (T - t), T the period length, t the index;
@@ -140,22 +153,15 @@ def forget_rate(
       the cosine, so no clamping of cos is needed. geta caps it at 1 / (T - t): the paper's value
       can explode when cos ≈ 0⁻, and a smaller γ only reduces the harm to descent.
 
-    ``floor`` raises γ to at least ``floor / (T - t)`` (not for already-zero units). With
-    ``floor=1`` every unit follows the linear schedule γ = 1/(T - t), which shrinks a row to
-    1/T of its norm by the period's last step (Π (1 - 1/(T - t)) telescopes), so the commit
-    barely changes the function; ``floor=0`` is the paper's descent-safe rule (method.md §3.5:
-    on a trained model it leaves 54-104 % of the norm and the commit is a hard cut).
+    On a trained model it leaves 54-104 % of a row's norm and the commit is a hard cut
+    (method.md §3.5); `linear_forget_rate` is geta's default.
     """
     if not 0 <= t < period_len:
         raise ValueError(f"forget_rate: t={t} must be in [0, period_len={period_len})")
     scheduled = torch.full_like(grad_sq, 1.0 / (period_len - t))
-    if floor >= 1:  # every γ below is <= scheduled: the floor decides, whatever ∇ says
-        return torch.where(c_sq.sqrt() <= ZERO_NORM, torch.zeros_like(scheduled), floor * scheduled)
     safe_dot = torch.where(c_dot < 0, c_dot, torch.full_like(c_dot, -1.0))
     against = torch.minimum(-(1.0 - eta) * lr * grad_sq / safe_dot, scheduled)
     gamma = torch.where(c_dot >= 0, scheduled, against)
-    if floor > 0:
-        gamma = torch.maximum(gamma, floor * scheduled)
     return torch.where(c_sq.sqrt() <= ZERO_NORM, torch.zeros_like(gamma), gamma)
 
 
