@@ -37,7 +37,7 @@ EXAMPLES = _examples()
 
 def test_every_extension_has_an_example() -> None:
     headings = {h for h, _ in EXAMPLES}
-    assert {"Add an op", "Add a module type", "Add an exporter"} <= headings
+    assert {"Add an op", "Add a module type", "Add a forget rule", "Add an exporter"} <= headings
 
 
 @pytest.mark.parametrize("heading,code", EXAMPLES, ids=[h for h, _ in EXAMPLES])

@@ -90,7 +90,7 @@ class QASSO(torch.optim.Optimizer):
     under the BOPs budget (``Config.target_bops``, or the middle of the bit ranges), ``"descent"``
     learns steps by gradient with the paper's step rule. Both defaults come from the
     compression benchmark (docs/benchmarks.md); the paper's rules are kept for comparison.
-    More rules register by name (`geta.optim.strategies`, docs/contributing_rules.md).
+    More rules register by name (`geta.optim.strategies`, docs/contributing.md).
 
     At the end of the joint stage round(target_sparsity x prunable units) units are exactly zero
     (each group keeps at least its floor: ``Config.min_keep_fraction``, ``min_keep_units``,

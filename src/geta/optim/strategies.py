@@ -5,7 +5,7 @@ period; a *bit rule* (`BitStrategy`) chooses each quantizer's bit width over the
 looks a rule up by name (``QASSO(forget="linear", bits="budget")``) and calls it through its
 protocol, never by branching on which rule it is; the CLI's ``--forget`` and ``--bit-rule``
 choices are the registered names. A new rule is one `register_forget_rule` /
-`register_bit_rule` call next to its code (docs/contributing_rules.md).
+`register_bit_rule` call next to its code (docs/contributing.md).
 
 The built-in rules, defaults first (the compression benchmark's choices, docs/benchmarks.md;
 the paper's rules stay selectable for comparison, method.md §3.5):
