@@ -12,7 +12,7 @@ from bench.coverage_models import SOURCES
 __all__ = ["render", "failure_cause"]
 
 # Reasons that are not a missing capability: a model's outputs and the channels its norms
-# couple are frozen by design (method.md §2.6), a one-channel space cannot shrink.
+# couple are frozen by design (docs/method.md §2.6), a one-channel space cannot shrink.
 EXPECTED = (
     "feeds the model output",
     "normalises over these channels",
@@ -130,7 +130,7 @@ LIMITS = """\
 
 What the frozen-group reasons above come to, and what would lift them:
 
-- **By design** (method.md §2.6): channels a norm normalises over (the residual stream of every
+- **By design** (docs/method.md §2.6): channels a norm normalises over (the residual stream of every
   pre/post-norm transformer, GroupNorm(1, C) in PoolFormer), a model's outputs, the dims inside
   an attention head, the q/k/v selector of a fused projection (the `3` of
   `reshape(B, N, 3, H, hd)`, frozen at its `unbind`/`select`), and the query heads that share

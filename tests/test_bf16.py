@@ -1,6 +1,6 @@
 """bfloat16: geta's invariants under CPU autocast and on a bf16 model, and one training run.
 
-- zero invariance (method.md §2.3) under ``torch.autocast(bfloat16)``: converting a plan whose
+- zero invariance (docs/method.md §2.3) under ``torch.autocast(bfloat16)``: converting a plan whose
   zeroed units are removed leaves the autocast outputs of the zoo models unchanged;
 - a model cast to bfloat16 (weights and inputs) trains with QASSO through all four stages and
   ends with the target sparsity and integer bits in range, and its converted form still

@@ -1,4 +1,4 @@
-"""Activation calibration in `prepare` sees the float model (method.md §1.4), on every zoo model.
+"""Activation calibration in `prepare` sees the float model (docs/method.md §1.4), on every zoo model.
 
 The reference is the slow obvious one: a deep copy of the float model, forward hooks on the
 same layers, max|x| of each layer's first input. The prepared model's input quantizers must

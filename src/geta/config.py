@@ -17,7 +17,7 @@ MAX_BITS = 16
 class STE(enum.Enum):
     """How the straight-through estimator treats the input gradient of a quantizer."""
 
-    CLIPPED = "clipped"  # zero where |x| > qmax (default, method.md §1.3)
+    CLIPPED = "clipped"  # zero where |x| > qmax (default, docs/method.md §1.3)
     FIXED = "fixed"  # zero where |x| > 2, as in the authors' release (kept for comparison)
 
 
@@ -82,7 +82,7 @@ class Config:
     act_bits: tuple[int, int] | None = None
     """Final (lo, hi) range of the input-activation quantizers; None: activations stay float."""
     init_bits: int = 16
-    """Bit width every quantizer starts from (method.md §1.4); must be >= the hi bounds."""
+    """Bit width every quantizer starts from (docs/method.md §1.4); must be >= the hi bounds."""
     quantize_embeddings: bool = False
     """Also attach weight quantizers to embedding tables."""
     learn_exponent: bool = True

@@ -36,7 +36,7 @@ class QuantTarget(enum.Enum):
 
 @dataclass(frozen=True, eq=False)
 class QuantBinding:
-    """One quantizer and the layer it serves (method.md §2.4)."""
+    """One quantizer and the layer it serves (docs/method.md §2.4)."""
 
     name: str  # 'conv1.weight' / 'conv1.input' (display and the `quantizers` mapping)
     quantizer: LearnableQuantizer

@@ -1,4 +1,4 @@
-"""The foreach directions QASSO uses are the per-tensor ones (method.md §3.1) bit for bit."""
+"""The foreach directions QASSO uses are the per-tensor ones (docs/method.md §3.1) bit for bit."""
 
 from __future__ import annotations
 

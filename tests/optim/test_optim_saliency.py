@@ -12,7 +12,7 @@ from geta.optim.saliency import saliency_scores, select_units
 
 
 def ref_scores(xs: list[list[float]], gs: list[list[float]]) -> list[float]:
-    """The five criteria of method.md §3.3 from each unit's concatenated rows, normalised and mixed."""
+    """The five criteria of docs/method.md §3.3 from each unit's concatenated rows, normalised and mixed."""
     crit = []
     for x, g in zip(xs, gs):
         xn = math.sqrt(sum(v * v for v in x))

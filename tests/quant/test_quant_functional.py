@@ -1,4 +1,4 @@
-"""geta.quant.functional against slow, obvious float64 references (method.md §1)."""
+"""geta.quant.functional against slow, obvious float64 references (docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The fake-quant op is bit for bit its plain formulas (method.md §1.1, §1.3), fast paths included.
+"""The fake-quant op is bit for bit its plain formulas (docs/method.md §1.1, §1.3), fast paths included.
 
 `plain` writes the forward and the four straight-through gradients out of place, one formula a
 line. The op computes them in place, skips ``pow`` when the exponent is exactly 1 and skips the

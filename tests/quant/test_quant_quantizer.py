@@ -1,4 +1,4 @@
-"""LearnableQuantizer: initialisation, bit control and gradients (method.md §1.2, §1.4)."""
+"""LearnableQuantizer: initialisation, bit control and gradients (docs/method.md §1.2, §1.4)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_init_from_degenerate_tensor(tensor: torch.Tensor) -> None:
 
 
 def _slow_fake_quant(xs: list[float], d: float, q: float, t: float, signed: bool) -> list[float]:
-    """Q(x) = sign(x) * d * round(min(|x|, q)**t / d), one Python float at a time (method.md §1.1)."""
+    """Q(x) = sign(x) * d * round(min(|x|, q)**t / d), one Python float at a time (docs/method.md §1.1)."""
     out = []
     for x in xs:
         if not signed:

@@ -31,7 +31,7 @@ def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[n
 
 
 def _expected_macs(module: nn.Module, out: torch.Size, inp: torch.Size | None = None) -> int:
-    """The textbook formulas of method.md §4, from the layer's attributes and shapes."""
+    """The textbook formulas of docs/method.md §4, from the layer's attributes and shapes."""
     if isinstance(module, nn.ConvTranspose2d):  # every input pixel scatters into Cout/g·kh·kw outputs
         assert inp is not None
         n, c_in, h, w = inp

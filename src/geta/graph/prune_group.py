@@ -1,6 +1,6 @@
 """`PruneGroup` and `ParamSlice`: the removable structures found by the dependency analysis.
 
-A prune group is one *channel space* (method.md §2.3): a set of `size` interchangeable units
+A prune group is one *channel space* (docs/method.md §2.3): a set of `size` interchangeable units
 (channels, attention heads, hidden units) together with every tensor slice that lives on them.
 Unit ``j`` of a group owns, in each slice, the positions ``slice.index[j]`` along ``slice.dim``.
 Zeroing those positions in every slice of the group and then physically removing them leaves
@@ -35,7 +35,7 @@ class ParamSlice:
         """The group's view of ``tensor`` (default: the sliced tensor): shape (size, m * rest).
 
         Row ``j`` holds every element of unit ``j`` in this slice; the same view is used for
-        saliency, forgetting and zero checks (method.md defect 4: one row view everywhere).
+        saliency, forgetting and zero checks (docs/method.md defect 4: one row view everywhere).
         """
         t = self.tensor if tensor is None else tensor
         moved = t.movedim(self.dim, 0)  # (n_dim, *rest)

@@ -5,7 +5,7 @@ starts as a fresh space): ``linear(x, W, b)`` unifies the input features of ``x`
 columns of ``W`` (consumer side) and gives the output the rows of ``W`` (producer side), with
 ``b`` on the same rows. Grouped convolutions split the channel spaces into
 ``Prod(groups, per_group)`` so that whole groups are removed together (``groups`` shrinks).
-Norms that mix statistics across their channels freeze them (method.md §2.6).
+Norms that mix statistics across their channels freeze them (docs/method.md §2.6).
 """
 
 from __future__ import annotations

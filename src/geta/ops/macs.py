@@ -1,4 +1,4 @@
-"""Multiply-accumulate counts of ATen ops: the `MacRule` an op declares with its handler (method.md §4).
+"""Multiply-accumulate counts of ATen ops: the `MacRule` an op declares with its handler (docs/method.md §4).
 
 Every op that multiplies activations by weights (or by other activations, as attention does)
 declares one `MacRule` in its registration (``register_op(aten.linear, macs=LINEAR)``, see

@@ -1,4 +1,4 @@
-"""QASSO, the optimizer of GETA (method.md §3), and its schedule.
+"""QASSO, the optimizer of GETA (docs/method.md §3), and its schedule.
 
 - `geta.optim.schedule`: `Stage` and `Schedule` (the four stages as pure functions of the step);
 - `geta.optim.rules`, `geta.optim.saliency`, `geta.optim.direction`: the pure math

@@ -1,4 +1,4 @@
-"""Base directions of QASSO (method.md §3.1): SGD (momentum, Nesterov), Adam and AdamW.
+"""Base directions of QASSO (docs/method.md §3.1): SGD (momentum, Nesterov), Adam and AdamW.
 
 Each function turns a gradient into the direction ∇ of one parameter, updating that
 parameter's optimizer state in place; the optimizer then moves ``p <- p - lr * ∇``. Keeping the

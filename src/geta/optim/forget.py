@@ -1,4 +1,4 @@
-"""`ForgetStep`: one joint-stage forgetting step on the redundant rows R (method.md §3.4).
+"""`ForgetStep`: one joint-stage forgetting step on the redundant rows R (docs/method.md §3.4).
 
 A step of the joint stage runs in three phases around the ordinary update:
 
@@ -20,7 +20,7 @@ rows, and no host sync.
 Without ``b_hi`` (the default bit rule of geta, ``"budget"``, `geta.optim.strategies`) the
 quantizers' steps belong to the bit allocation: the forgetting shrinks the raw rows,
 x_R <- x_R - α∇ - γ x_R, and never writes a step (the paper's rule would overwrite what the bits
-learned, pinning every touched layer at b_lo — method.md §3.5).
+learned, pinning every touched layer at b_lo — docs/method.md §3.5).
 
 An element shared by two selected units (a weight's row in one group and its column in
 another) belongs to one of them only (`geta.optim.layout`: its first slice owns it), so the

@@ -1,7 +1,7 @@
 """`NonFiniteError` and the cheap finiteness check QASSO runs on every step.
 
 A NaN or inf gradient must stop training with a message that names the step and the
-parameter (method.md §3, issue item 7): continuing would spread NaN into every weight and
+parameter (docs/method.md §3, issue item 7): continuing would spread NaN into every weight and
 quantizer, and silently skipping the step would hide the problem.
 
 The check costs one reduction per tensor (one for all 0-dim tensors together) and one host

@@ -3,7 +3,7 @@
 Every unit of every prunable group gets a global id 0..N-1 (group by group, in plan order). A
 `SliceRef` is one parameter slice of a group; its unit ``j`` is global unit ``offset + j`` and
 owns the positions ``index[j]`` along ``dim`` of ``tensor`` -- the same row view as
-`ParamSlice.rows` everywhere (method.md defect 4). Per-unit sums over all slices of a unit are
+`ParamSlice.rows` everywhere (docs/method.md defect 4). Per-unit sums over all slices of a unit are
 one gather and one row reduction per slice, written into the contiguous id range of that slice,
 so no Python loop runs over groups or units, only over slices (a few per tensor).
 

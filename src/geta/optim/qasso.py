@@ -1,4 +1,4 @@
-"""`QASSO`: the quantization-aware structured sparse optimizer (method.md §3), state + dispatch.
+"""`QASSO`: the quantization-aware structured sparse optimizer (docs/method.md §3), state + dispatch.
 
 The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookkeeping in
 `layout`, `forget` and `quantizers`. This class keeps the run's state and calls them in order:
@@ -358,7 +358,7 @@ class QASSO(torch.optim.Optimizer):
         )
 
     def _select(self, period: int) -> None:
-        """Score the alive units and select this period's quota (method.md §3.3)."""
+        """Score the alive units and select this period's quota (docs/method.md §3.3)."""
         self._period = period
         quota = self._cum_quota[period] - int(self._committed.sum())
         alive = ~self._committed

@@ -6,7 +6,7 @@ vectors of shape (n,), computes the bounds of all of them with a handful of tens
 vector ops plus one copy per quantizer, like ``torch.optim`` looping over its parameters.
 
 Weight quantizers are bounded by ``Config.weight_bits``; activation (input) quantizers by
-``Config.act_bits`` (method.md defect 1: the authors' release never projected them), or by
+``Config.act_bits`` (docs/method.md defect 1: the authors' release never projected them), or by
 ``weight_bits`` when a plan carries input quantizers but the config names no activation range.
 `QuantizerTable.domains` lists the valid range of qmax and the exponent, enforced after every
 update in every stage (a learned exponent that reaches 0 would turn the fake-quant into NaN).

@@ -5,7 +5,7 @@ Pure integer bookkeeping over groups (vectors of shape (G,), one entry per pruna
 - a **floor** is how many units a group keeps at least: ``max(min_keep_units,
   ceil(min_keep_fraction * size))``, rounded up to a multiple of ``group_divisible`` and never
   more than the group has. Floors are what stops *layer collapse*: global selection on a
-  trained model can otherwise empty a layer down to one channel (method.md §3.5);
+  trained model can otherwise empty a layer down to one channel (docs/method.md §3.5);
 - a **uniform quota** gives every group the same share of its units to remove, as closely as
   integers, floors and divisibility allow, with the quotas summing to exactly the target K;
 - **period quotas** spread a group's quota over the P pruning periods (cumulative counts).

@@ -1,4 +1,4 @@
-"""Pure update rules of QASSO (method.md §3.2-§3.4): bit projection, forget rate, step choice.
+"""Pure update rules of QASSO (docs/method.md §3.2-§3.4): bit projection, forget rate, step choice.
 
 Every function here is a pure tensor function over *vectors*: one entry per quantizer, per
 redundant unit, or per (unit, layer) block. The optimizer gathers the statistics with a few
@@ -126,7 +126,7 @@ def linear_forget_rate(c_sq: Tensor, *, period_len: int, t: int) -> Tensor:
     """The linear forget rate γ = 1/(T - t) per redundant unit (0 if ‖c‖ ≈ 0, already zero).
 
     ``c_sq`` (n,) holds ‖c‖². Every row shrinks to 1/T of its norm by the period's last step
-    (Π (1 - 1/(T - t)) telescopes), so the commit barely changes the function (method.md §3.5).
+    (Π (1 - 1/(T - t)) telescopes), so the commit barely changes the function (docs/method.md §3.5).
     """
     if not 0 <= t < period_len:
         raise ValueError(f"linear_forget_rate: t={t} must be in [0, period_len={period_len})")
@@ -154,7 +154,7 @@ def forget_rate(
       can explode when cos ≈ 0⁻, and a smaller γ only reduces the harm to descent.
 
     On a trained model it leaves 54-104 % of a row's norm and the commit is a hard cut
-    (method.md §3.5); `linear_forget_rate` is geta's default.
+    (docs/method.md §3.5); `linear_forget_rate` is geta's default.
     """
     if not 0 <= t < period_len:
         raise ValueError(f"forget_rate: t={t} must be in [0, period_len={period_len})")

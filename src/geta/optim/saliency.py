@@ -1,4 +1,4 @@
-"""Saliency of prunable units and the global selection of the redundant set (method.md §3.3).
+"""Saliency of prunable units and the global selection of the redundant set (docs/method.md §3.3).
 
 Both functions are pure and vectorised over all units of all prunable groups: a unit's
 statistics arrive as vectors (one entry per unit), groups as an int64 vector naming each

@@ -1,6 +1,6 @@
 """`Stage` and `Schedule`: QASSO's four stages as pure functions of the step number.
 
-A run is four consecutive stages (method.md §3.2), counted in optimizer steps::
+A run is four consecutive stages (docs/method.md §3.2), counted in optimizer steps::
 
     | warm-up | projection (B periods) | joint (P pruning periods) | cool-down ... |
     0         W                        W+Pr                       W+Pr+J         W+Pr+J+C
@@ -43,7 +43,7 @@ class Stage(enum.Enum):
 
     WARMUP = "warmup"  # plain base-direction steps
     PROJECTION = "projection"  # steps + projection of every quantizer onto its bit interval
-    JOINT = "joint"  # pruning periods: select, forget, commit (method.md §3.4)
+    JOINT = "joint"  # pruning periods: select, forget, commit (docs/method.md §3.4)
     COOLDOWN = "cooldown"  # bits rounded and frozen; training goes on
 
 

@@ -8,7 +8,7 @@ choices are the registered names. A new rule is one `register_forget_rule` /
 `register_bit_rule` call next to its code (docs/contributing.md).
 
 The built-in rules, defaults first (the compression benchmark's choices, docs/benchmarks.md;
-the paper's rules stay selectable for comparison, method.md §3.5):
+the paper's rules stay selectable for comparison, docs/method.md §3.5):
 
 - forget ``"linear"``: γ = 1/(T - t), ``"descent"``: the paper's descent-safe γ;
 - bits ``"budget"``: allocated by measured sensitivity under a BOPs budget

@@ -1,4 +1,4 @@
-"""The learnable quantizer (method.md §1): pure math, the module, and binding it to layers.
+"""The learnable quantizer (docs/method.md §1): pure math, the module, and binding it to layers.
 
 - `geta.quant.functional`: ``fake_quant`` (one registered op, ``torch.ops.geta.fake_quant``,
   with the straight-through backward of §1.3) and the bit algebra of §1.2;

@@ -1,4 +1,4 @@
-"""Binding quantizers to layers, by object identity (method.md §2.4).
+"""Binding quantizers to layers, by object identity (docs/method.md §2.4).
 
 Two kinds of binding:
 

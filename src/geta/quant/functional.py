@@ -1,4 +1,4 @@
-"""Pure math of the learnable quantizer (method.md §1).
+"""Pure math of the learnable quantizer (docs/method.md §1).
 
 Forward (§1.1), with per-tensor learnable scalars ``step`` (d), ``qmax`` (q_m) and
 ``exponent`` (t)::
@@ -158,7 +158,7 @@ def _backward(
     ste: STE,
     needs: tuple[bool, bool, bool, bool] = (True, True, True, True),
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """The straight-through gradients of method.md §1.3 for g = dL/dQ (shape of x).
+    """The straight-through gradients of docs/method.md §1.3 for g = dL/dQ (shape of x).
 
     ``needs`` says which of (x, step, qmax, exponent) want a gradient; the others are None.
     """
@@ -200,7 +200,7 @@ def _scalar_grads(
     t: Tensor,
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(dL/dd, dL/dq_m, dL/dt) as 0-dim sums, each term in the order of method.md §1.3.
+    """(dL/dd, dL/dq_m, dL/dt) as 0-dim sums, each term in the order of docs/method.md §1.3.
 
     Scratch tensors are reused where their layout is the one the plain formula would give (the
     order of a sum follows the layout); m is overwritten by the last (so is u if u is m).
@@ -275,7 +275,7 @@ def fake_quant(
 
     ``step`` (d), ``qmax`` (q_m) and ``exponent`` (t) are 0-dim tensors, usually learnable.
     Unsigned (``signed=False``): x is clamped to [0, qmax] first; the grid is {0, step, ...}.
-    Gradients are the straight-through estimator of method.md §1.3; ``ste`` chooses where the
+    Gradients are the straight-through estimator of docs/method.md §1.3; ``ste`` chooses where the
     input gradient flows (`STE.CLIPPED`: |x| <= qmax; `STE.FIXED`: |x| <= 2).
 
     Under ``torch.export`` this is the op ``torch.ops.geta.fake_quant`` (one node); under

@@ -1,4 +1,4 @@
-"""The fake-quantizer as plain tensor ops, for ``torch.compile`` to fuse (method.md §1.1, §1.3).
+"""The fake-quantizer as plain tensor ops, for ``torch.compile`` to fuse (docs/method.md §1.1, §1.3).
 
 `geta.quant.functional.fake_quant` is one registered custom op, ``torch.ops.geta.fake_quant``:
 ``torch.export`` keeps it as one node per quantizer (the graph analysis and the ONNX export rely
@@ -56,7 +56,7 @@ def _ste_grads(
     ste: STE,
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, ...]:
-    """(dL/dx, dL/dd, dL/dq_m, dL/dt) of method.md §1.3, None where ``needs`` is False."""
+    """(dL/dx, dL/dd, dL/dq_m, dL/dt) of docs/method.md §1.3, None where ``needs`` is False."""
     step, qmax, exponent = scalars
     d, q, t = _scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)

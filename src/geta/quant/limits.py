@@ -1,4 +1,4 @@
-"""The numeric floors of the fake-quantizer (method.md §1), shared by its two implementations.
+"""The numeric floors of the fake-quantizer (docs/method.md §1), shared by its two implementations.
 
 `geta.quant.functional` (the registered op) and `geta.quant.fusable` (plain ops for
 ``torch.compile``) both read them here; ``geta.quant.functional`` re-exports them.

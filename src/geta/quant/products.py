@@ -376,7 +376,7 @@ def restore_product_quantizers(module: nn.Module, layout: dict[str, Any]) -> Pro
 def record_products(modules: Sequence[nn.Module]) -> Iterator[ProductRecord]:
     """Record the product calls of ``modules`` (and their operand peaks) while the block runs.
 
-    Use it around a forward on real inputs: ``peaks`` calibrate the quantizers (method.md §1.4),
+    Use it around a forward on real inputs: ``peaks`` calibrate the quantizers (docs/method.md §1.4),
     ``kinds`` show whether each module ran the products its quantizers were attached for.
     """
     record = ProductRecord()

@@ -1,4 +1,4 @@
-"""`LearnableQuantizer`: the per-tensor fake-quantizer module (method.md §1).
+"""`LearnableQuantizer`: the per-tensor fake-quantizer module (docs/method.md §1).
 
 The module only holds state, the three learnable scalars; the math lives in
 `geta.quant.functional`. The optimizer (QASSO) moves the scalars and projects ``step`` onto
@@ -24,7 +24,7 @@ class LearnableQuantizer(nn.Module):
 
     Parameters (0-dim ``nn.Parameter``, float32): ``step`` (d in the paper), ``qmax`` (q_m),
     ``exponent`` (t; frozen at 1 when ``learn_exponent=False``). The bit width is not a
-    parameter: it is implied by the three scalars (`bits`, method.md §1.2).
+    parameter: it is implied by the three scalars (`bits`, docs/method.md §1.2).
 
     >>> q = LearnableQuantizer(init_bits=8)
     >>> round(q.bit_width, 4)
@@ -92,7 +92,7 @@ class LearnableQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_from(self, tensor: Tensor) -> None:
-        """Initialise from the values to be quantized (method.md §1.4).
+        """Initialise from the values to be quantized (docs/method.md §1.4).
 
         qmax = max|tensor| (unsigned: the max of the non-negative part), floored at a tiny
         positive value for all-zero or empty tensors; exponent = 1; step = the step of

@@ -1,4 +1,4 @@
-"""Measure a compressed model: MACs, bit widths, BOPs and sizes per layer (method.md §4).
+"""Measure a compressed model: MACs, bit widths, BOPs and sizes per layer (docs/method.md §4).
 
 - `report(model, example_inputs, dense=None)` -> `CompressionReport` (also ``geta.report``);
 - `mac_rule(op)`: the `MacRule` an op declares with its handler (``register_op(..., macs=...)``,

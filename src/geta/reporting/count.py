@@ -1,4 +1,4 @@
-"""`report`: count MACs, bits, BOPs and sizes of a model from its captured graph (method.md §4).
+"""`report`: count MACs, bits, BOPs and sizes of a model from its captured graph (docs/method.md §4).
 
 The model is captured once (`geta.graph.capture`). Every op with a `MacRule` becomes one
 `LayerReport`. Its operands are followed back through value-preserving ops (transposes,

@@ -1,4 +1,4 @@
-"""MACs of ops that declare no `MacRule`, from torch's FLOP counter (method.md §4).
+"""MACs of ops that declare no `MacRule`, from torch's FLOP counter (docs/method.md §4).
 
 The ops geta quantizes (conv, linear, matmul, attention) declare a `MacRule` with their handler
 (`geta.ops.registry.mac_rule`). A model may run others that multiply matrices, e.g.

@@ -2,7 +2,7 @@
 
 `DenseCounts` are the counts of the original model that a converted module carries.
 
-Definitions (method.md §4); b_w and b_a are the rounded bit widths of the layer's weight and
+Definitions (docs/method.md §4); b_w and b_a are the rounded bit widths of the layer's weight and
 input-activation quantizers, or the bit width of the float dtype (32 for float32) when the
 tensor is not quantized:
 

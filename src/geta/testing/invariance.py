@@ -1,6 +1,6 @@
 """Helpers for zero-invariance checks: zero random groups, run a model, compare outputs.
 
-The property geta relies on (method.md §2.3): once every parameter slice of some group units
+The property geta relies on (docs/method.md §2.3): once every parameter slice of some group units
 is exactly zero, physically removing those units does not change the model's outputs. A test
 of your own model therefore reads:
 
