@@ -56,6 +56,7 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
+    geta.recalibrate_norms(model, (x for x, _ in loader), max_batches=20)  # fresh BatchNorm statistics
     small = geta.convert(model, plan)            # compressed module, same outputs as the zeroed model
     print(geta.report(small, example_inputs).to_markdown())   # relative to the original model
     with tempfile.TemporaryDirectory() as out:

@@ -70,6 +70,7 @@ _FUNCTIONS = {
     "report": "geta.reporting.count",
     "shard": "geta.distributed",
     "full_state_dict": "geta.distributed",
+    "recalibrate_norms": "geta.norm_stats",
 }
 _MODULES = {"export", "testing"}
 

@@ -21,6 +21,7 @@ from geta.errors import (
     UnsupportedOpError,
 )
 from geta.graph.prune_group import ParamSlice, PruneGroup
+from geta.norm_stats import recalibrate_norms
 from geta.plan import Plan
 from geta.prepare import prepare
 
@@ -34,6 +35,7 @@ __all__ = [
     "ParamSlice",
     "prepare",
     "convert",
+    "recalibrate_norms",
     "shard",
     "full_state_dict",
     "QASSO",

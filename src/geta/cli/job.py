@@ -57,6 +57,7 @@ __all__ = [
 
 CALIBRATION_SAMPLES = 64  # training samples that calibrate the activation ranges in `prepare`
 _COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart from dense ones
+_RECALIBRATE_SEED = 200_000  # the (fixed) order of the batches that re-estimate BatchNorm statistics
 
 
 class Reporter(Protocol):
@@ -406,6 +407,8 @@ class CompressJob:
                 state.batch, state.partial = stats.batches, stats.to_dict()
                 self._save(state, opt)
                 raise Interrupted(f"{state.phase} epoch {state.epoch + 1}, batch {stats.batches}")
+            if state.phase == "compress":
+                self._recalibrate_norms(state)
             metrics = evaluate(self.model, self.data, batch_size=256, device=self.device)
             state.seconds += time.perf_counter() - t0
             record = {"phase": state.phase, "epoch": state.epoch, "stage": name, "loss": stats.loss,
@@ -421,6 +424,22 @@ class CompressJob:
             self._epochs_run += 1
             if self.stop_after_epochs is not None and self._epochs_run >= self.stop_after_epochs:
                 raise Interrupted(f"{state.phase} epoch {state.epoch} (--stop-after-epochs)")
+
+    def _recalibrate_norms(self, state: RunState) -> None:
+        """Re-estimate the BatchNorm statistics (``--recalibrate-norms N``) on the first N training
+        batches of a fixed order, apart from the training shuffles (`geta.recalibrate_norms`).
+
+        The forgetting, the commits and the bit changes of QASSO move the activations faster
+        than the running statistics follow; the evaluation at an epoch's end (and the convert
+        after the last one) would otherwise normalise with stale ones. No weight changes and
+        no random number is drawn: the training itself, and a resumed run, are unaffected.
+        """
+        o = state.options
+        if o.recalibrate_norms <= 0:
+            return
+        order = self.data.batches(o.batch_size, seed=o.seed, epoch=_RECALIBRATE_SEED)
+        inputs = (x.to(self.device) for x, _ in order)
+        geta.recalibrate_norms(self.model, inputs, max_batches=o.recalibrate_norms)
 
     def _train(
         self, state: RunState, opt: torch.optim.Optimizer, lr_at: Callable[[EpochStats], float]

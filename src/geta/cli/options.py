@@ -248,6 +248,11 @@ class CompressOptions:
         "weight of distillation from the dense model during compression (0: off)",
         number(float, 0.0, None),
     )
+    recalibrate_norms: int = _opt(
+        20, "re-estimate BatchNorm statistics on N training batches before each compression-epoch "
+        "evaluation and the convert, no weight change (0: off; models without BatchNorm: no effect)",
+        number(int, 0, None), metavar="N",
+    )  # fmt: skip
     quantize_embeddings: bool = _opt(
         False, "quantize embedding tables too (their weights; lookups cost no BOPs)", boolean,
         to=("config", "quantize_embeddings"),
