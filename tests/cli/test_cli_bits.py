@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import geta
-from geta.cli.job import mean_bits
 from geta.cli.outputs import quantizer_bits
+from geta.cli.progress import mean_bits
 from geta.plan import QuantTarget
 
 

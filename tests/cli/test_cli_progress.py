@@ -102,7 +102,7 @@ def test_mean_bits_leave_float_quantizers_out_of_the_mean() -> None:
     import warnings
 
     import geta
-    from geta.cli.job import mean_bits
+    from geta.cli.progress import mean_bits
     from geta.testing import zoo
 
     model, x = zoo.build("mlp")

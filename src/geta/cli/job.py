@@ -27,16 +27,15 @@ import geta
 from geta.cli.checkpoint import rng_state, save_state, set_rng_state, state_path
 from geta.cli.errors import CliError
 from geta.cli.options import STAGE_NAMES, CompressOptions
-from geta.cli.progress import FLOAT_BITS, RunProgress
+from geta.cli.progress import RunProgress, mean_bits, metrics_text
 from geta.cli.quiet import quiet_capture
+from geta.cli.restore import load_dense_checkpoint, restore
 from geta.cli.runstate import RunState
 from geta.optim.budget import InfeasibleBudget
 from geta.optim.guard import NonFiniteError
-from geta.plan import QuantTarget
 from geta.recipes import (
     DataBundle,
     EpochStats,
-    Metrics,
     Task,
     build_model,
     cosine_lr,
@@ -52,7 +51,6 @@ __all__ = [
     "Reporter",
     "RunState",
     "CALIBRATION_SAMPLES",
-    "mean_bits",
 ]
 
 CALIBRATION_SAMPLES = 64  # training samples that calibrate the activation ranges in `prepare`
@@ -112,98 +110,6 @@ def _dense_optimizer(options: CompressOptions, model: nn.Module, lr: float) -> t
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
-def _verify_beside(file: Path) -> None:
-    """A ``dense.pt`` of a run is checked against the run's checksums.json (when it lists it)."""
-    from geta.cli.checkpoint import CHECKSUMS
-    from geta.integrity import verify_file
-
-    def load(path: Path) -> dict[str, torch.Tensor]:
-        return dict(torch.load(path, map_location="cpu", weights_only=True))
-
-    try:
-        verify_file(file.parent, file.name, CHECKSUMS, load_tensors=load)
-    except geta.GetaError as exc:
-        raise CliError(f"--dense-checkpoint: {exc}") from None
-
-
-def _load_dense_checkpoint(path: str, model: nn.Module) -> None:
-    file = Path(path).expanduser()
-    fix = "pass the dense.pt of a run with the same --model and --data"
-    if not file.is_file():
-        raise CliError(
-            f"--dense-checkpoint {file} does not exist; pass a state_dict saved with torch.save "
-            "(e.g. dense.pt of an earlier run)"
-        )
-    _verify_beside(file)
-    try:
-        sd = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception:  # torch's message is pages long (and coloured): say what it means instead
-        raise CliError(
-            f"--dense-checkpoint {file} is not a state_dict file (corrupt, or a pickled object such as "
-            f"compressed.pt, which is a whole module); {fix}"
-        ) from None
-    if isinstance(sd, dict):
-        sd = sd.get("state_dict", sd.get("model", sd))
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CliError(f"--dense-checkpoint {file} holds a {type(sd).__name__}, not a state_dict; {fix}")
-    mismatch = _state_dict_mismatch(model.state_dict(), sd)
-    if mismatch:
-        raise CliError(f"--dense-checkpoint {file} is not a state_dict of this model ({mismatch}); {fix}")
-    model.load_state_dict(sd)
-
-
-def _restore(field: str, load: Callable[[], object], out: Path) -> None:
-    """Run ``load`` (a checkpoint field into the model, optimizer or RNG); bad data is one line."""
-    try:
-        load()
-    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CliError(
-            f"checkpoint {state_path(out)}: field {field!r} does not fit this run ({first[:200]}); the "
-            "checkpoint is damaged or from another model: restore it, or start over with --overwrite"
-        ) from None
-
-
-def _state_dict_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
-    """A short description of how ``given`` differs from ``own`` (keys, shapes); '' if it fits."""
-
-    def few(names: list[str]) -> str:
-        return ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
-
-    missing = [k for k in own if k not in given]  # in the model's order
-    unexpected = [k for k in given if k not in own]
-    shapes = [f"{k} {tuple(given[k].shape)} instead of {tuple(own[k].shape)}"
-              for k in own if k in given and own[k].shape != given[k].shape]  # fmt: skip
-    found = (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
-    parts = [f"{label}: {few(names)}" for label, names in found if names]
-    return "; ".join(parts)
-
-
-def _metrics_text(data: DataBundle, metrics: Metrics) -> str:
-    """``test accuracy 97.2%`` (classification) or ``token accuracy 41.0%, perplexity 7.31`` (LM)."""
-    if data.task is Task.LM:
-        return f"test token accuracy {metrics.accuracy:.2%}, perplexity {metrics.perplexity:.2f}"
-    return f"test accuracy {metrics.accuracy:.2%}"
-
-
-def mean_bits(plan: geta.Plan) -> dict[str, float]:
-    """``weight_bits`` / ``input_bits``: mean real-valued bit width of the plan's quantizers per target.
-
-    A quantizer above 32 bits (free to grow in the warm-up) computes in float: it is left out
-    of the mean and counted in ``weight_float`` / ``input_float`` instead (the mean is 32 when
-    every one is float).
-    """
-    out: dict[str, float] = {}
-    for target in QuantTarget:
-        bits = [b.quantizer.bit_width for b in plan.bindings if b.target is target]
-        if bits:
-            bounded = [b for b in bits if b < FLOAT_BITS]
-            out[f"{target.value}_bits"] = sum(bounded) / len(bounded) if bounded else FLOAT_BITS
-            if len(bounded) < len(bits):
-                out[f"{target.value}_float"] = len(bits) - len(bounded)
-    return out
-
-
 class CompressJob:
     """Runs (or resumes) the dense and compression phases of one ``geta compress`` run."""
 
@@ -247,7 +153,7 @@ class CompressJob:
         self.data = load_run_data(o.model, o.data, seed=o.seed, seq_len=o.seq_len)
         self.model = build_model(o.model, self.data, seed=o.seed).to(self.device)
         if state.phase == "dense" and o.dense_checkpoint:
-            _load_dense_checkpoint(o.dense_checkpoint, self.model)
+            load_dense_checkpoint(o.dense_checkpoint, self.model)
         self._check_position(state)
         if state.phase == "dense" and o.target_bops is not None:
             self._check_budget(state)  # before the dense phase: an infeasible budget fails in seconds
@@ -260,7 +166,7 @@ class CompressJob:
             self._dense(state)
         else:
             assert state.dense is not None
-            _restore("dense", lambda: self.model.load_state_dict(state.dense["state"]), self.out)
+            restore("dense", lambda: self.model.load_state_dict(state.dense["state"]), self.out)
         plan, opt = self._prepare(state)
         self._epochs(state, opt, sum(o.stage_epochs()), lambda: opt.stage.value, self._qasso_lr(state, opt))
         return JobResult(self.model, plan, self.data, state, self.device)
@@ -310,7 +216,7 @@ class CompressJob:
 
             self._epochs(state, opt, dense_epochs, lambda: "dense", lr_at)
         metrics = evaluate(self.model, self.data, batch_size=256, device=self.device)
-        self.reporter.note(f"dense model: {_metrics_text(self.data, metrics)}")
+        self.reporter.note(f"dense model: {metrics_text(self.data, metrics)}")
         dense_sd = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         state.dense = {"state": dense_sd, "accuracy": metrics.accuracy, "loss": metrics.loss}
         state.phase, state.epoch, state.batch, state.partial = "compress", 0, 0, {}
@@ -363,10 +269,10 @@ class CompressJob:
     def _restore_all(self, state: RunState, opt: torch.optim.Optimizer) -> None:
         """Load the checkpoint's model, optimizer and RNG states (those it has)."""
         if state.model is not None and state.optimizer is not None:
-            _restore("model", lambda: self.model.load_state_dict(state.model), self.out)
-            _restore("optimizer", lambda: opt.load_state_dict(state.optimizer), self.out)
+            restore("model", lambda: self.model.load_state_dict(state.model), self.out)
+            restore("optimizer", lambda: opt.load_state_dict(state.optimizer), self.out)
         if state.rng is not None:
-            _restore("rng", lambda: set_rng_state(state.rng), self.out)
+            restore("rng", lambda: set_rng_state(state.rng), self.out)
 
     def _teacher(self, state: RunState) -> nn.Module:
         """A frozen copy of the dense model (eval mode) that teaches the compressed one."""

@@ -18,9 +18,19 @@ import sys
 import time
 from typing import Any, TextIO
 
-from geta.recipes import EpochStats
+from geta.plan import Plan, QuantTarget
+from geta.recipes import DataBundle, EpochStats, Metrics, Task
 
-__all__ = ["FLOAT_BITS", "RunProgress", "TqdmReporter", "bits_text", "clock", "summary_table"]
+__all__ = [
+    "FLOAT_BITS",
+    "RunProgress",
+    "TqdmReporter",
+    "bits_text",
+    "clock",
+    "mean_bits",
+    "metrics_text",
+    "summary_table",
+]
 
 FLOAT_BITS = 32  # a mean bit width of 32 and more is float (a quantizer not yet bounded)
 FINISH_PER_MEASUREMENT = 14  # the finish takes about this many per-epoch convert + report measurements
@@ -271,3 +281,28 @@ def _caveats(report: dict[str, Any]) -> list[str]:
 def _mean_bits(report: dict[str, Any], kind: str) -> str:
     bits = report.get("bits", {}).get(kind, {})
     return f"{sum(bits.values()) / len(bits):.2f}" if bits else "32"
+
+
+def metrics_text(data: DataBundle, metrics: Metrics) -> str:
+    """``test accuracy 97.2%`` (classification) or ``token accuracy 41.0%, perplexity 7.31`` (LM)."""
+    if data.task is Task.LM:
+        return f"test token accuracy {metrics.accuracy:.2%}, perplexity {metrics.perplexity:.2f}"
+    return f"test accuracy {metrics.accuracy:.2%}"
+
+
+def mean_bits(plan: Plan) -> dict[str, float]:
+    """``weight_bits`` / ``input_bits``: mean real-valued bit width of the plan's quantizers per target.
+
+    A quantizer above 32 bits (free to grow in the warm-up) computes in float: it is left out
+    of the mean and counted in ``weight_float`` / ``input_float`` instead (the mean is 32 when
+    every one is float).
+    """
+    out: dict[str, float] = {}
+    for target in QuantTarget:
+        bits = [b.quantizer.bit_width for b in plan.bindings if b.target is target]
+        if bits:
+            bounded = [b for b in bits if b < FLOAT_BITS]
+            out[f"{target.value}_bits"] = sum(bounded) / len(bounded) if bounded else FLOAT_BITS
+            if len(bounded) < len(bits):
+                out[f"{target.value}_float"] = len(bits) - len(bounded)
+    return out

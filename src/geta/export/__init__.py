@@ -29,6 +29,7 @@ onnxscript or gguf.
 
 from __future__ import annotations
 
+from geta.export import formats as _formats  # noqa: F401  (registers onnx, packed, hf, gguf)
 from geta.export.bake import baked
 from geta.export.gguf_export import GgufInfo, gguf
 from geta.export.info import ExportError, ExportInfo, TensorExport

@@ -116,7 +116,6 @@ def register_exporter(name: str, write: Callable[..., Any], *, help: str, **fact
     ``facts`` are the other `Exporter` fields as keywords. A name already registered raises
     `ExportError`: unregister it first to replace it.
     """
-    _load_builtins()  # the built-in formats come first in every listing
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ExportError(f"register_exporter: name={name!r} must be letters, digits, '-' or '_'")
     if name in _REGISTRY:
@@ -133,13 +132,8 @@ def unregister_exporter(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _load_builtins() -> None:
-    import geta.export.formats  # noqa: F401  (registers onnx, packed, hf, gguf on import)
-
-
 def exporters() -> list[Exporter]:
     """Every registered exporter, built-ins first, in registration order."""
-    _load_builtins()
     return list(_REGISTRY.values())
 
 
@@ -150,7 +144,6 @@ def exporter_names() -> tuple[str, ...]:
 
 def get_exporter(name: str) -> Exporter:
     """The exporter registered as ``name``; `ExportError` naming the known ones otherwise."""
-    _load_builtins()
     entry = _REGISTRY.get(name)
     if entry is None:
         raise ExportError(f"format={name!r} is not a registered exporter; known: {', '.join(_REGISTRY)}")

@@ -34,7 +34,7 @@ from geta.optim.sensitivity import FisherTracker
 from geta.plan import Plan
 
 if TYPE_CHECKING:
-    from geta.optim.strategies import BitContext
+    from geta.optim.bit_context import BitContext
 
 __all__ = ["BitAllocation", "BudgetBits"]
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from torch import Tensor
@@ -33,9 +32,8 @@ from torch import Tensor
 from geta.errors import ConfigError
 from geta.optim import rules
 from geta.optim.allocation import BudgetBits
-from geta.optim.quantizers import QuantizerTable
+from geta.optim.bit_context import BitContext
 from geta.optim.schedule import Schedule, Stage
-from geta.plan import Plan
 
 __all__ = [
     "BitContext",
@@ -86,19 +84,6 @@ class ForgetStrategy(Protocol):
     def rate(
         self, grad_sq: Tensor, c_sq: Tensor, c_dot: Tensor, *, lr: float, period_len: int, t: int
     ) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class BitContext:
-    """What a bit rule may read when QASSO builds it: the plan, the quantizer table, the unit
-    layout, each group's expected removed units (G,), and ``broadcast`` (rank 0's value of a
-    CPU tensor under torch.distributed, the value itself otherwise)."""
-
-    plan: Plan
-    table: QuantizerTable
-    layout: Any  # `UnitLayout` or `ShardedLayout`
-    removed: Tensor
-    broadcast: Callable[[Tensor], Tensor]
 
 
 class BitStrategy(Protocol):

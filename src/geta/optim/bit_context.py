@@ -1,0 +1,31 @@
+"""`BitContext`: what a bit rule may read when QASSO builds it (`geta.optim.strategies`).
+
+It sits below the rules (`geta.optim.strategies`, `geta.optim.allocation`) so that each rule can
+name it without importing the registry that lists the rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from geta.optim.quantizers import QuantizerTable
+from geta.plan import Plan
+
+__all__ = ["BitContext"]
+
+
+@dataclass(frozen=True)
+class BitContext:
+    """What a bit rule may read when QASSO builds it: the plan, the quantizer table, the unit
+    layout, each group's expected removed units (G,), and ``broadcast`` (rank 0's value of a
+    CPU tensor under torch.distributed, the value itself otherwise)."""
+
+    plan: Plan
+    table: QuantizerTable
+    layout: Any  # `UnitLayout` or `ShardedLayout`
+    removed: Tensor
+    broadcast: Callable[[Tensor], Tensor]
