@@ -37,7 +37,7 @@ from torch import Tensor
 
 from geta.config import STE
 from geta.quant.fusable import fusable_fake_quant
-from geta.quant.limits import LN_EPS, MIN_QMAX, MIN_STEP, STE_FIXED_BOUND
+from geta.quant.limits import LN_EPS, MIN_QMAX, MIN_STEP, STE_FIXED_BOUND, floored_scalars
 from geta.quant.recompute import RECIPE
 
 __all__ = [
@@ -62,19 +62,6 @@ _FLOAT_TYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.fl
 # ---------------------------------------------------------------------------------------------
 # Shared elementwise pieces (pure; used by the op's forward, its backward and integer_codes)
 # ---------------------------------------------------------------------------------------------
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 stays float64; float32 and the half types compute in float32."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _scalars(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(d, q_m, t) in the compute dtype of ``x``, with the positivity floors applied."""
-    dt = _compute_dtype(x)
-    d = step.to(dt).clamp_min(MIN_STEP)
-    q = qmax.to(dt).clamp_min(MIN_QMAX)
-    return d, q, exponent.to(dt)
 
 
 _EAGER = (Tensor, torch.nn.Parameter)  # exact types whose value `_exactly_one` may read
@@ -102,7 +89,7 @@ def _sign_and_magnitude(xc: Tensor, q: Tensor, signed: bool) -> tuple[Tensor, Te
 
 
 def _forward(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool) -> Tensor:
-    d, q, t = _scalars(x, step, qmax, exponent)
+    d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
     if _exactly_one(t):
         return _forward_linear(xc, d, q, signed).to(x.dtype)
@@ -162,7 +149,7 @@ def _backward(
 
     ``needs`` says which of (x, step, qmax, exponent) want a gradient; the others are None.
     """
-    d, q, t = _scalars(x, step, qmax, exponent)
+    d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
     need_scalars = any(needs[1:])
     passband, clipped, m = _clip(xc, q, signed, ste, (needs[0], needs[2], need_scalars))
@@ -394,7 +381,7 @@ def integer_codes(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, *, si
     tensor([-2,  0,  4], dtype=torch.int32)
     """
     with torch.no_grad():
-        d, q, t = _scalars(x, step, qmax, exponent)
+        d, q, t = floored_scalars(x, step, qmax, exponent)
         s, m = _sign_and_magnitude(x.to(d.dtype), q, signed)
         u = m if _exactly_one(t) else m.pow_(t)
         return s.mul_(u.div_(d).round_()).to(torch.int32)

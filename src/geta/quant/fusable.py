@@ -22,15 +22,9 @@ import torch
 from torch import Tensor
 
 from geta.config import STE
-from geta.quant.limits import LN_EPS, MIN_QMAX, MIN_STEP, STE_FIXED_BOUND
+from geta.quant.limits import LN_EPS, STE_FIXED_BOUND, floored_scalars
 
 __all__ = ["fusable_fake_quant"]
-
-
-def _scalars(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(d, q_m, t) in the compute dtype of x (float64 stays, the rest float32), floors applied."""
-    dt = torch.promote_types(x.dtype, torch.float32)
-    return step.to(dt).clamp_min(MIN_STEP), qmax.to(dt).clamp_min(MIN_QMAX), exponent.to(dt)
 
 
 def _sign_magnitude(xc: Tensor, q: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
@@ -42,7 +36,7 @@ def _sign_magnitude(xc: Tensor, q: Tensor, signed: bool) -> tuple[Tensor, Tensor
 
 def _quantize(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool) -> Tensor:
     """Q(x) = (sign(x) d) round(m ** t / d), in the order of the op (so equal bit for bit)."""
-    d, q, t = _scalars(x, step, qmax, exponent)
+    d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
     s, m = _sign_magnitude(xc, q, signed)
     return (s * d * torch.round(m.pow(t) / d)).to(x.dtype)
@@ -58,7 +52,7 @@ def _ste_grads(
 ) -> tuple[Tensor | None, ...]:
     """(dL/dx, dL/dd, dL/dq_m, dL/dt) of docs/method.md §1.3, None where ``needs`` is False."""
     step, qmax, exponent = scalars
-    d, q, t = _scalars(x, step, qmax, exponent)
+    d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
     s, m = _sign_magnitude(xc, q, signed)
     grad_x = grad_step = grad_qmax = grad_exponent = None
