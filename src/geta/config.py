@@ -75,8 +75,14 @@ class Config:
     geta.errors.ConfigError: Config.target_sparsity=1.0 must be in [0, 1) ...
     """
 
-    target_sparsity: float = 0.5
-    """Fraction of the prunable channels (units of all prunable groups) to remove, in [0, 1)."""
+    target_sparsity: float | None = None
+    """Fraction of the prunable channels (units of all prunable groups) to remove, in [0, 1).
+
+    None (the default): the run chooses every group's width together with the bits under the
+    BOPs budget (`target_bops`, or the default budget): the joint allocation of docs/method.md
+    §3.6. A number with ``target_bops`` set: the joint allocation removes *at least* this
+    fraction. A number without ``target_bops``: exactly this fraction, spread by ``selection``,
+    and the bits allocated under the budget of the middle of the bit ranges."""
     weight_bits: tuple[int, int] = (4, 16)
     """Final (lo, hi) range of every weight quantizer's bit width."""
     act_bits: tuple[int, int] | None = None
@@ -104,8 +110,10 @@ class Config:
     min_keep_units: int = 1
     """... and at least this many units."""
     target_bops: float | None = None
-    """Budget of W+A BOPs relative to the dense FP32 model, in (0, 1]; the run's bit widths
-    are allocated by sensitivity to meet it. None: the budget of the middle of the bit ranges."""
+    """Budget of W+A BOPs relative to the dense FP32 model, in (0, 1]; the run's widths and bit
+    widths are allocated by measured sensitivity to meet it. None: with ``target_sparsity``
+    None the default budget (`geta.optim.budget.DEFAULT_BUDGET`), with a fixed
+    ``target_sparsity`` the budget of the middle of the bit ranges."""
     uniform_layers: bool = False
     """Prune every layer alike: QASSO gives groups of the same kind (same size and parameter
     shapes, e.g. every decoder layer's MLP, or its kv heads with their query heads) equal quotas
@@ -114,12 +122,19 @@ class Config:
     differ (zeros set by hand). A pruned Hugging Face transformer then fits one global config, and
     ``geta.export.pretrained(..., plain=True)`` writes a folder plain ``from_pretrained`` loads."""
 
+    @property
+    def chooses_widths(self) -> bool:
+        """True when the run chooses every group's width under the budget (joint allocation):
+        ``target_sparsity`` None, or ``target_bops`` set (then ``target_sparsity`` is a minimum)."""
+        return self.target_sparsity is None or self.target_bops is not None
+
     def __post_init__(self) -> None:
         s = self.target_sparsity
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s < 1.0) or math.isnan(s):
+        bad = isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s < 1.0) or math.isnan(s)
+        if s is not None and bad:
             raise ConfigError(
-                f"Config.target_sparsity={s!r} must be in [0, 1) ... (a fraction of prunable channels; "
-                "0.5 removes half)"
+                f"Config.target_sparsity={s!r} must be None or in [0, 1) ... (a fraction of prunable "
+                "channels; 0.5 removes half; None: chosen with the bits under the BOPs budget)"
             )
         object.__setattr__(
             self, "weight_bits", _check_bits("weight_bits", self.weight_bits, allow_none=False)
@@ -158,6 +173,13 @@ class Config:
         u = self.uniform_layers
         if not isinstance(u, bool):
             raise ConfigError(f"Config.uniform_layers={u!r} must be True or False")
+        if self.chooses_widths and self.selection is not Selection.UNIFORM:
+            raise ConfigError(
+                f"Config.selection={self.selection.value!r} needs a fixed target_sparsity without "
+                f"target_bops (got target_sparsity={self.target_sparsity!r}, target_bops="
+                f"{self.target_bops!r}): under a budget the run chooses every group's width, "
+                "so selection must be 'uniform' (each group's own count)"
+            )
         if u and self.selection is not Selection.UNIFORM:
             raise ConfigError(
                 f"Config.uniform_layers=True needs selection='uniform', got selection="

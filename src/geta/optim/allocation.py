@@ -30,7 +30,7 @@ from geta.optim.clipping import INPUT_FRACTIONS, InputSampler, mse_clip
 from geta.optim.layout import UnitLayout
 from geta.optim.quantizers import QuantizerTable
 from geta.optim.schedule import Schedule, Stage
-from geta.optim.sensitivity import FisherTracker
+from geta.optim.sensitivity import FisherTracker, UnitCosts
 from geta.plan import Plan
 
 if TYPE_CHECKING:
@@ -42,17 +42,15 @@ __all__ = ["BitAllocation", "BudgetBits"]
 class BitAllocation:
     """Sensitivity sums, the allocated bits (n_q,) and the bits pinned now, for one run."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        table: QuantizerTable,
-        layout: UnitLayout,
-        removed: Tensor,
-        broadcast: Callable[[Tensor], Tensor],
-    ) -> None:
-        self.table = table
-        self.budget = BitBudget(plan, table, layout, removed)
-        self._broadcast = broadcast  # rank 0's sensitivity under torch.distributed
+    def __init__(self, context: BitContext) -> None:
+        table, layout = context.table, context.layout
+        self.table, self.layout = table, layout
+        self.joint = context.plan.config.chooses_widths and context.floors is not None
+        self.budget = BitBudget(
+            context.plan, table, layout, context.removed,
+            floors=context.floors if self.joint else None, kinds=context.kinds,
+        )  # fmt: skip
+        self._broadcast = context.broadcast  # rank 0's sensitivity under torch.distributed
         self._tracker: FisherTracker | None = FisherTracker(table.quantizers)
         inputs = {i: q for i, q in enumerate(table.quantizers) if i not in table.weights}
         self._sampler: InputSampler | None = InputSampler(inputs)  # what activations' q_m refit on
@@ -61,18 +59,36 @@ class BitAllocation:
         self._pinned: Tensor | None = None  # the bits every step is pinned to now, (n_q,)
         self._fisher_sum = torch.zeros(len(table), dtype=torch.float64)  # Σ steps Σ (∂L/∂Q)²
         self._fisher_steps = 0
+        # the joint allocation: unit costs sampled every `_stride` steps, ~32 samples before it
+        self.units = UnitCosts(layout.num_units) if self.joint else None
+        schedule = context.schedule
+        self._stride = max(1, (schedule.warmup + schedule.projection) // 32) if schedule is not None else 1
+        self._seen = 0  # steps observed
+        self.min_removed = context.min_removed
+        self.removed: Tensor | None = None  # units every group loses, (G,) (joint allocation)
 
     def observe(self) -> None:
-        """Fold the sensitivity of this step's backward passes into the running sum."""
+        """Fold the sensitivity of this step's backward passes into the running sum (and, for
+        the joint allocation, every `_stride`-th step the units' removal costs)."""
         if self._tracker is not None:
             self._tracker.take_into(self._fisher_sum)
             self._fisher_steps += 1
+            if self.units is not None and self._seen % self._stride == 0:
+                self.units.observe(self.layout)
+            self._seen += 1
 
     def allocate(self, *, final: bool) -> Tensor:
         """Bits per quantizer from the sensitivity measured so far, under the BOPs budget."""
         fisher = self._broadcast(self._fisher_sum / max(self._fisher_steps, 1))
         rng, signed = self.table.ranges_of()
-        targets = self.budget.allocate(fisher, rng, signed).to(self.table.b_lo)
+        if self.units is not None:
+            costs = self._broadcast(self.units.mean())
+            bits, self.removed = self.budget.allocate_joint(
+                fisher, rng, signed, costs, self.layout.unit_group, self.min_removed
+            )
+            targets = bits.to(self.table.b_lo)
+        else:
+            targets = self.budget.allocate(fisher, rng, signed).to(self.table.b_lo)
         if self.targets is None or not torch.equal(targets, self.targets):
             self.targets = targets  # the same object while unchanged: `upper` keeps its cache
         if final:
@@ -84,7 +100,8 @@ class BitAllocation:
         k = schedule.projection_period_at(s)
         # with several projection periods the bits of period 0 are the initial bits whatever the
         # allocation says, so period 0 allocates once; a single period re-allocates every step
-        first = s == schedule.projection_start or schedule.projection_periods == 1
+        # (the joint allocation, which costs more, allocates once at the start of a single period)
+        first = s == schedule.projection_start or (schedule.projection_periods == 1 and self.units is None)
         period_start = k is not None and (first or schedule.projection_period_at(s - 1) != k)
         if not self.final and (self.targets is None or period_start or stage is Stage.JOINT):
             self.allocate(final=stage is Stage.JOINT)
@@ -139,6 +156,9 @@ class BitAllocation:
             "pinned": None if self._pinned is None else self._pinned.clone(),
             "fisher_sum": self._fisher_sum.clone(),
             "fisher_steps": self._fisher_steps,
+            "units": None if self.units is None else self.units.state_dict(),
+            "seen": self._seen,
+            "removed": None if self.removed is None else self.removed.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -147,6 +167,11 @@ class BitAllocation:
         self._pinned = None if state["pinned"] is None else state["pinned"].to(like).clone()
         self._fisher_sum = state["fisher_sum"].to(torch.float64).clone()
         self._fisher_steps = int(state["fisher_steps"])
+        if self.units is not None and state.get("units") is not None:
+            self.units.load_state_dict(state["units"])
+        self._seen = int(state.get("seen", 0))
+        removed = state.get("removed")
+        self.removed = None if removed is None else removed.to(torch.long).clone()
         self.final = False
         if state["final"]:
             self._finish()
@@ -161,9 +186,7 @@ class BudgetBits:
     def __init__(self, context: BitContext) -> None:
         self.allocation: BitAllocation | None = None
         if len(context.table):
-            self.allocation = BitAllocation(
-                context.plan, context.table, context.layout, context.removed, context.broadcast
-            )
+            self.allocation = BitAllocation(context)
 
     def pins(self, stage: Stage) -> bool:
         return self.allocation is not None and stage in (Stage.PROJECTION, Stage.JOINT)
@@ -178,6 +201,16 @@ class BudgetBits:
     def bound(self, schedule: Schedule, stage: Stage, s: int) -> None:
         if self.allocation is not None:
             self.allocation.pin(schedule, stage, s)
+
+    def group_quotas(self) -> Tensor | None:
+        """The units every group loses, (G,), when this run chooses widths (made final now,
+        at the joint stage's start, if not yet); None when the widths are not this rule's."""
+        alloc = self.allocation
+        if alloc is None or alloc.units is None:
+            return None
+        if not alloc.final:
+            alloc.allocate(final=True)
+        return alloc.removed
 
     def settle(self) -> None:
         alloc = self.allocation

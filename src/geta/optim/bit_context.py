@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from geta.optim.quantizers import QuantizerTable
+from geta.optim.schedule import Schedule
 from geta.plan import Plan
 
 __all__ = ["BitContext"]
@@ -21,11 +22,18 @@ __all__ = ["BitContext"]
 @dataclass(frozen=True)
 class BitContext:
     """What a bit rule may read when QASSO builds it: the plan, the quantizer table, the unit
-    layout, each group's expected removed units (G,), and ``broadcast`` (rank 0's value of a
-    CPU tensor under torch.distributed, the value itself otherwise)."""
+    layout, each group's expected removed units (G,) (the quota of a fixed sparsity), and
+    ``broadcast`` (rank 0's value of a CPU tensor under torch.distributed, the value itself
+    otherwise). For the joint allocation of widths (``plan.config.chooses_widths``): the run's
+    ``schedule``, every group's ``floors`` (G,), ``kinds`` (G,) (groups that move together, or
+    None) and ``min_removed`` (units the run removes at least)."""
 
     plan: Plan
     table: QuantizerTable
     layout: Any  # `UnitLayout` or `ShardedLayout`
     removed: Tensor
     broadcast: Callable[[Tensor], Tensor]
+    schedule: Schedule | None = None
+    floors: Tensor | None = None
+    kinds: Tensor | None = None
+    min_removed: int = 0

@@ -164,8 +164,22 @@ class QASSO(torch.optim.Optimizer):
         self._frozen: Tensor | None = None  # cool-down bits, (n_quantizers,)
         self._rows: RedundantRows | None = None
         self._zeros: list[tuple[Tensor, int, Tensor]] = []
-        context = BitContext(plan, self.table, self.layout, self._group_quota, self._broadcast)
+        joint = plan.config.chooses_widths
+        context = BitContext(
+            plan, self.table, self.layout, self._group_quota, self._broadcast, schedule=schedule,
+            # no joint stage: nothing can be pruned, every group keeps all its units
+            floors=(self.floors if schedule.joint > 0 else self.layout_sizes) if joint else None,
+            kinds=torch.tensor(plan.group_kinds()) if joint and plan.config.uniform_layers else None,
+            min_removed=self.target_units if joint else 0,
+        )  # fmt: skip
         self.bits = bit_factory(context)  # the bit rule's strategy and state
+        if joint and not hasattr(self.bits, "group_quotas"):
+            raise ConfigError(
+                f"QASSO(bits={self.bit_rule!r}) does not choose widths (no group_quotas hook), but "
+                f"Config(target_sparsity={plan.config.target_sparsity!r}, target_bops="
+                f"{plan.config.target_bops!r}) asks the run to: set a fixed target_sparsity without "
+                "target_bops, or use bits='budget'"
+            )
 
     def _param_groups(self, lr_quant: float) -> list[dict[str, Any]]:
         """Group 0: every model parameter but the quantizers' (at ``lr``); group 1: quantizers."""
@@ -180,12 +194,16 @@ class QASSO(torch.optim.Optimizer):
     def _init_quota(self, plan: Plan) -> None:
         cfg = plan.config
         sizes = torch.tensor([g.size for g in plan.prunable_groups], dtype=torch.long)  # (G,)
+        self.layout_sizes = sizes
         self.divisible = cfg.group_divisible
         self.selection = cfg.selection
         self.floors = group_floors(
             sizes, fraction=cfg.min_keep_fraction, count=cfg.min_keep_units, divisible=self.divisible
         )  # (G,) units every group keeps
-        target = math.floor(cfg.target_sparsity * int(sizes.sum()) + 0.5)  # K
+        # K; under the joint allocation (target_sparsity None or a minimum) the widths are chosen
+        # at the joint stage's start (`_adopt_quotas`) and K is the least the run removes
+        sparsity = 0.0 if cfg.target_sparsity is None else cfg.target_sparsity
+        target = math.floor(sparsity * int(sizes.sum()) + 0.5)
         capacity = int((sizes - self.floors).sum())
         if target > capacity:
             warnings.warn(
@@ -198,15 +216,21 @@ class QASSO(torch.optim.Optimizer):
             target = capacity
         # each group's share; the exact quota under uniform selection, a prediction under global
         kinds = torch.tensor(plan.group_kinds()) if cfg.uniform_layers else None  # every layer alike
-        self._group_quota = uniform_quotas(sizes, target, self.floors, divisible=self.divisible, kinds=kinds)
-        if self.selection is Selection.UNIFORM:
-            target = int(self._group_quota.sum())
-        self._group_cum = cumulative_quotas(self._group_quota, periods=self.schedule.pruning_periods)
+        quota = uniform_quotas(sizes, target, self.floors, divisible=self.divisible, kinds=kinds)
         if target > 0 and self.schedule.joint == 0:
             raise ConfigError(
                 f"target_sparsity={plan.config.target_sparsity} prunes {target} units but "
                 "Schedule.joint=0: give the joint stage at least pruning_periods steps"
             )
+        self._set_quotas(quota, target)
+
+    def _set_quotas(self, quota: Tensor, target: int | None = None) -> None:
+        """Each group's quota (G,) and the period quotas; ``target`` is the global selection's
+        K (None: the quotas' sum, as under uniform selection)."""
+        self._group_quota = quota
+        self._group_cum = cumulative_quotas(quota, periods=self.schedule.pruning_periods)
+        if target is None or self.selection is Selection.UNIFORM:
+            target = int(quota.sum())
         self.target_units = target
         quotas = rules.period_quotas(target, self.schedule.pruning_periods)
         self._cum_quota = [sum(quotas[: k + 1]) for k in range(len(quotas))]
@@ -346,6 +370,11 @@ class QASSO(torch.optim.Optimizer):
         assert period is not None
         start, _ = self.schedule.pruning_period_bounds(period)
         if s == start and self._period != period:
+            if period == 0:
+                choose = getattr(self.bits, "group_quotas", None)  # an optional hook of the protocol
+                quota = None if choose is None else choose()  # the joint allocation's widths
+                if quota is not None:
+                    self._set_quotas(quota.to(torch.long).clone())
             self._select(period)
         if self._rows is None or self._rows.units.numel() == 0:
             return None
@@ -417,6 +446,7 @@ class QASSO(torch.optim.Optimizer):
             "selected": self._selected.clone(),
             "committed": self._committed.clone(),
             "frozen": None if self._frozen is None else self._frozen.clone(),
+            "quota": self._group_quota.clone(),  # the joint allocation's widths, once chosen
             "allocation": self.bits.state_dict(),  # the bit rule's state (key kept for old checkpoints)
         }
         return sd
@@ -438,6 +468,8 @@ class QASSO(torch.optim.Optimizer):
         self._period = int(run["period"])
         self._selected = run["selected"].to(dtype=torch.bool, device="cpu").clone()
         self._committed = run["committed"].to(dtype=torch.bool, device="cpu").clone()
+        if run.get("quota") is not None:
+            self._set_quotas(run["quota"].to(dtype=torch.long, device="cpu").clone(), self.target_units)
         frozen = run["frozen"]
         self._frozen = None if frozen is None else frozen.to(self.table.b_lo).clone()
         if run.get("allocation") is not None:

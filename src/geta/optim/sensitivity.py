@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FisherTracker"]
+__all__ = ["FisherTracker", "UnitCosts"]
 
 
 class FisherTracker:
@@ -94,3 +94,34 @@ class FisherTracker:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+class UnitCosts:
+    """How much removing each prunable unit would hurt the loss, measured in training.
+
+    Removing unit j moves its rows x_j to zero; to second order with the empirical Fisher the
+    loss grows by ½ <x_j, g_j>² (g_j the gradient of its rows), the c_j of
+    `geta.optim.widths`. `observe` adds it for every unit at one step (the optimizer samples
+    steps: the statistic gathers every prunable row), `mean` averages the observed steps.
+    """
+
+    def __init__(self, num_units: int) -> None:
+        self.total = torch.zeros(num_units, dtype=torch.float64)  # Σ steps ½ <x_j, g_j>², (N,)
+        self.count = 0
+
+    def observe(self, layout: Any) -> None:
+        """Add this step's ½ <x_j, g_j>² from ``layout.unit_stats`` (gradients in ``.grad``)."""
+        _, xg, _ = layout.unit_stats(lambda t: t.grad)
+        self.total += 0.5 * xg.to(self.total) ** 2
+        self.count += 1
+
+    def mean(self) -> Tensor:
+        """The mean cost per unit over the observed steps, (N,) float64 (zeros before any)."""
+        return self.total / max(self.count, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total.clone(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total = state["total"].to(torch.float64).clone()
+        self.count = int(state["count"])

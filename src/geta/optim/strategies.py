@@ -98,6 +98,11 @@ class BitStrategy(Protocol):
     5. `settle` (every cool-down step, before QASSO freezes round(bits) once): make the bits
        final if the rule has not yet.
 
+    `group_quotas` (optional; the joint stage's first step, before the selection): the units
+    every prune group loses when the rule chooses the widths with the bits
+    (``Config.chooses_widths``), or None to keep the quotas of ``Config.target_sparsity``. A rule
+    without it runs only with a fixed ``target_sparsity`` and no ``target_bops``.
+
     `state_dict` (None: nothing to keep) and `load_state_dict` make resuming bitwise exact.
     """
 
@@ -193,10 +198,16 @@ class DescentBits:
     [b_lo, b_hi(s)], and the forgetting's step rule sets the steps of the layers it touches."""
 
     def __init__(self, context: BitContext) -> None:
-        if context.plan.config.target_bops is not None:
+        config = context.plan.config
+        if config.target_bops is not None:
             raise ConfigError(
-                f"Config.target_bops={context.plan.config.target_bops} needs QASSO(bits='budget'); "
+                f"Config.target_bops={config.target_bops} needs QASSO(bits='budget'); "
                 "the paper's step rule (bits='descent') has no budget"
+            )
+        if config.target_sparsity is None:
+            raise ConfigError(
+                "Config.target_sparsity=None (widths chosen under a budget) needs QASSO(bits='budget'); "
+                "the paper's step rule (bits='descent') prunes a fixed fraction: set target_sparsity"
             )
         self.table = context.table
 
@@ -214,6 +225,9 @@ class DescentBits:
 
     def settle(self) -> None:
         pass
+
+    def group_quotas(self) -> Tensor | None:
+        return None
 
     def state_dict(self) -> dict[str, Any] | None:
         return None
