@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from geta.optim.bits import bops_of
-from geta.optim.widths import MAX_MOVES, PruneTerms, QuantTerms, _increments, allocate_joint, allocate_joint_reference
+from geta.optim.widths import (
+    MAX_MOVES,
+    PruneTerms,
+    QuantTerms,
+    _increments,
+    allocate_joint,
+    allocate_joint_reference,
+)
 
 
 def _problem(seed: int, *, kinds: bool = False, divisible: int = 1) -> tuple[QuantTerms, PruneTerms]:
@@ -111,12 +118,14 @@ def test_kinds_move_together() -> None:
     assert torch.equal(removed, allocate_joint_reference(q, p, budget=0.003 * dense)[1])
 
 
-@pytest.mark.parametrize(("size", "floor", "div"), [(10, 1, 1), (3072, 307, 1), (100, 12, 8), (7, 7, 1), (9, 4, 4)])
+@pytest.mark.parametrize(
+    ("size", "floor", "div"), [(10, 1, 1), (3072, 307, 1), (100, 12, 8), (7, 7, 1), (9, 4, 4)]
+)
 def test_increments(size: int, floor: int, div: int) -> None:
     moves = _increments(size, floor, div)
     assert sum(moves) <= size - floor and len(moves) <= MAX_MOVES + 2
     kept = size
     for i, m in enumerate(moves):
         kept -= m
-        assert m > 0 and (kept % div == 0 or i == 0 and m < div)
+        assert m > 0 and (kept % div == 0 or (i == 0 and m < div))
     assert size - sum(moves) - floor < div  # everything that may go can go

@@ -244,11 +244,15 @@ class CompressJob:
                 warnings.simplefilter("ignore")  # the real `prepare` warns later, once
                 self._build(state, copy.deepcopy(self.model))
         except InfeasibleBudget as exc:
+            widths = (
+                "every layer at its --min-keep width" if o.sparsity is None else f"--sparsity {o.sparsity:g}"
+            )
+            fix = "lower --min-keep" if o.sparsity is None else "raise --sparsity (or leave it out)"
             raise CliError(
                 f"--target-bops {o.target_bops:g} cannot be met: with the lower ends of --weight-bits "
                 f"{o.weight_bits[0]} and --act-bits {o.act_bits[0] if o.act_bits else 'none'} and "
-                f"--sparsity {o.sparsity:g} the model costs {exc.floor:.6g} of the dense BOPs; pass "
-                f"--target-bops {exc.floor:.6g} or more, lower those lower ends or raise --sparsity"
+                f"{widths} the model costs {exc.floor:.6g} of the dense BOPs; pass "
+                f"--target-bops {exc.floor:.6g} or more, lower those lower ends or {fix}"
             ) from None
         finally:
             set_rng_state(saved)

@@ -163,9 +163,10 @@ class CompressOptions:
         None, "tokens per window / block of text data", number(int, 2, None, optional=True), metavar="N",
         shown="64 bytes for byte-level text, 128 tokens with an hf:DIR tokenizer",
     )  # fmt: skip
-    sparsity: float = _opt(
-        0.6, "fraction of prunable channels/heads to remove", number(float, 0.0, 0.95),
-        to=("config", "target_sparsity"),
+    sparsity: float | None = _opt(
+        None, "fraction of prunable channels/heads to remove; none: each layer's width is chosen "
+        "with the bits under the BOPs budget (with --target-bops: at least this fraction)",
+        number(float, 0.0, 0.95, optional=True), shown="none", to=("config", "target_sparsity"),
     )  # fmt: skip
     weight_bits: tuple[int, int] = _opt(
         (3, 4), "final bit range of the weights, LO,HI", bits(False), metavar="LO,HI",
@@ -222,7 +223,8 @@ class CompressOptions:
     )  # fmt: skip
     target_bops: float | None = _opt(
         None,
-        "W+A BOPs budget relative to the dense FP32 model, e.g. 0.004; none: the middle of the bit ranges",
+        "W+A BOPs budget relative to the dense FP32 model, e.g. 0.004; none: half the cost of the unpruned "
+        "model at the lower ends of the bit ranges (with a fixed --sparsity: the middle of the ranges)",
         number(float, 1e-9, 1.0, optional=True), shown="none", to=("config", "target_bops"),
     )  # fmt: skip
     selection: str = _opt(
@@ -312,7 +314,12 @@ class CompressOptions:
         """Epochs of (warm-up, projection, joint, cool-down) after splitting ``epochs``."""
         weights = defaults_for(self.model).stage_weights
         stages = split_epochs(self.epochs, self._given_stages(), weights)
-        if self.sparsity > 0 and stages[2] == 0:
+        if self.sparsity is None and stages[2] == 0:
+            raise CliError(
+                "--sparsity none (each layer's width chosen under the budget) needs at least one joint "
+                "(pruning) epoch; pass --joint 1 or more (or --epochs >= 1), or --sparsity 0 to only quantize"
+            )
+        if self.sparsity is not None and self.sparsity > 0 and stages[2] == 0:
             raise CliError(
                 f"--sparsity {self.sparsity} needs at least one joint (pruning) epoch; "
                 "pass --joint 1 or more (or --epochs >= 1)"

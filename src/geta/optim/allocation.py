@@ -19,7 +19,6 @@ behind the `geta.optim.strategies.BitStrategy` hooks (registered there as ``"bud
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,11 +26,8 @@ from torch import Tensor
 
 from geta.optim.budget import BitBudget
 from geta.optim.clipping import INPUT_FRACTIONS, InputSampler, mse_clip
-from geta.optim.layout import UnitLayout
-from geta.optim.quantizers import QuantizerTable
 from geta.optim.schedule import Schedule, Stage
 from geta.optim.sensitivity import FisherTracker, UnitCosts
-from geta.plan import Plan
 
 if TYPE_CHECKING:
     from geta.optim.bit_context import BitContext

@@ -27,8 +27,8 @@ from torch import Tensor
 from geta.errors import ConfigError
 from geta.optim.bits import allocate_bits, bops_of
 from geta.optim.layout import UnitLayout
-from geta.optim.widths import PruneTerms, QuantTerms, allocate_joint, removable
 from geta.optim.quantizers import QuantizerTable
+from geta.optim.widths import PruneTerms, QuantTerms, allocate_joint, removable
 from geta.plan import Plan
 from geta.reporting.count import LayerCost, layer_costs
 from geta.reporting.model import FP32_BITS
@@ -149,7 +149,13 @@ class BitBudget:
         return float(bops_of(bits.double().cpu(), macs, self.wq, self.aq, self.fixed_w, self.fixed_a))
 
     def allocate_joint(
-        self, fisher: Tensor, rng: Tensor, signed: Tensor, unit_costs: Tensor, unit_group: Tensor, min_removed: int
+        self,
+        fisher: Tensor,
+        rng: Tensor,
+        signed: Tensor,
+        unit_costs: Tensor,
+        unit_group: Tensor,
+        min_removed: int,
     ) -> tuple[Tensor, Tensor]:
         """(bits (n,), removed units per group (G,)) minimising the predicted loss increase of
         rounding and removal within the budget (`geta.optim.widths.allocate_joint`)."""

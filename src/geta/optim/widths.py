@@ -43,7 +43,15 @@ from torch import Tensor
 
 from geta.optim.bits import bops_of, quant_noise
 
-__all__ = ["BIT_LOSS", "MAX_MOVES", "PruneTerms", "QuantTerms", "allocate_joint", "allocate_joint_reference", "removable"]
+__all__ = [
+    "BIT_LOSS",
+    "MAX_MOVES",
+    "PruneTerms",
+    "QuantTerms",
+    "allocate_joint",
+    "allocate_joint_reference",
+    "removable",
+]
 
 BIT_LOSS = 1.0 / 24.0
 """ΔL of rounding noise per unit of `quant_noise` (F · step²): ½ for the second order, 1/12 for
@@ -178,15 +186,16 @@ class _Greedy:
                 self.op_kinds[op].add(k)
         self.removed = [0] * self.pb.num_groups
         self.taken = [0] * len(self.pb.members)  # moves made per kind
-        self.cur = [self._macs(op, self.removed) for op in range(n_ops)]
+        self.cur = [self._macs(op) for op in range(n_ops)]
         self.tiny = 1e-30
-        self.bit_saved = [self._bit_saved(j) for j in range(n)]
+        self.keys: list[float] = []  # per move (quantizers, then kinds): ΔL per BOP saved
 
     # -- the cost model ---------------------------------------------------------------------
-    def _macs(self, op: int, removed: list[int]) -> float:
+    def _macs(self, op: int, extra: dict[int, int] | None = None) -> float:
+        """MACs of ``op`` with the groups' current removals (plus ``extra`` units per group)."""
         gone = [0.0, 0.0]
         for dim, g, w in self.touch[op]:
-            gone[dim] += removed[g] * w
+            gone[dim] += (self.removed[g] + (extra.get(g, 0) if extra else 0)) * w
         k0 = max(0.0, 1.0 - gone[0] / max(self.ext[op][0], 1.0))
         k1 = max(0.0, 1.0 - gone[1] / max(self.ext[op][1], 1.0))
         return self.dense[op] * k0 * k1
@@ -211,33 +220,34 @@ class _Greedy:
         moves = self.pb.moves[k]
         return moves[self.taken[k]] if self.taken[k] < len(moves) else 0
 
-    def _prune_saved(self, k: int, step: int) -> float:
-        after = list(self.removed)
-        for g in self.pb.members[k]:
-            after[g] += step
-        s = 0.0
+    def _bit_key(self, j: int) -> float:
+        b, saved = self.bits[j], self._bit_saved(j)
+        if not (b > self.lo[j] and saved > 0):
+            return math.inf
+        return (self._noise(j, b - 1) - self._noise(j, b) + self.tiny) / saved
+
+    def _prune_key(self, k: int) -> float:
+        step = self._next(k)
+        if not step:
+            return math.inf
+        extra = dict.fromkeys(self.pb.members[k], step)
+        saved = 0.0
         for op in sorted(self.kind_ops[k]):
             bw, ba = self._operands(op)
-            s += (self.cur[op] - self._macs(op, after)) * bw * ba
-        return s
+            saved += (self.cur[op] - self._macs(op, extra)) * bw * ba
+        if not saved > 0:
+            return math.inf
+        return (self.pb.removal_loss(k, self.removed, step) + self.tiny) / saved
 
     # -- the descent ------------------------------------------------------------------------
-    def _keys(self) -> list[float]:
-        keys = []
-        for j, b in enumerate(self.bits):
-            saved = self.bit_saved[j]
-            if b > self.lo[j] and saved > 0:
-                keys.append((self._noise(j, b - 1) - self._noise(j, b) + self.tiny) / saved)
-            else:
-                keys.append(math.inf)
-        for k in range(len(self.pb.members)):
-            step = self._next(k)
-            saved = self._prune_saved(k, step) if step else 0.0
-            if step and saved > 0:
-                keys.append((self.pb.removal_loss(k, self.removed, step) + self.tiny) / saved)
-            else:
-                keys.append(math.inf)
-        return keys
+    def _refresh(self, ops: set[int]) -> None:
+        """Recompute the keys of every move whose terms involve ``ops``."""
+        quantizers = {j for op in ops for j in (self.wq[op], self.aq[op]) if j >= 0}
+        for j in quantizers:
+            self.keys[j] = self._bit_key(j)
+        n = len(self.bits)
+        for k in {k for op in ops for k in self.op_kinds[op]}:
+            self.keys[n + k] = self._prune_key(k)
 
     def _remove(self, k: int) -> None:
         step = self._next(k)
@@ -245,20 +255,23 @@ class _Greedy:
             self.removed[g] += step
         self.taken[k] += 1
         for op in self.kind_ops[k]:
-            self.cur[op] = self._macs(op, self.removed)
-        for j in {j for op in self.kind_ops[k] for j in (self.wq[op], self.aq[op]) if j >= 0}:
-            self.bit_saved[j] = self._bit_saved(j)
+            self.cur[op] = self._macs(op)
+        self._refresh(self.kind_ops[k])
+        self.keys[len(self.bits) + k] = self._prune_key(k)  # (its next move, even without ops)
 
     def _lower(self, j: int) -> None:
         self.bits[j] -= 1
-        for j2 in {x for op in self.q_ops[j] for x in (self.wq[op], self.aq[op]) if x >= 0}:
-            self.bit_saved[j2] = self._bit_saved(j2)
+        self._refresh(self.q_ops[j])
+        self.keys[j] = self._bit_key(j)
 
     def total(self) -> float:
         return sum(c * bw * ba for c, (bw, ba) in zip(self.cur, map(self._operands, range(len(self.cur)))))
 
     def run(self, budget: float, min_removed: int) -> tuple[Tensor, Tensor]:
         n = len(self.bits)
+        self.keys = [self._bit_key(j) for j in range(n)] + [
+            self._prune_key(k) for k in range(len(self.pb.members))
+        ]
         while sum(self.removed) < min_removed:  # 1) the least loss per unit, up to the minimum
             best, best_key = -1, math.inf
             for k in range(len(self.pb.members)):
@@ -271,9 +284,8 @@ class _Greedy:
                 break
             self._remove(best)
         while self.total() > budget:  # 2) the least loss per BOP saved, until the budget holds
-            keys = self._keys()
-            i = min(range(len(keys)), key=keys.__getitem__)
-            if not math.isfinite(keys[i]):
+            i = min(range(len(self.keys)), key=self.keys.__getitem__)
+            if not math.isfinite(self.keys[i]):
                 break  # nothing left to give
             if i < n:
                 self._lower(i)
@@ -331,7 +343,9 @@ def allocate_joint_reference(
             fewer[j] -= 1
             saved = total - bops(fewer, removed)
             ok = bool(bits[j] > lo[j]) and saved > 0
-            keys.append((noise(j, float(bits[j]) - 1) - noise(j, float(bits[j])) + 1e-30) / saved if ok else math.inf)
+            keys.append(
+                (noise(j, float(bits[j]) - 1) - noise(j, float(bits[j])) + 1e-30) / saved if ok else math.inf
+            )
         for k in range(len(members)):
             saved = total - bops(bits, after(k)) if step_of(k) else 0.0
             keys.append((loss_of(k) + 1e-30) / saved if step_of(k) and saved > 0 else math.inf)
