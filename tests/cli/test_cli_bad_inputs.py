@@ -285,7 +285,7 @@ REPORTS: dict[str, tuple[str, list[str], str]] = {
     "options a string": ('{"options": "x"}', [], "not a geta report"),
     "options bad value": ('{"options": {"sparsity": "x"}}', [], "'sparsity'"),
     "options unknown key": ('{"options": {"bogus": 1}}', [], "'bogus'"),
-    "another sparsity asked": ("", ["--sparsity", "0.3"], "--sparsity 0.6 -> 0.3"),
+    "another sparsity asked": ("", ["--sparsity", "0.3"], "--sparsity none -> 0.3"),
     "another seed asked": ("", ["--seed", "3"], "--seed 0 -> 3"),
 }
 

@@ -15,7 +15,7 @@ from .conftest import TINY, Result
 def test_a_budget_run_ends_at_or_under_its_budget(geta_cli: Callable[..., Result], tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = [*TINY, "--sparsity", "0.5", "--weight-bits", "2,8", "--act-bits", "2,8"]
-    argv += ["--target-bops", "0.01", "--distill", "0.5", "--selection", "global", "--min-keep", "0.25"]
+    argv += ["--target-bops", "0.01", "--distill", "0.5", "--min-keep", "0.25"]
     r = geta_cli("compress", "--out", out, *argv, "--forget", "linear", "--bit-rule", "budget")
     assert r.code == 0, r.err
     report = json.loads((out / "report.json").read_text())

@@ -208,13 +208,14 @@ def test_options_set_the_library_arguments_they_declare() -> None:
     import geta
 
     opts = CompressOptions(
-        sparsity=0.3, weight_bits=(2, 6), act_bits=None, target_bops=0.01, selection="global", min_keep=0.2,
+        sparsity=0.3, weight_bits=(2, 6), act_bits=None, selection="global", min_keep=0.2,
         quantize_embeddings=True, epochs=8, joint=3, lr=0.02, lr_quant=0.005, weight_decay=0.0,
         grad_clip=2.0, forget="descent", bit_rule="descent", optimizer="sgd", momentum=0.8,
     )  # fmt: skip
     config = geta.Config(**opts.arguments("config"))
     assert (config.target_sparsity, config.weight_bits, config.act_bits) == (0.3, (2, 6), None)
-    assert (config.target_bops, config.selection.value, config.min_keep_fraction) == (0.01, "global", 0.2)
+    assert (config.target_bops, config.selection.value, config.min_keep_fraction) == (None, "global", 0.2)
+    assert CompressOptions(target_bops=0.01).arguments("config")["target_bops"] == 0.01
     assert config.quantize_embeddings and not config.uniform_layers
     assert tuple(opts.arguments("schedule").values()) == opts.stage_epochs()
     assert opts.arguments("qasso") == {

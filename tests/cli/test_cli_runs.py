@@ -233,10 +233,10 @@ def test_resume_of_a_finished_run_refuses_other_options(
     shutil.copytree(runs["straight"], out)
     before = (out / "report.json").read_bytes()
     line = _one_line(geta_cli("compress", "--out", out, *TINY, "--resume", "--sparsity", "0.3"))
-    assert "--sparsity 0.6 -> 0.3" in line
+    assert "--sparsity none -> 0.3" in line
     assert "already complete" in geta_cli("compress", "--out", out, *TINY, "--resume").err
     (out / "report.json").write_text("{not json")
     line = _one_line(geta_cli("compress", "--out", out, *TINY, "--resume"))
     assert "is not a geta report" in line and "already complete" not in line
     (out / "report.json").write_bytes(before)
-    assert json.loads((out / "report.json").read_text())["options"]["sparsity"] == 0.6
+    assert json.loads((out / "report.json").read_text())["options"]["sparsity"] is None

@@ -229,12 +229,17 @@ def _check_finished(args: argparse.Namespace, out: Path) -> None:
     _refuse_changes(args, out, options)
 
 
+def _shown(value: object) -> str:
+    """An option's value as a flag would say it (None is ``none``)."""
+    return "none" if value is None else repr(value)
+
+
 def _refuse_changes(args: argparse.Namespace, out: Path, stored: CompressOptions) -> None:
     """A flag or config value given with ``--resume`` must equal what the run stored."""
     asked = options_from_args(args, base=stored.to_dict())
     if asked != stored:
         old, new = stored.to_dict(), asked.to_dict()
-        diff = ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k])
+        diff = ", ".join(f"--{k.replace('_', '-')} {_shown(old[k])} -> {_shown(new[k])}" for k in old if old[k] != new[k])
         raise CliError(
             f"--resume continues the run in {out} with its own options, but these differ: {diff}; "
             "drop them, or start a new run with another --out"

@@ -291,6 +291,13 @@ class CompressOptions:
                 f"{where('uniform_layers')} needs --selection uniform, got {opts.selection!r} "
                 "(global selection gives every layer its own count)"
             )
+        if opts.selection != "uniform" and (opts.sparsity is None or opts.target_bops is not None):
+            raise CliError(
+                f"{where('selection')} {opts.selection} needs a fixed --sparsity without --target-bops "
+                f"(got --sparsity {'none' if opts.sparsity is None else opts.sparsity}, --target-bops "
+                f"{'none' if opts.target_bops is None else opts.target_bops}): under a budget the run "
+                "chooses every layer's width itself"
+            )
         return opts
 
     def training(self) -> TrainingDefaults:
@@ -340,8 +347,8 @@ class CompressOptions:
         """Keyword arguments of ``target`` (`geta.Config`, `geta.Schedule.from_epochs` or
         `geta.QASSO`) that the options set (`Option.to`).
 
-        >>> CompressOptions().arguments("config")["target_sparsity"]
-        0.6
+        >>> None is CompressOptions().arguments("config")["target_sparsity"]  # chosen with the bits
+        True
         >>> CompressOptions(optimizer="adamw").arguments("qasso")["variant"]
         'adamw'
         >>> "momentum" in CompressOptions(optimizer="adamw").arguments("qasso")
