@@ -1,7 +1,8 @@
 """Quantizers on activation x activation products (`geta.quant.products`), unit level.
 
 The mechanism: a module's product calls are intercepted during its forward and their operands
-fake-quantized; the k-th product call is the k-th product node of the module in the graph.
+fake-quantized; the k-th product call is the k-th product node of the module in the graph, and a
+forward whose calls differ from those raises instead of quantizing the wrong operands.
 """
 
 from __future__ import annotations
