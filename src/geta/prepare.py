@@ -13,6 +13,7 @@ from torch.nn.utils.parametrize import ParametrizationList
 
 from geta.config import Config
 from geta.errors import ConfigError
+from geta.graph.activation_products import nonnegative, operand_sites, product_owners
 from geta.graph.analysis import Analysis, QuantSite, analyze
 from geta.graph.capture import capture, eval_mode, normalize_inputs, on_meta, run_model
 from geta.graph.groups import build_groups
@@ -21,7 +22,6 @@ from geta.graph.trial import unconvertible_groups
 from geta.ops.mha import eager_layer_inputs, eager_multihead_attention  # (+ nn.MultiheadAttention rules)
 from geta.ops.modules import apply_module_constraints, is_layer
 from geta.plan import Plan, QuantBinding, QuantTarget
-from geta.product_sites import nonnegative, operand_sites, product_owners
 from geta.quant.attach import (
     attach_input_quantizer,
     attach_weight_quantizer,
@@ -353,9 +353,9 @@ def _register_known_layers() -> None:
 def _attach_products(
     model: nn.Module, graph: Graph, config: Config
 ) -> tuple[list[QuantBinding], list[nn.Module]]:
-    """Operand quantizers on every activation x activation product (`geta.product_sites`), and the
-    modules that got fresh ones. Product quantizers the model already carries (a second
-    prepare) are kept and bound again."""
+    """Operand quantizers on every activation x activation product
+    (`geta.graph.activation_products`), and the modules that got fresh ones. Product quantizers
+    the model already carries (a second prepare) are kept and bound again."""
     names = {m: n for n, m in model.named_modules()}
     out: dict[nn.Module, list[QuantBinding]] = {}
     for module in model.modules():

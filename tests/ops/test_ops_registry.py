@@ -19,13 +19,13 @@ import torch
 from torch import fx, nn
 
 import geta
+from geta.graph.activation_products import nonnegative
 from geta.graph.capture import capture
 from geta.graph.context import Context, Labels
 from geta.ops import catalog, registry
 from geta.ops.macs import MacRule
 from geta.ops.registry import has_trait, mac_rule, ops_with, product_kind, register_op
 from geta.ops.traits import PRODUCT_KINDS, SIGN_THROUGH, VALUES_THROUGH, Trait
-from geta.product_sites import nonnegative
 from geta.quant import products
 from geta.reporting import flops, report
 from geta.reporting.count import _looks_through

@@ -1,7 +1,8 @@
 """Quantizers on activation x activation products (`geta.quant.products`), unit level.
 
 The mechanism: a module's product calls are intercepted during its forward and their operands
-fake-quantized; the k-th product call is the k-th product node of the module in the graph.
+fake-quantized; the k-th product call is the k-th product node of the module in the graph, and a
+forward whose calls differ from those raises instead of quantizing the wrong operands.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geta.errors import GetaError
 from geta.quant import LearnableQuantizer
 from geta.quant.products import (
     ATTENTION,
@@ -196,3 +198,50 @@ def test_layout_restores_an_equal_holder_and_slots_can_be_replaced() -> None:
     assert holder.replace(2, 0, nn.Identity()) is p  # e.g. an export's quantize-dequantize module
     h = x @ model.w
     torch.testing.assert_close(model(x), torch.bmm(torch.softmax(a(h) @ b(h.transpose(-2, -1)), -1), h))
+
+
+class Branches(nn.Module):
+    """Runs one product or two, as told: a forward that can leave the captured order."""
+
+    def forward(self, x: torch.Tensor, twice: bool = False) -> torch.Tensor:
+        y = x @ x  # call 0
+        return torch.bmm(y, x) if twice else y  # call 1 only when told
+
+
+def test_a_forward_leaving_the_attached_order_raises_a_clear_error() -> None:
+    x = torch.randn(2, 3, 3)
+    model = Branches()
+    attach_product_quantizers(model, (MATMUL,), {0: _quantizers(2)})
+    model(x)  # as attached: fine
+    with pytest.raises(GetaError, match=r"Branches: its forward called the products \['matmul', 'matmul'\]"):
+        model(x, twice=True)  # one call too many
+    fewer = Branches()
+    attach_product_quantizers(fewer, (MATMUL, MATMUL), {1: _quantizers(2)})
+    with pytest.raises(GetaError, match=r"called the products \['matmul'\] where .* \['matmul', 'matmul'\]"):
+        fewer(x)  # one call too few: its quantizers would never run
+    sdpa = Sdpa()
+    attach_product_quantizers(sdpa, (MATMUL,), {0: _quantizers(2)})
+    with pytest.raises(GetaError, match=r"\['attention'\] where .* \['matmul'\]"):
+        sdpa(x, x, x)  # a call of another kind
+    assert product_quantizers(sdpa)._active == []  # type: ignore[union-attr]  # popped all the same
+    with record_products([model, fewer]) as record:  # calibration records, never raises
+        model(x, twice=True)
+        fewer(x)
+    assert record.kinds == {model: [(MATMUL, MATMUL)], fewer: [(MATMUL,)]}
+
+
+def test_detach_removes_the_hooks_of_a_copy_and_leaves_the_original_quantized() -> None:
+    model, x = Scores(), torch.randn(2, 5, 8)
+    float_out = model(x)
+    attach_product_quantizers(model, (MATMUL, MATMUL, MATMUL), {1: _quantizers(2, bits=2)})
+    quantized = model(x)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
+        assert detach_product_quantizers(other) is not None
+        assert not other._forward_pre_hooks and not other._forward_hooks
+        torch.testing.assert_close(other(x), float_out)
+    assert len(model._forward_pre_hooks) == len(model._forward_hooks) == 1
+    torch.testing.assert_close(model(x), quantized)
+    assert not torch.allclose(quantized, float_out)

@@ -10,7 +10,9 @@
 - `geta.quant.recompute`: `recompute_quantized`, which keeps fake-quant outputs for the backward
   as recipes (recomputed) instead of a second full-size copy;
 - `geta.quant.products`: quantizers on the operands of activation x activation products
-  (attention's q·kᵀ and p·v), applied at the call inside the module that runs them.
+  (attention's q·kᵀ and p·v), applied at the call inside the module that runs them;
+- `geta.quant.eager_attention`: ``F.scaled_dot_product_attention`` in eager form with its
+  operands quantized (what an attention call becomes under product quantizers).
 """
 
 from __future__ import annotations

@@ -19,8 +19,14 @@ product call of a forward corresponds to the k-th product node of the module in 
 (an op registered with a product kind, `geta.ops.registry.product_kind`, leaves one node per
 call of the kind's functions, `geta.ops.traits.PRODUCT_KINDS`).
 Every call is counted, quantized or not, so weight products (``x @ self.w``) keep their place
-in the order. A module whose forward does not run the products the graph showed (kinds and
-count recorded by `record_products`) must be detached by the caller.
+in the order. The order is checked: a forward whose product calls differ from the kinds the
+holder was attached for (a call of another kind, one call too many or too few) raises a
+`GetaError` naming the module and both sequences, instead of quantizing the wrong operands.
+While `record_products` runs (calibration) a mismatch is recorded, not raised: the caller
+detaches the module's quantizers (`geta.prepare` does, with a warning).
+
+The two hooks are registered through torch's public API and removed through their handles
+(kept on the holder; `copy.deepcopy` and pickling carry them over to the copy's hook tables).
 
 Quantizers stay ordinary ``torch.ops.geta.fake_quant`` nodes in captured graphs (the mode runs
 while ``torch.export`` traces), so reports and exports see them like any other. A model with
@@ -48,19 +54,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 from geta.config import STE
 from geta.errors import GetaError
 from geta.ops.traits import ATTENTION, MATMUL, PRODUCT_KINDS
+from geta.quant.eager_attention import SDPA_ARGS, quantized_attention
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = [
@@ -105,6 +112,7 @@ class ProductQuantizers(nn.Module):
         self.labels: dict[str, tuple[str, ...]] = {}  # str(call) -> a display label per operand
         self._active: list[_ProductMode] = []  # modes of the forwards running now (innermost last)
         self._record: ProductRecord | None = None  # set by `record_products`
+        self._hooks: tuple[RemovableHandle, ...] = ()  # the owner's two hooks (`attach_product_quantizers`)
 
     def quantizers(self) -> list[LearnableQuantizer]:
         """Every geta quantizer held, in call order then operand order."""
@@ -177,9 +185,10 @@ class ProductRecord:
 class _ProductMode(TorchFunctionMode):
     """Quantizes the operands of the owner's product calls during one forward of it."""
 
-    def __init__(self, owner: ProductQuantizers) -> None:
+    def __init__(self, owner: ProductQuantizers, module: str) -> None:
         super().__init__()
         self.owner = owner
+        self.module = module  # the running module's class name, for errors
         self.seen: list[str] = []  # kinds of the product calls so far
 
     def __torch_function__(
@@ -191,16 +200,28 @@ class _ProductMode(TorchFunctionMode):
             return func(*args, **kwargs)
         call = len(self.seen)
         self.seen.append(kind)
+        expected = self.owner.kinds[call] if call < len(self.owner.kinds) else None
+        if kind != expected and self.owner._record is None:  # (calibration records it instead)
+            raise self.mismatch()
         slots = self.owner.operands[str(call)] if str(call) in self.owner.operands else None
         if slots is None or len(slots) != _OPERANDS[kind]:  # not quantized (or not as recorded)
             return func(*args, **kwargs)
         quantizers = [functools.partial(self._quantize, slot) for slot in slots]
         if kind == ATTENTION:
-            bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
-            q, k, v = (bound.pop(name) for name in _SDPA_ARGS[:3])
+            bound = {**dict(zip(SDPA_ARGS, args, strict=False)), **kwargs}
+            q, k, v = (bound.pop(name) for name in SDPA_ARGS[:3])
             return quantized_attention(q, k, v, quantizers, **bound)
         a, b = quantizers[0](args[0]), quantizers[1](args[1])
         return func(a, b, *args[2:], **kwargs)
+
+    def mismatch(self) -> GetaError:
+        """The error for a forward whose product calls are not the ones quantized."""
+        return GetaError(
+            f"{self.module}: its forward called the products {self.seen} where its product quantizers "
+            f"were attached for {list(self.owner.kinds)} (the calls of the captured graph, in order); "
+            "the k-th call must be the k-th captured product: run the forward as it was captured, or "
+            "detach them with geta.quant.detach_product_quantizers (the products then run in float)"
+        )
 
     def _quantize(self, quantizer: nn.Module, x: Tensor) -> Tensor:
         record = self.owner._record
@@ -208,61 +229,6 @@ class _ProductMode(TorchFunctionMode):
             record.note(quantizer, x)
             return x
         return quantizer(x)
-
-
-# F.scaled_dot_product_attention's arguments in positional order
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-
-
-def _repeat_heads(x: Tensor, r: int) -> Tensor:
-    """(..., H, S, E) -> (..., H*r, S, E): head h serves query heads h*r .. h*r + r - 1."""
-    if r == 1:
-        return x
-    *lead, h, s, e = x.shape
-    return x.unsqueeze(-3).expand(*lead, h, r, s, e).reshape(*lead, h * r, s, e)
-
-
-def quantized_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    quantizers: Sequence[Callable[[Tensor], Tensor]],
-    attn_mask: Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-) -> Tensor:
-    """``F.scaled_dot_product_attention`` in eager form, its operands quantized by ``quantizers``.
-
-    ``quantizers`` are four callables (e.g. `LearnableQuantizer` modules) for q, k, v and p.
-
-    softmax(Q(q)·Q(k)ᵀ · scale + mask) = p, then Q(p)·Q(v). Arguments and shapes as in
-    ``F.scaled_dot_product_attention`` (q: (..., Hq, L, E), k: (..., Hkv, S, E), v: (..., Hkv,
-    S, Ev); with ``enable_gqa`` Hq = r·Hkv and kv head h serves query heads h·r .. h·r + r - 1).
-    k and v are quantized before they are repeated for grouped queries; p is quantized before
-    dropout (its values lie in [0, 1]).
-    """
-    quantize_q, quantize_k, quantize_v, quantize_p = quantizers
-    q, k, v = quantize_q(query), quantize_k(key), quantize_v(value)
-    if enable_gqa and q.dim() >= 3:
-        k = _repeat_heads(k, q.shape[-3] // k.shape[-3])
-        v = _repeat_heads(v, q.shape[-3] // v.shape[-3])
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., L, S)
-    if is_causal:
-        keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
-        scores = scores.masked_fill(~keep, float("-inf"))
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask
-    p = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (..., L, S)
-    p = quantize_p(p)
-    if dropout_p > 0.0:
-        p = F.dropout(p, dropout_p)
-    return torch.matmul(p, v)  # (..., L, Ev)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,13 +241,14 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     owner = product_quantizers(module)
     if owner is None:
         return
-    mode = _ProductMode(owner)
+    mode = _ProductMode(owner, type(module).__name__)
     mode.__enter__()
     owner._active.append(mode)
 
 
 def _exit(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-    """Forward hook (``always_call``): pop the mode pushed by `_enter`, even if forward raised."""
+    """Forward hook (``always_call``): pop the mode pushed by `_enter`, even if forward raised;
+    a forward that completed with fewer product calls than attached for raises (`_ProductMode`)."""
     owner = product_quantizers(module)
     if owner is None or not owner._active:
         return
@@ -289,6 +256,14 @@ def _exit(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
     mode.__exit__(None, None, None)
     if owner._record is not None:
         owner._record.kinds.setdefault(module, []).append(tuple(mode.seen))
+    elif len(mode.seen) != len(owner.kinds) and not _raising():
+        raise mode.mismatch()
+
+
+def _raising() -> bool:
+    """Is an exception of the forward being handled? (torch runs ``always_call`` hooks then;
+    a compiled forward does not.)"""
+    return not torch.compiler.is_compiling() and sys.exc_info()[0] is not None
 
 
 def attach_product_quantizers(
@@ -323,8 +298,10 @@ def attach_product_quantizers(
     if device is not None:
         holder.to(device=device)
     module.add_module(PRODUCT_QUANTIZERS_ATTR, holder)
-    module.register_forward_pre_hook(_enter)
-    module.register_forward_hook(_exit, always_call=True)
+    holder._hooks = (
+        module.register_forward_pre_hook(_enter),
+        module.register_forward_hook(_exit, always_call=True),
+    )
     return holder
 
 
@@ -337,19 +314,17 @@ def product_quantizers(module: nn.Module) -> ProductQuantizers | None:
 def detach_product_quantizers(module: nn.Module) -> ProductQuantizers | None:
     """Remove ``module``'s product quantizers and their hooks (products run in float); return them.
 
-    The hooks are found by identity in the module's hook tables (torch has no public way to
-    remove a hook whose handle was dropped).
+    The hooks are removed through the handles the holder keeps. (A holder unpickled from a
+    version that kept none leaves its hooks behind, inert: they act only while the module has
+    product quantizers.)
     """
     holder = product_quantizers(module)
     if holder is None:
         return None
     delattr(module, PRODUCT_QUANTIZERS_ATTR)
-    for table, fn in ((module._forward_pre_hooks, _enter), (module._forward_hooks, _exit)):
-        for key in [k for k, hook in table.items() if hook is fn]:
-            del table[key]
-            module._forward_pre_hooks_with_kwargs.pop(key, None)
-            module._forward_hooks_with_kwargs.pop(key, None)
-            module._forward_hooks_always_called.pop(key, None)
+    for handle in getattr(holder, "_hooks", ()):
+        handle.remove()
+    holder._hooks = ()
     return holder
 
 

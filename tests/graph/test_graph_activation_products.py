@@ -1,6 +1,6 @@
 """`geta.prepare` with ``act_bits`` quantizes attention's q·kᵀ and p·v on the zoo's attention
-models (found from the graph, bound by module), keeps the search space and zero-invariance,
-and QASSO keeps their bits inside ``Config.act_bits``."""
+models (found from the graph by `geta.graph.activation_products`, bound by module), keeps the
+search space and zero-invariance, and QASSO keeps their bits inside ``Config.act_bits``."""
 
 from __future__ import annotations
 

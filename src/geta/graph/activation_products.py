@@ -1,7 +1,10 @@
 """Where a model multiplies two activations (attention's q·kᵀ and p·v), read from its graph.
 
-`geta.prepare` quantizes the operands of such products at the module that runs them
-(`geta.quant.products`). This module finds them in the captured graph, by identity:
+A graph query (it reads op facts from `geta.ops`, so it sits beside `geta.graph.analysis`,
+above the op handlers): `geta.prepare` asks it which modules run activation x activation
+products and how to name and sign their operands, then quantizes those operands at the module
+that runs them (`geta.quant.products`). The products are found in the captured graph, by
+identity:
 
 - a *product* is a node of an op registered with a product kind (`geta.ops.registry.product_kind`:
   matmul, mm, bmm, sdpa); it is
