@@ -239,7 +239,8 @@ def _refuse_changes(args: argparse.Namespace, out: Path, stored: CompressOptions
     asked = options_from_args(args, base=stored.to_dict())
     if asked != stored:
         old, new = stored.to_dict(), asked.to_dict()
-        diff = ", ".join(f"--{k.replace('_', '-')} {_shown(old[k])} -> {_shown(new[k])}" for k in old if old[k] != new[k])
+        changed = [k for k in old if old[k] != new[k]]
+        diff = ", ".join(f"--{k.replace('_', '-')} {_shown(old[k])} -> {_shown(new[k])}" for k in changed)
         raise CliError(
             f"--resume continues the run in {out} with its own options, but these differ: {diff}; "
             "drop them, or start a new run with another --out"
