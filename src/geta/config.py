@@ -133,7 +133,7 @@ class Config:
         bad = isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s < 1.0) or math.isnan(s)
         if s is not None and bad:
             raise ConfigError(
-                f"Config.target_sparsity={s!r} must be None or in [0, 1) ... (a fraction of prunable "
+                f"Config.target_sparsity={s!r} must be in [0, 1) or None (a fraction of prunable "
                 "channels; 0.5 removes half; None: chosen with the bits under the BOPs budget)"
             )
         object.__setattr__(
