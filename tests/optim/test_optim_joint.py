@@ -124,3 +124,26 @@ def test_a_budget_no_width_can_meet_names_the_field_and_the_floors() -> None:
     )
     with pytest.raises(ConfigError, match=r"target_bops=1e-05 cannot be met.*every prune group at its floor"):
         QASSO(plan, lr=0.1, schedule=SCHEDULE)
+
+
+def test_unit_costs_count_each_unit_once_from_its_consumers() -> None:
+    """c_j = ½ <x_j, g_j>² over the columns that consume unit j (fc2's dim 1 for fc1's units,
+    fc3's for fc2's), written out by hand; the producing rows (fc1's) do not add to it."""
+    from geta.optim.layout import UnitLayout
+    from geta.optim.sensitivity import UnitCosts
+
+    torch.manual_seed(0)
+    model = Net()
+    plan = geta.prepare(model, (torch.randn(4, 12),), Config(target_sparsity=0.5, weight_bits=(4, 8)))
+    layout = UnitLayout(plan.prunable_groups, lambda t: -1)
+    x, y = _data(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    consumers = {ref.name: ref.tensor for ref in layout.slices if ref.dim == 1}
+    assert sorted(consumers) == ["fc2.weight", "fc3.weight"]
+    costs = UnitCosts(layout, {id(t) for t in consumers.values()})
+    costs.observe(layout)
+    w2, w3 = consumers["fc2.weight"], consumers["fc3.weight"]  # (24, 48), (3, 24): columns consume fc1's / fc2's units
+    want = torch.cat([0.5 * (w2 * w2.grad).sum(0) ** 2, 0.5 * (w3 * w3.grad).sum(0) ** 2]).double()
+    sizes = [g.size for g in plan.prunable_groups]
+    assert sizes == [48, 24]
+    torch.testing.assert_close(costs.mean(), want, rtol=1e-5, atol=1e-12)

@@ -263,10 +263,16 @@ class CompressJob:
         plan, opt = self._build(state, self.model)
         self._restore_all(state, opt)  # `prepare` may draw random numbers: start from the checkpoint's
         self.plan = plan
+        if plan.config.chooses_widths:
+            budget = getattr(opt.bits, "relative_budget", None)
+            least = f", at least {opt.target_units} removed" if opt.target_units else ""
+            under = "" if budget is None else f" of {100 * budget:.3g} % of the dense BOPs"
+            units = f"{plan.num_prunable_units} units, widths chosen with the bits under the budget{under}{least}"
+        else:
+            units = f"{plan.num_prunable_units} units, {opt.target_units} to remove"
         self.reporter.note(
             f"prepared: {len(plan.prunable_groups)} of {len(plan.groups)} groups prunable "
-            f"({plan.num_prunable_units} units, {opt.target_units} to remove), "
-            f"{len(plan.quantizers)} quantizers"
+            f"({units}), {len(plan.quantizers)} quantizers"
         )
         return plan, opt
 

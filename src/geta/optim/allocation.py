@@ -56,7 +56,7 @@ class BitAllocation:
         self._fisher_sum = torch.zeros(len(table), dtype=torch.float64)  # Σ steps Σ (∂L/∂Q)²
         self._fisher_steps = 0
         # the joint allocation: unit costs sampled every `_stride` steps, ~32 samples before it
-        self.units = UnitCosts(layout.num_units) if self.joint else None
+        self.units = UnitCosts(layout, self.budget.weight_ids) if self.joint else None
         schedule = context.schedule
         self._stride = max(1, (schedule.warmup + schedule.projection) // 32) if schedule is not None else 1
         self._seen = 0  # steps observed
@@ -183,6 +183,13 @@ class BudgetBits:
         self.allocation: BitAllocation | None = None
         if len(context.table):
             self.allocation = BitAllocation(context)
+
+    @property
+    def relative_budget(self) -> float | None:
+        """The BOPs budget as a fraction of the dense FP32 model's (None without quantizers)."""
+        if self.allocation is None:
+            return None
+        return self.allocation.budget.budget / self.allocation.budget.dense_bops
 
     def pins(self, stage: Stage) -> bool:
         return self.allocation is not None and stage in (Stage.PROJECTION, Stage.JOINT)

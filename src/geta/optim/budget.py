@@ -95,6 +95,7 @@ class BitBudget:
             aq.append(table.index_of_quantizer(c.act_quantizer))
             fixed_w.append(float(c.weight_bits))
             fixed_a.append(float(c.act_bits))
+        self.weight_ids = {id(c.weight) for c in costs if c.weight is not None}  # multiplying ops' weights
         self.macs = torch.tensor(macs, dtype=torch.float64)  # (L,) predicted after pruning
         self.wq = torch.tensor(wq, dtype=torch.long)  # (L,) weight quantizer or -1
         self.aq = torch.tensor(aq, dtype=torch.long)  # (L,) input quantizer or -1

@@ -243,12 +243,17 @@ class UnitLayout:
         self.slices = tuple(sorted(slices, key=lambda r: first[id(r.tensor)]))
 
     @torch.no_grad()
-    def unit_stats(self, grad_of: Callable[[Tensor], Tensor | None]) -> tuple[Tensor, Tensor, Tensor]:
-        """(‖x_j‖², <x_j, g_j>, ‖g_j‖²) per unit (N,), float64, over all its parameter slices."""
+    def unit_stats(
+        self, grad_of: Callable[[Tensor], Tensor | None], only: Callable[[SliceRef], bool] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(‖x_j‖², <x_j, g_j>, ‖g_j‖²) per unit (N,), float64, over all its parameter slices
+        (or those ``only`` accepts)."""
         x_sq = torch.zeros(self.num_units, dtype=torch.float64)
         xg = torch.zeros_like(x_sq)
         g_sq = torch.zeros_like(x_sq)
         for ref in self.slices:
+            if only is not None and not only(ref):
+                continue
             span = slice(ref.offset, ref.offset + ref.size)
             pos = ref.index.reshape(-1)
             x = gather_rows(ref.tensor.detach(), ref.dim, pos, ref.size).double()  # (size, m*rest)

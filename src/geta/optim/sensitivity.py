@@ -99,19 +99,33 @@ class FisherTracker:
 class UnitCosts:
     """How much removing each prunable unit would hurt the loss, measured in training.
 
-    Removing unit j moves its rows x_j to zero; to second order with the empirical Fisher the
-    loss grows by ½ <x_j, g_j>² (g_j the gradient of its rows), the c_j of
-    `geta.optim.widths`. `observe` adds it for every unit at one step (the optimizer samples
-    steps: the statistic gathers every prunable row), `mean` averages the observed steps.
+    Removing unit j takes its contribution away from the layers that consume it: the columns
+    x_j of their weights (dim 1 of a linear or convolution weight) go to zero. To second order
+    with the empirical Fisher the loss grows by ½ <x_j, g_j>² over those columns (g_j their
+    gradient), the c_j of `geta.optim.widths`. The unit's producing rows (dim 0, a norm's scale
+    and shift) are left out: zeroing them removes the same contribution a second time, and
+    adding both would count it twice. A unit without consuming columns is measured over all
+    its slices. `observe` adds c_j for every unit at one step (the optimizer samples steps: the
+    statistic gathers every consuming column), `mean` averages the observed steps.
     """
 
-    def __init__(self, num_units: int) -> None:
-        self.total = torch.zeros(num_units, dtype=torch.float64)  # Σ steps ½ <x_j, g_j>², (N,)
+    def __init__(self, layout: Any, consumers: set[int]) -> None:
+        """``consumers``: ids of the weights of multiplying ops (their dim 1 is their input)."""
+        self.total = torch.zeros(layout.num_units, dtype=torch.float64)  # Σ steps c_j, (N,)
         self.count = 0
+        self._consumes = lambda ref: ref.dim == 1 and id(ref.tensor) in consumers
+        has = torch.zeros(layout.num_units, dtype=torch.bool)
+        for ref in layout.slices:
+            if self._consumes(ref):
+                has[ref.offset : ref.offset + ref.size] = True
+        self._fallback = None if bool(has.all()) else ~has  # units measured over all slices
 
     def observe(self, layout: Any) -> None:
-        """Add this step's ½ <x_j, g_j>² from ``layout.unit_stats`` (gradients in ``.grad``)."""
-        _, xg, _ = layout.unit_stats(lambda t: t.grad)
+        """Add this step's c_j from ``layout.unit_stats`` (gradients in ``.grad``)."""
+        _, xg, _ = layout.unit_stats(lambda t: t.grad, self._consumes)
+        if self._fallback is not None:
+            _, every, _ = layout.unit_stats(lambda t: t.grad)
+            xg = torch.where(self._fallback, every, xg)
         self.total += 0.5 * xg.to(self.total) ** 2
         self.count += 1
 

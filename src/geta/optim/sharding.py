@@ -40,7 +40,7 @@ from torch import Tensor
 
 from geta.errors import GetaError
 from geta.optim.clipping import WEIGHT_FRACTIONS
-from geta.optim.layout import FlatBucket, FlatPart, RedundantRows, UnitLayout
+from geta.optim.layout import SliceRef, FlatBucket, FlatPart, RedundantRows, UnitLayout
 from geta.optim.quantizers import QuantizerTable
 from geta.plan import Plan
 from geta.quant.functional import MIN_QMAX, fake_quant, step_for_bits
@@ -219,11 +219,14 @@ class ShardedLayout(UnitLayout):
             self._local.append((pos, unit[keep]))
 
     @torch.no_grad()
-    def unit_stats(self, grad_of: Callable[[Tensor], Tensor | None]) -> tuple[Tensor, Tensor, Tensor]:
-        """(‖x_j‖², <x_j, g_j>, ‖g_j‖²) per unit (N,), float64: local sums added over the ranks."""
+    def unit_stats(
+        self, grad_of: Callable[[Tensor], Tensor | None], only: Callable[[SliceRef], bool] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(‖x_j‖², <x_j, g_j>, ‖g_j‖²) per unit (N,), float64: local sums added over the ranks
+        (of the slices ``only`` accepts, or all)."""
         stats = torch.zeros(3, self.num_units, dtype=torch.float64)
         for ref, (pos, unit) in zip(self.slices, self._local, strict=True):
-            if pos.numel() == 0:
+            if pos.numel() == 0 or (only is not None and not only(ref)):
                 continue
             unit = unit.cpu()
             x = local_data(ref.tensor).movedim(ref.dim, 0).index_select(0, pos)
