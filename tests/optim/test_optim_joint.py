@@ -142,7 +142,7 @@ def test_unit_costs_count_each_unit_once_from_its_consumers() -> None:
     assert sorted(consumers) == ["fc2.weight", "fc3.weight"]
     costs = UnitCosts(layout, {id(t) for t in consumers.values()})
     costs.observe(layout)
-    w2, w3 = consumers["fc2.weight"], consumers["fc3.weight"]  # (24, 48), (3, 24): columns consume fc1's / fc2's units
+    w2, w3 = consumers["fc2.weight"], consumers["fc3.weight"]  # (24, 48), (3, 24): columns consume units
     want = torch.cat([0.5 * (w2 * w2.grad).sum(0) ** 2, 0.5 * (w3 * w3.grad).sum(0) ** 2]).double()
     sizes = [g.size for g in plan.prunable_groups]
     assert sizes == [48, 24]

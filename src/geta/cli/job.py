@@ -267,7 +267,8 @@ class CompressJob:
             budget = getattr(opt.bits, "relative_budget", None)
             least = f", at least {opt.target_units} removed" if opt.target_units else ""
             under = "" if budget is None else f" of {100 * budget:.3g} % of the dense BOPs"
-            units = f"{plan.num_prunable_units} units, widths chosen with the bits under the budget{under}{least}"
+            units = f"{plan.num_prunable_units} units, widths chosen with the bits under the budget"
+            units += under + least
         else:
             units = f"{plan.num_prunable_units} units, {opt.target_units} to remove"
         self.reporter.note(

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from geta.errors import GetaError
 from geta.optim.clipping import WEIGHT_FRACTIONS
-from geta.optim.layout import SliceRef, FlatBucket, FlatPart, RedundantRows, UnitLayout
+from geta.optim.layout import FlatBucket, FlatPart, RedundantRows, SliceRef, UnitLayout
 from geta.optim.quantizers import QuantizerTable
 from geta.plan import Plan
 from geta.quant.functional import MIN_QMAX, fake_quant, step_for_bits
