@@ -71,8 +71,10 @@ def _bops(q: QuantTerms, p: PruneTerms, bits: torch.Tensor, removed: torch.Tenso
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("fraction", [0.3, 0.05, 0.004])
-def test_fast_matches_reference(seed: int, fraction: float) -> None:
+@pytest.mark.parametrize("skew", [None, 0.2])
+def test_fast_matches_reference(seed: int, fraction: float, skew: float | None) -> None:
     q, p = _problem(seed)
+    p = PruneTerms(p.macs, p.extent, p.touches, p.costs, p.floors, p.kinds, p.divisible, skew)
     dense = _bops(q, p, torch.full_like(q.hi, 32.0), torch.zeros(3, dtype=torch.long))
     budget = fraction * dense
     fast = allocate_joint(q, p, budget=budget, min_removed=seed % 3)
@@ -129,3 +131,17 @@ def test_increments(size: int, floor: int, div: int) -> None:
         kept -= m
         assert m > 0 and (kept % div == 0 or (i == 0 and m < div))
     assert size - sum(moves) - floor < div  # everything that may go can go
+
+
+def test_skew_bounds_every_group_near_the_models_fraction() -> None:
+    q, p = _problem(0)
+    costs = (p.costs[0] * 1e-6, *p.costs[1:])  # group 0 is nearly free to prune
+    sizes = torch.tensor([c.numel() for c in p.costs])
+    dense = _bops(q, p, torch.full_like(q.hi, 32.0), torch.zeros(3, dtype=torch.long))
+    free = PruneTerms(p.macs, p.extent, p.touches, costs, p.floors, p.kinds, 1)
+    held = PruneTerms(p.macs, p.extent, p.touches, costs, p.floors, p.kinds, 1, 0.1)
+    _, r_free = allocate_joint(q, free, budget=0.05 * dense)
+    _, r_held = allocate_joint(q, held, budget=0.05 * dense)
+    share = float(r_held.sum()) / float(sizes.sum())
+    assert bool((r_held.double() / sizes <= share + 0.1 + 1e-9).all())
+    assert float(r_free[0]) / float(sizes[0]) > share + 0.1  # without the limit group 0 goes further

@@ -33,7 +33,12 @@ from geta.plan import Plan
 from geta.reporting.count import LayerCost, layer_costs
 from geta.reporting.model import FP32_BITS
 
-__all__ = ["DEFAULT_BUDGET", "BitBudget", "InfeasibleBudget"]
+__all__ = ["DEFAULT_BUDGET", "WIDTH_SKEW", "BitBudget", "InfeasibleBudget"]
+
+WIDTH_SKEW: float | None = 0.25
+"""Under the joint allocation no group loses a larger fraction of its units than the whole model
+does plus this: the second-order costs are local, and a group emptied down to its floor loses
+more than they predict (measured on the benchmark's tasks, docs/benchmarks.md)."""
 
 DEFAULT_BUDGET = 0.5
 """Without ``Config.target_bops`` the joint allocation's budget is this share of the BOPs of
@@ -164,7 +169,8 @@ class BitBudget:
         costs = tuple(unit_costs[unit_group == g] for g in range(self.floors.numel()))  # (size_g,) each
         q = QuantTerms(fisher.double().cpu(), rng.double().cpu(), signed.cpu(), self.lo, self.hi,
                        self.wq, self.aq, self.fixed_w, self.fixed_a)  # fmt: skip
-        p = PruneTerms(self.macs, self.extent, self.touches, costs, self.floors, self.kinds, self.divisible)
+        p = PruneTerms(self.macs, self.extent, self.touches, costs, self.floors, self.kinds, self.divisible,
+                       WIDTH_SKEW)  # fmt: skip
         return allocate_joint(q, p, budget=self.budget, min_removed=min_removed)
 
     def bops(self, bits: Tensor) -> float:

@@ -101,12 +101,16 @@ class UnitCosts:
 
     Removing unit j takes its contribution away from the layers that consume it: the columns
     x_j of their weights (dim 1 of a linear or convolution weight) go to zero. To second order
-    with the empirical Fisher the loss grows by ½ <x_j, g_j>² over those columns (g_j their
-    gradient), the c_j of `geta.optim.widths`. The unit's producing rows (dim 0, a norm's scale
-    and shift) are left out: zeroing them removes the same contribution a second time, and
-    adding both would count it twice. A unit without consuming columns is measured over all
-    its slices. `observe` adds c_j for every unit at one step (the optimizer samples steps: the
-    statistic gathers every consuming column), `mean` averages the observed steps.
+    with the diagonal empirical Fisher F_e ≈ E[g_e²] (optimal brain damage) the loss grows by
+    c_j = ½ Σ_e F_e x_e² over those columns, the c_j of `geta.optim.widths`: the same measure
+    the bit rule applies to rounding noise (½ Σ_e F_e σ², `geta.optim.bits`), with the removed
+    value x_e in place of the rounding error. Its terms are positive, so it does not cancel
+    where a normalisation makes the loss blind to scaling a whole weight (the sum of the
+    columns' first-order effects <x_j, g_j> is then zero, and any measure built on them says
+    a whole layer is free to remove). The unit's producing rows (dim 0, a norm's scale and
+    shift) are left out: zeroing them removes the same contribution a second time. A unit
+    without consuming columns is measured over all its slices. `observe` adds c_j for every
+    unit at one step (the optimizer samples steps), `mean` averages the observed steps.
     """
 
     def __init__(self, layout: Any, consumers: set[int]) -> None:
@@ -120,13 +124,18 @@ class UnitCosts:
                 has[ref.offset : ref.offset + ref.size] = True
         self._fallback = None if bool(has.all()) else ~has  # units measured over all slices
 
+    @staticmethod
+    def _fisher_weighted(t: Tensor) -> Tensor | None:
+        """g² ∘ x of a parameter: `UnitLayout.unit_stats`' <x, ·> of it is Σ_e g_e² x_e²."""
+        return None if t.grad is None else t.grad.square() * t.detach()
+
     def observe(self, layout: Any) -> None:
-        """Add this step's c_j from ``layout.unit_stats`` (gradients in ``.grad``)."""
-        _, xg, _ = layout.unit_stats(lambda t: t.grad, self._consumes)
+        """Add this step's c_j = ½ Σ_e g_e² x_e² (gradients in ``.grad``)."""
+        _, obd, _ = layout.unit_stats(self._fisher_weighted, self._consumes)
         if self._fallback is not None:
-            _, every, _ = layout.unit_stats(lambda t: t.grad)
-            xg = torch.where(self._fallback, every, xg)
-        self.total += 0.5 * xg.to(self.total) ** 2
+            _, every, _ = layout.unit_stats(self._fisher_weighted)
+            obd = torch.where(self._fallback, every, obd)
+        self.total += 0.5 * obd.to(self.total)
         self.count += 1
 
     def mean(self) -> Tensor:

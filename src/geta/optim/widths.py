@@ -84,7 +84,9 @@ class PruneTerms:
     its weight along dims 0 and 1 (1 without a weight). ``touches``: (op, dim, group, width) —
     each unit of ``group`` owns ``width`` positions of the op's weight along ``dim``. Per group
     (G,): ``costs`` a loss increase per unit (size,), ``floors`` units kept at least, ``kinds``
-    groups that move together (equal sizes and floors); ``divisible`` the removal granule."""
+    groups that move together (equal sizes and floors); ``divisible`` the removal granule;
+    ``skew``: no group's removed fraction may pass the whole model's by more than this (None:
+    no limit)."""
 
     macs: Tensor
     extent: Tensor
@@ -93,6 +95,7 @@ class PruneTerms:
     floors: Tensor
     kinds: Tensor
     divisible: int
+    skew: float | None = None
 
 
 def _increments(size: int, floor: int, divisible: int) -> list[int]:
@@ -138,9 +141,19 @@ class _Problem:
         for c in p.costs:
             ordered = torch.sort(c.double().clamp_min(0.0)).values
             self.cum.append([0.0, *torch.cumsum(ordered, 0).tolist()])
+        self.sizes, self.units, self.skew = sizes, sum(sizes), p.skew
         self.noise_scale = BIT_LOSS
         self.macs, self.extent = p.macs.double(), p.extent.double()
         self.num_groups = len(p.costs)
+
+    def allowed(self, k: int, r: list[int], step: int) -> bool:
+        """Whether removing ``step`` more units of every group of kind k keeps its removed
+        fraction within ``skew`` of the model's (after the move)."""
+        if self.skew is None:
+            return True
+        g = self.members[k][0]
+        total = sum(r) + step * len(self.members[k])
+        return (r[g] + step) / self.sizes[g] <= total / max(self.units, 1) + self.skew + 1e-12
 
     def removal_loss(self, k: int, r: list[int], step: int) -> float:
         return sum(self.cum[g][r[g] + step] - self.cum[g][r[g]] for g in self.members[k])
@@ -189,6 +202,7 @@ class _Greedy:
         self.cur = [self._macs(op) for op in range(n_ops)]
         self.tiny = 1e-30
         self.keys: list[float] = []  # per move (quantizers, then kinds): ΔL per BOP saved
+        self.capped: set[int] = set()  # kinds whose next move the skew limit holds back
 
     # -- the cost model ---------------------------------------------------------------------
     def _macs(self, op: int, extra: dict[int, int] | None = None) -> float:
@@ -228,7 +242,11 @@ class _Greedy:
 
     def _prune_key(self, k: int) -> float:
         step = self._next(k)
+        self.capped.discard(k)
         if not step:
+            return math.inf
+        if not self.pb.allowed(k, self.removed, step):
+            self.capped.add(k)  # revisited after every removal: the model's fraction grows
             return math.inf
         extra = dict.fromkeys(self.pb.members[k], step)
         saved = 0.0
@@ -258,6 +276,8 @@ class _Greedy:
             self.cur[op] = self._macs(op)
         self._refresh(self.kind_ops[k])
         self.keys[len(self.bits) + k] = self._prune_key(k)  # (its next move, even without ops)
+        for other in list(self.capped):
+            self.keys[len(self.bits) + other] = self._prune_key(other)
 
     def _lower(self, j: int) -> None:
         self.bits[j] -= 1
@@ -276,7 +296,7 @@ class _Greedy:
             best, best_key = -1, math.inf
             for k in range(len(self.pb.members)):
                 step = self._next(k)
-                if step:
+                if step and self.pb.allowed(k, self.removed, step):
                     key = self.pb.removal_loss(k, self.removed, step) / (step * len(self.pb.members[k]))
                     if key < best_key:
                         best, best_key = k, key
@@ -329,8 +349,15 @@ def allocate_joint_reference(
         r[members[k]] += step_of(k)
         return r
 
+    sizes = [c.numel() for c in p.costs]
+
+    def allowed(k: int) -> bool:  # within `skew` of the model's removed fraction after the move
+        g, step = members[k][0], step_of(k)
+        share = (int(removed.sum()) + step * len(members[k])) / sum(sizes)
+        return p.skew is None or (int(removed[g]) + step) / sizes[g] <= share + p.skew + 1e-12
+
     while int(removed.sum()) < min_removed:
-        per_unit = [loss_of(k) / (step_of(k) * len(members[k])) if step_of(k) else math.inf
+        per_unit = [loss_of(k) / (step_of(k) * len(members[k])) if step_of(k) and allowed(k) else math.inf
                     for k in range(len(members))]  # fmt: skip
         k = min(range(len(per_unit)), key=per_unit.__getitem__)
         if not math.isfinite(per_unit[k]):
@@ -348,7 +375,8 @@ def allocate_joint_reference(
             )
         for k in range(len(members)):
             saved = total - bops(bits, after(k)) if step_of(k) else 0.0
-            keys.append((loss_of(k) + 1e-30) / saved if step_of(k) and saved > 0 else math.inf)
+            ok = step_of(k) and saved > 0 and allowed(k)
+            keys.append((loss_of(k) + 1e-30) / saved if ok else math.inf)
         i = min(range(len(keys)), key=keys.__getitem__)
         if not math.isfinite(keys[i]):
             break
