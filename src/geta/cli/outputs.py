@@ -44,6 +44,7 @@ __all__ = [
     "quantizer_bits",
     "recover_publish",
     "run_status",
+    "width_text",
     "write_results",
 ]
 
@@ -139,8 +140,10 @@ def check_out_path(out: Path) -> None:
 
 
 @torch.no_grad()
-def kept_fractions(dense: nn.Module, small: nn.Module) -> dict[str, dict[str, float]]:
-    """Per layer (module name): the kept fraction of output and input channels."""
+def kept_fractions(dense: nn.Module, small: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per layer (module name): the kept fraction of output and input channels (``kept_out``,
+    ``kept_in``) and the widths themselves, ``[kept, original]`` (``width_out``, ``width_in``):
+    channels of a conv, features of a linear (an attention projection's heads x head size)."""
     dense_modules = dict(dense.named_modules())
     out: dict[str, dict[str, float]] = {}
     for name, module in small.named_modules():
@@ -152,8 +155,19 @@ def kept_fractions(dense: nn.Module, small: nn.Module) -> dict[str, dict[str, fl
         ):
             continue
         o, i = (1, 0) if getattr(module, "transposed", False) else (0, 1)  # ConvTranspose: (in, out, ...)
-        out[name] = {"kept_out": w.shape[o] / ref.shape[o], "kept_in": w.shape[i] / ref.shape[i]}
+        (k_out, n_out), (k_in, n_in) = (w.shape[o], ref.shape[o]), (w.shape[i], ref.shape[i])
+        out[name] = {"kept_out": k_out / n_out, "kept_in": k_in / n_in,
+                     "width_out": [k_out, n_out], "width_in": [k_in, n_in]}  # fmt: skip
     return out
+
+
+def width_text(kept: dict[str, Any]) -> str:
+    """A layer's kept widths for the per-layer table: ``'24/32 out, 8/8 in'``.
+
+    >>> width_text({"width_out": [24, 32], "width_in": [8, 8]})
+    '24/32 out, 8/8 in'
+    """
+    return ", ".join(f"{k}/{n} {side}" for side in ("out", "in") for k, n in [kept[f"width_{side}"]])
 
 
 def _side(accuracy: float, loss: float, rep: Any) -> dict[str, Any]:
@@ -205,7 +219,7 @@ def _measure(result: JobResult, small: nn.Module, dense: nn.Module) -> dict[str,
         "relative_bops": rep.relative_bops, "relative_bops_weight_only": rep.relative_bops_weight_only,
         "group_sparsity": result.plan.group_sparsity(), "bits": quantizer_bits(result.plan), "layers": layers,
         "unknown_ops": rep.unknown_ops, "history": state.history, "train_seconds": state.seconds,
-        "_markdown": rep.to_markdown(),
+        "_markdown": rep.to_markdown(widths={name: width_text(k) for name, k in kept.items()}),
     }  # fmt: skip
 
 
