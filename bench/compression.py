@@ -1,6 +1,6 @@
-"""Compression quality: geta vs the sequential pipeline (prune -> fine-tune -> QAT), side by side.
+"""Compression quality: geta's front vs the sequential pipeline's (prune -> fine-tune -> QAT).
 
-    python -m bench.compression [--tasks digits,mnist1d] [--seeds 3] [--jobs 2] [--quick]
+    python -m bench.compression [--tasks digits,mnist1d,mnist1d-noisy,lm] [--seeds 3] [--jobs 2] [--quick]
 
 For every task and seed one dense model is trained (``dense_epochs``) and shared; then every
 method gets the same budget of ``epochs`` more epochs from it, with the same loop, batch order,
@@ -13,17 +13,26 @@ SGD (momentum 0.9, wd 1e-4) and cosine learning rate (peak ``Task.lr``; no per-m
   inputs) with geta's own `LearnableQuantizer` (a QASSO run that is all cool-down: fixed bits,
   learned clipping); sparsity 0 of the same pipeline is plain fixed-bit QAT;
 - geta: one QASSO run (warm-up 2, projection 6, joint 12 in 4 pruning periods, cool-down 20
-  epochs of 40) with weights + activations, bits in [2, 8], at several sparsities and BOPs
-  budgets, and weights only.
+  epochs of 40) with weights + activations, bits in [2, 8], at `BUDGETS` BOPs budgets per task
+  and no sparsity (widths and bits chosen together under the budget), log-spaced over
+  `BUDGET_RANGE` (fixed per task: from about the pipeline's cheapest point, 2 bits at s=0.7, to
+  its 8-bit s=0 point; the pipeline's BOPs do not depend on training); geta's default (no
+  budget, no sparsity); on the image tasks also the paper's rules at s=0.5 and weights only.
+  A budget below the cheapest model the bounds allow is recorded as infeasible, not run.
 
-Reported: accuracy of the *converted* model (mean ± std over seeds), relative BOPs against the
-dense FP32 model (W+A; weights-only rows use weight-only BOPs and are not on the W+A front),
-and for geta the lowest test accuracy during the joint stage and the largest drop at the end of
-a pruning period against the joint stage's start. The headline per task: the pipeline's
-relative BOPs ÷ geta's at equal accuracy, the pipeline's Pareto front (seed means) interpolated
-in log BOPs at geta's accuracy, for geta's default configuration (sparsity 0.5, default budget).
-Jobs run as single-thread processes, ``--jobs`` at a time. Writes its section of
-docs/benchmarks.md and docs/compression_pareto.png.
+Reported (`bench.compression_report`): accuracy of the *converted* model (mean ± std over
+seeds), relative BOPs against the dense FP32 model (W+A; the weights-only row uses weight-only
+BOPs and is not on the W+A front), geta's lowest test accuracy in the joint stage and largest
+drop at a pruning period's end; per task the pipeline's BOPs ÷ geta's at equal accuracy at
+every budget (the pipeline's Pareto front of seed means, interpolated in log BOPs), their
+median over the budgets at or below the pipeline's 4-bit point (seed means; and mean ± std over
+seeds of each seed's median), whether geta is at or above the front at each of them, geta's
+default point, and the kept width of every prune group (one seed; every run's widths are in
+runs/bench-compression/results.json). Jobs run as single-thread processes, ``--jobs`` at a
+time; each records its wall and CPU seconds. Writes its section of docs/benchmarks.md and
+docs/compression_pareto.png.
+
+Duration: EXPECTED
 """
 
 from __future__ import annotations
@@ -329,11 +338,13 @@ def run_all(tasks: list[str], seeds: int, jobs: int, quick: bool) -> Results:
 
 
 def _saved(results: Results) -> Results:
-    """Merge ``results`` into CACHE/results.json (per task and method) and return everything saved,
-    so that tasks run separately (``--tasks lm``) still make one table and one plot."""
+    """Merge ``results`` into CACHE/results.json (per task) and return everything saved, so that
+    tasks run separately (``--tasks lm``) still make one table and one plot. A task run again
+    replaces all its rows (no row of an older grid stays in its table)."""
     path = CACHE / "results.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    merged = {tuple(k.split("|", 1)): v for k, v in old.items()}
+    fresh = {t for t, _ in results}
+    merged = {key: v for k, v in old.items() if (key := tuple(k.split("|", 1)))[0] not in fresh}
     merged.update(results)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({f"{t}|{n}": v for (t, n), v in merged.items()}))

@@ -99,7 +99,8 @@ def summarize(results: Results, task: str) -> tuple[list[str], str]:
         jm = [r["joint_min"] for r in rs]
         lines.append(f"  {name[len(BUDGET_PREFIX):]:>8}: {m:.2f} ± {sd:.2f} at {100 * bops:.4f} % -> "
                      f"{_MARK[kind]}{value:.2f}x; joint stage worst {statistics.fmean(jm):.2f} "
-                     f"(seeds {min(jm, key=q):.2f}); kept {widths_text(rs[0]['widths'])}")  # fmt: skip
+                     f"(worst seed {min(jm, key=q):.2f}); kept (seed 0) "
+                     f"{widths_text(rs[0]['widths'])}")  # fmt: skip
     seeds = _per_seed(front, rows, limit, q)
     sd_text = f"{seeds[0]:.2f} ± {seeds[1]:.2f}x over seeds" if seeds else "no seeds"
     verdict = "yes" if whole.above else "NO"
@@ -114,7 +115,7 @@ def summarize(results: Results, task: str) -> tuple[list[str], str]:
         bops = statistics.fmean(r["bops"] for r in default)
         value, kind = ratio_at(front, (bops, q(m)))
         text = f"{m:.2f} ± {sd:.2f} at {100 * bops:.4f} % rel. BOPs -> {_MARK[kind]}{value:.2f}x"
-        lines.append(f"  default (no budget, no sparsity): {text}; kept widths (seed 0) "
+        lines.append(f"  default (no budget, no sparsity): {text}; kept (seed 0) "
                      f"{widths_text(default[0]['widths'])}")  # fmt: skip
         head += f"; default {text}"
     return lines, head
@@ -153,6 +154,10 @@ def _panel(ax: Any, results: Results, task: str) -> None:
     front = pareto([(b, sign * a) for b, a in pipe])
     ax.plot([p[0] for p in front], [sign * p[1] for p in front], "--", color="C0", linewidth=1,
             label="pipeline's Pareto front")  # fmt: skip
+    limit = four_bit_point(results, task)
+    if math.isfinite(limit):
+        ax.axvline(100 * limit, color="C0", linestyle=":", linewidth=0.8,
+                   label="pipeline's 4-bit point (the median's limit)")  # fmt: skip
     budgets = _budget_rows(results, task)
     ys = [_mean_std([r["acc"] for r in rs]) for _, rs in budgets]
     if budgets:
