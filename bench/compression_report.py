@@ -139,7 +139,7 @@ def _per_seed(
 
 
 def _panel(ax: Any, results: Results, task: str) -> None:
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     lm = TASKS[task].lm
     sign = -1.0 if lm else 1.0
@@ -181,6 +181,7 @@ def _panel(ax: Any, results: Results, task: str) -> None:
         else:
             ax.set_ylim(max(min([ref - 12, *shown]) - 2, 0), min(100.5, max([ref, *shown]) + 2))
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labels within a decade too
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("relative BOPs, W+A (% of dense FP32, log scale)")
