@@ -219,7 +219,7 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
     task = TASKS[task_name]
     data = task.data()
     model = _load_dense(task, seed)
-    sparsity = spec.get("sparsity")  # None: joint allocation (widths and bits under the budget)
+    sparsity = spec.get("sparsity")
     config = geta.Config(
         **({"target_sparsity": sparsity} if sparsity is not None else {}),
         weight_bits=GETA_BITS,
@@ -235,10 +235,7 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
                                          cooldown=e - w - pr - j, projection_periods=3,
                                          pruning_periods=4)  # fmt: skip
     rules = {"forget": spec.get("forget", "linear"), "bits": spec.get("bits", "budget")}
-    try:
-        opt = _qasso(task, plan, schedule, **rules)
-    except InfeasibleBudget as exc:  # below the cheapest model the bounds allow: no run
-        return {"infeasible": exc.floor}
+    opt = _qasso(task, plan, schedule, **rules)
     path: list[float] = []
     loss_fn = _distill_loss(_load_dense(task, seed)) if spec.get("distill") else None
     fit(model, opt, data, e, seed=seed + 100, lr=task.lr, loss_fn=loss_fn, clip_norm=task.clip_norm,
@@ -274,7 +271,10 @@ def _distill_loss(teacher: torch.nn.Module, temperature: float = 2.0) -> Any:
 def _run(fn_name: str, *args: Any) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0, c0 = time.perf_counter(), time.process_time()
-    out = globals()[fn_name](*args)
+    try:
+        out = globals()[fn_name](*args)
+    except InfeasibleBudget as exc:  # a budget below the cheapest model the bounds allow: no run
+        out = {"infeasible": exc.floor}
     out["seconds"] = time.perf_counter() - t0
     out["cpu_seconds"] = time.process_time() - c0  # one thread: the job's seconds on an idle core
     return out
