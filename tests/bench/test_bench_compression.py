@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the repository root: `bench`
 
 
 def _bench(name: str) -> ModuleType:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import geta
-from geta.cli.outputs import kept_fractions, width_text
+from geta.cli.widths import kept_fractions, width_text
 
 
 def _pruned() -> tuple[nn.Module, nn.Module, tuple[torch.Tensor]]:

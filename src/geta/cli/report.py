@@ -114,7 +114,7 @@ def _widths(dense: Any, model: Any) -> dict[str, str] | None:
     """Each layer's kept width for the table, when the dense model itself is at hand."""
     from torch import nn
 
-    from geta.cli.outputs import kept_fractions, width_text
+    from geta.cli.widths import kept_fractions, width_text
 
     if not (isinstance(dense, nn.Module) and isinstance(model, nn.Module)):
         return None
