@@ -108,7 +108,14 @@ def summarize(results: Results, task: str) -> tuple[list[str], str]:
                  f"({100 * limit:.4f} %): median {whole.median:.2f}x (seed means), {sd_text}; "
                  f"at or above the pipeline's front at each: {verdict} (seeds: {seeds[2] if seeds else 0} "
                  f"of {len(rows[0][1]) if rows else 0})")  # fmt: skip
+    infeasible = [
+        n for (t, n), rs in results.items() if t == task and n.startswith(BUDGET_PREFIX) and not _ok(rs)
+    ]
+    if infeasible:
+        lines.append(f"  infeasible, not counted: {', '.join(n[len(BUDGET_PREFIX) :] for n in infeasible)}")
     head = f"{task}: front {sd_text} (median {whole.median:.2f}x of seed means, at/above: {verdict})"
+    if infeasible:
+        head += f"; {len(infeasible)} budget(s) infeasible"
     default = results.get((task, DEFAULT))
     if default and _ok(default):
         m, sd = _mean_std([r["acc"] for r in default])
