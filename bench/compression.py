@@ -35,9 +35,11 @@ docs/compression_pareto.png.
 Duration (``--seeds 3 --jobs 2``, all four tasks): at most 40 minutes on the idle 2-core machine.
 Measured per job in a ``--quick`` run (1 seed, contended 2-core x86_64 CPU, CPU seconds of the
 single-thread job, i.e. its time on an idle core): dense 8.5-14.9 s, float 12-13 s, QAT 8-10 s,
-geta 29-30 s on every image task; the image tasks' grid is 3,550 CPU-s, about 30 minutes with two
-jobs at a time. That leaves the LM task about 10 minutes (1,200 CPU-s for its 3 seeds, 7 geta
-runs each); ``wall time`` at the end of the table says what a run took.
+geta 29-30 s on every image task before joint allocation, 34 s with it (digits, one run per
+budget 0.03 % and default); the image tasks' grid (69 geta, 99 QAT, 36 fine-tuning, 18 dense,
+18 float jobs) is about 3,700 CPU-s, 31 minutes with two jobs at a time. That leaves the LM task
+about 9 minutes (1,000 CPU-s for its 3 seeds, 7 geta runs each); ``wall time`` at the end of
+the table says what a run took.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ PLOT = ROOT / "docs" / "compression_pareto.png"
 # MNIST-1D in the 2026-12-01 run (3 seeds): 2 and 3 bits at s=0.3, 2 bits at s=0.5 (each beaten,
 # cheaper and more accurate, by s=0.5 at 4 bits or s=0.7 at 3-4 bits)
 PIPELINE_GRID = {0.0: (4, 8), 0.3: (4, 8), 0.5: (3, 4, 8), 0.7: (2, 3, 4, 8)}
-RULE_ROWS = ("digits", "mnist1d")  # tasks with the paper's-rules and weights-only rows
+RULE_ROWS = ("mnist1d",)  # the task with the paper's-rules and weights-only rows (one each)
 GETA_BITS = (2, 8)
 BUDGETS = 6  # geta's budgets per task
 # (lowest, highest) budget: about the pipeline's cheapest point (2 bits at s=0.7; the LM's grid:
