@@ -36,8 +36,8 @@ Duration (``--seeds 3 --jobs 2``, all four tasks): at most 40 minutes on the idl
 Measured per job in a ``--quick`` run (1 seed, contended 2-core x86_64 CPU, CPU seconds of the
 single-thread job, i.e. its time on an idle core): dense 8.5-14.9 s, float 12-13 s, QAT 8-10 s,
 geta 29-30 s on every image task before joint allocation, 34 s with it (digits, one run per
-budget 0.03 % and default); the image tasks' grid (69 geta, 99 QAT, 36 fine-tuning, 18 dense,
-18 float jobs) is about 3,700 CPU-s, 31 minutes with two jobs at a time. That leaves the LM task
+budget 0.03 % and default); the image tasks' grid (69 geta, 99 QAT, 36 fine-tuning, 9 dense,
+9 float jobs) is about 3,700 CPU-s, 31 minutes with two jobs at a time. That leaves the LM task
 about 9 minutes (1,000 CPU-s for its 3 seeds, 7 geta runs each); ``wall time`` at the end of
 the table says what a run took.
 """
