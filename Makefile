@@ -85,7 +85,8 @@ bench-deploy: venv
 bench-deploy-llm: $(DEPLOY_STAMP)
 	$(RUN_ENV) $(PY) -m bench.deploy --llm-only
 
-# geta vs Torch-Pruning -> fine-tune -> QAT on digits, MNIST-1D and a small LM, 3 seeds
+# geta's front (6 BOPs budgets + its default) vs Torch-Pruning -> fine-tune -> QAT on digits,
+# MNIST-1D, a noisier MNIST-1D and a small LM, 3 seeds, at most 40 min on the idle machine
 # (docs/benchmarks.md and docs/compression_pareto.png).
 bench-compression: venv
 	$(RUN_ENV) $(PY) -m bench.compression

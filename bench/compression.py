@@ -1,6 +1,6 @@
-"""Compression quality: geta vs the sequential pipeline (prune -> fine-tune -> QAT), side by side.
+"""Compression quality: geta's front vs the sequential pipeline's (prune -> fine-tune -> QAT).
 
-    python -m bench.compression [--tasks digits,mnist1d] [--seeds 3] [--jobs 2] [--quick]
+    python -m bench.compression [--tasks digits,mnist1d,mnist1d-noisy,lm] [--seeds 3] [--jobs 2] [--quick]
 
 For every task and seed one dense model is trained (``dense_epochs``) and shared; then every
 method gets the same budget of ``epochs`` more epochs from it, with the same loop, batch order,
@@ -9,33 +9,46 @@ SGD (momentum 0.9, wd 1e-4) and cosine learning rate (peak ``Task.lr``; no per-m
 - dense FP32: ``epochs`` more float epochs;
 - sequential pipeline: Torch-Pruning group-magnitude pruning (``GroupMagnitudeImportance``,
   ``MetaPruner``, the same channel sparsity in every layer, the classifier left alone) ->
-  ``epochs / 2`` float fine-tuning -> ``epochs / 2`` QAT at fixed 2, 3, 4 or 8 bits (weights and
-  inputs) with geta's own `LearnableQuantizer` (a QASSO run that is all cool-down: fixed bits,
-  learned clipping); sparsity 0 of the same pipeline is plain fixed-bit QAT;
+  ``epochs / 2`` float fine-tuning -> ``epochs / 2`` QAT at fixed bits (weights and inputs; the
+  sparsities and bits of `PIPELINE_GRID`) with geta's own `LearnableQuantizer` (a QASSO run that
+  is all cool-down: fixed bits, learned clipping); sparsity 0 of it is plain fixed-bit QAT;
 - geta: one QASSO run (warm-up 2, projection 6, joint 12 in 4 pruning periods, cool-down 20
-  epochs of 40) with weights + activations, bits in [2, 8], at several sparsities and BOPs
-  budgets, and weights only.
+  epochs of 40) with weights + activations, bits in [2, 8], at `BUDGETS` BOPs budgets per task
+  and no sparsity (widths and bits chosen together under the budget), log-spaced over
+  `BUDGET_RANGE` (fixed per task: from about the pipeline's cheapest point, 2 bits at s=0.7, to
+  its 8-bit s=0 point; the pipeline's BOPs do not depend on training); geta's default (no
+  budget, no sparsity); on `RULE_ROWS` also the paper's rules at s=0.5 and weights only.
+  A budget below the cheapest model the bounds allow is recorded as infeasible, not run.
 
-Reported: accuracy of the *converted* model (mean ± std over seeds), relative BOPs against the
-dense FP32 model (W+A; weights-only rows use weight-only BOPs and are not on the W+A front),
-and for geta the lowest test accuracy during the joint stage and the largest drop at the end of
-a pruning period against the joint stage's start. The headline per task: the pipeline's
-relative BOPs ÷ geta's at equal accuracy, the pipeline's Pareto front (seed means) interpolated
-in log BOPs at geta's accuracy, for geta's default configuration (sparsity 0.5, default budget).
-Jobs run as single-thread processes, ``--jobs`` at a time. Writes its section of
-docs/benchmarks.md and docs/compression_pareto.png.
+Reported (`bench.compression_report`): accuracy of the *converted* model (mean ± std over
+seeds), relative BOPs against the dense FP32 model (W+A; the weights-only row uses weight-only
+BOPs and is not on the W+A front), geta's lowest test accuracy in the joint stage and largest
+drop at a pruning period's end; per task the pipeline's BOPs ÷ geta's at equal accuracy at
+every budget (the pipeline's Pareto front of seed means, interpolated in log BOPs), their
+median over the budgets at or below the pipeline's 4-bit point (seed means; and mean ± std over
+seeds of each seed's median), whether geta is at or above the front at each of them, geta's
+default point, and the kept width of every prune group (one seed; every run's widths are in
+runs/bench-compression/results.json). Jobs run as single-thread processes, ``--jobs`` at a
+time; each records its wall and CPU seconds. Writes its section of docs/benchmarks.md and
+docs/compression_pareto.png.
+
+Duration (``--seeds 3 --jobs 2``, all four tasks): at most 40 minutes on the idle 2-core machine.
+Measured per job in a ``--quick`` run (1 seed, contended 2-core x86_64 CPU, CPU seconds of the
+single-thread job, i.e. its time on an idle core): dense 8.5-14.9 s, float 12-13 s, QAT 8-10 s,
+geta 29-30 s on every image task before joint allocation, 34 s with it (digits, one run per
+budget 0.03 % and default); the image tasks' grid (69 geta, 99 QAT, 36 fine-tuning, 9 dense,
+9 float jobs) is about 3,700 CPU-s, 31 minutes with two jobs at a time. That leaves the LM task
+about 9 minutes (1,000 CPU-s for its 3 seeds, 7 geta runs each); ``wall time`` at the end of
+the table says what a run took.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import os
 import pathlib
 import platform
-import statistics
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -46,16 +59,24 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+from bench.compression_report import BUDGET_PREFIX, DEFAULT, Results, plot, summarize
 from bench.compression_tasks import TASKS, Task, fit, score
+from geta.optim.budget import InfeasibleBudget
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = ROOT / "runs" / "bench-compression"
 PLOT = ROOT / "docs" / "compression_pareto.png"
-SPARSITIES = (0.3, 0.5, 0.7)
-PIPELINE_BITS = (2, 3, 4, 8)
+# the pipeline's sparsities and bits on the image tasks; left out as dominated on digits and
+# MNIST-1D in the 2026-12-01 run (3 seeds): 2 and 3 bits at s=0.3, 2 bits at s=0.5 (each beaten,
+# cheaper and more accurate, by s=0.5 at 4 bits or s=0.7 at 3-4 bits)
+PIPELINE_GRID = {0.0: (4, 8), 0.3: (4, 8), 0.5: (3, 4, 8), 0.7: (2, 3, 4, 8)}
+RULE_ROWS = ("mnist1d",)  # the task with the paper's-rules and weights-only rows (one each)
 GETA_BITS = (2, 8)
-DEFAULT = "geta W+A s=0.5"  # the headline configuration
-Results = dict[tuple[str, str], list[dict[str, Any]]]  # (task, method) -> one record per seed
+BUDGETS = 6  # geta's budgets per task
+# (lowest, highest) budget: about the pipeline's cheapest point (2 bits at s=0.7; the LM's grid:
+# 3 bits at s=0.5) and its 8-bit s=0 point, fixed per task (the pipeline's BOPs do not depend on
+# training, so the same budgets serve every seed and every run)
+BUDGET_RANGE = {"*": (0.0003, 0.0625), "lm": (0.005, 0.0625)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,8 +221,9 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
     task = TASKS[task_name]
     data = task.data()
     model = _load_dense(task, seed)
+    sparsity = spec.get("sparsity")
     config = geta.Config(
-        target_sparsity=spec["sparsity"],
+        **({"target_sparsity": sparsity} if sparsity is not None else {}),
         weight_bits=GETA_BITS,
         act_bits=GETA_BITS if spec.get("acts", True) else None,
         target_bops=spec.get("budget"),
@@ -220,13 +242,14 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
     loss_fn = _distill_loss(_load_dense(task, seed)) if spec.get("distill") else None
     fit(model, opt, data, e, seed=seed + 100, lr=task.lr, loss_fn=loss_fn, clip_norm=task.clip_norm,
         on_epoch=lambda _: path.append(_metric(task, model, data)))  # fmt: skip
+    widths = [[g.slices[0].name, g.size, g.size - int(g.is_zero().sum())] for g in plan.prunable_groups]
     small = geta.convert(model, plan)
     acc = _metric(task, small, data)
     start = w + pr - 1  # the epoch that ends the projection stage: accuracy at the joint start
     ends = [(schedule.pruning_period_bounds(k)[1] - 1) // per_epoch for k in range(4)]  # commit epochs
     sign = -1.0 if task.lm else 1.0  # +1: higher is better (accuracy); -1: perplexity
     worst = sign * min(sign * v for v in path[start + 1 : w + pr + j])
-    out = {"acc": acc, "path": path, "joint_min": worst, "start": path[start]}
+    out = {"acc": acc, "path": path, "joint_min": worst, "start": path[start], "widths": widths}
     out["period_drop"] = max(sign * (path[start] - path[k]) for k in ends)
     out["bits"] = sorted({round(b.quantizer.bit_width) for b in plan.bindings})
     return {**out, **_measure(small, _load_dense(task, seed), data[0], not spec.get("acts", True))}
@@ -249,9 +272,13 @@ def _distill_loss(teacher: torch.nn.Module, temperature: float = 2.0) -> Any:
 
 def _run(fn_name: str, *args: Any) -> dict[str, Any]:
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    out = globals()[fn_name](*args)
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        out = globals()[fn_name](*args)
+    except InfeasibleBudget as exc:  # a budget below the cheapest model the bounds allow: no run
+        out = {"infeasible": exc.floor}
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = time.process_time() - c0  # one thread: the job's seconds on an idle core
     return out
 
 
@@ -260,35 +287,39 @@ def _run(fn_name: str, *args: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def geta_specs(quick: bool, lm: bool) -> dict[str, dict[str, Any]]:
-    """geta's configurations; the LM task (minutes per run) gets a smaller grid."""
-    specs: dict[str, dict[str, Any]] = {}
-    for s in (0.5,) if quick else (0.0, 0.3, 0.5) if lm else (0.0, *SPARSITIES):
-        specs[f"geta W+A s={s}"] = {"sparsity": s}  # s = 0: quantization only, bits learned
-    if lm and not quick:
-        specs["geta W+A s=0.5 budget 0.5%"] = {"sparsity": 0.5, "budget": 0.005}
-    elif not quick:
-        specs["geta W+A s=0.5 budget 0.2%"] = {"sparsity": 0.5, "budget": 0.002}
-        specs["geta W+A s=0.7 budget 0.06%"] = {"sparsity": 0.7, "budget": 0.0006}
-        specs["geta W s=0.5"] = {"sparsity": 0.5, "acts": False}
-        specs["geta W+A s=0.5 paper rules"] = {"sparsity": 0.5, "forget": "descent", "bits": "descent",
-                                              "selection": "global"}  # fmt: skip
+def budgets(task: str, quick: bool) -> tuple[float, ...]:
+    """geta's BOPs budgets of a task: `BUDGETS` points log-spaced over its range (`BUDGET_RANGE`);
+    ``quick``: the middle two."""
+    lo, hi = BUDGET_RANGE.get(task, BUDGET_RANGE["*"])
+    points = tuple(lo * (hi / lo) ** (k / (BUDGETS - 1)) for k in range(BUDGETS))
+    return points[BUDGETS // 2 - 1 : BUDGETS // 2 + 1] if quick else points
+
+
+def geta_specs(task: str, quick: bool) -> dict[str, dict[str, Any]]:
+    """geta's configurations: one per budget (no sparsity: widths and bits chosen together), the
+    default (neither), and on the image tasks the paper's rules at s=0.5 and weights only."""
+    specs: dict[str, dict[str, Any]] = {
+        f"{BUDGET_PREFIX}{100 * b:.3g}%": {"budget": b} for b in budgets(task, quick)
+    }
+    specs[DEFAULT] = {}
+    if not quick and task in RULE_ROWS:  # the paper's rules and weights only, on two tasks
+        specs["geta W only"] = {"acts": False}
+        specs["geta paper rules s=0.5"] = {"sparsity": 0.5, "forget": "descent", "bits": "descent",
+                                           "selection": "global"}  # fmt: skip
     return specs
 
 
-def run_all(
-    tasks: list[str], seeds: int, jobs: int, quick: bool
-) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def pipeline_grid(task: str, quick: bool) -> dict[float, tuple[int, ...]]:
+    """The pipeline's sparsities and, for each, its fixed bit widths (sparsity 0: plain QAT)."""
+    if quick:
+        return {0.5: (3, 4)}
+    if TASKS[task].lm:
+        return {0.0: (4, 8), 0.5: (3, 4, 8)}
+    return dict(PIPELINE_GRID)
 
-    def sparsities(task: str) -> tuple[float, ...]:
-        return (0.5,) if quick else (0.0, 0.5) if TASKS[task].lm else (0.0, *SPARSITIES)
 
-    def bit_widths(task: str, sparsity: float) -> tuple[int, ...]:
-        if quick:
-            return (4,)
-        return (4, 8) if sparsity == 0 else (3, 4, 8) if TASKS[task].lm else PIPELINE_BITS
-
+def run_all(tasks: list[str], seeds: int, jobs: int, quick: bool) -> Results:
+    results: Results = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         dense = {(t, s): pool.submit(_run, "job_dense", t, s) for t in tasks for s in range(seeds)}
         for (t, _), f in dense.items():
@@ -296,9 +327,9 @@ def run_all(
         wave: dict[tuple[str, str], list[Any]] = {}
         for t in tasks:
             for s in range(seeds):
-                for sp in sparsities(t):
+                for sp in pipeline_grid(t, quick):
                     wave.setdefault((t, f"ft {sp}"), []).append(pool.submit(_run, "job_finetune", t, s, sp))
-                for name, spec in geta_specs(quick, TASKS[t].lm).items():
+                for name, spec in geta_specs(t, quick).items():
                     wave.setdefault((t, name), []).append(pool.submit(_run, "job_geta", t, s, spec))
                 wave.setdefault((t, "dense FP32"), []).append(pool.submit(_run, "job_float", t, s))
         qat: dict[tuple[str, str], list[Any]] = {}
@@ -307,7 +338,7 @@ def run_all(
                 sp = float(name[3:])
                 for s, f in enumerate(futures):
                     f.result()
-                    for b in bit_widths(t, sp):
+                    for b in pipeline_grid(t, quick)[sp]:
                         key = (t, f"pipeline s={sp} {b}-bit")
                         qat.setdefault(key, []).append(pool.submit(_run, "job_qat", t, s, sp, b))
         for key, futures in {**wave, **qat}.items():
@@ -316,137 +347,14 @@ def run_all(
     return results
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(bops, acc) points not dominated (lower BOPs and higher accuracy), by increasing BOPs."""
-    front: list[tuple[float, float]] = []
-    for b, a in sorted(points):
-        if not front or a > front[-1][1]:
-            front.append((b, a))
-    return front
-
-
-def bops_at(front: list[tuple[float, float]], acc: float) -> float | None:
-    """The front's BOPs at accuracy ``acc``, linear in log BOPs between points; None outside."""
-    for (b0, a0), (b1, a1) in itertools.pairwise(front):
-        if a0 <= acc <= a1:
-            w = 0.0 if a1 == a0 else (acc - a0) / (a1 - a0)
-            return math.exp(math.log(b0) + w * (math.log(b1) - math.log(b0)))
-    return None  # outside the front: better than its best point or worse than its cheapest
-
-
-def summarize(results: dict[tuple[str, str], list[dict[str, Any]]], task: str) -> tuple[list[str], str]:
-    """The task's table, the ratio of every geta W+A row, and the headline line."""
-    lm = TASKS[task].lm
-    q = (lambda v: -v) if lm else (lambda v: v)  # larger q is better
-    rows = [(name, rs) for (t, name), rs in results.items() if t == task]
-    metric, worst = ("perplexity", "joint max") if lm else ("accuracy %", "joint min %")
-    cols = f"{metric:>15} {'rel. BOPs %':>12} {worst:>12} {'drop@period':>12}  bits"
-    lines = [f"{'method':<34} {cols}", "-" * 100]
-    front_pts = []
-    for name, rs in sorted(rows, key=lambda r: r[0]):
-        m, sd = _mean_std([r["acc"] for r in rs])
-        bops = statistics.fmean(r.get("bops", float("nan")) for r in rs)
-        jm = f"{statistics.fmean(r['joint_min'] for r in rs):.2f}" if "joint_min" in rs[0] else ""
-        drop = f"{max(r['period_drop'] for r in rs):.2f}" if "period_drop" in rs[0] else ""
-        bits = str(sorted({b for r in rs for b in r.get("bits", [])})) if "bits" in rs[0] else ""
-        lines.append(f"{name:<34} {m:>8.2f} ± {sd:<4.2f} {100 * bops:>12.4f} {jm:>12} {drop:>12}  {bits}")
-        if name.startswith("pipeline"):
-            front_pts.append((bops, q(m)))
-    front = pareto(front_pts)
-    lines.append("")
-    ratios: dict[str, tuple[float, str]] = {}
-    for name, rs in rows:
-        if not name.startswith("geta W+A") or "paper" in name:
-            continue
-        m, sd = _mean_std([r["acc"] for r in rs])
-        g = statistics.fmean(r["bops"] for r in rs)
-        at = bops_at(front, q(m))
-        if at is None and front and q(m) > front[-1][1]:  # better than every pipeline point
-            value, text = front[-1][0] / g, f">= {front[-1][0] / g:.2f}x (better than every pipeline point)"
-        elif at is None and front:  # worse than the cheapest pipeline point: it dominates geta
-            value, text = math.nan, f"<= {front[0][0] / g:.2f}x (worse than the pipeline's cheapest point)"
-        else:
-            value, text = (math.nan, "n/a") if at is None else (at / g, f"{at / g:.2f}x")
-        ratios[name] = (value, f"{name}: {m:.2f} ± {sd:.2f} at {100 * g:.3f} % rel. BOPs -> {text}")
-        lines.append(f"pipeline BOPs / geta BOPs at equal {metric.split()[0]}, {ratios[name][1]}")
-    finite = {k: v for k, v in ratios.items() if not math.isnan(v[0])}
-    best = max(finite, key=lambda k: finite[k][0], default=None)
-    headline = f"{task}: best {finite[best][1]}" if best else f"{task}: no comparable geta row"
-    if DEFAULT in ratios:
-        headline += f"; default ({ratios[DEFAULT][1]})"
-    return lines, headline
-
-
-_PIPE, _GETA, _PAPER, _WONLY = (
-    "pipeline (Torch-Pruning -> FT -> QAT)",
-    "geta W+A (defaults; budgets)",
-    "geta W+A, the paper's rules",
-    "geta W only (weight-only BOPs)",
-)
-
-
-def _series(name: str) -> str:
-    if name.startswith("pipeline"):
-        return _PIPE
-    if "paper" in name:
-        return _PAPER
-    return _WONLY if name.startswith("geta W ") else _GETA
-
-
-def plot(results: Results, tasks: list[str]) -> None:
-    """One panel per task: seed means of every method, the pipeline's Pareto front dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        groups: dict[str, list[tuple[float, float]]] = {_PIPE: [], _GETA: [], _PAPER: [], _WONLY: []}
-        for (t, name), rs in results.items():
-            if t == task and "bops" in rs[0] and name != "dense FP32":
-                m = statistics.fmean(r["acc"] for r in rs)
-                groups[_series(name)].append((statistics.fmean(100 * r["bops"] for r in rs), m))
-        for (label, pts), style in zip(groups.items(), ("o", "s", "x", "^")):
-            if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=style, label=label, zorder=3)
-        lm = TASKS[task].lm
-        sign = -1.0 if lm else 1.0
-        front = pareto([(b, sign * m) for b, m in groups[_PIPE]])
-        ax.plot([p[0] for p in front], [sign * p[1] for p in front], "--", color="C0", linewidth=1)
-        dense = [r["acc"] for (t, n), rs in results.items() if t == task and n == "dense FP32" for r in rs]
-        if dense:
-            ax.axhline(statistics.fmean(dense), color="gray", linestyle=":", label="dense FP32")
-            ref = statistics.fmean(dense)  # show the region that matters; far-off points are clipped
-            if lm:  # from the best perplexity shown up to 1.6x it (collapsed runs fall off the top)
-                low = min([ref] + [p[1] for pts in groups.values() for p in pts])
-                ax.set_ylim(low * 0.95, low * 1.6)
-            else:
-                ax.set_ylim(max(ref - 12, 0), 100.5)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("relative BOPs, W+A (% of dense FP32, log scale)")
-        ax.set_ylabel("test perplexity (lower is better)" if lm else "test accuracy, converted model (%)")
-        ax.set_title(task)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="upper right" if lm else "lower right", fontsize=7)
-    fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=110)
-
-
 def _saved(results: Results) -> Results:
-    """Merge ``results`` into CACHE/results.json (per task and method) and return everything saved,
-    so that tasks run separately (``--tasks lm``) still make one table and one plot."""
+    """Merge ``results`` into CACHE/results.json (per task) and return everything saved, so that
+    tasks run separately (``--tasks lm``) still make one table and one plot. A task run again
+    replaces all its rows (no row of an older grid stays in its table)."""
     path = CACHE / "results.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    merged = {tuple(k.split("|", 1)): v for k, v in old.items()}
+    fresh = {t for t, _ in results}
+    merged = {key: v for k, v in old.items() if (key := tuple(k.split("|", 1)))[0] not in fresh}
     merged.update(results)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({f"{t}|{n}": v for (t, n), v in merged.items()}))
@@ -455,10 +363,11 @@ def _saved(results: Results) -> Results:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", default="digits,mnist1d,lm")
+    parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="one geta and one pipeline configuration")
+    quick = "geta: two budgets and the default; pipeline: s=0.5 at 3 and 4 bits"
+    parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     parser.add_argument("--table-only", action="store_true",
                         help="no training: table and plot of the results saved by earlier runs")  # fmt: skip
@@ -487,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         from bench.results import write_section
 
         write_section("compression quality", lines)
-        plot(results, tasks)
+        plot(results, tasks, PLOT)
         print(f"wrote docs/benchmarks.md and {PLOT.relative_to(ROOT)}")
     print(" | ".join(headlines))
 

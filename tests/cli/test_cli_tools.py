@@ -135,6 +135,9 @@ def test_report_of_a_run_directory(finished_run: Path, geta_cli: Callable[..., R
     assert measured["run"]["compressed"]["accuracy"] == saved["compressed"]["accuracy"]
     text = geta_cli("report", finished_run)
     assert text.code == 0 and "| layer | kind |" in text.out
+    widths = [f"{r['width_out'][0]}/{r['width_out'][1]} out" for r in saved["layers"] if "width_out" in r]
+    assert widths and all(w in text.out for w in widths)  # kept widths next to the bits, as in report.md
+    assert all(w in (finished_run / "report.md").read_text() for w in widths)
     accuracy = re.search(r"^accuracy\s+([\d.]+)%\s+([\d.]+)%$", text.out, re.M)  # dense vs compressed
     assert accuracy is not None
     assert float(accuracy.group(1)) == pytest.approx(100 * saved["dense"]["accuracy"], abs=0.01)

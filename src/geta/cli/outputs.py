@@ -30,6 +30,7 @@ from geta.cli.job import JobResult
 from geta.cli.plots import write_plots
 from geta.cli.progress import summary_table
 from geta.cli.runlock import holder
+from geta.cli.widths import kept_fractions, width_text
 from geta.export.registry import exporters
 from geta.plan import QuantTarget
 from geta.recipes import Task, build_model, evaluate
@@ -138,24 +139,6 @@ def check_out_path(out: Path) -> None:
             ) from None
 
 
-@torch.no_grad()
-def kept_fractions(dense: nn.Module, small: nn.Module) -> dict[str, dict[str, float]]:
-    """Per layer (module name): the kept fraction of output and input channels."""
-    dense_modules = dict(dense.named_modules())
-    out: dict[str, dict[str, float]] = {}
-    for name, module in small.named_modules():
-        w, ref = getattr(module, "weight", None), getattr(dense_modules.get(name), "weight", None)
-        if (
-            not (isinstance(w, torch.Tensor) and isinstance(ref, torch.Tensor))
-            or w.dim() < 2
-            or w.dim() != ref.dim()
-        ):
-            continue
-        o, i = (1, 0) if getattr(module, "transposed", False) else (0, 1)  # ConvTranspose: (in, out, ...)
-        out[name] = {"kept_out": w.shape[o] / ref.shape[o], "kept_in": w.shape[i] / ref.shape[i]}
-    return out
-
-
 def _side(accuracy: float, loss: float, rep: Any) -> dict[str, Any]:
     return {
         "accuracy": accuracy,
@@ -205,7 +188,7 @@ def _measure(result: JobResult, small: nn.Module, dense: nn.Module) -> dict[str,
         "relative_bops": rep.relative_bops, "relative_bops_weight_only": rep.relative_bops_weight_only,
         "group_sparsity": result.plan.group_sparsity(), "bits": quantizer_bits(result.plan), "layers": layers,
         "unknown_ops": rep.unknown_ops, "history": state.history, "train_seconds": state.seconds,
-        "_markdown": rep.to_markdown(),
+        "_markdown": rep.to_markdown(widths={name: width_text(k) for name, k in kept.items()}),
     }  # fmt: skip
 
 

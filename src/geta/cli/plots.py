@@ -3,7 +3,8 @@
 - ``training_curves.png``: loss, accuracy (perplexity, train and test, for a language model),
   group sparsity and mean bits per epoch; the stages
   (dense, warm-up, projection, joint, cool-down) are shaded, with their legend above the panels;
-- ``layers.png``: per-layer weight/activation bit widths and kept-channel fractions;
+- ``layers.png``: per-layer weight/activation bit widths and kept-channel fractions, each output
+  bar labelled with its width (kept/original channels, features or heads x head size);
 - ``tradeoff.png``: the task's metric (test accuracy; perplexity for language models) against
   relative BOPs: the dense model, the run's path epoch by epoch through the compression
   stages, and the converted model.
@@ -299,14 +300,29 @@ def _layers(plt: Any, report: dict[str, Any]) -> Any:
         pts = [(i + offset, r[key]) for i, r in zip(idx, layers) if key in r]
         if pts:
             bottom.bar(*zip(*pts), width=0.4, label=label)
-    bottom.set_ylim(0, 1.05)
+    widths = _width_labels(bottom, idx, layers)
+    bottom.set_ylim(0, 1.45 if widths else 1.05)
+    bottom.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     bottom.set_ylabel("kept fraction")
     bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     bottom.grid(alpha=0.3, axis="y")
     bottom.set_xticks(idx)
     bottom.set_xticklabels(display_names([r["name"] for r in layers]), rotation=60, ha="right", fontsize=7)
-    fig.suptitle("per-layer bit widths and kept channels", fontsize=10)
+    fig.suptitle("per-layer bit widths and kept widths (kept/original output channels)", fontsize=10)
     return fig
+
+
+def _width_labels(ax: Any, idx: list[int], layers: list[dict[str, Any]]) -> int:
+    """Write each layer's kept/original output width ('24/32') above its output bar; return how
+    many were written (report.json's ``width_out``; reports of older runs have none)."""
+    n = 0
+    for i, r in zip(idx, layers):
+        if "width_out" in r:
+            kept, size = r["width_out"]
+            ax.text(i - 0.2, r["kept_out"] + 0.03, f"{kept}/{size}", rotation=90, ha="center", va="bottom",
+                    fontsize=6)  # fmt: skip
+            n += 1
+    return n
 
 
 def _percent(value: float, _pos: object = None) -> str:

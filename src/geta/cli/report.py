@@ -106,5 +106,16 @@ def run(args: argparse.Namespace) -> int:
         print()
     if dense is None and getattr(model, DENSE_COUNTS_ATTR, None) is None:
         print("(no dense reference: relative numbers are against this model at FP32; pass --dense)")
-    print(rep.to_markdown())
+    print(rep.to_markdown(widths=_widths(dense, model)))
     return 0
+
+
+def _widths(dense: Any, model: Any) -> dict[str, str] | None:
+    """Each layer's kept width for the table, when the dense model itself is at hand."""
+    from torch import nn
+
+    from geta.cli.widths import kept_fractions, width_text
+
+    if not (isinstance(dense, nn.Module) and isinstance(model, nn.Module)):
+        return None
+    return {name: width_text(kept) for name, kept in kept_fractions(dense, model).items()}

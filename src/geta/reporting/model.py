@@ -19,6 +19,7 @@ tensor is not quantized:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -193,18 +194,27 @@ class CompressionReport:
             "unknown_ops": list(self.unknown_ops),
         }
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, widths: Mapping[str, str] | None = None) -> str:
         """The `headline` (layers left in float, ops not counted), a per-layer table, the totals,
-        as GitHub-flavoured markdown."""
-        head = "| layer | kind | MACs | W bits | A bits | BOPs | params | size (bits) |"
+        as GitHub-flavoured markdown.
+
+        ``widths`` (layer name -> text, e.g. ``'24/32 out, 8/8 in'``) adds a "kept width" column
+        next to the bits: what pruning kept of each layer (layers not in it show nothing).
+        """
+        extra = widths is not None
+        cols = 9 if extra else 8
+        kept_col = " kept width |" if extra else ""
+        head = f"| layer | kind | MACs |{kept_col} W bits | A bits | BOPs | params | size (bits) |"
         rows = [f"**{line}**" for line in self.headline()]
-        rows += ["", head, "|" + "---|" * 8] if rows else [head, "|" + "---|" * 8]
+        rows += ["", head, "|" + "---|" * cols] if rows else [head, "|" + "---|" * cols]
         for r in self.layers:
+            kept = f" {widths.get(r.name, '')} |" if widths is not None else ""
             rows.append(
-                f"| {r.name} | {r.kind} | {r.macs:,} | {r.weight_bits} | {r.act_bits} "
+                f"| {r.name} | {r.kind} | {r.macs:,} |{kept} {r.weight_bits} | {r.act_bits} "
                 f"| {r.bops:,} | {r.params:,} | {r.size_bits:,} |"
             )
-        rows.append(f"| other parameters | | | | | | {self.other_params:,} | {self.other_size_bits:,} |")
+        empty = " |" * (cols - 3)
+        rows.append(f"| other parameters |{empty} {self.other_params:,} | {self.other_size_bits:,} |")
         rows += [
             "",
             f"- MACs: {self.macs:,} (dense reference: {self.dense_macs:,})",
