@@ -33,11 +33,14 @@ __all__ = [
     "FlatPart",
     "RedundantRows",
     "RedundantSlice",
+    "SCRATCH_KEPT",
     "SliceRef",
     "UnitLayout",
     "flat_rows",
     "gather_rows",
 ]
+
+SCRATCH_KEPT = 1 << 22  # elements of the largest work buffer a `FlatBucket` keeps between steps
 
 
 def gather_rows(tensor: Tensor, dim: int, pos: Tensor, rows: int) -> Tensor:
@@ -110,8 +113,11 @@ class FlatBucket:
 
     The concatenation is a sequence of *runs*, the elements one row of one slice owns (one
     unit each), so per-unit sums are a segment sum over runs plus a small ``index_add_``.
-    ``scratch`` keeps the step's work buffers between steps on the CPU, where allocating
-    large tensors costs page faults at every step.
+    ``scratch`` keeps the step's work buffers between steps on the CPU, where allocating them
+    costs page faults at every step, but only those of at most `SCRATCH_KEPT` elements: a larger
+    one is allocated by the step that uses it and freed when the step ends, so that it does not
+    weigh on the peak memory of the next forward and backward (on a 125 M Llama the kept buffers
+    of R were ~16 bytes per element of R, hundreds of MB; docs/benchmarks.md).
     """
 
     parts: tuple[FlatPart, ...]
@@ -125,15 +131,15 @@ class FlatBucket:
     _views: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = field(default_factory=dict)
 
     def buffer(self, name: str, dtype: torch.dtype, width: int = 1) -> Tensor:
-        """A work buffer (E_total,) or (E_total, width), kept on the CPU, fresh elsewhere (where
-        the caller must hold it for as long as it needs its contents)."""
+        """A work buffer (E_total,) or (E_total, width), kept on the CPU when small, fresh
+        otherwise (the caller must hold it for as long as it needs its contents)."""
         shape = (int(self.unit.numel()),) if width == 1 else (int(self.unit.numel()), width)
         buf = self.scratch.get(name)
         if buf is None or buf.dtype != dtype or buf.shape != shape:
             buf = torch.empty(shape, dtype=dtype, device=self.unit.device)
-            if buf.device.type == "cpu":
+            self._views.pop(name, None)
+            if buf.device.type == "cpu" and buf.numel() <= SCRATCH_KEPT:
                 self.scratch[name] = buf
-                self._views.pop(name, None)
         return buf
 
     def views(self, name: str, dtype: torch.dtype) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -143,7 +149,7 @@ class FlatBucket:
         if cached is not None and cached[0] is buf:
             return cached
         out = (buf, tuple(buf.narrow(0, at, n) for at, n in zip(self.offsets, self.sizes, strict=True)))
-        if buf.device.type == "cpu":
+        if self.scratch.get(name) is buf:  # views of a kept buffer only (they hold it)
             self._views[name] = out
         return out
 
