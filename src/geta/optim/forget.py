@@ -53,7 +53,7 @@ def _take(t: Tensor, index: Tensor, out: Tensor) -> None:
     if t.is_contiguous():
         torch.index_select(t.view(-1), 0, index, out=out)
     else:
-        torch.take(t, index, out=out)
+        torch.take(t, index.long(), out=out)  # take and put_ want int64 positions
 
 
 def _add_at(t: Tensor, index: Tensor, values: Tensor) -> None:
@@ -61,7 +61,7 @@ def _add_at(t: Tensor, index: Tensor, values: Tensor) -> None:
     if t.is_contiguous():
         t.view(-1).index_add_(0, index, values)
     else:
-        t.put_(index, values, accumulate=True)
+        t.put_(index.long(), values, accumulate=True)
 
 
 class ForgetStep:

@@ -103,7 +103,7 @@ class FlatPart:
     """The elements of R one tensor holds, each once (with its owner), read as a 1-D tensor."""
 
     tensor: Tensor  # the nn.Parameter, by identity
-    index: Tensor  # (E,) int64 row-major positions in the tensor (its flattened view)
+    index: Tensor  # (E,) row-major positions in the tensor (flattened), int32 below 2**31 elements
     quant: int  # the tensor's weight quantizer in the optimizer's table, -1: none
 
 
@@ -123,7 +123,7 @@ class FlatBucket:
     parts: tuple[FlatPart, ...]
     offsets: tuple[int, ...]  # where each part starts in the concatenation
     sizes: tuple[int, ...]  # E of each part
-    unit: Tensor  # (E_total,) local unit (0..n_R-1) of every element, parts in order
+    unit: Tensor  # (E_total,) local unit (0..n_R-1) of every element, parts in order (int32 in practice)
     run_lengths: Tensor  # (n_runs,) elements of each run
     run_unit: Tensor  # (n_runs,) local unit of each run
     run_block: Tensor  # (n_runs,) (unit, layer) block of each run; n_B where not quantized
@@ -165,6 +165,12 @@ def _flat_positions(shape: torch.Size, dim: int, pos: Tensor) -> Tensor:
     return pos[:, None] * inner + column[None, :]
 
 
+def _index_dtype(n: int) -> torch.dtype:
+    """int32 for indices into fewer than 2**31 entries, else int64: the per-element index
+    tensors of R live for a whole pruning period, and int32 halves them."""
+    return torch.int32 if n < 2**31 else torch.int64
+
+
 def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBucket, ...]:
     """The owned elements of the redundant ``slices`` per tensor, bucketed by (device, dtype).
 
@@ -192,11 +198,13 @@ def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBu
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[int, FlatPart]]] = {}
     for key, parts in chunks.items():
         ref = first[key]
-        part = FlatPart(ref.tensor, torch.cat([c[0] for c in parts]), ref.quant)
+        index = torch.cat([c[0] for c in parts]).to(_index_dtype(ref.tensor.numel()))
+        part = FlatPart(ref.tensor, index, ref.quant)
         buckets.setdefault((ref.tensor.device, ref.tensor.dtype), []).append((key, part))
     out = []
     for items in buckets.values():
         cols = [torch.cat([c[i] for key, _ in items for c in chunks[key]]) for i in range(1, 5)]
+        cols[0] = cols[0].to(_index_dtype(int(cols[0].max()) + 1 if cols[0].numel() else 0))  # unit
         parts_b = tuple(p for _, p in items)
         sizes = tuple(int(p.index.numel()) for p in parts_b)
         offsets = tuple(sum(sizes[:j]) for j in range(len(sizes)))
