@@ -209,9 +209,8 @@ class ForgetStep:
                         qs.add_(cs)
                     else:
                         qs.copy_(cs)
-            term, pieces = bucket.views("t", c.dtype)
-            torch.index_select(gamma.to(c.device, c.dtype).neg(), 0, bucket.unit, out=term)
+            term = bucket.per_element(gamma.to(c.device, c.dtype).neg())
             term.mul_(q_term)  # -γ (c + d_l r), added below
-            for part, piece in zip(bucket.parts, pieces, strict=True):
+            for part, piece in zip(bucket.parts, bucket.split(term), strict=True):
                 _add_at(local_data(part.tensor).data, part.index, piece)
         return gamma

@@ -123,20 +123,33 @@ class FlatBucket:
     parts: tuple[FlatPart, ...]
     offsets: tuple[int, ...]  # where each part starts in the concatenation
     sizes: tuple[int, ...]  # E of each part
-    unit: Tensor  # (E_total,) local unit (0..n_R-1) of every element, parts in order (int32 in practice)
     run_lengths: Tensor  # (n_runs,) elements of each run
     run_unit: Tensor  # (n_runs,) local unit of each run
     run_block: Tensor  # (n_runs,) (unit, layer) block of each run; n_B where not quantized
     scratch: dict[str, Tensor] = field(default_factory=dict)
     _views: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = field(default_factory=dict)
 
+    @property
+    def numel(self) -> int:
+        """E_total: the elements of all parts."""
+        return sum(self.sizes)
+
+    def per_element(self, values: Tensor) -> Tensor:
+        """``values`` (n_R,), one per local unit, spread to every element, (E_total,): each
+        element gets its run's unit's value (no per-element unit table is kept)."""
+        return torch.repeat_interleave(values[self.run_unit], self.run_lengths, output_size=self.numel)
+
+    def split(self, flat: Tensor) -> tuple[Tensor, ...]:
+        """A (E_total,) tensor's slice of each part, (E,) each."""
+        return tuple(flat.narrow(0, at, n) for at, n in zip(self.offsets, self.sizes, strict=True))
+
     def buffer(self, name: str, dtype: torch.dtype, width: int = 1) -> Tensor:
         """A work buffer (E_total,) or (E_total, width), kept on the CPU when small, fresh
         otherwise (the caller must hold it for as long as it needs its contents)."""
-        shape = (int(self.unit.numel()),) if width == 1 else (int(self.unit.numel()), width)
+        shape = (self.numel,) if width == 1 else (self.numel, width)
         buf = self.scratch.get(name)
         if buf is None or buf.dtype != dtype or buf.shape != shape:
-            buf = torch.empty(shape, dtype=dtype, device=self.unit.device)
+            buf = torch.empty(shape, dtype=dtype, device=self.run_lengths.device)
             self._views.pop(name, None)
             if buf.device.type == "cpu" and buf.numel() <= SCRATCH_KEPT:
                 self.scratch[name] = buf
@@ -148,7 +161,7 @@ class FlatBucket:
         cached = self._views.get(name)
         if cached is not None and cached[0] is buf:
             return cached
-        out = (buf, tuple(buf.narrow(0, at, n) for at, n in zip(self.offsets, self.sizes, strict=True)))
+        out = (buf, self.split(buf))
         if self.scratch.get(name) is buf:  # views of a kept buffer only (they hold it)
             self._views[name] = out
         return out
@@ -166,8 +179,8 @@ def _flat_positions(shape: torch.Size, dim: int, pos: Tensor) -> Tensor:
 
 
 def _index_dtype(n: int) -> torch.dtype:
-    """int32 for indices into fewer than 2**31 entries, else int64: the per-element index
-    tensors of R live for a whole pruning period, and int32 halves them."""
+    """int32 for positions in a tensor of fewer than 2**31 elements, else int64: the positions
+    of R's elements live for a whole pruning period, and int32 halves them."""
     return torch.int32 if n < 2**31 else torch.int64
 
 
@@ -178,7 +191,7 @@ def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBu
     a few operations per tensor and per bucket, never per slice.
     """
     # per tensor, in layout order: element positions and, per run, (length, unit, block)
-    chunks: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]] = {}
+    chunks: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
     first: dict[int, SliceRef] = {}
     for rs in slices:
         ref = rs.ref
@@ -186,14 +199,12 @@ def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBu
         block = torch.full_like(rs.unit, num_blocks) if rs.block is None else rs.block
         if rs.owned is None:
             lengths = torch.full_like(rs.unit, positions.shape[1])
-            unit = rs.unit.repeat_interleave(positions.shape[1])
             positions = positions.reshape(-1)
         else:  # keep the elements this slice owns; row by row, so runs stay contiguous
             keep = rs.owned.bool()
             lengths = keep.sum(1)
-            unit = rs.unit[:, None].expand_as(positions)[keep]
             positions = positions[keep]
-        chunks.setdefault(id(ref.tensor), []).append((positions, unit, lengths, rs.unit, block))
+        chunks.setdefault(id(ref.tensor), []).append((positions, lengths, rs.unit, block))
         first.setdefault(id(ref.tensor), ref)
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[int, FlatPart]]] = {}
     for key, parts in chunks.items():
@@ -203,8 +214,7 @@ def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBu
         buckets.setdefault((ref.tensor.device, ref.tensor.dtype), []).append((key, part))
     out = []
     for items in buckets.values():
-        cols = [torch.cat([c[i] for key, _ in items for c in chunks[key]]) for i in range(1, 5)]
-        cols[0] = cols[0].to(_index_dtype(int(cols[0].max()) + 1 if cols[0].numel() else 0))  # unit
+        cols = [torch.cat([c[i] for key, _ in items for c in chunks[key]]) for i in range(1, 4)]
         parts_b = tuple(p for _, p in items)
         sizes = tuple(int(p.index.numel()) for p in parts_b)
         offsets = tuple(sum(sizes[:j]) for j in range(len(sizes)))
