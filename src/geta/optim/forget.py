@@ -106,10 +106,13 @@ class ForgetStep:
         return id(p) in self.rows.flat_of
 
     def record(self, p: Tensor, direction: Tensor) -> None:
-        """Keep ``p``'s elements of R, x_R, and those of its base direction ∇ (before ``p`` moves)."""
+        """Keep ``p``'s elements of R, x_R, and those of its base direction ∇ (before ``p`` moves).
+
+        Called by the optimizer's step, under ``torch.no_grad()`` (p is read without a detach).
+        """
         b, j = self.rows.flat_of[id(p)]
         index = self.rows.flat[b].parts[j].index
-        _take(local_data(p).detach(), index, self.x[b][1][j])
+        _take(local_data(p), index, self.x[b][1][j])
         g = self.g[b]
         if g is not None:
             _take(local_data(direction), index, g[1][j])
@@ -212,5 +215,5 @@ class ForgetStep:
             term = bucket.per_element(gamma.to(c.device, c.dtype).neg())
             term.mul_(q_term)  # -γ (c + d_l r), added below
             for part, piece in zip(bucket.parts, bucket.split(term), strict=True):
-                _add_at(local_data(part.tensor).data, part.index, piece)
+                _add_at(local_data(part.tensor), part.index, piece)  # no_grad: in place on p
         return gamma
