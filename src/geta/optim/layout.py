@@ -135,9 +135,15 @@ class FlatBucket:
         return sum(self.sizes)
 
     def per_element(self, values: Tensor) -> Tensor:
-        """``values`` (n_R,), one per local unit, spread to every element, (E_total,): each
-        element gets its run's unit's value (no per-element unit table is kept)."""
-        return torch.repeat_interleave(values[self.run_unit], self.run_lengths, output_size=self.numel)
+        """``values`` (n_R,), one per local unit, spread to every element: (E_total,), in the
+        work buffer ``"t"``. The per-element unit table this gathers through is kept like a work
+        buffer (a large one is rebuilt from the runs at every call)."""
+        unit = self.scratch.get("unit")
+        if unit is None:
+            unit = torch.repeat_interleave(self.run_unit, self.run_lengths, output_size=self.numel)
+            if unit.device.type == "cpu" and unit.numel() <= SCRATCH_KEPT:
+                self.scratch["unit"] = unit
+        return torch.index_select(values, 0, unit, out=self.buffer("t", values.dtype))
 
     def split(self, flat: Tensor) -> tuple[Tensor, ...]:
         """A (E_total,) tensor's slice of each part, (E,) each."""
