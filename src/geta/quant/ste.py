@@ -7,14 +7,15 @@ sums need four or five full-size temporaries (|x|, g * sign(x), u, a product, tw
 large weight, an LM head for example, several hundred MB for an instant, at the moment of the
 training step when the most activations are alive.
 
-So a tensor of more than `CHUNK_ELEMENTS` elements (x and g contiguous) is processed by pieces
-of at most that many elements: dL/dx is written straight into its one full-size output, and each
-scalar gradient is the sum of the pieces' sums. The temporaries are then a few chunks, not a few
-copies of x. Every element of dL/dx is the same bit for bit; the scalar sums may differ from one
-sum over the whole tensor in the last bits (float rounding: a different order of additions, as
-between thread counts). A tensor that fits in one chunk, or x and g in different memory layouts,
-takes one piece: the order of its sums is exactly the plain formulas' (tests/quant/
-test_quant_functional_exact.py).
+So a tensor of more than `CHUNK_ELEMENTS` elements (x and g contiguous; on an accelerator
+`CHUNK_ELEMENTS_ACCELERATOR`) is processed by pieces of at most that many elements: dL/dx is
+written straight into its one full-size output, and each scalar gradient is the sum of the
+pieces' sums. The temporaries are then a few pieces, not a few copies of x (and on the CPU the
+pieces stay in cache: the backward of a 32000 x 768 weight ran 1.7x faster). Every element of
+dL/dx is the same bit for bit; the scalar sums may differ from one sum over the whole tensor in
+the last bits (float rounding: a different order of additions, as between thread counts). A
+tensor that fits in one piece, or x and g in different memory layouts, takes one piece: the
+order of its sums is exactly the plain formulas' (tests/quant/test_quant_functional_exact.py).
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from torch import Tensor
 from geta.config import STE
 from geta.quant.limits import LN_EPS, STE_FIXED_BOUND, floored_scalars
 
-__all__ = ["CHUNK_ELEMENTS", "ste_backward"]
+__all__ = ["CHUNK_ELEMENTS", "CHUNK_ELEMENTS_ACCELERATOR", "ste_backward"]
 
-CHUNK_ELEMENTS = 1 << 20  # elements per piece (4 MiB of float32): the backward's scratch scale
+CHUNK_ELEMENTS = 1 << 20  # elements per piece on the CPU (4 MiB of float32; cache-friendly too)
+# on an accelerator each piece costs a dozen kernel launches: fewer, larger pieces (not yet
+# measured on a GPU)
+CHUNK_ELEMENTS_ACCELERATOR = 1 << 23
 
 Needs = tuple[bool, bool, bool, bool]  # which of (x, step, qmax, exponent) want a gradient
 Sums = tuple[Tensor | None, Tensor | None, Tensor | None]  # raw sums behind the scalar grads
@@ -48,12 +52,13 @@ def ste_backward(
     u = m needs no ``pow`` (the caller decides, as the forward does).
     """
     d, q, t = floored_scalars(x, *scalars)
-    pieces = _pieces(g, x)
+    chunk = CHUNK_ELEMENTS if x.device.type == "cpu" else CHUNK_ELEMENTS_ACCELERATOR
+    pieces = _pieces(g, x, chunk)
     grad_x = None
     if needs[0]:
         grad_x = g.new_empty(g.shape) if len(pieces) > 1 else None  # contiguous, as g is then
     parts: list[Sums] = []
-    outs = grad_x.view(-1).split(CHUNK_ELEMENTS) if grad_x is not None else [None] * len(pieces)
+    outs = grad_x.view(-1).split(chunk) if grad_x is not None else [None] * len(pieces)
     for (gi, xi), out in zip(pieces, outs):
         gx, *sums = _piece(gi, xi, (d, q, t), signed, ste, needs, linear, out)
         grad_x = gx if len(pieces) == 1 else grad_x
@@ -62,11 +67,11 @@ def ste_backward(
     return (grad_x, *_finish(sums, q, t, scalars))  # type: ignore[return-value]
 
 
-def _pieces(g: Tensor, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """(g, x) as flat chunks of `CHUNK_ELEMENTS` when both are contiguous and large, else whole."""
-    if x.numel() <= CHUNK_ELEMENTS or not (x.is_contiguous() and g.is_contiguous()):
+def _pieces(g: Tensor, x: Tensor, chunk: int) -> list[tuple[Tensor, Tensor]]:
+    """(g, x) as flat pieces of ``chunk`` elements when both are contiguous and larger, else whole."""
+    if x.numel() <= chunk or not (x.is_contiguous() and g.is_contiguous()):
         return [(g, x)]
-    return list(zip(g.view(-1).split(CHUNK_ELEMENTS), x.view(-1).split(CHUNK_ELEMENTS)))
+    return list(zip(g.view(-1).split(chunk), x.view(-1).split(chunk)))
 
 
 def _total(parts: list[Tensor | None]) -> Tensor | None:
