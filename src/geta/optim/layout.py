@@ -135,14 +135,17 @@ class FlatBucket:
         return sum(self.sizes)
 
     def per_element(self, values: Tensor) -> Tensor:
-        """``values`` (n_R,), one per local unit, spread to every element: (E_total,), in the
-        work buffer ``"t"``. The per-element unit table this gathers through is kept like a work
-        buffer (a large one is rebuilt from the runs at every call)."""
+        """``values`` (n_R,), one per local unit, spread to every element, (E_total,).
+
+        A small bucket gathers through a per-element unit table kept like a work buffer (the
+        fast path); a large one repeats each run's value over the run and keeps no table.
+        """
         unit = self.scratch.get("unit")
-        if unit is None:
+        if unit is None and self.numel <= SCRATCH_KEPT and self.run_lengths.device.type == "cpu":
             unit = torch.repeat_interleave(self.run_unit, self.run_lengths, output_size=self.numel)
-            if unit.device.type == "cpu" and unit.numel() <= SCRATCH_KEPT:
-                self.scratch["unit"] = unit
+            self.scratch["unit"] = unit
+        if unit is None:
+            return torch.repeat_interleave(values[self.run_unit], self.run_lengths, output_size=self.numel)
         return torch.index_select(values, 0, unit, out=self.buffer("t", values.dtype))
 
     def split(self, flat: Tensor) -> tuple[Tensor, ...]:
