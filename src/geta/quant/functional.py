@@ -23,12 +23,12 @@ cast back to the input dtype; float64 stays float64. ``step`` is floored at `MIN
 fractional power of a negative number, even if an optimizer pushed a scalar out of range.
 
 Speed and memory. The forward works in place on a few temporaries; the backward
-(`geta.quant.ste`) computes only the gradients autograd asks for, and a large tensor chunk by
-chunk, so that its only full-size tensor is dL/dx. On CPU an exponent of exactly 1 (the initial value) skips ``pow``
-(the forward is then four or five elementwise passes); the results are bit for bit those of the
-general path, signed zeros included, and so are the sums of the scalar gradients, whatever the
-memory layouts of x and of the incoming gradient. On accelerators the exponent is not read (that
-would be a host sync per call), so ``pow`` always runs there.
+(`geta.quant.ste`) computes only the gradients autograd asks for, and a large tensor piece by
+piece, so that its only full-size tensor is dL/dx. On CPU an exponent of exactly 1 (the initial
+value) skips ``pow`` (the forward is then four or five elementwise passes); the results are bit
+for bit those of the general path, signed zeros included, and so are the sums of the scalar
+gradients, whatever the memory layouts of x and of the incoming gradient. On accelerators the
+exponent is not read (that would be a host sync per call), so ``pow`` always runs there.
 """
 
 from __future__ import annotations
