@@ -53,7 +53,7 @@ def _take(t: Tensor, index: Tensor, out: Tensor) -> None:
     if t.is_contiguous():
         torch.index_select(t.view(-1), 0, index, out=out)
     else:
-        torch.take(t, index, out=out)
+        torch.take(t, index.long(), out=out)  # take and put_ want int64 positions
 
 
 def _add_at(t: Tensor, index: Tensor, values: Tensor) -> None:
@@ -61,7 +61,7 @@ def _add_at(t: Tensor, index: Tensor, values: Tensor) -> None:
     if t.is_contiguous():
         t.view(-1).index_add_(0, index, values)
     else:
-        t.put_(index, values, accumulate=True)
+        t.put_(index.long(), values, accumulate=True)
 
 
 class ForgetStep:
@@ -106,10 +106,13 @@ class ForgetStep:
         return id(p) in self.rows.flat_of
 
     def record(self, p: Tensor, direction: Tensor) -> None:
-        """Keep ``p``'s elements of R, x_R, and those of its base direction ∇ (before ``p`` moves)."""
+        """Keep ``p``'s elements of R, x_R, and those of its base direction ∇ (before ``p`` moves).
+
+        Called by the optimizer's step, under ``torch.no_grad()`` (p is read without a detach).
+        """
         b, j = self.rows.flat_of[id(p)]
         index = self.rows.flat[b].parts[j].index
-        _take(local_data(p).detach(), index, self.x[b][1][j])
+        _take(local_data(p), index, self.x[b][1][j])
         g = self.g[b]
         if g is not None:
             _take(local_data(direction), index, g[1][j])
@@ -209,9 +212,8 @@ class ForgetStep:
                         qs.add_(cs)
                     else:
                         qs.copy_(cs)
-            term, pieces = bucket.views("t", c.dtype)
-            torch.index_select(gamma.to(c.device, c.dtype).neg(), 0, bucket.unit, out=term)
+            term = bucket.per_element(gamma.to(c.device, c.dtype).neg())
             term.mul_(q_term)  # -γ (c + d_l r), added below
-            for part, piece in zip(bucket.parts, pieces, strict=True):
-                _add_at(local_data(part.tensor).data, part.index, piece)
+            for part, piece in zip(bucket.parts, bucket.split(term), strict=True):
+                _add_at(local_data(part.tensor), part.index, piece)  # no_grad: in place on p
         return gamma

@@ -4,10 +4,10 @@ A NaN or inf gradient must stop training with a message that names the step and 
 parameter (docs/method.md §3, issue item 7): continuing would spread NaN into every weight and
 quantizer, and silently skipping the step would hide the problem.
 
-The check costs one reduction per tensor (one for all 0-dim tensors together) and one host
-sync per step: the sums are stacked and tested together; only when that test fails are the
-tensors inspected one by one (a sum can overflow to inf with finite elements, so the slow
-path decides).
+The check costs one reduction per tensor of one or more dimensions and one host sync per
+step: the sums and the 0-dim gradients are stacked and tested together; only when that test
+fails are the tensors inspected one by one (a sum can overflow to inf with finite elements,
+so the slow path decides).
 """
 
 from __future__ import annotations
@@ -31,17 +31,10 @@ def check_finite(grads: Sequence[Tensor], step: int, name_of: Callable[[int], st
     """Raise `NonFiniteError` if any of ``grads`` holds NaN/inf; ``name_of(i)`` names grads[i]."""
     if not grads:
         return
-    device = grads[0].device
     # 0-dim gradients (a quantizer's scalars: most of a model's tensors) are stacked, not summed
-    scalars: dict[torch.device, list[Tensor]] = {}
-    sums = []
-    for g in grads:
-        if g.dim() == 0:
-            scalars.setdefault(g.device, []).append(g)
-        else:
-            sums.append(_float_on(g.sum(), device))
-    sums.extend(_float_on(torch.stack(same).sum(), device) for same in scalars.values())
-    if bool(torch.isfinite(torch.stack(sums)).all()):
+    sums = [g.sum() for g in grads if g.dim() != 0]
+    sums.extend(g for g in grads if g.dim() == 0)
+    if _all_finite(sums, grads[0].device):
         return
     for i, g in enumerate(grads):
         bad = ~torch.isfinite(g)
@@ -54,9 +47,17 @@ def check_finite(grads: Sequence[Tensor], step: int, name_of: Callable[[int], st
             )
 
 
-def _float_on(t: Tensor, device: torch.device) -> Tensor:
-    """``t`` as float32 on ``device``; most sums already are (no conversion call at all)."""
-    return t if t.dtype is torch.float32 and t.device == device else t.float().to(device)
+def _all_finite(values: list[Tensor], device: torch.device) -> bool:
+    """Whether every one of ``values`` (sums and 0-dim gradients) is finite: one stack, one sync.
+
+    ``torch.stack`` widens mixed dtypes by itself; values on several devices (a model split
+    across devices) are first brought to ``device``.
+    """
+    try:
+        stacked = torch.stack(values)
+    except RuntimeError:  # not all on one device
+        stacked = torch.stack([v.float().to(device) for v in values])
+    return bool(torch.isfinite(stacked).all())
 
 
 def check_loss(loss: object, step: int) -> None:

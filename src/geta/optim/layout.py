@@ -33,11 +33,14 @@ __all__ = [
     "FlatPart",
     "RedundantRows",
     "RedundantSlice",
+    "SCRATCH_KEPT",
     "SliceRef",
     "UnitLayout",
     "flat_rows",
     "gather_rows",
 ]
+
+SCRATCH_KEPT = 1 << 22  # elements of the largest work buffer a `FlatBucket` keeps between steps
 
 
 def gather_rows(tensor: Tensor, dim: int, pos: Tensor, rows: int) -> Tensor:
@@ -100,7 +103,7 @@ class FlatPart:
     """The elements of R one tensor holds, each once (with its owner), read as a 1-D tensor."""
 
     tensor: Tensor  # the nn.Parameter, by identity
-    index: Tensor  # (E,) int64 row-major positions in the tensor (its flattened view)
+    index: Tensor  # (E,) row-major positions in the tensor (flattened), int32 below 2**31 elements
     quant: int  # the tensor's weight quantizer in the optimizer's table, -1: none
 
 
@@ -110,30 +113,55 @@ class FlatBucket:
 
     The concatenation is a sequence of *runs*, the elements one row of one slice owns (one
     unit each), so per-unit sums are a segment sum over runs plus a small ``index_add_``.
-    ``scratch`` keeps the step's work buffers between steps on the CPU, where allocating
-    large tensors costs page faults at every step.
+    ``scratch`` keeps the step's work buffers between steps on the CPU, where allocating them
+    costs page faults at every step, but only those of at most `SCRATCH_KEPT` elements: a larger
+    one is allocated by the step that uses it and freed when the step ends, so that it does not
+    weigh on the peak memory of the next forward and backward (on a 125 M Llama the kept buffers
+    of R were ~16 bytes per element of R, hundreds of MB; docs/benchmarks.md).
     """
 
     parts: tuple[FlatPart, ...]
     offsets: tuple[int, ...]  # where each part starts in the concatenation
     sizes: tuple[int, ...]  # E of each part
-    unit: Tensor  # (E_total,) local unit (0..n_R-1) of every element, parts in order
     run_lengths: Tensor  # (n_runs,) elements of each run
     run_unit: Tensor  # (n_runs,) local unit of each run
     run_block: Tensor  # (n_runs,) (unit, layer) block of each run; n_B where not quantized
     scratch: dict[str, Tensor] = field(default_factory=dict)
     _views: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = field(default_factory=dict)
 
+    @property
+    def numel(self) -> int:
+        """E_total: the elements of all parts."""
+        return sum(self.sizes)
+
+    def per_element(self, values: Tensor) -> Tensor:
+        """``values`` (n_R,), one per local unit, spread to every element, (E_total,).
+
+        A small bucket gathers through a per-element unit table kept like a work buffer (the
+        fast path); a large one repeats each run's value over the run and keeps no table.
+        """
+        unit = self.scratch.get("unit")
+        if unit is None and self.numel <= SCRATCH_KEPT and self.run_lengths.device.type == "cpu":
+            unit = torch.repeat_interleave(self.run_unit, self.run_lengths, output_size=self.numel)
+            self.scratch["unit"] = unit
+        if unit is None:
+            return torch.repeat_interleave(values[self.run_unit], self.run_lengths, output_size=self.numel)
+        return torch.index_select(values, 0, unit, out=self.buffer("t", values.dtype))
+
+    def split(self, flat: Tensor) -> tuple[Tensor, ...]:
+        """A (E_total,) tensor's slice of each part, (E,) each."""
+        return tuple(flat.narrow(0, at, n) for at, n in zip(self.offsets, self.sizes, strict=True))
+
     def buffer(self, name: str, dtype: torch.dtype, width: int = 1) -> Tensor:
-        """A work buffer (E_total,) or (E_total, width), kept on the CPU, fresh elsewhere (where
-        the caller must hold it for as long as it needs its contents)."""
-        shape = (int(self.unit.numel()),) if width == 1 else (int(self.unit.numel()), width)
+        """A work buffer (E_total,) or (E_total, width), kept on the CPU when small, fresh
+        otherwise (the caller must hold it for as long as it needs its contents)."""
+        shape = (self.numel,) if width == 1 else (self.numel, width)
         buf = self.scratch.get(name)
         if buf is None or buf.dtype != dtype or buf.shape != shape:
-            buf = torch.empty(shape, dtype=dtype, device=self.unit.device)
-            if buf.device.type == "cpu":
+            buf = torch.empty(shape, dtype=dtype, device=self.run_lengths.device)
+            self._views.pop(name, None)
+            if buf.device.type == "cpu" and buf.numel() <= SCRATCH_KEPT:
                 self.scratch[name] = buf
-                self._views.pop(name, None)
         return buf
 
     def views(self, name: str, dtype: torch.dtype) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -142,8 +170,8 @@ class FlatBucket:
         cached = self._views.get(name)
         if cached is not None and cached[0] is buf:
             return cached
-        out = (buf, tuple(buf.narrow(0, at, n) for at, n in zip(self.offsets, self.sizes, strict=True)))
-        if buf.device.type == "cpu":
+        out = (buf, self.split(buf))
+        if self.scratch.get(name) is buf:  # views of a kept buffer only (they hold it)
             self._views[name] = out
         return out
 
@@ -159,6 +187,12 @@ def _flat_positions(shape: torch.Size, dim: int, pos: Tensor) -> Tensor:
     return pos[:, None] * inner + column[None, :]
 
 
+def _index_dtype(n: int) -> torch.dtype:
+    """int32 for positions in a tensor of fewer than 2**31 elements, else int64: the positions
+    of R's elements live for a whole pruning period, and int32 halves them."""
+    return torch.int32 if n < 2**31 else torch.int64
+
+
 def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBucket, ...]:
     """The owned elements of the redundant ``slices`` per tensor, bucketed by (device, dtype).
 
@@ -166,7 +200,7 @@ def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBu
     a few operations per tensor and per bucket, never per slice.
     """
     # per tensor, in layout order: element positions and, per run, (length, unit, block)
-    chunks: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]] = {}
+    chunks: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
     first: dict[int, SliceRef] = {}
     for rs in slices:
         ref = rs.ref
@@ -174,23 +208,22 @@ def flat_rows(slices: Sequence[RedundantSlice], num_blocks: int) -> tuple[FlatBu
         block = torch.full_like(rs.unit, num_blocks) if rs.block is None else rs.block
         if rs.owned is None:
             lengths = torch.full_like(rs.unit, positions.shape[1])
-            unit = rs.unit.repeat_interleave(positions.shape[1])
             positions = positions.reshape(-1)
         else:  # keep the elements this slice owns; row by row, so runs stay contiguous
             keep = rs.owned.bool()
             lengths = keep.sum(1)
-            unit = rs.unit[:, None].expand_as(positions)[keep]
             positions = positions[keep]
-        chunks.setdefault(id(ref.tensor), []).append((positions, unit, lengths, rs.unit, block))
+        chunks.setdefault(id(ref.tensor), []).append((positions, lengths, rs.unit, block))
         first.setdefault(id(ref.tensor), ref)
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[int, FlatPart]]] = {}
     for key, parts in chunks.items():
         ref = first[key]
-        part = FlatPart(ref.tensor, torch.cat([c[0] for c in parts]), ref.quant)
+        index = torch.cat([c[0] for c in parts]).to(_index_dtype(ref.tensor.numel()))
+        part = FlatPart(ref.tensor, index, ref.quant)
         buckets.setdefault((ref.tensor.device, ref.tensor.dtype), []).append((key, part))
     out = []
     for items in buckets.values():
-        cols = [torch.cat([c[i] for key, _ in items for c in chunks[key]]) for i in range(1, 5)]
+        cols = [torch.cat([c[i] for key, _ in items for c in chunks[key]]) for i in range(1, 4)]
         parts_b = tuple(p for _, p in items)
         sizes = tuple(int(p.index.numel()) for p in parts_b)
         offsets = tuple(sum(sizes[:j]) for j in range(len(sizes)))

@@ -264,9 +264,7 @@ class ShardedLayout(UnitLayout):
         lengths = torch.bincount(run_of[keep], minlength=n_runs).to(bucket.run_lengths)
         sizes = tuple(int(p.index.numel()) for p in parts)
         offsets = tuple(sum(sizes[:j]) for j in range(len(sizes)))
-        return FlatBucket(
-            tuple(parts), offsets, sizes, bucket.unit[keep], lengths, bucket.run_unit, bucket.run_block
-        )
+        return FlatBucket(tuple(parts), offsets, sizes, lengths, bucket.run_unit, bucket.run_block)
 
     def zero_positions(self, units: Tensor) -> list[tuple[Tensor, int, Tensor]]:
         """(tensor, dim, positions in its local chunk) to zero for the global ``units`` mask."""

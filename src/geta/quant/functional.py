@@ -22,12 +22,13 @@ cast back to the input dtype; float64 stays float64. ``step`` is floored at `MIN
 ``qmax`` at `MIN_QMAX` inside the math, so that no formula ever divides by zero or takes a
 fractional power of a negative number, even if an optimizer pushed a scalar out of range.
 
-Speed. The forward and backward work in place on a few temporaries and compute only the
-gradients autograd asks for. On CPU an exponent of exactly 1 (the initial value) skips ``pow``
-(the forward is then four or five elementwise passes); the results are bit for bit those of the
-general path, signed zeros included, and so are the sums of the scalar gradients, whatever the
-memory layouts of x and of the incoming gradient. On accelerators the exponent is not read (that
-would be a host sync per call), so ``pow`` always runs there.
+Speed and memory. The forward works in place on a few temporaries; the backward
+(`geta.quant.ste`) computes only the gradients autograd asks for, and a large tensor piece by
+piece, so that its only full-size tensor is dL/dx. On CPU an exponent of exactly 1 (the initial
+value) skips ``pow`` (the forward is then four or five elementwise passes); the results are bit
+for bit those of the general path, signed zeros included, and so are the sums of the scalar
+gradients, whatever the memory layouts of x and of the incoming gradient. On accelerators the
+exponent is not read (that would be a host sync per call), so ``pow`` always runs there.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from geta.config import STE
 from geta.quant.fusable import fusable_fake_quant
 from geta.quant.limits import LN_EPS, MIN_QMAX, MIN_STEP, STE_FIXED_BOUND, floored_scalars
 from geta.quant.recompute import RECIPE
+from geta.quant.ste import ste_backward
 
 __all__ = [
     "LN_EPS",
@@ -113,107 +115,6 @@ def _forward_linear(xc: Tensor, d: Tensor, q: Tensor, signed: bool) -> Tensor:
     return c.div_(d).round_().mul_(d)
 
 
-def _clip(
-    xc: Tensor, q: Tensor, signed: bool, ste: STE, needs: tuple[bool, bool, bool]
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(passband, clipped, m), shape of x, each None unless its flag in ``needs`` is set.
-
-    passband (bool): where dL/dx = g flows, |x| <= q_m (`STE.CLIPPED`) or |x| <= 2
-    (`STE.FIXED`), and x >= 0 when unsigned. clipped (bool): |x| > q_m (unsigned: x > q_m).
-    NaN is in neither. m: the clipped magnitude of `_sign_and_magnitude` (a new tensor).
-    """
-    need_passband, need_clipped, need_m = needs
-    bound = q if ste is STE.CLIPPED else torch.full_like(q, STE_FIXED_BOUND)
-    if signed:
-        a = xc.abs()  # |x|, becomes m in place
-        passband = a <= bound if need_passband else None
-        return passband, (a > q if need_clipped else None), (a.clamp_max_(q) if need_m else None)
-    m = xc.clamp_min(0.0).clamp_max_(q) if need_m or (need_passband and ste is STE.CLIPPED) else None
-    passband = None
-    if need_passband:  # 0 <= x <= bound  <=>  min(max(x, 0), bound) == x  (-0 in, NaN out)
-        passband = (m if ste is STE.CLIPPED else torch.minimum(xc.clamp_min(0.0), bound)) == xc
-    return passband, (xc > q if need_clipped else None), m
-
-
-def _backward(
-    g: Tensor,
-    x: Tensor,
-    step: Tensor,
-    qmax: Tensor,
-    exponent: Tensor,
-    signed: bool,
-    ste: STE,
-    needs: tuple[bool, bool, bool, bool] = (True, True, True, True),
-) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """The straight-through gradients of docs/method.md §1.3 for g = dL/dQ (shape of x).
-
-    ``needs`` says which of (x, step, qmax, exponent) want a gradient; the others are None.
-    """
-    d, q, t = floored_scalars(x, step, qmax, exponent)
-    xc = x.to(d.dtype)
-    need_scalars = any(needs[1:])
-    passband, clipped, m = _clip(xc, q, signed, ste, (needs[0], needs[2], need_scalars))
-    grad_x = None
-    if passband is not None:  # a 0-dim zero: the fast kernel (a full zeros_like is ~8x slower)
-        grad_x = torch.where(passband, g, torch.zeros((), dtype=g.dtype, device=g.device))
-    if m is None:
-        return grad_x, None, None, None
-    gs = _times_sign(g, xc, signed)
-    u = m if _exactly_one(t) else m**t  # u(x) = m ** t; m ** 1 == m bit for bit
-    grads = _scalar_grads(gs, m, u, clipped, d, q, t, needs[1:])
-    return (grad_x, *(_as(gr, p) for gr, p in zip(grads, (step, qmax, exponent))))
-
-
-def _times_sign(g: Tensor, xc: Tensor, signed: bool) -> Tensor:
-    """g * s in the compute dtype (shape of x), s the grid sign of `_sign_and_magnitude`.
-
-    The product keeps the memory layout the plain ``g * s`` would have (that of g), so that the
-    sums of `_scalar_grads` add in the same order as the §1.3 formulas, bit for bit, even when g
-    and x differ in layout (channels_last x, contiguous g); in place when they do not.
-    """
-    s = torch.sign(xc) if signed else (xc > 0).to(xc.dtype)
-    if s.stride() == g.stride() and torch.promote_types(g.dtype, s.dtype) == s.dtype:
-        return s.mul_(g)  # same layout, and g (half or compute dtype) widens exactly
-    return g.to(s.dtype) * s
-
-
-def _scalar_grads(
-    gs: Tensor,
-    m: Tensor,
-    u: Tensor,
-    clipped: Tensor | None,
-    d: Tensor,
-    q: Tensor,
-    t: Tensor,
-    needs: tuple[bool, ...],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(dL/dd, dL/dq_m, dL/dt) as 0-dim sums, each term in the order of docs/method.md §1.3.
-
-    Scratch tensors are reused where their layout is the one the plain formula would give (the
-    order of a sum follows the layout); m is overwritten by the last (so is u if u is m).
-    """
-    buf = torch.empty_like(gs)  # layout of gs
-    grad_step = grad_qmax = grad_exponent = None
-    if needs[0]:  # dL/dd = sum g * sign(x) * (round(u/d) - u/d)
-        # round(u/d) - u/d in one buffer: u/d is recomputed by addcdiv (r + (-1) * (u/d), the
-        # same division, an exact negation and the same subtraction) instead of being kept
-        r = torch.div(u, d, out=buf).round_()
-        grad_step = r.addcdiv_(u, d, value=-1.0).mul_(gs).sum()
-    if clipped is not None and needs[1]:  # dL/dq_m = sum over |x| > q_m of g*sign(x)*t*q_m**(t-1)
-        zero = torch.zeros((), dtype=gs.dtype, device=gs.device)
-        out = buf if buf.stride() == clipped.stride() else None  # where() takes the layout of x
-        grad_qmax = torch.where(clipped, gs, zero, out=out).sum() * t * q ** (t - 1)
-    if needs[2]:  # dL/dt = sum g * sign(x) * u * ln(max(min(|x|, q_m), eps))
-        gu = torch.mul(gs, u, out=buf)
-        grad_exponent = gu.mul_(m.clamp_min_(LN_EPS).log_()).sum()
-    return grad_step, grad_qmax, grad_exponent
-
-
-def _as(grad: Tensor | None, like: Tensor) -> Tensor | None:
-    """A 0-dim gradient in the dtype and shape of its scalar (None stays None)."""
-    return None if grad is None else grad.to(like.dtype).reshape(like.shape)
-
-
 # ---------------------------------------------------------------------------------------------
 # The registered op: one node in any captured graph
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +143,8 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, outp
 def _backward_op(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
     x, step, qmax, exponent = ctx.saved_tensors  # type: ignore[attr-defined]
     needs = tuple(ctx.needs_input_grad[:4])  # type: ignore[attr-defined]
-    grads = _backward(grad, x, step, qmax, exponent, ctx.signed, ctx.ste, needs)  # type: ignore[attr-defined]
+    signed, ste = ctx.signed, ctx.ste  # type: ignore[attr-defined]
+    grads = ste_backward(grad, x, (step, qmax, exponent), signed, ste, needs, _exactly_one(exponent))
     return (*grads, None, None)  # no gradient for `signed` and `ste`
 
 
