@@ -127,7 +127,7 @@ def test_a_budget_no_width_can_meet_names_the_field_and_the_floors() -> None:
 
 
 def test_unit_costs_count_each_unit_once_from_its_consumers() -> None:
-    """c_j = ½ <x_j, g_j>² over the columns that consume unit j (fc2's dim 1 for fc1's units,
+    """c_j = ½ Σ_e g_e² x_e² over the columns that consume unit j (fc2's dim 1 for fc1's units,
     fc3's for fc2's), written out by hand; the producing rows (fc1's) do not add to it."""
     from geta.optim.layout import UnitLayout
     from geta.optim.sensitivity import UnitCosts
@@ -143,7 +143,7 @@ def test_unit_costs_count_each_unit_once_from_its_consumers() -> None:
     costs = UnitCosts(layout, {id(t) for t in consumers.values()})
     costs.observe(layout)
     w2, w3 = consumers["fc2.weight"], consumers["fc3.weight"]  # (24, 48), (3, 24): columns consume units
-    want = torch.cat([0.5 * (w2 * w2.grad).sum(0) ** 2, 0.5 * (w3 * w3.grad).sum(0) ** 2]).double()
+    want = torch.cat([0.5 * (w2 * w2.grad).pow(2).sum(0), 0.5 * (w3 * w3.grad).pow(2).sum(0)]).double()
     sizes = [g.size for g in plan.prunable_groups]
     assert sizes == [48, 24]
     torch.testing.assert_close(costs.mean(), want, rtol=1e-5, atol=1e-12)
