@@ -126,13 +126,15 @@ def _measure(
     }
 
 
-def job_float(task_name: str, seed: int) -> dict[str, Any]:
+def job_float(task_name: str, seed: int, lr: float | None = None) -> dict[str, Any]:
+    """Float training of the dense model for the compression budget, at ``lr`` (default the task's)."""
     task = TASKS[task_name]
     data = task.data()
     model = _load_dense(task, seed)
-    opt = _optimizer(task, model.parameters(), task.lr)
+    lr = task.lr if lr is None else lr
+    opt = _optimizer(task, model.parameters(), lr)
     (epochs,) = compression_epochs(task)["dense FP32"]
-    fit(model, opt, data, epochs, seed=seed + 100, lr=task.lr, clip_norm=task.clip_norm)
+    fit(model, opt, data, epochs, seed=seed + 100, lr=lr, clip_norm=task.clip_norm)
     return {"acc": _metric(task, model, data), "bops": 1.0}
 
 

@@ -119,13 +119,13 @@ TASKS = {
     "digits": Task("digits", lambda: ResCNN(2), _digits, dense_epochs=20, epochs=40, lr=0.02),
     "mnist1d": Task("mnist1d", lambda: ResCNN(1), _mnist1d, dense_epochs=20, epochs=20, lr=0.02),
     # a pretrained model compressed with ~8 % of its data (`bench.compression_lm`): AdamW as the
-    # transformer recipe, dense 30 epochs on the pretraining split (cached per seed), then
+    # transformer recipe, dense 20 epochs on the pretraining split (cached per seed), then
     # every method 20 epochs of the calibration split (5 steps each: 100 steps)
     "lm": Task(
         "lm",
         _llama,
         calibration_data,
-        dense_epochs=30,
+        dense_epochs=20,
         epochs=20,
         lr=LM_LR,
         lm=True,

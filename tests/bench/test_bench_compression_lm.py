@@ -9,8 +9,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `bench`
 
-from bench import compression_lm as lm  # noqa: E402
-from bench.compression_tasks import BATCH, TASKS, compression_epochs, fit  # noqa: E402
+from bench.compression_tasks import BATCH, TASKS, compression_epochs, fit
+
+from bench import compression_lm as lm
 
 
 def test_calibration_mask_takes_whole_blocks_at_the_stated_rate() -> None:

@@ -30,6 +30,7 @@ class TrainingDefaults:
     dense_epochs: int
     stage_weights: tuple[int, int, int, int]  # epochs of warm-up, projection, joint, cool-down; the
     # default --epochs is their sum, and a given --epochs is split in their ratio
+    distill: float = 0.0  # weight of distillation from the dense model in the compression phase (0: off)
 
 
 CNN_DEFAULTS = TrainingDefaults(
