@@ -134,7 +134,8 @@ def job_float(task_name: str, seed: int, lr: float | None = None) -> dict[str, A
     lr = task.lr if lr is None else lr
     opt = _optimizer(task, model.parameters(), lr)
     (epochs,) = compression_epochs(task)["dense FP32"]
-    fit(model, opt, data, epochs, seed=seed + 100, lr=lr, clip_norm=task.clip_norm)
+    fit(model, opt, data, epochs, seed=seed + 100, lr=lr, clip_norm=task.clip_norm,
+        loss_fn=_task_loss(task, seed))  # fmt: skip
     return {"acc": _metric(task, model, data), "bops": 1.0}
 
 
@@ -158,7 +159,8 @@ def job_finetune(task_name: str, seed: int, sparsity: float) -> dict[str, Any]:
         pruner.step()
     opt = _optimizer(task, model.parameters(), task.lr)
     epochs = compression_epochs(task)["pipeline"][0]
-    fit(model, opt, data, epochs, seed=seed + 100, lr=task.lr, clip_norm=task.clip_norm)
+    fit(model, opt, data, epochs, seed=seed + 100, lr=task.lr, clip_norm=task.clip_norm,
+        loss_fn=_task_loss(task, seed))  # fmt: skip
     path = CACHE / f"{task_name}-s{seed}-ft{sparsity}.pt"
     torch.save(model, path)
     return {"path": str(path), "acc": _metric(task, model, data)}
@@ -196,7 +198,8 @@ def job_qat(task_name: str, seed: int, sparsity: float, bits: int) -> dict[str, 
     plan = geta.prepare(model, (data[0][:64],), config)
     epochs = compression_epochs(task)["pipeline"][1]
     opt = _qasso(task, plan, geta.Schedule(cooldown=epochs * (len(data[1]) // 64)))
-    fit(model, opt, data, epochs, seed=seed + 200, lr=task.lr, clip_norm=task.clip_norm)
+    fit(model, opt, data, epochs, seed=seed + 200, lr=task.lr, clip_norm=task.clip_norm,
+        loss_fn=_task_loss(task, seed))  # fmt: skip
     small = geta.convert(model, plan)
     return {
         "acc": _metric(task, small, data),
@@ -230,7 +233,7 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
     lr = spec.get("lr", task.lr)
     opt = _qasso(task, plan, schedule, lr, **rules)
     path: list[float] = []
-    loss_fn = _distill_loss(_load_dense(task, seed), spec["distill"]) if spec.get("distill") else None
+    loss_fn = _task_loss(task, seed, spec.get("distill"))
     fit(model, opt, data, e, seed=seed + 100, lr=lr, loss_fn=loss_fn, clip_norm=task.clip_norm,
         on_epoch=lambda _: path.append(_metric(task, model, data)))  # fmt: skip
     small = geta.convert(model, plan)
@@ -243,6 +246,13 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
     out["period_drop"] = max(sign * (path[start] - path[k]) for k in ends)
     out["bits"] = sorted({round(b.quantizer.bit_width) for b in plan.bindings})
     return {**out, **_measure(small, _load_dense(task, seed), data[0], not spec.get("acts", True))}
+
+
+def _task_loss(task: Task, seed: int, distill: float | None = None) -> Any:
+    """The loss of every method on ``task``: cross-entropy (None), or with distillation from the
+    seed's dense model at weight ``distill`` (default the task's, `Task.distill`)."""
+    weight = task.distill if distill is None else distill
+    return _distill_loss(_load_dense(task, seed), weight) if weight > 0 else None
 
 
 def _distill_loss(teacher: torch.nn.Module, weight: float = 1.0) -> Any:
