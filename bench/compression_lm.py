@@ -41,7 +41,7 @@ PRETRAIN_MODULES = ("textwrap", "string", "shlex", "fnmatch", "heapq", "bisect",
                     "gettext")  # fmt: skip
 HELD_OUT_MODULES = ("pprint", "calendar")  # about 49 kB, in no split above
 BLOCK_WINDOWS = 16  # calibration is taken in runs of 16 windows (1 kB of text)
-CALIB_EVERY = 12  # one block in 12 (8.3 % of the windows) is calibration
+CALIB_EVERY = 12  # one block in 12 is calibration (352 of the 4299 windows, 8.2 %)
 
 
 def _source(modules: tuple[str, ...]) -> Tensor:
