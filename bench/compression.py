@@ -60,7 +60,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from bench.compression_report import BUDGET_PREFIX, DEFAULT, Results, plot, summarize
-from bench.compression_tasks import TASKS, Task, fit, score
+from bench.compression_tasks import TASKS, Task, compression_epochs, fit, score
 from geta.optim.budget import InfeasibleBudget
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -91,17 +91,19 @@ def _optimizer(task: Task, params: Iterable[torch.nn.Parameter], lr: float) -> t
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
 
 
-def _qasso(task: Task, plan: Any, schedule: Any, **rules: Any) -> Any:
-    """QASSO following the task's optimizer (its SGD or AdamW variant). Its element-wise clamp
-    at 1 is a no-op after the task's norm clipping at 1 (`fit`), if the task clips."""
+def _qasso(task: Task, plan: Any, schedule: Any, lr: float | None = None, **rules: Any) -> Any:
+    """QASSO following the task's optimizer (its SGD or AdamW variant), at ``lr`` (default the
+    task's). Its element-wise clamp at 1 is a no-op after the task's norm clipping at 1 (`fit`)."""
     import geta
 
-    return geta.QASSO(plan, lr=task.lr, lr_quant=1e-3, momentum=0.9, weight_decay=1e-4, schedule=schedule,
-                      variant=task.optimizer, grad_clip=1.0, **rules)  # fmt: skip
+    return geta.QASSO(plan, lr=task.lr if lr is None else lr, lr_quant=1e-3, momentum=0.9,
+                      weight_decay=1e-4, schedule=schedule, variant=task.optimizer, grad_clip=1.0,
+                      **rules)  # fmt: skip
 
 
 def _dense_path(task: str, seed: int) -> pathlib.Path:
-    return CACHE / f"{task}-s{seed}-dense.pt"
+    pre = "-pretrained" if TASKS[task].pretrain is not None else ""  # not the from-scratch model's cache
+    return CACHE / f"{task}{pre}-s{seed}-dense.pt"
 
 
 def _load_dense(task: Task, seed: int) -> torch.nn.Module:
@@ -111,14 +113,19 @@ def _load_dense(task: Task, seed: int) -> torch.nn.Module:
 
 
 def job_dense(task_name: str, seed: int) -> dict[str, Any]:
+    """Train the shared dense model; a pretrained one (``Task.pretrain``) only once per seed."""
     task = TASKS[task_name]
     data = task.data()
+    path = _dense_path(task_name, seed)
+    if task.pretrain is not None and path.exists():
+        return {"acc": _metric(task, _load_dense(task, seed), data), "cached": True}
     torch.manual_seed(seed)
     model = task.build()
     opt = _optimizer(task, model.parameters(), task.dense_lr)
-    fit(model, opt, data, task.dense_epochs, seed=seed, lr=task.dense_lr, clip_norm=task.clip_norm)
-    _dense_path(task_name, seed).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), _dense_path(task_name, seed))
+    train = task.pretrain() if task.pretrain is not None else data
+    fit(model, opt, train, task.dense_epochs, seed=seed, lr=task.dense_lr, clip_norm=task.clip_norm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
     return {"acc": _metric(task, model, data)}
 
 
@@ -140,12 +147,16 @@ def _measure(
     }
 
 
-def job_float(task_name: str, seed: int) -> dict[str, Any]:
+def job_float(task_name: str, seed: int, lr: float | None = None) -> dict[str, Any]:
+    """Float training of the dense model for the compression budget, at ``lr`` (default the task's)."""
     task = TASKS[task_name]
     data = task.data()
     model = _load_dense(task, seed)
-    opt = _optimizer(task, model.parameters(), task.lr)
-    fit(model, opt, data, task.epochs, seed=seed + 100, lr=task.lr, clip_norm=task.clip_norm)
+    lr = task.lr if lr is None else lr
+    opt = _optimizer(task, model.parameters(), lr)
+    (epochs,) = compression_epochs(task)["dense FP32"]
+    fit(model, opt, data, epochs, seed=seed + 100, lr=lr, clip_norm=task.clip_norm,
+        loss_fn=_task_loss(task, seed))  # fmt: skip
     return {"acc": _metric(task, model, data), "bops": 1.0}
 
 
@@ -168,7 +179,9 @@ def job_finetune(task_name: str, seed: int, sparsity: float) -> dict[str, Any]:
         )
         pruner.step()
     opt = _optimizer(task, model.parameters(), task.lr)
-    fit(model, opt, data, task.epochs // 2, seed=seed + 100, lr=task.lr, clip_norm=task.clip_norm)
+    epochs = compression_epochs(task)["pipeline"][0]
+    fit(model, opt, data, epochs, seed=seed + 100, lr=task.lr, clip_norm=task.clip_norm,
+        loss_fn=_task_loss(task, seed))  # fmt: skip
     path = CACHE / f"{task_name}-s{seed}-ft{sparsity}.pt"
     torch.save(model, path)
     return {"path": str(path), "acc": _metric(task, model, data)}
@@ -204,9 +217,10 @@ def job_qat(task_name: str, seed: int, sparsity: float, bits: int) -> dict[str, 
     model = torch.load(CACHE / f"{task_name}-s{seed}-ft{sparsity}.pt", weights_only=False)
     config = geta.Config(target_sparsity=0.0, weight_bits=(bits, bits), act_bits=(bits, bits))
     plan = geta.prepare(model, (data[0][:64],), config)
-    steps = task.epochs // 2 * (len(data[1]) // 64)
-    opt = _qasso(task, plan, geta.Schedule(cooldown=steps))
-    fit(model, opt, data, task.epochs // 2, seed=seed + 200, lr=task.lr, clip_norm=task.clip_norm)
+    epochs = compression_epochs(task)["pipeline"][1]
+    opt = _qasso(task, plan, geta.Schedule(cooldown=epochs * (len(data[1]) // 64)))
+    fit(model, opt, data, epochs, seed=seed + 200, lr=task.lr, clip_norm=task.clip_norm,
+        loss_fn=_task_loss(task, seed))  # fmt: skip
     small = geta.convert(model, plan)
     return {
         "acc": _metric(task, small, data),
@@ -231,16 +245,17 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
     )
     plan = geta.prepare(model, (data[0][:64],), config)
     per_epoch = len(data[1]) // 64
-    e = task.epochs
+    (e,) = compression_epochs(task)["geta"]
     w, pr, j = round(0.05 * e), round(0.15 * e), round(0.3 * e)  # 2 / 6 / 12 / 20 of 40 epochs
     schedule = geta.Schedule.from_epochs(steps_per_epoch=per_epoch, warmup=w, projection=pr, joint=j,
                                          cooldown=e - w - pr - j, projection_periods=3,
                                          pruning_periods=4)  # fmt: skip
     rules = {"forget": spec.get("forget", "linear"), "bits": spec.get("bits", "budget")}
-    opt = _qasso(task, plan, schedule, **rules)
+    lr = spec.get("lr", task.lr)
+    opt = _qasso(task, plan, schedule, lr, **rules)
     path: list[float] = []
-    loss_fn = _distill_loss(_load_dense(task, seed)) if spec.get("distill") else None
-    fit(model, opt, data, e, seed=seed + 100, lr=task.lr, loss_fn=loss_fn, clip_norm=task.clip_norm,
+    loss_fn = _task_loss(task, seed, spec.get("distill"))
+    fit(model, opt, data, e, seed=seed + 100, lr=lr, loss_fn=loss_fn, clip_norm=task.clip_norm,
         on_epoch=lambda _: path.append(_metric(task, model, data)))  # fmt: skip
     widths = [[g.slices[0].name, g.size, g.size - int(g.is_zero().sum())] for g in plan.prunable_groups]
     small = geta.convert(model, plan)
@@ -255,17 +270,26 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
     return {**out, **_measure(small, _load_dense(task, seed), data[0], not spec.get("acts", True))}
 
 
-def _distill_loss(teacher: torch.nn.Module, temperature: float = 2.0) -> Any:
-    """Cross-entropy + T² KL(teacher || student) at temperature T (the dense model teaches)."""
-    import torch.nn.functional as F
+def _task_loss(task: Task, seed: int, distill: float | None = None) -> Any:
+    """The loss of every method on ``task``: cross-entropy (None), or with distillation from the
+    seed's dense model at weight ``distill`` (default the task's, `Task.distill`)."""
+    weight = task.distill if distill is None else distill
+    return _distill_loss(_load_dense(task, seed), weight) if weight > 0 else None
+
+
+def _distill_loss(teacher: torch.nn.Module, weight: float = 1.0) -> Any:
+    """Cross-entropy + ``weight`` x the CLI's distillation term (T² KL(teacher || student) at
+    T = 2, `geta.recipes.training.distillation_loss`; class or token logits), the dense model
+    (eval mode) teaching."""
+    from bench.compression_tasks import _ce
+    from geta.recipes.training import distillation_loss
 
     teacher.eval()
 
     def loss(out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            soft = F.log_softmax(teacher(x) / temperature, -1)
-        kl = F.kl_div(F.log_softmax(out / temperature, -1), soft, log_target=True, reduction="batchmean")
-        return F.cross_entropy(out, y) + temperature**2 * kl
+            target = teacher(x)
+        return _ce(out, y) + weight * distillation_loss(out, target)
 
     return loss
 

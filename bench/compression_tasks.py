@@ -4,9 +4,12 @@
   block at 32 channels, a strided conv 32->64, global pool, linear 64->10);
 - ``mnist1d``: MNIST-1D generated offline (`mnist1d.data.make_dataset`, 4000 / 1000 signals of
   length 40), a 1-D residual CNN of the same shape;
-- ``lm``: byte-level language modelling on Python standard-library source (`geta.recipes.text`,
-  windows of 64 bytes, the last tenth held out), the CLI's ``llama`` recipe (a 2-layer
-  Llama-style model, hidden 64, grouped-query attention); the metric is perplexity.
+- ``lm``: a *pretrained* language model compressed with a little data, as LLM users do
+  (`bench.compression_lm`): byte-level Python standard-library source, the CLI's ``llama`` recipe
+  (a 2-layer Llama-style model, hidden 64, grouped-query attention) pretrained to convergence
+  on one split (``pretrain``), every method then trained on a calibration split of about 8 % of
+  its tokens with the same step budget; the metric is perplexity on modules none of the splits
+  contain (held out).
 
 Every method of the benchmark trains with `fit` (SGD, momentum 0.9, weight decay 1e-4, a
 cosine learning rate over the call, batch 64, a seeded batch order), so methods differ only in
@@ -27,9 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TASKS", "Task", "accuracy", "fit", "perplexity", "score"]
+from bench.compression_lm import calibration_data, pretraining_data
+
+__all__ = ["LM_LR", "TASKS", "Task", "accuracy", "compression_epochs", "fit", "perplexity", "score"]
 
 BATCH = 64
+LM_LR = 3e-3  # the lm task's learning rate, hf:DIR's default (docs/benchmarks.md: the sweep that chose it)
 
 
 class ResCNN(nn.Module):
@@ -68,6 +74,19 @@ class Task:
     optimizer: str = "sgd"  # every method of the task: "sgd" (momentum 0.9) or "adamw" (QASSO's variant too)
     dense_lr: float = 0.05  # peak learning rate of the shared dense training
     clip_norm: float | None = None  # gradient-norm clipping of every method (QASSO: its grad_clip)
+    distill: float = 0.0  # every method: + this x T² KL(dense || model) at T = 2 (0: cross-entropy only)
+    pretrain: Callable[[], tuple[Tensor, Tensor, Tensor, Tensor]] | None = None  # the dense model's
+    # own training data (None: ``data``); ``data``'s training split is then the methods' only data
+
+
+def compression_epochs(task: Task) -> dict[str, tuple[int, ...]]:
+    """Epochs of ``task.data`` each method trains, phase by phase (the same total for all).
+
+    >>> compression_epochs(TASKS["digits"])["pipeline"]
+    (20, 20)
+    """
+    half = task.epochs // 2
+    return {"dense FP32": (task.epochs,), "pipeline": (half, task.epochs - half), "geta": (task.epochs,)}
 
 
 def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -97,13 +116,6 @@ def _mnist1d(corr_noise: float = 0.25, iid_noise: float = 0.02) -> tuple[Tensor,
     return x, t(d["y"]).long(), xt, t(d["y_test"]).long()
 
 
-def _text() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from geta.recipes.text import load_text
-
-    b = load_text(None)
-    return b.x_train, b.y_train, b.x_test, b.y_test
-
-
 def _llama() -> nn.Module:
     from geta.recipes.models import llama
     from geta.recipes.text import load_text
@@ -114,21 +126,23 @@ def _llama() -> nn.Module:
 TASKS = {
     "digits": Task("digits", lambda: ResCNN(2), _digits, dense_epochs=20, epochs=40, lr=0.02),
     "mnist1d": Task("mnist1d", lambda: ResCNN(1), _mnist1d, dense_epochs=20, epochs=20, lr=0.02),
-    # the transformer recipe of `geta.recipes.defaults.TRANSFORMER_DEFAULTS`: AdamW 3e-3, clip 1;
-    # 10 + 10 epochs: at 30 + 20 the model overfits the corpus (float test perplexity rose from
-    # 9.6 after the dense 30 to 12.7 after 20 more), so more training scored worse; at 10 + 10 the
-    # float run still improves (seed 0: 9.30 -> 8.25)
+    # a pretrained model compressed with ~8 % of its data (`bench.compression_lm`): AdamW as the
+    # transformer recipe, dense 20 epochs on the pretraining split (cached per seed), then
+    # every method 20 epochs of the calibration split (5 steps each: 100 steps), with
+    # distillation from the dense model (weight 1) as `geta compress` does for hf:DIR by default
     "lm": Task(
         "lm",
         _llama,
-        _text,
-        dense_epochs=10,
-        epochs=10,
-        lr=3e-3,
+        calibration_data,
+        dense_epochs=20,
+        epochs=20,
+        lr=LM_LR,
         lm=True,
         optimizer="adamw",
         dense_lr=3e-3,
         clip_norm=1.0,
+        distill=1.0,
+        pretrain=pretraining_data,
     ),
 }
 

@@ -44,6 +44,10 @@ def test_compress_a_checkpoint_from_disk_on_tokenized_text(
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "lm" and report["compressed"]["perplexity"] > 1
     assert report["training"]["optimizer"] == "adamw" and report["training"]["clip_norm"] > 0  # hf: defaults
+    from geta.recipes.defaults import HF_DEFAULTS
+
+    assert report["training"]["distill"] == HF_DEFAULTS.distill > 0  # distils from the dense model
+    assert report["training"]["dense_lr"] == HF_DEFAULTS.dense_lr
     assert report["group_sparsity"] > 0.5
     assert "lm.model.embed_tokens.weight" in report["bits"]["weight"]  # --quantize-embeddings
     assert all("test_perplexity" in h for h in report["history"])

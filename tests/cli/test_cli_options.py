@@ -163,7 +163,18 @@ def test_transformers_train_with_their_own_defaults_unless_told_otherwise() -> N
     assert (hf.optimizer, hf.lr, hf.dense_epochs) == ("adamw", 0.02, HF_DEFAULTS.dense_epochs)
     shown = _help_defaults()
     assert shown["--optimizer"] == "sgd; adamw for vit, llama, hf:DIR"
-    assert f"vit, llama, hf:DIR: adamw {t.lr:g}" in shown["--lr"]
+    assert f"vit, llama{', hf:DIR' if HF_DEFAULTS.lr == t.lr else ''}: adamw {t.lr:g}" in shown["--lr"]
+    assert f"hf:DIR: adamw {HF_DEFAULTS.lr:g}" in shown["--lr"]
+
+
+def test_distillation_follows_the_model_defaults_unless_given() -> None:
+    from geta.recipes.defaults import CNN_DEFAULTS, HF_DEFAULTS
+
+    assert options_from_args(_parse()).training().distill == CNN_DEFAULTS.distill == 0.0
+    assert options_from_args(_parse("--model", "hf:/x")).training().distill == HF_DEFAULTS.distill
+    for given in ("0", "0.5"):
+        opts = options_from_args(_parse("--model", "hf:/x", "--distill", given))
+        assert opts.training().distill == float(given)  # an explicit value wins, 0 turns it off
 
 
 def test_quantize_embeddings_is_a_switch_on_the_command_line_and_a_bool_in_files(tmp_path: Path) -> None:

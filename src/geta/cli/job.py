@@ -259,7 +259,7 @@ class CompressJob:
 
     def _prepare(self, state: RunState) -> tuple[geta.Plan, geta.QASSO]:
         """Prepare the dense model and build QASSO; load the checkpoint's state if there is one."""
-        self.teacher = self._teacher(state) if state.options.distill > 0 else None
+        self.teacher = self._teacher(state) if state.options.training().distill > 0 else None
         plan, opt = self._build(state, self.model)
         self._restore_all(state, opt)  # `prepare` may draw random numbers: start from the checkpoint's
         self.plan = plan
@@ -392,7 +392,7 @@ class CompressJob:
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
             on_batch=self._on_batch(state), stop=self.stop,
             teacher=self.teacher if state.phase == "compress" else None,
-            distill_weight=o.distill, clip_norm=o.training().clip_norm,
+            distill_weight=o.training().distill, clip_norm=o.training().clip_norm,
         )  # fmt: skip
 
     def _extra(self) -> dict[str, float]:

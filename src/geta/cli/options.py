@@ -124,12 +124,16 @@ def _by_model(name: str, *, hf_only: bool = False) -> Callable[[], str]:
 
 
 def _learning_rate(side: int) -> Callable[[], str]:
-    """Default dense (``side`` 0) or QASSO (1) learning rate of each optimizer and the transformers."""
+    """Default dense (``side`` 0) or QASSO (1) learning rate of each optimizer, the transformer
+    recipes and ``hf:DIR`` (named apart when its rate differs)."""
 
     def shown() -> str:
         own = ", ".join(f"{opt} {lrs[side]:g}" for opt, lrs in DEFAULT_LR.items())
-        t = TRANSFORMER_DEFAULTS
-        return f"{own}; vit, llama, hf:DIR: {t.optimizer} {(t.dense_lr, t.lr)[side]:g}"
+        t, h = TRANSFORMER_DEFAULTS, HF_DEFAULTS
+        rate, hf_rate = (t.dense_lr, t.lr)[side], (h.dense_lr, h.lr)[side]
+        if rate == hf_rate:
+            return f"{own}; vit, llama, hf:DIR: {t.optimizer} {rate:g}"
+        return f"{own}; vit, llama: {t.optimizer} {rate:g}; hf:DIR: {h.optimizer} {hf_rate:g}"
 
     return shown
 
@@ -245,11 +249,10 @@ class CompressOptions:
         registered(bit_rule_names), to=("qasso", "bits"),
         choices=lambda: f"one of {', '.join(bit_rule_names())}",
     )  # fmt: skip
-    distill: float = _opt(
-        0.0,
-        "weight of distillation from the dense model during compression (0: off)",
-        number(float, 0.0, None),
-    )
+    distill: float | None = _opt(
+        None, "weight of distillation from the dense model during compression (0: off)",
+        number(float, 0.0, None, optional=True), shown=_by_model("distill", hf_only=True),
+    )  # fmt: skip
     recalibrate_norms: int = _opt(
         0, "re-estimate BatchNorm statistics on N training batches before each compression-epoch "
         "evaluation and the convert, no weight change (0: off; models without BatchNorm: no effect)",
@@ -315,6 +318,7 @@ class CompressOptions:
             clip_norm=self.clip_norm if self.clip_norm is not None else d.clip_norm,
             dense_epochs=self.dense_epochs if self.dense_epochs is not None else d.dense_epochs,
             stage_weights=d.stage_weights,
+            distill=self.distill if self.distill is not None else d.distill,
         )
 
     def stage_epochs(self) -> tuple[int, int, int, int]:

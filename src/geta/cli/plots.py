@@ -132,7 +132,7 @@ def metric_of(report: dict[str, Any]) -> Metric:
     """
     d, c = report["dense"], report["compressed"]
     if report.get("task") == "lm" and "perplexity" in c:
-        plain = not report.get("options", {}).get("distill")
+        plain = not (report.get("training") or report.get("options", {})).get("distill")
         return Metric(
             "perplexity", d["perplexity"], c["perplexity"],
             lambda r: r.get("test_perplexity"),
