@@ -254,20 +254,43 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
     lr = spec.get("lr", task.lr)
     opt = _qasso(task, plan, schedule, lr, **rules)
     path: list[float] = []
+    fresh: list[float] = []  # the same epochs with re-estimated BatchNorm statistics (a copy)
+
+    def on_epoch(_: int) -> None:
+        path.append(_metric(task, model, data))
+        fresh.append(_fresh_metric(task, model, data))
+
     loss_fn = _task_loss(task, seed, spec.get("distill"))
     fit(model, opt, data, e, seed=seed + 100, lr=lr, loss_fn=loss_fn, clip_norm=task.clip_norm,
-        on_epoch=lambda _: path.append(_metric(task, model, data)))  # fmt: skip
+        on_epoch=on_epoch)  # fmt: skip
     widths = [[g.slices[0].name, g.size, g.size - int(g.is_zero().sum())] for g in plan.prunable_groups]
     small = geta.convert(model, plan)
     acc = _metric(task, small, data)
     start = w + pr - 1  # the epoch that ends the projection stage: accuracy at the joint start
     ends = [(schedule.pruning_period_bounds(k)[1] - 1) // per_epoch for k in range(4)]  # commit epochs
     sign = -1.0 if task.lm else 1.0  # +1: higher is better (accuracy); -1: perplexity
-    worst = sign * min(sign * v for v in path[start + 1 : w + pr + j])
-    out = {"acc": acc, "path": path, "joint_min": worst, "start": path[start], "widths": widths}
+    worst = sign * min(sign * v for v in fresh[start + 1 : w + pr + j])
+    stale = sign * min(sign * v for v in path[start + 1 : w + pr + j])
+    out = {"acc": acc, "path": path, "path_fresh": fresh, "joint_min": worst, "joint_min_stale": stale,
+           "start": path[start], "widths": widths}  # fmt: skip
     out["period_drop"] = max(sign * (path[start] - path[k]) for k in ends)
     out["bits"] = sorted({round(b.quantizer.bit_width) for b in plan.bindings})
     return {**out, **_measure(small, _load_dense(task, seed), data[0], not spec.get("acts", True))}
+
+
+def _fresh_metric(task: Task, model: torch.nn.Module, data: tuple[torch.Tensor, ...]) -> float:
+    """`_metric` of a copy of ``model`` whose BatchNorm statistics were re-estimated on 20
+    training batches (`geta.recalibrate_norms`, what ``geta compress`` does before it evaluates):
+    the run itself is untouched. Models without BatchNorm: the plain metric."""
+    import copy
+
+    import geta
+
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return _metric(task, model, data)
+    twin = copy.deepcopy(model)
+    geta.recalibrate_norms(twin, (data[0][i : i + 64] for i in range(0, 64 * 20, 64)), max_batches=20)
+    return _metric(task, twin, data)
 
 
 def _task_loss(task: Task, seed: int, distill: float | None = None) -> Any:

@@ -97,9 +97,12 @@ def summarize(results: Results, task: str) -> tuple[list[str], str]:
     for (name, rs), (value, kind), (bops, _) in zip(rows, whole.ratios, means):
         m, sd = _mean_std([r["acc"] for r in rs])
         jm = [r["joint_min"] for r in rs]
+        stale = [r.get("joint_min_stale", r["joint_min"]) for r in rs]
         lines.append(f"  {name[len(BUDGET_PREFIX):]:>8}: {m:.2f} ± {sd:.2f} at {100 * bops:.4f} % -> "
                      f"{_MARK[kind]}{value:.2f}x; joint stage worst {statistics.fmean(jm):.2f} "
-                     f"(worst seed {min(jm, key=q):.2f}); kept (seed 0) "
+                     f"(worst seed {min(jm, key=q):.2f}; stale norm statistics "
+                     f"{statistics.fmean(stale):.2f}); "
+                     "kept (seed 0) "
                      f"{widths_text(rs[0]['widths'])}")  # fmt: skip
     seeds = _per_seed(front, rows, limit, q)
     sd_text = f"{seeds[0]:.2f} ± {seeds[1]:.2f}x over seeds" if seeds else "no seeds"
