@@ -191,9 +191,9 @@ def _magnitude_prune(model: torch.nn.Module, example: torch.Tensor, sparsity: fl
     """Torch-Pruning hangs on HF Llama: prune geta's own groups by group magnitude instead (the
     same share of every group, lowest L2 norm over all its slices first), bake, return float."""
     import geta
-    from geta.optim.layout import UnitLayout
     from geta.optim.quota import group_floors, uniform_quotas
     from geta.optim.saliency import select_per_group
+    from geta.optim.units import UnitLayout
 
     plan = geta.prepare(model, (example,), geta.Config(target_sparsity=sparsity, weight_bits=(16, 16)))
     layout = UnitLayout(plan.prunable_groups, lambda t: -1)

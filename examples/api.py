@@ -44,8 +44,8 @@ def main() -> None:
 
     # --- the README's example from here on ---------------------------------------------------
     # fmt: off
-    plan = geta.prepare(model, example_inputs, geta.Config(
-        target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8)))   # inserts quantizers in place
+    plan = geta.prepare(model, example_inputs, geta.Config(   # inserts quantizers in place
+        target_bops=0.01, weight_bits=(2, 8), act_bits=(2, 8)))   # widths + bits under 1 % of the BOPs
     print(plan.summary())                        # groups, sizes, prunable or the reason not
     stages = dict(warmup=1, projection=2, joint=3, cooldown=4)     # epochs of the four stages
     opt = geta.QASSO(plan, lr=0.1, lr_quant=1e-4, variant="sgd", momentum=0.9,

@@ -129,8 +129,8 @@ def test_a_budget_no_width_can_meet_names_the_field_and_the_floors() -> None:
 def test_unit_costs_count_each_unit_once_from_its_consumers() -> None:
     """c_j = ½ Σ_e g_e² x_e² over the columns that consume unit j (fc2's dim 1 for fc1's units,
     fc3's for fc2's), written out by hand; the producing rows (fc1's) do not add to it."""
-    from geta.optim.layout import UnitLayout
     from geta.optim.sensitivity import UnitCosts
+    from geta.optim.units import UnitLayout
 
     torch.manual_seed(0)
     model = Net()

@@ -32,7 +32,7 @@ from geta.cli.quiet import quiet_capture
 from geta.cli.restore import load_dense_checkpoint, restore
 from geta.cli.runstate import RunState
 from geta.optim.budget import InfeasibleBudget
-from geta.optim.guard import NonFiniteError
+from geta.optim.finite import NonFiniteError
 from geta.recipes import (
     DataBundle,
     EpochStats,

@@ -254,7 +254,7 @@ class CompressOptions:
         number(float, 0.0, None, optional=True), shown=_by_model("distill", hf_only=True),
     )  # fmt: skip
     recalibrate_norms: int = _opt(
-        0, "re-estimate BatchNorm statistics on N training batches before each compression-epoch "
+        20, "re-estimate BatchNorm statistics on N training batches before each compression-epoch "
         "evaluation and the convert, no weight change (0: off; models without BatchNorm: no effect)",
         number(int, 0, None), metavar="N",
     )  # fmt: skip

@@ -3,7 +3,7 @@
 - `geta.optim.schedule`: `Stage` and `Schedule` (the four stages as pure functions of the step);
 - `geta.optim.rules`, `geta.optim.saliency`, `geta.optim.direction`: the pure math
   (bit projection, forget rate, step choice, the five saliency criteria, base directions);
-- `geta.optim.layout`, `geta.optim.forget`, `geta.optim.quantizers`: vectorised bookkeeping
+- `geta.optim.units`, `geta.optim.forget`, `geta.optim.quantizer_table`: vectorised bookkeeping
   of unit rows and quantizer scalars;
 - `geta.optim.strategies`: the forget and bit rules, strategies registered and chosen by name;
 - `geta.optim.qasso`: `QASSO`, the ``torch.optim.Optimizer`` that holds the state.
@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from geta.optim.direction import Variant
-from geta.optim.guard import NonFiniteError
+from geta.optim.finite import NonFiniteError
 from geta.optim.qasso import QASSO
 from geta.optim.schedule import Schedule, Stage
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from geta.optim.quantizers import QuantizerTable
+from geta.optim.quantizer_table import QuantizerTable
 from geta.optim.schedule import Schedule
 from geta.plan import Plan
 

@@ -26,8 +26,8 @@ from torch import Tensor
 
 from geta.errors import ConfigError
 from geta.optim.bits import allocate_bits, bops_of
-from geta.optim.layout import UnitLayout
-from geta.optim.quantizers import QuantizerTable
+from geta.optim.quantizer_table import QuantizerTable
+from geta.optim.units import UnitLayout
 from geta.optim.widths import PruneTerms, QuantTerms, allocate_joint, removable
 from geta.plan import Plan
 from geta.reporting.count import LayerCost, layer_costs

@@ -12,7 +12,7 @@ A step of the joint stage runs in three phases around the ordinary update:
    `geta.optim.rules` for γ and the per-layer steps, the new step of each touched quantizer,
    and finally x_R <- x_R - γ (c + d_l r).
 
-R is read through its flat view (`geta.optim.layout.flat_rows`, built once per pruning period):
+R is read through its flat view (`geta.optim.units.flat_rows`, built once per pruning period):
 one gather per tensor for x and ∇, one ``index_add_`` per tensor for the update, and the sums over
 all tensors of a device and dtype in one ``index_add_`` -- no Python loop over slices, units or
 rows, and no host sync.
@@ -23,7 +23,7 @@ x_R <- x_R - α∇ - γ x_R, and never writes a step (the paper's rule would ove
 learned, pinning every touched layer at b_lo — docs/method.md §3.5).
 
 An element shared by two selected units (a weight's row in one group and its column in
-another) belongs to one of them only (`geta.optim.layout`: its first slice owns it), so the
+another) belongs to one of them only (`geta.optim.units`: its first slice owns it), so the
 units' element sets are disjoint: each unit's statistics and update cover exactly the elements
 it owns, and the descent bound of `geta.optim.rules` holds for every unit.
 """
@@ -36,10 +36,10 @@ import torch
 from torch import Tensor
 
 from geta.optim import rules
-from geta.optim.layout import FlatBucket, RedundantRows
-from geta.optim.quantizers import QuantizerTable
+from geta.optim.quantizer_table import QuantizerTable
 from geta.optim.sharding import local_data
 from geta.optim.strategies import ForgetStrategy
+from geta.optim.units import FlatBucket, RedundantRows
 
 __all__ = ["ForgetStep"]
 

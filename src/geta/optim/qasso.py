@@ -43,15 +43,15 @@ from geta.optim import rules
 from geta.optim.arguments import choice as _choice
 from geta.optim.arguments import validate as _validate
 from geta.optim.direction import Variant, group_direction, group_directions
+from geta.optim.finite import check_finite, check_loss
 from geta.optim.forget import ForgetStep
-from geta.optim.guard import check_finite, check_loss
-from geta.optim.layout import RedundantRows, UnitLayout
-from geta.optim.quantizers import QuantizerTable
+from geta.optim.quantizer_table import QuantizerTable
 from geta.optim.quota import cumulative_quotas, group_floors, uniform_quotas
 from geta.optim.saliency import saliency_scores, select_per_group, select_units
 from geta.optim.schedule import Schedule, Stage
 from geta.optim.sharding import ShardedLayout, ShardedQuantizerTable, local_data, sharding_of
 from geta.optim.strategies import BitContext, BitRule, Forget, bit_rule, forget_rule
+from geta.optim.units import RedundantRows, UnitLayout
 from geta.plan import Plan
 
 __all__ = ["QASSO"]

@@ -40,8 +40,8 @@ from torch import Tensor
 
 from geta.errors import GetaError
 from geta.optim.clipping import WEIGHT_FRACTIONS
-from geta.optim.layout import FlatBucket, FlatPart, RedundantRows, SliceRef, UnitLayout
-from geta.optim.quantizers import QuantizerTable
+from geta.optim.quantizer_table import QuantizerTable
+from geta.optim.units import FlatBucket, FlatPart, RedundantRows, SliceRef, UnitLayout
 from geta.plan import Plan
 from geta.quant.functional import MIN_QMAX, fake_quant, step_for_bits
 

@@ -7,7 +7,7 @@ import torch
 from optim_models import conv_plan, mlp_plan
 
 from geta import Config
-from geta.optim.layout import UnitLayout, gather_rows, scatter_rows_add_
+from geta.optim.units import UnitLayout, gather_rows, scatter_rows_add_
 
 
 @pytest.fixture(params=["mlp", "conv"])

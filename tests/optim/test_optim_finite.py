@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geta.optim.guard import NonFiniteError, check_finite
+from geta.optim.finite import NonFiniteError, check_finite
 
 
 def grads() -> list[torch.Tensor]:
