@@ -164,7 +164,11 @@ class QASSO(torch.optim.Optimizer):
         self._frozen: Tensor | None = None  # cool-down bits, (n_quantizers,)
         self._rows: RedundantRows | None = None
         self._zeros: list[tuple[Tensor, int, Tensor]] = []
-        joint = plan.config.chooses_widths
+        self.bits = self._bit_strategy(bit_factory)  # the bit rule's strategy and state
+
+    def _bit_strategy(self, factory: Any) -> Any:
+        """Build the bit rule; under the joint allocation it also gets what choosing widths needs."""
+        plan, schedule, joint = self.plan, self.schedule, self.plan.config.chooses_widths
         context = BitContext(
             plan, self.table, self.layout, self._group_quota, self._broadcast, schedule=schedule,
             # no joint stage: nothing can be pruned, every group keeps all its units
@@ -172,14 +176,15 @@ class QASSO(torch.optim.Optimizer):
             kinds=torch.tensor(plan.group_kinds()) if joint and plan.config.uniform_layers else None,
             min_removed=self.target_units if joint else 0,
         )  # fmt: skip
-        self.bits = bit_factory(context)  # the bit rule's strategy and state
-        if joint and not hasattr(self.bits, "group_quotas"):
+        strategy = factory(context)
+        if joint and not hasattr(strategy, "group_quotas"):
             raise ConfigError(
                 f"QASSO(bits={self.bit_rule!r}) does not choose widths (no group_quotas hook), but "
                 f"Config(target_sparsity={plan.config.target_sparsity!r}, target_bops="
                 f"{plan.config.target_bops!r}) asks the run to: set a fixed target_sparsity without "
                 "target_bops, or use bits='budget'"
             )
+        return strategy
 
     def _param_groups(self, lr_quant: float) -> list[dict[str, Any]]:
         """Group 0: every model parameter but the quantizers' (at ``lr``); group 1: quantizers."""

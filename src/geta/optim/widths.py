@@ -314,6 +314,22 @@ class _Greedy:
         return torch.tensor(self.bits, dtype=torch.float64), torch.tensor(self.removed, dtype=torch.long)
 
 
+def _reference_bops(q: QuantTerms, p: PruneTerms, bits: Tensor, removed: Tensor) -> float:
+    """The whole model's BOPs with ``bits`` (n,) once group g lost ``removed[g]`` units."""
+    gone = torch.zeros(p.macs.numel(), 2, dtype=torch.float64)  # (L, 2) positions removed
+    for op, dim, g, w in p.touches:
+        gone[op, dim] += float(removed[g]) * w
+    kept = (1.0 - gone / p.extent.double().clamp_min(1.0)).clamp_min(0.0)
+    return float(bops_of(bits, p.macs.double() * kept[:, 0] * kept[:, 1], q.wq, q.aq, q.fixed_w, q.fixed_a))
+
+
+def _reference_noise(q: QuantTerms, j: int, b: float) -> float:
+    """ΔL-scaled rounding noise of quantizer j at b bits."""
+    one = slice(j, j + 1)
+    f = q.fisher[one].double().clamp_min(0.0)
+    return float(quant_noise(f, q.rng[one].double(), torch.tensor([b]), q.signed[one])) * BIT_LOSS
+
+
 def allocate_joint_reference(
     q: QuantTerms, p: PruneTerms, *, budget: float, min_removed: int = 0
 ) -> tuple[Tensor, Tensor]:
@@ -322,21 +338,10 @@ def allocate_joint_reference(
     members = _kind_members(p.kinds)
     moves = [_increments(p.costs[m[0]].numel(), int(p.floors[m[0]]), p.divisible) for m in members]
     ordered = [sorted(c.double().clamp_min(0.0).tolist()) for c in p.costs]
+    sizes = [c.numel() for c in p.costs]
     bits, lo = q.hi.double().clone(), q.lo.double()
     removed = torch.zeros(len(p.costs), dtype=torch.long)
     taken = [0] * len(members)
-
-    def bops(b: Tensor, r: Tensor) -> float:
-        gone = torch.zeros(p.macs.numel(), 2, dtype=torch.float64)  # (L, 2) positions removed
-        for op, dim, g, w in p.touches:
-            gone[op, dim] += float(r[g]) * w
-        kept = (1.0 - gone / p.extent.double().clamp_min(1.0)).clamp_min(0.0)
-        return float(bops_of(b, p.macs.double() * kept[:, 0] * kept[:, 1], q.wq, q.aq, q.fixed_w, q.fixed_a))
-
-    def noise(j: int, b: float) -> float:
-        one = slice(j, j + 1)
-        f = q.fisher[one].double().clamp_min(0.0)
-        return float(quant_noise(f, q.rng[one].double(), torch.tensor([b]), q.signed[one])) * BIT_LOSS
 
     def step_of(k: int) -> int:
         return moves[k][taken[k]] if taken[k] < len(moves[k]) else 0
@@ -349,12 +354,23 @@ def allocate_joint_reference(
         r[members[k]] += step_of(k)
         return r
 
-    sizes = [c.numel() for c in p.costs]
-
     def allowed(k: int) -> bool:  # within `skew` of the model's removed fraction after the move
         g, step = members[k][0], step_of(k)
         share = (int(removed.sum()) + step * len(members[k])) / sum(sizes)
         return p.skew is None or (int(removed[g]) + step) / sizes[g] <= share + p.skew + 1e-12
+
+    def bit_key(j: int, total: float) -> float:
+        fewer = bits.clone()
+        fewer[j] -= 1
+        saved = total - _reference_bops(q, p, fewer, removed)
+        if not (bool(bits[j] > lo[j]) and saved > 0):
+            return math.inf
+        b = float(bits[j])
+        return (_reference_noise(q, j, b - 1) - _reference_noise(q, j, b) + 1e-30) / saved
+
+    def prune_key(k: int, total: float) -> float:
+        saved = total - _reference_bops(q, p, bits, after(k)) if step_of(k) else 0.0
+        return (loss_of(k) + 1e-30) / saved if step_of(k) and saved > 0 and allowed(k) else math.inf
 
     while int(removed.sum()) < min_removed:
         per_unit = [loss_of(k) / (step_of(k) * len(members[k])) if step_of(k) and allowed(k) else math.inf
@@ -363,20 +379,9 @@ def allocate_joint_reference(
         if not math.isfinite(per_unit[k]):
             break
         removed, taken[k] = after(k), taken[k] + 1
-    while (total := bops(bits, removed)) > budget:
-        keys = []
-        for j in range(bits.numel()):
-            fewer = bits.clone()
-            fewer[j] -= 1
-            saved = total - bops(fewer, removed)
-            ok = bool(bits[j] > lo[j]) and saved > 0
-            keys.append(
-                (noise(j, float(bits[j]) - 1) - noise(j, float(bits[j])) + 1e-30) / saved if ok else math.inf
-            )
-        for k in range(len(members)):
-            saved = total - bops(bits, after(k)) if step_of(k) else 0.0
-            ok = step_of(k) and saved > 0 and allowed(k)
-            keys.append((loss_of(k) + 1e-30) / saved if ok else math.inf)
+    while (total := _reference_bops(q, p, bits, removed)) > budget:
+        keys = [bit_key(j, total) for j in range(bits.numel())]
+        keys += [prune_key(k, total) for k in range(len(members))]
         i = min(range(len(keys)), key=keys.__getitem__)
         if not math.isfinite(keys[i]):
             break
