@@ -185,9 +185,10 @@ def _panel(ax: Any, results: Results, task: str) -> None:
         ref = mean(dense, "acc")
         ax.axhline(ref, color="gray", linestyle=":", label="dense FP32")
         shown = [a for _, a in pipe] + [y[0] for y in ys]
-        if lm:  # from the best perplexity shown up to 1.6x it (collapsed runs fall off the top)
+        if lm:  # from the best perplexity shown to geta's worst point (collapsed pipeline runs fall off)
             low = min([ref, *shown])
-            ax.set_ylim(low * 0.95, low * 1.6)
+            geta_worst = max([y[0] for y in ys] + [mean(rows[n], "acc") for n in rows if n == DEFAULT])
+            ax.set_ylim(low * 0.95, min(max(low * 1.6, geta_worst * 1.05), low * 3))
         else:
             ax.set_ylim(max(min([ref - 12, *shown]) - 2, 0), min(100.5, max([ref, *shown]) + 2))
     ax.set_xscale("log")
