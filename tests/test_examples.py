@@ -50,7 +50,9 @@ def test_api_script_compresses_and_reports_against_the_original() -> None:
     )
     macs, reference = re.search(r"- MACs: ([\d,]+) \(dense reference: ([\d,]+)\)", out.stdout).groups()
     assert int(macs.replace(",", "")) < int(reference.replace(",", ""))  # convert removed units
-    assert "group sparsity 0.50" in out.stdout
+    relative = float(re.search(r"relative to dense FP32: ([\d.]+)%", out.stdout).group(1))
+    sparsity = float(re.search(r"group sparsity ([\d.]+);", out.stdout).group(1))
+    assert relative <= 1.0 and sparsity > 0  # the README's budget (target_bops=0.01), widths chosen
 
 
 def test_hf_trainer_example_compresses_with_qasso_as_the_trainers_optimizer() -> None:

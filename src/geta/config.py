@@ -173,17 +173,17 @@ class Config:
         u = self.uniform_layers
         if not isinstance(u, bool):
             raise ConfigError(f"Config.uniform_layers={u!r} must be True or False")
+        if u and self.selection is not Selection.UNIFORM:
+            raise ConfigError(
+                f"Config.uniform_layers=True needs selection='uniform', got selection="
+                f"{self.selection.value!r} (global selection gives every layer its own count)"
+            )
         if self.chooses_widths and self.selection is not Selection.UNIFORM:
             raise ConfigError(
                 f"Config.selection={self.selection.value!r} needs a fixed target_sparsity without "
                 f"target_bops (got target_sparsity={self.target_sparsity!r}, target_bops="
                 f"{self.target_bops!r}): under a budget the run chooses every group's width, "
                 "so selection must be 'uniform' (each group's own count)"
-            )
-        if u and self.selection is not Selection.UNIFORM:
-            raise ConfigError(
-                f"Config.uniform_layers=True needs selection='uniform', got selection="
-                f"{self.selection.value!r} (global selection gives every layer its own count)"
             )
         c = self.calibration_batches
         if isinstance(c, bool) or not isinstance(c, int) or c < 1:

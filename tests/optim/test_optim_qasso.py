@@ -293,12 +293,12 @@ def test_plan_without_quantizers_prunes_like_any_other() -> None:
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_released_work_buffers_change_nothing(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Large forgetting buffers are freed after each step instead of kept: same run, bit for bit."""
-    from geta.optim import layout
+    from geta.optim import units
 
     steps = range(SCHEDULE.warmup + SCHEDULE.projection + SCHEDULE.joint - 1)  # ends in the joint stage
     kept_plan, kept_opt = _run(kind, "adam", steps, None, seed=0)
     assert any(b.scratch for b in kept_opt._rows.flat)  # small: kept between steps
-    monkeypatch.setattr(layout, "SCRATCH_KEPT", 0)  # every buffer counts as large
+    monkeypatch.setattr(units, "SCRATCH_KEPT", 0)  # every buffer counts as large
     plan, opt = _run(kind, "adam", steps, None, seed=0)
     assert not any(b.scratch or b._views for b in opt._rows.flat)
     for (name, a), b in zip(kept_plan.model.state_dict().items(), plan.model.state_dict().values()):
