@@ -173,11 +173,11 @@ class CompressOptions:
         number(float, 0.0, 0.95, optional=True), shown="none", to=("config", "target_sparsity"),
     )  # fmt: skip
     weight_bits: tuple[int, int] = _opt(
-        (3, 4), "final bit range of the weights, LO,HI", bits(False), metavar="LO,HI",
+        (2, 8), "final bit range of the weights, LO,HI", bits(False), metavar="LO,HI",
         to=("config", "weight_bits"),
     )  # fmt: skip
     act_bits: tuple[int, int] | None = _opt(
-        (2, 4), "final bit range of layer inputs, LO,HI or none (float)", bits(True), metavar="LO,HI",
+        (2, 8), "final bit range of layer inputs, LO,HI or none (float)", bits(True), metavar="LO,HI",
         to=("config", "act_bits"),
     )  # fmt: skip
     epochs: int | None = _opt(
