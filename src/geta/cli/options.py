@@ -386,7 +386,7 @@ def default_text(name: str) -> str | None:
     """The default of option ``name`` as ``--help`` shows it, from the values the code applies.
 
     >>> default_text("weight_bits"), default_text("epochs"), default_text("joint")
-    ('3,4', '30', '7')
+    ('2,8', '30', '7')
     >>> default_text("optimizer"), default_text("dense_epochs")
     ('sgd; adamw for vit, llama, hf:DIR', '40; 1 for hf:DIR')
     >>> default_text("lr")
