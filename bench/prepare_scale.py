@@ -88,7 +88,8 @@ def warm_spec(spec, tool):
 
 PHASES = {"capture": "capture", "analyze": "analysis", "apply_module_constraints": "analysis",
           "build_groups": "analysis", "_register_known_layers": "analysis",
-          "unconvertible_groups": "trial", "dense_counts": "quant", "_attach": "quant",
+          "unconvertible_groups": "trial", "dense_counts": "quant", "_weight_quantizers": "quant",
+          "_attach_inputs": "quant",
           "_float_input_peaks": "calib", "_calibrate_products": "calib",
           "eager_multihead_attention": "quant", "_attach_eager_inputs": "quant",
           "_attach_products": "quant", "_carried_quantizers": "quant"}
