@@ -242,6 +242,7 @@ def job_geta(task_name: str, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
         act_bits=GETA_BITS if spec.get("acts", True) else None,
         target_bops=spec.get("budget"),
         selection=spec.get("selection", "uniform"),
+        learn_exponent=spec.get("learn_exponent", True),
     )
     plan = geta.prepare(model, (data[0][:64],), config)
     per_epoch = len(data[1]) // 64
