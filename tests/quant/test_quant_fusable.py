@@ -77,10 +77,49 @@ def test_fusable_computes_only_the_requested_gradients(wants: tuple[bool, ...]) 
     assert [same_bits(a, b) for a, b in zip(got, want)] == [True] * 5
 
 
-def tiny_plan() -> geta.Plan:
+def tiny_plan(learn_exponent: bool = True) -> geta.Plan:
     model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
-    config = geta.Config(target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8))
+    config = geta.Config(target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8), learn_exponent=learn_exponent)
     return geta.prepare(model, (torch.randn(4, 6),), config)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("ste", list(STE))
+def test_unit_exponent_path_equals_the_general_one_at_t_1(signed: bool, ste: STE) -> None:
+    """With t fixed at 1 the fused math skips pow: the same value and x/step/qmax gradients."""
+    x, g = sample(torch.float32, True)
+    wants = (True, True, True, False)
+    unit = run(lambda *a, **k: fusable_fake_quant(*a, **k, unit_exponent=True), x, g, 1.0, signed, ste, wants)
+    general = run(fusable_fake_quant, x, g, 1.0, signed, ste, wants)
+    assert [same_bits(a, b) for a, b in zip(unit, general)] == [True] * 5
+
+
+def test_unit_exponent_refuses_a_learned_exponent() -> None:
+    with pytest.raises(ValueError, match="unit_exponent"):
+        run(lambda *a, **k: fusable_fake_quant(*a, **k, unit_exponent=True), *sample(torch.float32, False),
+            1.0, True, STE.CLIPPED, (True, True, True, True))  # fmt: skip
+
+
+@pytest.mark.parametrize("learn", [True, False], ids=["learned-t", "fixed-t"])
+def test_compiled_graph_has_pow_only_for_a_learned_exponent(learn: bool) -> None:
+    """A fixed exponent (t = 1) compiles to a graph without pow or log; a learned one keeps both."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    plan = tiny_plan(learn_exponent=learn)
+    graphs: list[str] = []
+
+    def keep(gm: torch.fx.GraphModule, _inputs: list) -> torch.fx.GraphModule:
+        graphs.append(gm.code)
+        return gm
+
+    torch._dynamo.reset()
+    compiled = torch.compile(plan.model, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True)
+    x = torch.randn(5, 6)
+    got, want = grads_of(plan.model, compiled, x), grads_of(plan.model, plan.model, x)
+    code = "\n".join(graphs)
+    assert ("aten.pow" in code) is learn and ("aten.log" in code) is learn
+    assert len(got) == len(want) > 0
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, want))
 
 
 def grads_of(model: nn.Module, fn, x: Tensor) -> list[Tensor]:

@@ -138,3 +138,19 @@ def test_doctests() -> None:
 
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_unit_exponent_follows_every_writer_of_a_fixed_exponent() -> None:
+    """`unit_exponent` (the static fact compiled graphs use) is True exactly when t is fixed at 1."""
+    fixed, learned = LearnableQuantizer(learn_exponent=False), LearnableQuantizer()
+    assert fixed.unit_exponent and not learned.unit_exponent
+    state = {**fixed.state_dict(), "exponent": torch.tensor(1.3)}
+    fixed.load_state_dict(state)
+    assert not fixed.unit_exponent and float(fixed.exponent) == pytest.approx(1.3)
+    fixed.init_from(torch.tensor([0.5, -2.0]))  # exponent back to 1
+    assert fixed.unit_exponent
+    config = {**fixed.to_config(), "exponent": 1.3}
+    assert not LearnableQuantizer.from_config(config).unit_exponent
+    assert LearnableQuantizer.from_config(fixed.to_config()).unit_exponent
+    fixed.exponent.requires_grad_(True)  # learned from now on
+    assert not fixed.unit_exponent

@@ -159,6 +159,7 @@ def fake_quant(
     *,
     signed: bool = True,
     ste: STE = STE.CLIPPED,
+    unit_exponent: bool = False,
 ) -> Tensor:
     """Fake-quantize ``x``: Q(x) = sign(x) * step * round(min(|x|, qmax)**exponent / step).
 
@@ -170,6 +171,8 @@ def fake_quant(
     Under ``torch.export`` this is the op ``torch.ops.geta.fake_quant`` (one node); under
     ``torch.compile`` it is `geta.quant.fusable.fusable_fake_quant`, the same math as plain ops
     that inductor fuses with its neighbours; in eager mode the two are equal bit for bit.
+    ``unit_exponent=True`` promises that ``exponent`` is exactly 1 and gets no gradient
+    (`LearnableQuantizer.unit_exponent`): the compiled math then has no ``pow`` and no ``log``.
 
     >>> x = torch.tensor([-1.5, -0.26, 0.0, 0.3, 0.74])
     >>> fake_quant(x, torch.tensor(0.25), torch.tensor(1.0), torch.tensor(1.0))
@@ -183,7 +186,7 @@ def fake_quant(
             "or float16 tensors (cast integer or float8 data to one of them first)"
         )
     if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-        return fusable_fake_quant(x, step, qmax, exponent, signed=signed, ste=ste)  # inductor fuses it
+        return fusable_fake_quant(x, step, qmax, exponent, signed=signed, ste=ste, unit_exponent=unit_exponent)
     out = torch.ops.geta.fake_quant(x, step, qmax, exponent, bool(signed), STE(ste).value)
     if out.requires_grad and type(out) is Tensor:  # eager: `recompute_quantized` may rebuild it
         setattr(out, RECIPE, (x, step, qmax, exponent, bool(signed)))

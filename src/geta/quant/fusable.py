@@ -34,12 +34,13 @@ def _sign_magnitude(xc: Tensor, q: Tensor, signed: bool) -> tuple[Tensor, Tensor
     return (xc > 0).to(xc.dtype), xc.clamp_min(0.0).clamp_max(q)
 
 
-def _quantize(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool) -> Tensor:
-    """Q(x) = (sign(x) d) round(m ** t / d), in the order of the op (so equal bit for bit)."""
+def _quantize(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool, unit: bool) -> Tensor:
+    """Q(x) = (sign(x) d) round(m ** t / d), in the order of the op (so equal bit for bit);
+    ``unit``: t is exactly 1, and m ** 1 == m bit for bit."""
     d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
     s, m = _sign_magnitude(xc, q, signed)
-    return (s * d * torch.round(m.pow(t) / d)).to(x.dtype)
+    return (s * d * torch.round((m if unit else m.pow(t)) / d)).to(x.dtype)
 
 
 def _ste_grads(
@@ -49,6 +50,7 @@ def _ste_grads(
     signed: bool,
     ste: STE,
     needs: tuple[bool, ...],
+    unit: bool = False,
 ) -> tuple[Tensor | None, ...]:
     """(dL/dx, dL/dd, dL/dq_m, dL/dt) of docs/method.md §1.3, None where ``needs`` is False."""
     step, qmax, exponent = scalars
@@ -61,16 +63,16 @@ def _ste_grads(
         passband = xc.abs() <= bound if signed else (xc.abs() <= bound) & (xc >= 0)
         grad_x = torch.where(passband, g, torch.zeros((), dtype=g.dtype, device=g.device))
     gs = g.to(d.dtype) * s
-    u = m.pow(t)
+    u = m if unit else m.pow(t)
     if needs[1]:  # sum g s (round(u/d) - u/d)
         v = u / d
         grad_step = ((torch.round(v) - v) * gs).sum().to(step.dtype).reshape(step.shape)
     if needs[2]:  # sum over the clipped elements of g s t q_m ** (t - 1)
         clipped = xc.abs() > q if signed else xc > q
         zero = torch.zeros((), dtype=gs.dtype, device=gs.device)
-        grad_qmax = (
-            (torch.where(clipped, gs, zero).sum() * t * q ** (t - 1)).to(qmax.dtype).reshape(qmax.shape)
-        )
+        clipped_sum = torch.where(clipped, gs, zero).sum()
+        slope = clipped_sum if unit else clipped_sum * t * q ** (t - 1)  # t q_m^(t-1) is 1 * 1 at t = 1
+        grad_qmax = slope.to(qmax.dtype).reshape(qmax.shape)
     if needs[3]:  # sum g s u ln(max(m, eps))
         grad_exponent = (gs * u * m.clamp_min(LN_EPS).log()).sum()
         grad_exponent = grad_exponent.to(exponent.dtype).reshape(exponent.shape)
@@ -87,17 +89,18 @@ class _FusableFakeQuant(torch.autograd.Function):
         exponent: Tensor,
         signed: bool,
         ste: STE,
+        unit: bool,
     ) -> Tensor:
         ctx.save_for_backward(x, step, qmax, exponent)
-        ctx.signed, ctx.ste = signed, ste  # type: ignore[attr-defined]
-        return _quantize(x, step, qmax, exponent, signed)
+        ctx.signed, ctx.ste, ctx.unit = signed, ste, unit  # type: ignore[attr-defined]
+        return _quantize(x, step, qmax, exponent, signed, unit)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
         x, step, qmax, exponent = ctx.saved_tensors  # type: ignore[attr-defined]
         needs = tuple(ctx.needs_input_grad[:4])  # type: ignore[attr-defined]
-        grads = _ste_grads(grad, x, (step, qmax, exponent), ctx.signed, ctx.ste, needs)  # type: ignore[attr-defined]
-        return (*grads, None, None)
+        grads = _ste_grads(grad, x, (step, qmax, exponent), ctx.signed, ctx.ste, needs, ctx.unit)  # type: ignore[attr-defined]
+        return (*grads, None, None, None)
 
 
 def fusable_fake_quant(
@@ -108,6 +111,7 @@ def fusable_fake_quant(
     *,
     signed: bool = True,
     ste: STE = STE.CLIPPED,
+    unit_exponent: bool = False,
 ) -> Tensor:
     """`geta.quant.functional.fake_quant` as plain ops (same arguments, same values, same STE).
 
@@ -118,4 +122,6 @@ def fusable_fake_quant(
     >>> fusable_fake_quant(x, torch.tensor(0.25), torch.tensor(1.0), torch.tensor(1.0))
     tensor([-1.0000, -0.2500,  0.0000,  0.2500,  0.7500])
     """
-    return _FusableFakeQuant.apply(x, step, qmax, exponent, bool(signed), STE(ste))
+    if unit_exponent and exponent.requires_grad:
+        raise ValueError("fusable_fake_quant: unit_exponent=True promises an exponent without gradient")
+    return _FusableFakeQuant.apply(x, step, qmax, exponent, bool(signed), STE(ste), bool(unit_exponent))

@@ -68,11 +68,25 @@ class LearnableQuantizer(nn.Module):
         self.step = nn.Parameter(step_for_bits(self.init_bits, q_m, t, signed=self.signed))  # d
         self.qmax = nn.Parameter(q_m)  # q_m
         self.exponent = nn.Parameter(t, requires_grad=learn_exponent)  # t
+        self._unit = True  # the exponent's value is exactly 1 (kept by every geta writer of it)
+        self.register_load_state_dict_post_hook(_recheck_unit)
 
     @property
     def learn_exponent(self) -> bool:
         """Whether the exponent t is trained (False: fixed at its current value)."""
         return self.exponent.requires_grad
+
+    @property
+    def unit_exponent(self) -> bool:
+        """Whether t is fixed at exactly 1 (not learned, and 1 as initialised or loaded).
+
+        Then u(x) = min(|x|, q_m): under ``torch.compile`` the fused quantizer computes no
+        ``pow`` and no ``log`` (a static fact that the compiled graph is specialised on; eager
+        CPU code reads the value itself). Write a fixed exponent through `init_from`,
+        ``load_state_dict`` or `from_config`, which keep this fact; a compiled graph does not
+        see a direct in-place write to it.
+        """
+        return getattr(self, "_unit", False) and not self.exponent.requires_grad  # (older pickles: unknown)
 
     @property
     def bit_width(self) -> float:
@@ -104,11 +118,14 @@ class LearnableQuantizer(nn.Module):
         peak = magnitude.amax() if t.numel() > 0 else torch.zeros((), device=t.device)
         self.qmax.copy_(peak.to(self.qmax.dtype).clamp_min(MIN_QMAX))
         self.exponent.fill_(1.0)
+        self._unit = True
         self.set_bits(self.init_bits)
 
     def forward(self, x: Tensor) -> Tensor:
         """Q(x): the fake-quantized ``x`` (same shape and dtype), with STE gradients."""
-        return fake_quant(x, self.step, self.qmax, self.exponent, signed=self.signed, ste=self.ste)
+        return fake_quant(
+            x, self.step, self.qmax, self.exponent, signed=self.signed, ste=self.ste, unit_exponent=self.unit_exponent
+        )
 
     def extra_repr(self) -> str:
         shown = "?" if self.step.device.type == "meta" else f"{self.bit_width:.2f}"
@@ -162,4 +179,11 @@ class LearnableQuantizer(nn.Module):
             for name in cls.SCALARS:
                 if name in config:
                     getattr(q, name).fill_(float(config[name]))
+        _recheck_unit(q, None)
         return q
+
+
+def _recheck_unit(module: nn.Module, _incompatible: object) -> None:
+    """After a load: is the exponent exactly 1? (A meta tensor has no value: then not known.)"""
+    t = module.exponent
+    module._unit = t.device.type != "meta" and float(t.detach()) == 1.0
