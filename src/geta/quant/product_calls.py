@@ -114,7 +114,7 @@ class ProductMode(TorchFunctionMode):
         if call is None:
             if self.owner._record is None:
                 raise self.unknown_site(site)
-            return len(self.owner.kinds)  # recorded as a mismatch: this call matches none
+            return len(self.owner.kinds)  # (calibration) none of the calls: it runs in float
         return call
 
     def learn_sites(self) -> None:

@@ -20,23 +20,24 @@ kind, `geta.ops.registry.product_kind`, leaves one node per call of the kind's f
 `geta.ops.traits.PRODUCT_KINDS`). Every call is counted, quantized or not, so weight products
 (``x @ self.w``) keep their place.
 
-At run time a call is found by its **call site** (`geta.quant.call_sites`): the line of the
-innermost frame outside torch and ``geta.quant`` that made it, with its occurrence number at
-that line within the forward (a loop running one line twice makes occurrences 0 and 1). The
-holder learns which site is which call on an eager forward that runs the calls in the graph's
-order, checked kind by kind: the calibration forward (`record_products`, which `geta.prepare`
-runs on every fresh holder), or else the holder's first eager forward (a holder restored by
-`restore_product_quantizers`, or unpickled: pickling drops the sites, since file names differ
-between installations; ``copy.deepcopy`` keeps them). From then on an eager forward quantizes
-each call with the quantizers of its site, whatever order the forward runs them in (a forward
-that computes one branch's ``p @ v`` before another's ``q @ k`` still gets each product's own
-quantizers). A call at a site the holder never saw raises a `GetaError` naming the module, the
-site and the known sites.
+At run time (`geta.quant.product_calls`) a call is found by its **call site**
+(`geta.quant.call_sites`): the line of the innermost frame outside torch and ``geta.quant``
+that made it, with its occurrence number at that line within the forward (a loop running one
+line twice makes occurrences 0 and 1). The holder learns which site is which call on an eager
+forward that runs the calls in the graph's order, checked kind by kind: the calibration forward
+(`record_products`, which `geta.prepare` runs on every fresh holder), or else the holder's first
+eager forward (a holder restored by `restore_product_quantizers`, or unpickled: pickling drops
+the sites, since file names differ between installations; ``copy.deepcopy`` keeps them). From
+then on an eager forward quantizes each call with the quantizers of its site, whatever order
+the forward runs them in (a forward that computes one branch's ``p @ v`` before another's
+``q @ k`` still gets each product's own quantizers). A call at a site the holder never saw
+raises a `GetaError` naming the module, the site and the known sites.
 
-Under ``torch.compile`` (and ``torch.export``, which traces with it) frames cannot be read, so
-the k-th product call of the forward gets the quantizers of call k, as captured. Either way the
-calls are checked: a call of another kind than its call's, one call too many or too few, raises
-a `GetaError` naming the module and both sequences, instead of quantizing the wrong operands.
+While ``torch.compile`` traces (and ``torch.export``: `torch.compiler.is_compiling` is true in
+both) frames cannot be read, so there the k-th product call of the forward gets the quantizers
+of call k, as captured. Either way the calls are checked: a call of another kind than its
+call's, one call too many or too few, raises a `GetaError` naming the module and both
+sequences, instead of quantizing the wrong operands.
 While `record_products` runs (calibration) a mismatch is recorded, not raised: the caller
 detaches the module's quantizers (`geta.prepare` does, with a warning).
 
@@ -58,6 +59,8 @@ quantizers are submodules).
 >>> q, k = torch.tensor([[[0.4, 1.0]]]), torch.tensor([[[1.0, 0.2]]])
 >>> m(q, k).detach()              # 2 bits: q -> (0, 1), k -> (1, 0); float: 0.6
 tensor([[[0.]]])
+>>> [(function, call) for (_, function, _, _), call in m.geta_product_quantizers.sites.items()]
+[('forward', 0)]
 >>> with record_products([m]) as seen:    # calibration: float operands, their peaks recorded
 ...     m(q, k).detach()
 tensor([[[0.6000]]])
