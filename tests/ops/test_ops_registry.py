@@ -26,7 +26,7 @@ from geta.ops import catalog, registry
 from geta.ops.macs import MacRule
 from geta.ops.registry import has_trait, mac_rule, ops_with, product_kind, register_op
 from geta.ops.traits import PRODUCT_KINDS, SIGN_THROUGH, VALUES_THROUGH, Trait
-from geta.quant import products
+from geta.quant import product_calls
 from geta.reporting import flops, report
 from geta.reporting.count import _looks_through
 
@@ -171,7 +171,7 @@ def test_derived_views_agree_with_the_registry() -> None:
             assert product_kind(op) == facts.product
     kinds = {product_kind(op) for op in registry.registered_ops()} - {None}
     assert kinds == set(PRODUCT_KINDS)  # every kind intercepted at run time has graph ops
-    assert products._FUNCTIONS == {f: k.name for k in PRODUCT_KINDS.values() for f in k.functions}
+    assert product_calls.FUNCTIONS == {f: k.name for k in PRODUCT_KINDS.values() for f in k.functions}
 
 
 @pytest.mark.parametrize(

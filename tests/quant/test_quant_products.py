@@ -1,8 +1,9 @@
 """Quantizers on activation x activation products (`geta.quant.products`), unit level.
 
 The mechanism: a module's product calls are intercepted during its forward and their operands
-fake-quantized; the k-th product call is the k-th product node of the module in the graph, and a
-forward whose calls differ from those raises instead of quantizing the wrong operands.
+fake-quantized; call k of the holder is the k-th product node of the module in the graph, and a
+forward whose calls differ from those raises instead of quantizing the wrong operands. How a
+call is matched to its call k (its site, or its position) is tested in test_quant_product_calls.py.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ identity:
   an *activation product* when none of its multiplied operands is a parameter or buffer
   (seen through views, casts, parts and quantizers): ``x @ self.w`` is a weight product;
 - it belongs to the innermost module of its ``nn_module_stack``, its *owner*; the owner's
-  forward makes one call per product node of its whole subtree, in graph order, so the k-th
-  product call at run time is the k-th of these nodes;
+  forward makes one call per product node of its whole subtree, in graph order: call k of the
+  owner is the k-th of these nodes (at run time `geta.quant.products` tells the calls apart by
+  their call sites, learned on a forward that runs them in this order);
 - operands are named for display: 'qk.q', 'qk.k', 'pv.p', 'pv.v' for attention (an sdpa
   node, or a matmul whose output reaches the next one's first operand through scale, mask and
   softmax), 'matmul.a', 'matmul.b' otherwise; an operand never negative (after a softmax or a

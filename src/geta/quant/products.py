@@ -14,14 +14,30 @@ call: while a module that owns product quantizers runs its forward, a
   (`quantized_attention`: scores, mask, softmax, ``Q_p(p)``, p·v); the same function up to
   float rounding, with p materialised as eager attention does.
 
-Which calls to quantize is decided once, from the captured graph (`geta.prepare`): the k-th
-product call of a forward corresponds to the k-th product node of the module in the graph
-(an op registered with a product kind, `geta.ops.registry.product_kind`, leaves one node per
-call of the kind's functions, `geta.ops.traits.PRODUCT_KINDS`).
-Every call is counted, quantized or not, so weight products (``x @ self.w``) keep their place
-in the order. The order is checked: a forward whose product calls differ from the kinds the
-holder was attached for (a call of another kind, one call too many or too few) raises a
-`GetaError` naming the module and both sequences, instead of quantizing the wrong operands.
+Which calls to quantize is decided once, from the captured graph (`geta.prepare`): call k of
+the holder is the k-th product node of the module in the graph (an op registered with a product
+kind, `geta.ops.registry.product_kind`, leaves one node per call of the kind's functions,
+`geta.ops.traits.PRODUCT_KINDS`). Every call is counted, quantized or not, so weight products
+(``x @ self.w``) keep their place.
+
+At run time (`geta.quant.product_calls`) a call is found by its **call site**
+(`geta.quant.call_sites`): the line of the innermost frame outside torch and ``geta.quant``
+that made it, with its occurrence number at that line within the forward (a loop running one
+line twice makes occurrences 0 and 1). The holder learns which site is which call on an eager
+forward that runs the calls in the graph's order, checked kind by kind: the calibration forward
+(`record_products`, which `geta.prepare` runs on every fresh holder), or else the holder's first
+eager forward (a holder restored by `restore_product_quantizers`, or unpickled: pickling drops
+the sites, since file names differ between installations; ``copy.deepcopy`` keeps them). From
+then on an eager forward quantizes each call with the quantizers of its site, whatever order
+the forward runs them in (a forward that computes one branch's ``p @ v`` before another's
+``q @ k`` still gets each product's own quantizers). A call at a site the holder never saw
+raises a `GetaError` naming the module, the site and the known sites.
+
+While ``torch.compile`` traces (and ``torch.export``: `torch.compiler.is_compiling` is true in
+both) frames cannot be read, so there the k-th product call of the forward gets the quantizers
+of call k, as captured. Either way the calls are checked: a call of another kind than its
+call's, one call too many or too few, raises a `GetaError` naming the module and both
+sequences, instead of quantizing the wrong operands.
 While `record_products` runs (calibration) a mismatch is recorded, not raised: the caller
 detaches the module's quantizers (`geta.prepare` does, with a warning).
 
@@ -43,6 +59,8 @@ quantizers are submodules).
 >>> q, k = torch.tensor([[[0.4, 1.0]]]), torch.tensor([[[1.0, 0.2]]])
 >>> m(q, k).detach()              # 2 bits: q -> (0, 1), k -> (1, 0); float: 0.6
 tensor([[[0.]]])
+>>> [(function, call) for (_, function, _, _), call in m.geta_product_quantizers.sites.items()]
+[('forward', 0)]
 >>> with record_products([m]) as seen:    # calibration: float operands, their peaks recorded
 ...     m(q, k).detach()
 tensor([[[0.6000]]])
@@ -53,21 +71,21 @@ tensor([[[0.6000]]])
 from __future__ import annotations
 
 import contextlib
-import functools
+import copy
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from geta.config import STE
 from geta.errors import GetaError
-from geta.ops.traits import ATTENTION, MATMUL, PRODUCT_KINDS
-from geta.quant.eager_attention import SDPA_ARGS, quantized_attention
+from geta.ops.traits import ATTENTION, MATMUL
+from geta.quant.call_sites import Site
+from geta.quant.eager_attention import quantized_attention
+from geta.quant.product_calls import LABELS, OPERANDS, ProductMode, ProductRecord
 from geta.quant.quantizer import LearnableQuantizer
 
 __all__ = [
@@ -86,12 +104,6 @@ __all__ = [
 
 PRODUCT_QUANTIZERS_ATTR = "geta_product_quantizers"  # submodule name on the module running them
 
-# The torch functions the mode intercepts, by the kind of node each one leaves in the graph
-# (declared with the kinds, `geta.ops.traits.PRODUCT_KINDS`).
-_FUNCTIONS: dict[Callable[..., Any], str] = {f: k.name for k in PRODUCT_KINDS.values() for f in k.functions}
-_OPERANDS = {name: len(kind.operands) for name, kind in PRODUCT_KINDS.items()}
-_LABELS = {name: kind.operands for name, kind in PRODUCT_KINDS.items()}
-
 
 class ProductQuantizers(nn.Module):
     """The operand quantizers of the products one module runs (a submodule of that module).
@@ -100,17 +112,20 @@ class ProductQuantizers(nn.Module):
     ``operands[str(k)]`` holds the quantizers of call k when it is quantized: ``[a, b]`` for a
     matmul, ``[q, k, v, p]`` for attention. A slot may hold any module (``nn.Identity`` leaves
     that operand in float; an export may put its own quantize-dequantize module there).
+    ``sites`` maps each call's `Site` to its index once an eager forward has shown them (empty
+    until then; transient: not in `layout`, dropped by pickling, kept by ``copy.deepcopy``).
     """
 
     def __init__(self, kinds: Sequence[str]) -> None:
         super().__init__()
-        unknown = sorted(set(kinds) - set(_OPERANDS))
+        unknown = sorted(set(kinds) - set(OPERANDS))
         if unknown:
             raise GetaError(f"unknown product kinds {unknown}; use {MATMUL!r} or {ATTENTION!r}")
         self.kinds = tuple(kinds)
         self.operands = nn.ModuleDict()
         self.labels: dict[str, tuple[str, ...]] = {}  # str(call) -> a display label per operand
-        self._active: list[_ProductMode] = []  # modes of the forwards running now (innermost last)
+        self.sites: dict[Site, int] = {}  # call site -> call index (learned on an eager forward)
+        self._active: list[ProductMode] = []  # modes of the forwards running now (innermost last)
         self._record: ProductRecord | None = None  # set by `record_products`
         self._hooks: tuple[RemovableHandle, ...] = ()  # the owner's two hooks (`attach_product_quantizers`)
 
@@ -154,81 +169,24 @@ class ProductQuantizers(nn.Module):
         return f"kinds={list(self.kinds)}, quantized_calls={[int(k) for k in self.operands]}"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_active": [], "_record": None}  # transient: never copied or pickled
+        # transient: never copied or pickled; sites name files of this installation: re-learned
+        return {**self.__dict__, "_active": [], "_record": None, "sites": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({"sites": {}, **state})  # (pickled by a version without sites)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ProductQuantizers:
+        """A copy in this process keeps the sites (pickling drops them, `__getstate__`)."""
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy({**self.__getstate__(), "sites": dict(self.sites)}, memo))
+        return copied
 
 
 def _settings(slot: nn.Module) -> dict[str, Any] | None:
     if not isinstance(slot, LearnableQuantizer):
         return None
     return {"signed": slot.signed, "ste": slot.ste.value, "learn_exponent": slot.learn_exponent}
-
-
-@dataclass
-class ProductRecord:
-    """What `record_products` saw: product kinds per forward call, and operand peaks.
-
-    ``kinds[module]`` has one tuple per forward of ``module`` (the kinds of its product calls in
-    order); ``peaks[quantizer]`` is the largest magnitude its operand reached (for an unsigned
-    quantizer: the largest value), before quantization.
-    """
-
-    kinds: dict[nn.Module, list[tuple[str, ...]]] = field(default_factory=dict)
-    peaks: dict[LearnableQuantizer, float] = field(default_factory=dict)
-
-    def note(self, quantizer: nn.Module, x: Tensor) -> None:
-        if not isinstance(quantizer, LearnableQuantizer) or x.numel() == 0:
-            return
-        values = x.detach().abs() if quantizer.signed else x.detach().clamp_min(0.0)
-        self.peaks[quantizer] = max(float(values.amax()), self.peaks.get(quantizer, 0.0))
-
-
-class _ProductMode(TorchFunctionMode):
-    """Quantizes the operands of the owner's product calls during one forward of it."""
-
-    def __init__(self, owner: ProductQuantizers, module: str) -> None:
-        super().__init__()
-        self.owner = owner
-        self.module = module  # the running module's class name, for errors
-        self.seen: list[str] = []  # kinds of the product calls so far
-
-    def __torch_function__(
-        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        kind = _FUNCTIONS.get(func)
-        if kind is None:
-            return func(*args, **kwargs)
-        call = len(self.seen)
-        self.seen.append(kind)
-        expected = self.owner.kinds[call] if call < len(self.owner.kinds) else None
-        if kind != expected and self.owner._record is None:  # (calibration records it instead)
-            raise self.mismatch()
-        slots = self.owner.operands[str(call)] if str(call) in self.owner.operands else None
-        if slots is None or len(slots) != _OPERANDS[kind]:  # not quantized (or not as recorded)
-            return func(*args, **kwargs)
-        quantizers = [functools.partial(self._quantize, slot) for slot in slots]
-        if kind == ATTENTION:
-            bound = {**dict(zip(SDPA_ARGS, args, strict=False)), **kwargs}
-            q, k, v = (bound.pop(name) for name in SDPA_ARGS[:3])
-            return quantized_attention(q, k, v, quantizers, **bound)
-        a, b = quantizers[0](args[0]), quantizers[1](args[1])
-        return func(a, b, *args[2:], **kwargs)
-
-    def mismatch(self) -> GetaError:
-        """The error for a forward whose product calls are not the ones quantized."""
-        return GetaError(
-            f"{self.module}: its forward called the products {self.seen} where its product quantizers "
-            f"were attached for {list(self.owner.kinds)} (the calls of the captured graph, in order); "
-            "the k-th call must be the k-th captured product: run the forward as it was captured, or "
-            "detach them with geta.quant.detach_product_quantizers (the products then run in float)"
-        )
-
-    def _quantize(self, quantizer: nn.Module, x: Tensor) -> Tensor:
-        record = self.owner._record
-        if record is not None:  # calibration: float statistics, the operand passes unquantized
-            record.note(quantizer, x)
-            return x
-        return quantizer(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,14 +199,14 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     owner = product_quantizers(module)
     if owner is None:
         return
-    mode = _ProductMode(owner, type(module).__name__)
+    mode = ProductMode(owner, type(module).__name__)
     mode.__enter__()
     owner._active.append(mode)
 
 
 def _exit(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
     """Forward hook (``always_call``): pop the mode pushed by `_enter`, even if forward raised;
-    a forward that completed with fewer product calls than attached for raises (`_ProductMode`)."""
+    a forward that completed with fewer product calls than attached for raises (`ProductMode`)."""
     owner = product_quantizers(module)
     if owner is None or not owner._active:
         return
@@ -258,6 +216,8 @@ def _exit(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         owner._record.kinds.setdefault(module, []).append(tuple(mode.seen))
     elif len(mode.seen) != len(owner.kinds) and not _raising():
         raise mode.mismatch()
+    if not torch.compiler.is_compiling() and not _raising():
+        mode.learn_sites()
 
 
 def _raising() -> bool:
@@ -286,11 +246,11 @@ def attach_product_quantizers(
     for call, slots in sorted(operands.items()):
         if not 0 <= call < len(holder.kinds):
             raise GetaError(f"product call {call} is out of range: the module runs {len(holder.kinds)}")
-        want = _OPERANDS[holder.kinds[call]]
+        want = OPERANDS[holder.kinds[call]]
         if len(slots) != want:
             raise GetaError(f"a {holder.kinds[call]} call has {want} operand quantizers, got {len(slots)}")
         holder.operands[str(call)] = nn.ModuleList(slots)
-        names = (labels or {}).get(call, _LABELS[holder.kinds[call]])
+        names = (labels or {}).get(call, LABELS[holder.kinds[call]])
         if len(names) != want:
             raise GetaError(f"a {holder.kinds[call]} call needs {want} labels, got {list(names)}")
         holder.labels[str(call)] = tuple(names)
