@@ -79,7 +79,9 @@ def test_fusable_computes_only_the_requested_gradients(wants: tuple[bool, ...]) 
 
 def tiny_plan(learn_exponent: bool = True) -> geta.Plan:
     model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
-    config = geta.Config(target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8), learn_exponent=learn_exponent)
+    config = geta.Config(
+        target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8), learn_exponent=learn_exponent
+    )
     return geta.prepare(model, (torch.randn(4, 6),), config)
 
 
@@ -113,7 +115,9 @@ def test_compiled_graph_has_pow_only_for_a_learned_exponent(learn: bool) -> None
         return gm
 
     torch._dynamo.reset()
-    compiled = torch.compile(plan.model, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True)
+    compiled = torch.compile(
+        plan.model, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True
+    )
     x = torch.randn(5, 6)
     got, want = grads_of(plan.model, compiled, x), grads_of(plan.model, plan.model, x)
     code = "\n".join(graphs)

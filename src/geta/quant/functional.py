@@ -186,7 +186,9 @@ def fake_quant(
             "or float16 tensors (cast integer or float8 data to one of them first)"
         )
     if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-        return fusable_fake_quant(x, step, qmax, exponent, signed=signed, ste=ste, unit_exponent=unit_exponent)
+        return fusable_fake_quant(
+            x, step, qmax, exponent, signed=signed, ste=ste, unit_exponent=unit_exponent
+        )
     out = torch.ops.geta.fake_quant(x, step, qmax, exponent, bool(signed), STE(ste).value)
     if out.requires_grad and type(out) is Tensor:  # eager: `recompute_quantized` may rebuild it
         setattr(out, RECIPE, (x, step, qmax, exponent, bool(signed)))

@@ -124,7 +124,13 @@ class LearnableQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Q(x): the fake-quantized ``x`` (same shape and dtype), with STE gradients."""
         return fake_quant(
-            x, self.step, self.qmax, self.exponent, signed=self.signed, ste=self.ste, unit_exponent=self.unit_exponent
+            x,
+            self.step,
+            self.qmax,
+            self.exponent,
+            signed=self.signed,
+            ste=self.ste,
+            unit_exponent=self.unit_exponent,
         )
 
     def extra_repr(self) -> str:
