@@ -96,7 +96,8 @@ PHASES = {"capture": "capture", "analyze": "analysis", "apply_module_constraints
 
 def run_geta():
     import geta
-    P = importlib.import_module("geta.prepare")
+    # prepare's steps live in two modules: each name is timed where it is looked up
+    modules = [importlib.import_module(m) for m in ("geta.prepare", "geta.search_space")]
     times, stack = {}, []
     def timed(name, f):
         def g(*a, **k):
@@ -111,7 +112,9 @@ def run_geta():
                     times[PHASES[stack[-1]]] -= dt
         return g
     for name in PHASES:
-        setattr(P, name, timed(name, getattr(P, name)))
+        for M in modules:
+            if hasattr(M, name):
+                setattr(M, name, timed(name, getattr(M, name)))
     config = geta.Config(act_bits=(4, 8))
     geta.prepare(*build(warm_spec(spec, "geta")), config)
     times.clear()

@@ -1,4 +1,8 @@
-"""`prepare`: capture a model, find its prune groups and attach its quantizers (the QADG)."""
+"""`prepare`: capture a model, find its prune groups and attach its quantizers (the QADG).
+
+Steps 1-3 (capture, analyse, groups: the float model's search space) are `geta.search_space`;
+this module attaches and calibrates the quantizers on top of them.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,11 @@ from torch.nn.utils.parametrize import ParametrizationList
 from geta.config import Config
 from geta.errors import ConfigError
 from geta.graph.activation_products import nonnegative, operand_sites, product_owners
-from geta.graph.analysis import Analysis, QuantSite, analyze
+from geta.graph.analysis import Analysis, QuantSite
 from geta.graph.capture import capture, eval_mode, normalize_inputs, on_meta, run_model
-from geta.graph.groups import build_groups
 from geta.graph.ir import Graph
-from geta.graph.trial import unconvertible_groups
 from geta.ops.mha import eager_layer_inputs, eager_multihead_attention  # (+ nn.MultiheadAttention rules)
-from geta.ops.modules import apply_module_constraints, is_layer
+from geta.ops.modules import is_layer
 from geta.plan import Plan, QuantBinding, QuantTarget
 from geta.quant.attach import (
     attach_input_quantizer,
@@ -38,17 +40,9 @@ from geta.quant.products import (
 from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.count import dense_counts
 from geta.savehook import guard_save_pretrained
+from geta.search_space import analyze_model
 
 __all__ = ["prepare", "analyze_model"]
-
-
-def analyze_model(model: nn.Module, example_inputs: object, config: Config) -> tuple[Analysis, Plan]:
-    """Capture and analyse without attaching quantizers (the float model's search space): the
-    first three steps of `prepare` (capture, analyse, groups)."""
-    _register_known_layers()
-    graph = capture(model, example_inputs)
-    analysis = _analyse(graph, model)
-    return analysis, _groups(model, graph, analysis, example_inputs, config)
 
 
 def prepare(model: nn.Module, example_inputs: object, config: Config | None = None) -> Plan:
@@ -105,35 +99,6 @@ def _checked(model: nn.Module, example_inputs: object, config: Config | None) ->
         raise ConfigError(f"prepare(model=...) must be a torch.nn.Module, got {type(model).__name__}")
     normalize_inputs(example_inputs)
     return config
-
-
-def _analyse(graph: Graph, model: nn.Module) -> Analysis:
-    """Step 2: what every node of ``graph`` does to channels, with the module types' constraints."""
-    analysis = analyze(graph, model)
-    apply_module_constraints(analysis, model)
-    return analysis
-
-
-def _groups(
-    model: nn.Module, graph: Graph, analysis: Analysis, example_inputs: object, config: Config
-) -> Plan:
-    """Step 3: a plan without quantizers, with the prune groups; groups whose removal breaks the
-    model's forward are made unprunable."""
-    groups, spaces = build_groups(analysis, config.exclude_prune)
-    plan = Plan(
-        model,
-        config,
-        graph,
-        groups,
-        [],
-        analysis=analysis,
-        group_spaces=spaces,
-        example_inputs=example_inputs,
-    )
-    for gid in unconvertible_groups(plan):
-        g = plan.groups[gid]
-        g.prunable, g.reason = False, "removing a unit breaks the model's forward (a size fixed in its code)"
-    return plan
 
 
 def _weight_quantizers(
@@ -337,12 +302,6 @@ def _run_eval(model: nn.Module, example_inputs: object) -> object:
     """One forward in eval mode (calibration must not update BatchNorm statistics)."""
     with eval_mode(model):
         return run_model(model, example_inputs)
-
-
-def _register_known_layers() -> None:
-    from geta.ops.catalog import load_library_knowledge
-
-    load_library_knowledge()  # transformers' and timm's classes, if the user imported them
 
 
 # ---------------------------------------------------------------------------------------------

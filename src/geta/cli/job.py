@@ -4,15 +4,15 @@ The job is a sequence of epochs in two phases, ``dense`` then ``compress``. Afte
 (and when asked to stop, at the next batch boundary) the whole run state is checkpointed
 atomically (`geta.cli.checkpoint`); a resumed job rebuilds the model, plan and optimizer, loads
 the state and continues from the same batch, so it ends with exactly the same numbers as an
-uninterrupted run. Progress goes to a `Reporter`; this module prints nothing itself.
+uninterrupted run. What each phase trains with (optimizers, the prepared plan and its QASSO,
+the teacher, the learning rates) is built by `geta.cli.phases`. Progress goes to a `Reporter`;
+this module prints nothing itself.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable
@@ -24,14 +24,15 @@ import torch
 from torch import nn
 
 import geta
+from geta.cli import phases
 from geta.cli.checkpoint import rng_state, save_state, set_rng_state, state_path
 from geta.cli.errors import CliError
-from geta.cli.options import STAGE_NAMES, CompressOptions
+from geta.cli.options import STAGE_NAMES
+from geta.cli.phases import CALIBRATION_SAMPLES
 from geta.cli.progress import RunProgress, mean_bits, metrics_text
 from geta.cli.quiet import quiet_capture
 from geta.cli.restore import load_dense_checkpoint, restore
 from geta.cli.runstate import RunState
-from geta.optim.budget import InfeasibleBudget
 from geta.optim.finite import NonFiniteError
 from geta.recipes import (
     DataBundle,
@@ -53,7 +54,6 @@ __all__ = [
     "CALIBRATION_SAMPLES",
 ]
 
-CALIBRATION_SAMPLES = 64  # training samples that calibrate the activation ranges in `prepare`
 _COMPRESS_EPOCH_SEED = 100_000  # compression epochs shuffle with seeds apart from dense ones
 _RECALIBRATE_SEED = 200_000  # the (fixed) order of the batches that re-estimate BatchNorm statistics
 
@@ -88,26 +88,6 @@ class JobResult:
     data: DataBundle
     state: RunState
     device: torch.device
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:
-        pass
-
-
-def _dense_optimizer(options: CompressOptions, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    params, wd, name = model.parameters(), options.weight_decay, options.training().optimizer
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=options.momentum, weight_decay=wd, nesterov=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
 class CompressJob:
@@ -148,7 +128,7 @@ class CompressJob:
         self._wall_before = state.wall_seconds
         resumed = state.rng is not None  # only a checkpoint holds RNG states
         if not resumed:
-            _seed_everything(o.seed)
+            phases.seed_everything(o.seed)
         self.device = torch.device(o.device)
         self.data = load_run_data(o.model, o.data, seed=o.seed, seq_len=o.seq_len)
         self.model = build_model(o.model, self.data, seed=o.seed).to(self.device)
@@ -156,7 +136,8 @@ class CompressJob:
             load_dense_checkpoint(o.dense_checkpoint, self.model)
         self._check_position(state)
         if state.phase == "dense" and o.target_bops is not None:
-            self._check_budget(state)  # before the dense phase: an infeasible budget fails in seconds
+            # before the dense phase: an infeasible budget fails in seconds
+            phases.check_budget(o, self.data, self.device, self.model)
         self._announce(state, resumed=resumed)  # after the inputs are checked: errors come alone
         dense_epochs = 0 if o.dense_checkpoint else o.training().dense_epochs
         self.progress = RunProgress(dense_epochs, sum(o.stage_epochs()), self.data.num_batches(o.batch_size),
@@ -168,7 +149,7 @@ class CompressJob:
             assert state.dense is not None
             restore("dense", lambda: self.model.load_state_dict(state.dense["state"]), self.out)
         plan, opt = self._prepare(state)
-        self._epochs(state, opt, sum(o.stage_epochs()), lambda: opt.stage.value, self._qasso_lr(state, opt))
+        self._epochs(state, opt, sum(o.stage_epochs()), lambda: opt.stage.value, phases.qasso_lr(o, opt))
         return JobResult(self.model, plan, self.data, state, self.device)
 
     def _check_position(self, state: RunState) -> None:
@@ -207,7 +188,7 @@ class CompressJob:
         lr, _ = o.learning_rates()
         dense_epochs = o.training().dense_epochs
         if not o.dense_checkpoint:  # (a dense checkpoint is loaded in `run`)
-            opt = _dense_optimizer(o, self.model, lr)
+            opt = phases.dense_optimizer(o, self.model, lr)
             self._restore_all(state, opt)
             spe = self.data.num_batches(o.batch_size)
 
@@ -223,58 +204,17 @@ class CompressJob:
         state.model = state.optimizer = None
         self._save(state, None)
 
-    def _build(self, state: RunState, model: nn.Module) -> tuple[geta.Plan, geta.QASSO]:
-        """Prepare ``model`` with the run's `geta.Config` and build its QASSO optimizer."""
-        o = state.options
-        example = tuple(t.to(self.device) for t in self.data.example(CALIBRATION_SAMPLES))
-        plan = geta.prepare(model, example, geta.Config(**o.arguments("config")))
-        steps = self.data.num_batches(o.batch_size)
-        schedule = geta.Schedule.from_epochs(steps_per_epoch=steps, **o.arguments("schedule"))
-        opt = geta.QASSO(plan, schedule=schedule, **o.arguments("qasso"))
-        return plan, opt
-
-    def _check_budget(self, state: RunState) -> None:
-        """Build the compression on a throwaway copy of the model: is ``--target-bops`` reachable?
-
-        The random states are put back afterwards, so the run is the same as without the check.
-        """
-        o, saved = state.options, rng_state()
-        try:
-            with quiet_capture(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the real `prepare` warns later, once
-                self._build(state, copy.deepcopy(self.model))
-        except InfeasibleBudget as exc:
-            widths = (
-                "every layer at its --min-keep width" if o.sparsity is None else f"--sparsity {o.sparsity:g}"
-            )
-            fix = "lower --min-keep" if o.sparsity is None else "raise --sparsity (or leave it out)"
-            raise CliError(
-                f"--target-bops {o.target_bops:g} cannot be met: with the lower ends of --weight-bits "
-                f"{o.weight_bits[0]} and --act-bits {o.act_bits[0] if o.act_bits else 'none'} and "
-                f"{widths} the model costs {exc.floor:.6g} of the dense BOPs; pass "
-                f"--target-bops {exc.floor:.6g} or more, lower those lower ends or {fix}"
-            ) from None
-        finally:
-            set_rng_state(saved)
-
     def _prepare(self, state: RunState) -> tuple[geta.Plan, geta.QASSO]:
         """Prepare the dense model and build QASSO; load the checkpoint's state if there is one."""
-        self.teacher = self._teacher(state) if state.options.training().distill > 0 else None
-        plan, opt = self._build(state, self.model)
+        if state.options.training().distill > 0:
+            assert state.dense is not None
+            self.teacher = phases.teacher(self.model, state.dense["state"])
+        else:
+            self.teacher = None
+        plan, opt = phases.build_compression(state.options, self.data, self.device, self.model)
         self._restore_all(state, opt)  # `prepare` may draw random numbers: start from the checkpoint's
         self.plan = plan
-        if plan.config.chooses_widths:
-            budget = getattr(opt.bits, "relative_budget", None)
-            least = f", at least {opt.target_units} removed" if opt.target_units else ""
-            under = "" if budget is None else f" of {100 * budget:.3g} % of the dense BOPs"
-            units = f"{plan.num_prunable_units} units, widths chosen with the bits under the budget"
-            units += under + least
-        else:
-            units = f"{plan.num_prunable_units} units, {opt.target_units} to remove"
-        self.reporter.note(
-            f"prepared: {len(plan.prunable_groups)} of {len(plan.groups)} groups prunable "
-            f"({units}), {len(plan.quantizers)} quantizers"
-        )
+        self.reporter.note(phases.prepared_note(plan, opt))
         return plan, opt
 
     def _restore_all(self, state: RunState, opt: torch.optim.Optimizer) -> None:
@@ -284,23 +224,6 @@ class CompressJob:
             restore("optimizer", lambda: opt.load_state_dict(state.optimizer), self.out)
         if state.rng is not None:
             restore("rng", lambda: set_rng_state(state.rng), self.out)
-
-    def _teacher(self, state: RunState) -> nn.Module:
-        """A frozen copy of the dense model (eval mode) that teaches the compressed one."""
-        assert state.dense is not None
-        teacher = copy.deepcopy(self.model)
-        teacher.load_state_dict(state.dense["state"])
-        return teacher.eval().requires_grad_(False)
-
-    def _qasso_lr(self, state: RunState, opt: geta.QASSO) -> Callable[[EpochStats], float]:
-        """Constant lr until the cool-down (the forget rule reads it), then cosine decay to 0."""
-        _, lr = state.options.learning_rates()
-        sch = opt.schedule
-        return lambda s: (
-            lr
-            if opt.step_count < sch.cooldown_start
-            else cosine_lr(opt.step_count - sch.cooldown_start, sch.cooldown, lr)
-        )
 
     # -- the epoch loop -----------------------------------------------------------------------------
 

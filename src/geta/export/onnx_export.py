@@ -79,19 +79,11 @@ def _exporter_logs_quiet() -> Iterator[None]:
 
 
 def onnx(
-    model: nn.Module,
-    example_inputs: object,
-    path: str | os.PathLike[str],
-    *,
-    opset: int | None = None,
-    check: bool = True,
-    saturation_safe: bool = True,
-    dynamic_batch: bool = True,
-    dynamic_sequence: bool = True,
-    dynamic_shapes: Any = None,
-    fold_batchnorm: bool = True,
-    integer_convolutions: bool = False,
-) -> ExportInfo:
+    model: nn.Module, example_inputs: object, path: str | os.PathLike[str], *,
+    opset: int | None = None, check: bool = True, saturation_safe: bool = True,
+    dynamic_batch: bool = True, dynamic_sequence: bool = True, dynamic_shapes: Any = None,
+    fold_batchnorm: bool = True, integer_convolutions: bool = False,
+) -> ExportInfo:  # fmt: skip
     """Export ``model`` (with geta quantizers) to ``path`` as an ONNX QDQ graph.
 
     The file's inputs carry the names of ``forward``'s arguments and its outputs are named from
@@ -130,16 +122,37 @@ def onnx(
     deploy, tensors = deployable(
         model, example_inputs, saturation_safe=saturation_safe, fold_batchnorm=fold_batchnorm
     )
-    names = output_names(run_eval(deploy, args, kwargs))
-    if dynamic_shapes is not None:
-        program = _torch_export(model, deploy, args, kwargs, opset=opset, shapes=dynamic_shapes)
-    else:
-        program = _dynamic_export(model, deploy, args, kwargs, opset, dynamic_batch, dynamic_sequence)
-    _name_outputs(program.model.graph, names)
+    program = _exported(model, deploy, args, kwargs, opset=opset, shapes=dynamic_shapes,
+                        batch=dynamic_batch, sequence=dynamic_sequence)  # fmt: skip
     rewritten = rewrite_convolutions(program.model) if integer_convolutions else 0
     axes = _symbolic_axes(program.model.graph)
     info = ExportInfo(os.fspath(path), program.model.opset_imports.get(""), tensors, dynamic_axes=axes,
                       integer_convolutions=rewritten)  # fmt: skip
+    return _published(program, info, path, model, example_inputs, check, saturation_safe)
+
+
+def _exported(
+    model: nn.Module, deploy: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+    opset: int | None, shapes: Any, batch: bool, sequence: bool,
+) -> Any:  # fmt: skip
+    """The ONNX program of ``deploy``: with the given dynamic ``shapes`` (`_torch_export`), else
+    with the ``batch`` / ``sequence`` axes (`_dynamic_export`); its outputs named from what the
+    model returns (`geta.export.interface.output_names`)."""
+    names = output_names(run_eval(deploy, args, kwargs))
+    if shapes is not None:
+        program = _torch_export(model, deploy, args, kwargs, opset=opset, shapes=shapes)
+    else:
+        program = _dynamic_export(model, deploy, args, kwargs, opset, batch, sequence)
+    _name_outputs(program.model.graph, names)
+    return program
+
+
+def _published(
+    program: Any, info: ExportInfo, path: str | os.PathLike[str], model: nn.Module,
+    example_inputs: object, check: bool, saturation_safe: bool,
+) -> ExportInfo:  # fmt: skip
+    """Write ``program`` to ``path`` (`_save`, `_staged`); with ``check`` only if onnx's checker
+    and the parity check (`_checked`) pass. Returns ``info`` with the parity when checked."""
     with _staged(path) as file:
         _save(program, info, file)
         if check:

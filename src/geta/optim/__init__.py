@@ -6,6 +6,8 @@
 - `geta.optim.units`, `geta.optim.forget`, `geta.optim.quantizer_table`: vectorised bookkeeping
   of unit rows and quantizer scalars;
 - `geta.optim.strategies`: the forget and bit rules, strategies registered and chosen by name;
+- `geta.optim.update`: the parameter update of a step (chunked base directions, scalar domains);
+- `geta.optim.resume`: the run state in a checkpoint (`Resumable`, QASSO's base class);
 - `geta.optim.qasso`: `QASSO`, the ``torch.optim.Optimizer`` that holds the state.
 """
 

@@ -1,7 +1,9 @@
 """`QASSO`: the quantization-aware structured sparse optimizer (docs/method.md §3), state + dispatch.
 
 The math lives in pure modules (`rules`, `saliency`, `direction`); the row bookkeeping in
-`layout`, `forget` and `quantizers`. This class keeps the run's state and calls them in order:
+`units`, `forget` and `quantizer_table`; the update of part 3 in `update`; the checkpoint of the
+run state in `resume` (`Resumable`, the base class). This class keeps the run's state and calls
+them in order:
 
     step s:  stage = schedule.stage_at(s)
       1) check the gradients (NaN/inf -> NonFiniteError), clip them element-wise if asked
@@ -42,39 +44,24 @@ from geta.errors import ConfigError
 from geta.optim import rules
 from geta.optim.arguments import choice as _choice
 from geta.optim.arguments import validate as _validate
-from geta.optim.direction import Variant, group_direction, group_directions
+from geta.optim.direction import Variant
 from geta.optim.finite import check_finite, check_loss
 from geta.optim.forget import ForgetStep
 from geta.optim.quantizer_table import QuantizerTable
 from geta.optim.quota import cumulative_quotas, group_floors, uniform_quotas
+from geta.optim.resume import Resumable
 from geta.optim.saliency import saliency_scores, select_per_group, select_units
 from geta.optim.schedule import Schedule, Stage
 from geta.optim.sharding import ShardedLayout, ShardedQuantizerTable, local_data, sharding_of
 from geta.optim.strategies import BitContext, BitRule, Forget, bit_rule, forget_rule
 from geta.optim.units import RedundantRows, UnitLayout
+from geta.optim.update import DomainClamp, apply_directions
 from geta.plan import Plan
 
 __all__ = ["QASSO"]
 
-_STATE_KEY = "geta"  # where state_dict() keeps the run state next to torch's "state"
-_CHUNK = 1 << 22  # elements per foreach chunk of the update (16 MiB of float32 directions)
 
-
-def _chunks(params: list[Tensor], limit: int) -> list[list[Tensor]]:
-    """``params`` in order, cut into runs of at most ``limit`` elements (a larger tensor alone)."""
-    out: list[list[Tensor]] = []
-    size = limit
-    for p in params:
-        n = p.numel()
-        if size + n > limit:
-            out.append([])
-            size = 0
-        out[-1].append(p)
-        size += n
-    return out
-
-
-class QASSO(torch.optim.Optimizer):
+class QASSO(Resumable):
     """Joint structured pruning and bit-width learning as a ``torch.optim.Optimizer``.
 
     ``plan`` comes from `geta.prepare`; ``schedule`` gives the four stages in steps. Weights
@@ -145,8 +132,8 @@ class QASSO(torch.optim.Optimizer):
             QuantizerTable(plan) if self.sharding is None else ShardedQuantizerTable(plan, self.sharding)
         )
         self._domains = self.table.domains()
+        self._clamp = DomainClamp(self._domains)  # qmax > 0, exponent in range
         self._step_ids = frozenset(id(q.step) for q in self.table.quantizers)
-        self._bounds: tuple[tuple[object, ...], Tensor, Tensor] | None = None  # `_clamp_domains`
         self._names = {id(p): n for n, p in plan.model.named_parameters()}  # display only
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         betas=tuple(betas), eps=eps, weight_decay=weight_decay)  # fmt: skip
@@ -287,13 +274,13 @@ class QASSO(torch.optim.Optimizer):
             for p in live:
                 p.grad.clamp_(-self.grad_clip, self.grad_clip)
         forget = self._joint_begin(s) if stage is Stage.JOINT else None
-        pinned, bounded = self._pinned_steps(stage), []
+        pinned, bounded, sharded = self._pinned_steps(stage), [], self.sharding is not None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None and id(p) not in pinned]
             if params:
-                self._move(group, params, forget)
+                apply_directions(self.variant, group, params, self.state, forget, sharded=sharded)
                 bounded.extend(p for p in params if id(p) in self._domains)
-        self._clamp_domains(bounded)  # qmax > 0, exponent in range
+        self._clamp(bounded)
         if forget is not None:
             start, end = self.schedule.pruning_period_bounds(self._period)
             forget.apply(lr=self.param_groups[0]["lr"], period_len=end - start, t=s - start)
@@ -304,50 +291,6 @@ class QASSO(torch.optim.Optimizer):
             local_data(tensor).index_fill_(dim, pos, 0.0)
         self._step_count = s + 1
         return loss
-
-    def _move(self, group: dict[str, Any], params: list[Tensor], forget: ForgetStep | None) -> None:
-        """p <- p - lr ∇ for ``params`` of ``group`` (forgetting records ∇ of R's tensors first).
-
-        Plain tensors go through the foreach directions (`direction.sgd_directions`, bit for bit
-        the per-tensor ones) a chunk of at most `_CHUNK` elements at a time, so that the
-        directions alive at once stay small next to the model; sharded (DTensor) ones one by one.
-        """
-        lr, sharded = group["lr"], self.sharding is not None
-        if sharded:
-            one = group_direction(self.variant, group)
-            chunks = [[p] for p in params]
-        else:
-            many = group_directions(self.variant, group)
-            chunks = _chunks(params, _CHUNK)
-        for chunk in chunks:
-            if sharded:
-                directions = [one(p, p.grad, self.state[p]) for p in chunk]
-            else:
-                directions = many(chunk, [p.grad for p in chunk], [self.state[p] for p in chunk])
-            if forget is not None:
-                for p, direction in zip(chunk, directions, strict=True):
-                    if id(p) in forget.rows.flat_of:
-                        forget.record(p, direction)
-            if sharded:
-                chunk[0].add_(directions[0], alpha=-lr)
-            else:
-                torch._foreach_add_(chunk, directions, alpha=-lr)
-
-    def _clamp_domains(self, params: list[Tensor]) -> None:
-        """Clamp the moved scalars into their domains; on the CPU only those outside it (one
-        vectorised test instead of a clamp per scalar; elsewhere it would cost a host sync)."""
-        if params and all(p.is_cpu and p.dtype == params[0].dtype for p in params):
-            values = torch.stack(params)  # compared in the scalars' dtype, as clamp_ does
-            key = (values.dtype, *map(id, params))
-            if self._bounds is None or self._bounds[0] != key:
-                lo, hi = (torch.tensor(b, dtype=values.dtype) for b in zip(*map(self._domains.get, key[1:])))
-                self._bounds = (key, lo, hi)
-            outside = (values < self._bounds[1]) | (values > self._bounds[2])
-            if not bool(outside.any()):
-                return
-            params = [p for p, out in zip(params, outside.tolist(), strict=True) if out]
-        for p in params:
-            p.clamp_(*self._domains[id(p)])
 
     def _pinned_steps(self, stage: Stage) -> frozenset[int]:
         """ids of the quantizer steps `_bits` sets this step before anything reads them: every
@@ -438,47 +381,3 @@ class QASSO(torch.optim.Optimizer):
             self._selected = torch.zeros_like(self._selected)
             self._rows = None
             self._zeros = self.layout.zero_positions(self._committed)
-
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """torch's state (moments, param groups) plus the run state under the key ``"geta"``."""
-        sd = super().state_dict()
-        sd[_STATE_KEY] = {
-            "step": self._step_count,
-            "stage": self.stage.value,
-            "period": self._period,
-            "selected": self._selected.clone(),
-            "committed": self._committed.clone(),
-            "frozen": None if self._frozen is None else self._frozen.clone(),
-            "quota": self._group_quota.clone(),  # the joint allocation's widths, once chosen
-            "allocation": self.bits.state_dict(),  # the bit rule's state (key kept for old checkpoints)
-        }
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a `state_dict`; the model's own state (weights, quantizers) is the user's."""
-        state_dict = dict(state_dict)
-        run = state_dict.pop(_STATE_KEY, None)
-        if run is None:
-            raise ConfigError("QASSO.load_state_dict: the state has no 'geta' entry (not from QASSO?)")
-        n = self.layout.num_units
-        if run["committed"].shape != (n,):
-            raise ConfigError(
-                f"QASSO.load_state_dict: the state covers {run['committed'].shape[0]} units, "
-                f"this plan has {n}; load it into an optimizer built for the same plan"
-            )
-        super().load_state_dict(state_dict)
-        self._step_count = int(run["step"])
-        self._period = int(run["period"])
-        self._selected = run["selected"].to(dtype=torch.bool, device="cpu").clone()
-        self._committed = run["committed"].to(dtype=torch.bool, device="cpu").clone()
-        if run.get("quota") is not None:
-            self._set_quotas(run["quota"].to(dtype=torch.long, device="cpu").clone(), self.target_units)
-        frozen = run["frozen"]
-        self._frozen = None if frozen is None else frozen.to(self.table.b_lo).clone()
-        if run.get("allocation") is not None:
-            self.bits.load_state_dict(run["allocation"])
-        has_rows = bool(self._selected.any())
-        self._rows = self.layout.redundant(self._selected, len(self.table)) if has_rows else None
-        self._zeros = self.layout.zero_positions(self._committed)

@@ -330,64 +330,76 @@ def _reference_noise(q: QuantTerms, j: int, b: float) -> float:
     return float(quant_noise(f, q.rng[one].double(), torch.tensor([b]), q.signed[one])) * BIT_LOSS
 
 
+class _ReferenceState:
+    """What `allocate_joint_reference` moves: bits (n,), units removed per group (G,), and the
+    moves each kind of group has taken; every key is computed from the whole model's BOPs."""
+
+    def __init__(self, q: QuantTerms, p: PruneTerms) -> None:
+        self.q, self.p = q, p
+        self.members = members = _kind_members(p.kinds)
+        self.moves = [_increments(p.costs[m[0]].numel(), int(p.floors[m[0]]), p.divisible) for m in members]
+        self.ordered = [sorted(c.double().clamp_min(0.0).tolist()) for c in p.costs]
+        self.sizes = [c.numel() for c in p.costs]
+        self.bits, self.lo = q.hi.double().clone(), q.lo.double()
+        self.removed = torch.zeros(len(p.costs), dtype=torch.long)
+        self.taken = [0] * len(self.members)
+
+    def step_of(self, k: int) -> int:
+        return self.moves[k][self.taken[k]] if self.taken[k] < len(self.moves[k]) else 0
+
+    def loss_of(self, k: int) -> float:  # the next `step_of(k)` cheapest units of every member
+        r, step = self.removed, self.step_of(k)
+        return sum(sum(self.ordered[g][int(r[g]) : int(r[g]) + step]) for g in self.members[k])
+
+    def after(self, k: int) -> Tensor:
+        r = self.removed.clone()
+        r[self.members[k]] += self.step_of(k)
+        return r
+
+    def take(self, k: int) -> None:
+        self.removed, self.taken[k] = self.after(k), self.taken[k] + 1
+
+    def allowed(self, k: int) -> bool:  # within `skew` of the model's removed fraction after the move
+        g, step, skew = self.members[k][0], self.step_of(k), self.p.skew
+        share = (int(self.removed.sum()) + step * len(self.members[k])) / sum(self.sizes)
+        return skew is None or (int(self.removed[g]) + step) / self.sizes[g] <= share + skew + 1e-12
+
+    def bit_key(self, j: int, total: float) -> float:
+        fewer = self.bits.clone()
+        fewer[j] -= 1
+        saved = total - _reference_bops(self.q, self.p, fewer, self.removed)
+        if not (bool(self.bits[j] > self.lo[j]) and saved > 0):
+            return math.inf
+        b = float(self.bits[j])
+        return (_reference_noise(self.q, j, b - 1) - _reference_noise(self.q, j, b) + 1e-30) / saved
+
+    def prune_key(self, k: int, total: float) -> float:
+        step = self.step_of(k)
+        saved = total - _reference_bops(self.q, self.p, self.bits, self.after(k)) if step else 0.0
+        return (self.loss_of(k) + 1e-30) / saved if step and saved > 0 and self.allowed(k) else math.inf
+
+
 def allocate_joint_reference(
     q: QuantTerms, p: PruneTerms, *, budget: float, min_removed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """`allocate_joint` in tensor form, the slow, obvious statement: every step evaluates the
     model's whole BOPs after every possible move and takes the least loss per BOP saved."""
-    members = _kind_members(p.kinds)
-    moves = [_increments(p.costs[m[0]].numel(), int(p.floors[m[0]]), p.divisible) for m in members]
-    ordered = [sorted(c.double().clamp_min(0.0).tolist()) for c in p.costs]
-    sizes = [c.numel() for c in p.costs]
-    bits, lo = q.hi.double().clone(), q.lo.double()
-    removed = torch.zeros(len(p.costs), dtype=torch.long)
-    taken = [0] * len(members)
-
-    def step_of(k: int) -> int:
-        return moves[k][taken[k]] if taken[k] < len(moves[k]) else 0
-
-    def loss_of(k: int) -> float:  # the next `step_of(k)` cheapest units of every member
-        return sum(sum(ordered[g][int(removed[g]) : int(removed[g]) + step_of(k)]) for g in members[k])
-
-    def after(k: int) -> Tensor:
-        r = removed.clone()
-        r[members[k]] += step_of(k)
-        return r
-
-    def allowed(k: int) -> bool:  # within `skew` of the model's removed fraction after the move
-        g, step = members[k][0], step_of(k)
-        share = (int(removed.sum()) + step * len(members[k])) / sum(sizes)
-        return p.skew is None or (int(removed[g]) + step) / sizes[g] <= share + p.skew + 1e-12
-
-    def bit_key(j: int, total: float) -> float:
-        fewer = bits.clone()
-        fewer[j] -= 1
-        saved = total - _reference_bops(q, p, fewer, removed)
-        if not (bool(bits[j] > lo[j]) and saved > 0):
-            return math.inf
-        b = float(bits[j])
-        return (_reference_noise(q, j, b - 1) - _reference_noise(q, j, b) + 1e-30) / saved
-
-    def prune_key(k: int, total: float) -> float:
-        saved = total - _reference_bops(q, p, bits, after(k)) if step_of(k) else 0.0
-        return (loss_of(k) + 1e-30) / saved if step_of(k) and saved > 0 and allowed(k) else math.inf
-
-    while int(removed.sum()) < min_removed:
-        per_unit = [loss_of(k) / (step_of(k) * len(members[k])) if step_of(k) and allowed(k) else math.inf
-                    for k in range(len(members))]  # fmt: skip
+    s = _ReferenceState(q, p)
+    kinds, n = range(len(s.members)), s.bits.numel()
+    while int(s.removed.sum()) < min_removed:  # 1) least loss per unit, to the minimum
+        per_unit = [s.loss_of(k) / (s.step_of(k) * len(s.members[k])) if s.step_of(k) and s.allowed(k)
+                    else math.inf for k in kinds]  # fmt: skip
         k = min(range(len(per_unit)), key=per_unit.__getitem__)
         if not math.isfinite(per_unit[k]):
             break
-        removed, taken[k] = after(k), taken[k] + 1
-    while (total := _reference_bops(q, p, bits, removed)) > budget:
-        keys = [bit_key(j, total) for j in range(bits.numel())]
-        keys += [prune_key(k, total) for k in range(len(members))]
+        s.take(k)
+    while (total := _reference_bops(q, p, s.bits, s.removed)) > budget:  # 2) least loss per BOP saved
+        keys = [s.bit_key(j, total) for j in range(n)] + [s.prune_key(k, total) for k in kinds]
         i = min(range(len(keys)), key=keys.__getitem__)
         if not math.isfinite(keys[i]):
             break
-        if i < bits.numel():
-            bits[i] -= 1
+        if i < n:
+            s.bits[i] -= 1
         else:
-            k = i - bits.numel()
-            removed, taken[k] = after(k), taken[k] + 1
-    return bits, removed
+            s.take(i - n)
+    return s.bits, s.removed
