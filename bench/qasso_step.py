@@ -281,6 +281,11 @@ def main() -> None:
             + "; ".join(f"{k} eager {r['eager']:.2f} (target <= 1.8), compiled {r['compiled']:.2f} "
                         f"(target <= 1.3)" for k, r in compiled.items())
         )  # fmt: skip
+        lines.append(
+            "headline: the same with the exponent fixed at 1 (learn_exponent=False): "
+            + "; ".join(f"{k} eager {r['fixed t eager']:.2f}, compiled {r['fixed t compiled']:.2f}"
+                        for k, r in compiled.items())
+        )  # fmt: skip
     print(lines[0])
     print("\n".join(line for line in lines if line.startswith("headline")))
     write_section("QASSO step cost", lines)
