@@ -31,3 +31,10 @@ def test_compiled_run_reaches_the_eager_run(tmp_path: Path, geta_cli: Callable[.
     eager, compiled = reports
     assert compiled["group_sparsity"] == pytest.approx(eager["group_sparsity"])
     assert abs(compiled["compressed"]["accuracy"] - eager["compressed"]["accuracy"]) < 0.05
+
+
+def test_fixed_exponent_flag_reaches_the_config() -> None:
+    """--fixed-exponent sets Config.learn_exponent to False; the default learns it."""
+    assert CompressOptions().arguments("config")["learn_exponent"] is True
+    fixed = CompressOptions.from_mapping({"fixed_exponent": "true"}, where=str)
+    assert fixed.arguments("config")["learn_exponent"] is False

@@ -180,6 +180,11 @@ class CompressOptions:
         (2, 8), "final bit range of layer inputs, LO,HI or none (float)", bits(True), metavar="LO,HI",
         to=("config", "act_bits"),
     )  # fmt: skip
+    fixed_exponent: bool = _opt(
+        False, "fix each quantizer's exponent t at 1 instead of learning it: a faster training step "
+        "(no pow or log per element), usually a little less accurate (docs/method.md §1.5)", boolean,
+        to=("config", "learn_exponent"), value=lambda o: not o.fixed_exponent,
+    )  # fmt: skip
     epochs: int | None = _opt(
         None, "compression epochs in total, split over the four stages", _EPOCHS, metavar="N",
         shown=lambda: str(sum(STAGE_WEIGHTS)),
