@@ -56,6 +56,7 @@ from geta.optim.sharding import ShardedLayout, ShardedQuantizerTable, local_data
 from geta.optim.strategies import BitContext, BitRule, Forget, bit_rule, forget_rule
 from geta.optim.units import RedundantRows, UnitLayout
 from geta.optim.update import DomainClamp, apply_directions
+from geta.optim.zero_fill import CommittedZeros
 from geta.plan import Plan
 
 __all__ = ["QASSO"]
@@ -150,7 +151,7 @@ class QASSO(Resumable):
         self._committed = torch.zeros(n, dtype=torch.bool)  # pruned for good, (N,)
         self._frozen: Tensor | None = None  # cool-down bits, (n_quantizers,)
         self._rows: RedundantRows | None = None
-        self._zeros: list[tuple[Tensor, int, Tensor]] = []
+        self._zeros = CommittedZeros([])  # the committed units, zeroed after every step
         self.bits = self._bit_strategy(bit_factory)  # the bit rule's strategy and state
 
     def _bit_strategy(self, factory: Any) -> Any:
@@ -287,8 +288,7 @@ class QASSO(Resumable):
         self._bits(stage, s)
         if stage is Stage.JOINT:
             self._joint_end(s)
-        for tensor, dim, pos in self._zeros:
-            local_data(tensor).index_fill_(dim, pos, 0.0)
+        self._zeros.apply()
         self._step_count = s + 1
         return loss
 
@@ -380,4 +380,4 @@ class QASSO(Resumable):
                 local_data(tensor).index_fill_(dim, pos, 0.0)
             self._selected = torch.zeros_like(self._selected)
             self._rows = None
-            self._zeros = self.layout.zero_positions(self._committed)
+            self._zeros = CommittedZeros(self.layout.zero_positions(self._committed))

@@ -26,6 +26,7 @@ from torch import Tensor
 from geta.errors import ConfigError
 from geta.optim.schedule import Stage
 from geta.optim.units import RedundantRows
+from geta.optim.zero_fill import CommittedZeros
 
 __all__ = ["STATE_KEY", "Resumable"]
 
@@ -46,7 +47,7 @@ class Resumable(torch.optim.Optimizer):
     _frozen: Tensor | None  # (n_quantizers,)
     _group_quota: Tensor  # (G,)
     _rows: RedundantRows | None
-    _zeros: list[tuple[Tensor, int, Tensor]]
+    _zeros: CommittedZeros
     target_units: int
     layout: Any  # UnitLayout or ShardedLayout
     table: Any  # QuantizerTable or ShardedQuantizerTable
@@ -101,4 +102,4 @@ class Resumable(torch.optim.Optimizer):
             self.bits.load_state_dict(run["allocation"])
         has_rows = bool(self._selected.any())
         self._rows = self.layout.redundant(self._selected, len(self.table)) if has_rows else None
-        self._zeros = self.layout.zero_positions(self._committed)
+        self._zeros = CommittedZeros(self.layout.zero_positions(self._committed))
