@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from geta.cli.errors import CliError
+from geta.cli.shown_defaults import DEFAULT_LR, by_model, learning_rate
 from geta.cli.values import (
     Converter,
     bits,
@@ -34,7 +35,7 @@ from geta.cli.values import (
 from geta.cli.values import device as torch_device
 from geta.optim.strategies import bit_rule_names, forget_rule_names
 from geta.recipes import DATA_SETS, RECIPES, TrainingDefaults, defaults_for
-from geta.recipes.defaults import CNN_DEFAULTS, HF_DEFAULTS, TRANSFORMER_DEFAULTS
+from geta.recipes.defaults import CNN_DEFAULTS
 
 __all__ = [
     "CompressOptions",
@@ -54,9 +55,6 @@ STAGE_NAMES = ("warm-up", "projection", "joint", "cool-down")
 _STAGES = ("warmup", "projection", "joint", "cooldown")  # their options (and Schedule arguments)
 _STAGE_PRIORITY = (2, 3, 1, 0)  # who gets an epoch first when there are too few: joint, cool-down, ...
 OPTIMIZERS = ("sgd", "adam", "adamw")
-DEFAULT_LR = {"sgd": (0.1, 0.05), "adam": (1e-3, 1e-3), "adamw": (1e-3, 1e-3)}  # (dense, QASSO)
-# (a recipe's own optimizer brings its own rates, `geta.recipes.TrainingDefaults`; these apply
-# when --optimizer picks another one)
 
 Target = Literal["config", "schedule", "qasso"]  # what an option sets: geta.Config, Schedule, QASSO
 
@@ -85,57 +83,6 @@ class Option:
 def _opt(default: Any, help: str, convert: Converter, **spec: Any) -> Any:
     """A field of `CompressOptions` with its `Option` (``spec``: the rest of its arguments)."""
     return field(default=default, metadata={"option": Option(help, convert, **spec)})
-
-
-# -- defaults as --help shows them (computed from the values the code applies) ------------------
-
-
-def _per_model(values: dict[str, object]) -> str:
-    """``"sgd; adamw for vit, llama, hf:DIR"``: the CNN value, then where the transformers differ."""
-    cnn = values["cnn"]
-    others = [f"{v} for {k}" for k, v in values.items() if k != "cnn" and v != cnn]
-    return "; ".join([str(cnn), *others])
-
-
-def _transformer_value(name: str) -> dict[str, object]:
-    """An option's default for the CNN recipes, the transformer recipes and ``hf:DIR``."""
-
-    def show(d: TrainingDefaults) -> object:
-        value = getattr(d, name)
-        return f"{value:g}" if isinstance(value, float) else value
-
-    both = show(TRANSFORMER_DEFAULTS) == show(HF_DEFAULTS)
-    out = {"cnn": show(CNN_DEFAULTS), "vit, llama" + (", hf:DIR" if both else ""): show(TRANSFORMER_DEFAULTS)}
-    if not both:
-        out["hf:DIR"] = show(HF_DEFAULTS)
-    return out
-
-
-def _by_model(name: str, *, hf_only: bool = False) -> Callable[[], str]:
-    """The default of a `TrainingDefaults` field per kind of model (``hf_only``: CNN and hf:DIR)."""
-
-    def shown() -> str:
-        values = _transformer_value(name)
-        if hf_only:
-            values = {"cnn": values["cnn"], **{k: v for k, v in values.items() if k == "hf:DIR"}}
-        return _per_model(values)
-
-    return shown
-
-
-def _learning_rate(side: int) -> Callable[[], str]:
-    """Default dense (``side`` 0) or QASSO (1) learning rate of each optimizer, the transformer
-    recipes and ``hf:DIR`` (named apart when its rate differs)."""
-
-    def shown() -> str:
-        own = ", ".join(f"{opt} {lrs[side]:g}" for opt, lrs in DEFAULT_LR.items())
-        t, h = TRANSFORMER_DEFAULTS, HF_DEFAULTS
-        rate, hf_rate = (t.dense_lr, t.lr)[side], (h.dense_lr, h.lr)[side]
-        if rate == hf_rate:
-            return f"{own}; vit, llama, hf:DIR: {t.optimizer} {rate:g}"
-        return f"{own}; vit, llama: {t.optimizer} {rate:g}; hf:DIR: {h.optimizer} {hf_rate:g}"
-
-    return shown
 
 
 def _stage(i: int) -> dict[str, Any]:
@@ -195,16 +142,16 @@ class CompressOptions:
     cooldown: int | None = _opt(None, "cool-down epochs", _EPOCHS, **_stage(3))
     dense_epochs: int | None = _opt(
         None, "epochs of dense baseline training (skipped with --dense-checkpoint)", _EPOCHS, metavar="N",
-        shown=_by_model("dense_epochs", hf_only=True),
+        shown=by_model("dense_epochs", hf_only=True),
     )  # fmt: skip
-    dense_lr: float | None = _opt(None, "dense training learning rate", _RATE, shown=_learning_rate(0))
+    dense_lr: float | None = _opt(None, "dense training learning rate", _RATE, shown=learning_rate(0))
     optimizer: str | None = _opt(
         None, "sgd, adam or adamw, for both phases", optional_choice(*OPTIMIZERS),
-        shown=_by_model("optimizer"), to=("qasso", "variant"), value=lambda o: o.training().optimizer,
+        shown=by_model("optimizer"), to=("qasso", "variant"), value=lambda o: o.training().optimizer,
     )  # fmt: skip
     lr: float | None = _opt(
         None, "QASSO learning rate of the weights (cosine decay in the cool-down)", _RATE,
-        shown=_learning_rate(1), to=("qasso", "lr"), value=lambda o: o.learning_rates()[1],
+        shown=learning_rate(1), to=("qasso", "lr"), value=lambda o: o.learning_rates()[1],
     )  # fmt: skip
     lr_quant: float = _opt(
         1e-3, "QASSO learning rate of the quantizer scalars", number(float, 0.0, None),
@@ -217,7 +164,7 @@ class CompressOptions:
     weight_decay: float = _opt(1e-4, "weight decay", number(float, 0.0, None), to=("qasso", "weight_decay"))
     clip_norm: float | None = _opt(
         None, "clip the global gradient norm to this before every step, both phases (0: off)", _RATE,
-        shown=_by_model("clip_norm"),
+        shown=by_model("clip_norm"),
     )  # fmt: skip
     grad_clip: float | None = _opt(
         None, "element-wise gradient clip inside QASSO", number(float, 1e-12, None, optional=True),
@@ -256,7 +203,7 @@ class CompressOptions:
     )  # fmt: skip
     distill: float | None = _opt(
         None, "weight of distillation from the dense model during compression (0: off)",
-        number(float, 0.0, None, optional=True), shown=_by_model("distill", hf_only=True),
+        number(float, 0.0, None, optional=True), shown=by_model("distill", hf_only=True),
     )  # fmt: skip
     recalibrate_norms: int = _opt(
         20, "re-estimate BatchNorm statistics on N training batches before each compression-epoch "
