@@ -220,8 +220,8 @@ def run_llm(threads: int, rounds: int) -> list[str]:
         f"tokens/s: wall clock through llama-cpp-python, {PROMPT}-token prompt, {GENERATE} generated, "
         f"median of {rounds})",
         "  file sizes (KiB): " + ", ".join(f"{k} {v:.0f}" for k, v in m.sizes_kib.items()),
-        "  (timings on a machine shared with other work: they move between runs. The F16 weights are "
-        "1 MB, so per-token time is mostly llama.cpp's and Python's fixed cost, not weight reads)",
+        "  (tokens/s move between runs. The F16 weights are 1 MB, so per-token time is mostly "
+        "llama.cpp's and Python's fixed cost, not weight reads)",
         f"headline: geta's GGUF generates {geta_q[1] / f16[1]:.2f}x as fast as the F16 GGUF (prompt "
         f"{geta_q[0] / f16[0]:.2f}x) at {m.sizes_kib['GGUF geta Q'] / m.sizes_kib['GGUF float F16']:.0%} of "
         f"its size; llama.cpp perplexity {m.quality['geta Q'][0]:.2f} vs {m.quality['float F16'][0]:.2f}",
