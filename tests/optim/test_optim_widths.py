@@ -15,8 +15,8 @@ from geta.optim.widths import (
     QuantTerms,
     _increments,
     allocate_joint,
-    allocate_joint_reference,
 )
+from geta.optim.widths_reference import allocate_joint_reference
 
 
 def _problem(seed: int, *, kinds: bool = False, divisible: int = 1) -> tuple[QuantTerms, PruneTerms]:

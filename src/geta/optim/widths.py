@@ -5,8 +5,8 @@ how many bits every quantizer keeps in one allocation. Both kinds of move have a
 increase (second order, from sensitivities measured in training) and a BOPs saving:
 
 - **one bit less** on quantizer i adds rounding noise of variance step²/12 to every element,
-  step = R_i / levels(b): ΔL = ½ F_i (step(b-1)² - step(b)²) / 12 (`BIT_LOSS` · the `quant_noise`
-  difference), and saves MACs · b_partner on each op the quantizer feeds;
+  step = R_i / levels(b): ΔL = ½ F_i (step(b-1)² - step(b)²) / 12 (`BIT_LOSS` · the
+  `geta.optim.bits.quant_noise` difference), and saves MACs · b_partner on each op the quantizer feeds;
 - **removing units** of a group (the cheapest ones first) costs the sum of their unit costs
   c_j = ½ E[<x_j, g_j>²] (the empirical-Fisher quadratic form of the perturbation -x_j,
   `geta.optim.sensitivity.UnitCosts`) and shrinks the MACs of every op whose weight holds the
@@ -18,7 +18,8 @@ removes the cheapest units (loss per unit) until at least ``min_removed`` are go
 the move with the least loss per BOP saved until the budget is met. Groups of one kind (the
 same group of every layer, ``Config.uniform_layers``) move together; a group never goes below
 its floor and its removals come in multiples of ``divisible`` (first the remainder), coarsened
-to at most `MAX_MOVES` moves per group.
+to at most `MAX_MOVES` moves per group. `geta.optim.widths_reference.allocate_joint_reference`
+states the same descent slowly and obviously (the tests hold the two equal).
 
 >>> import torch
 >>> q = QuantTerms(fisher=torch.tensor([1.0]), rng=torch.ones(1), signed=torch.tensor([True]),
@@ -41,21 +42,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from geta.optim.bits import bops_of, quant_noise
-
 __all__ = [
     "BIT_LOSS",
     "MAX_MOVES",
     "PruneTerms",
     "QuantTerms",
     "allocate_joint",
-    "allocate_joint_reference",
     "removable",
 ]
 
 BIT_LOSS = 1.0 / 24.0
-"""ΔL of rounding noise per unit of `quant_noise` (F · step²): ½ for the second order, 1/12 for
-the variance of uniform rounding error."""
+"""ΔL of rounding noise per unit of `geta.optim.bits.quant_noise` (F · step²): ½ for the second
+order, 1/12 for the variance of uniform rounding error."""
 
 MAX_MOVES = 64
 """At most this many removal moves per group (a group of 3072 units moves 48 at a time)."""
@@ -312,94 +310,3 @@ class _Greedy:
             else:
                 self._remove(i - n)
         return torch.tensor(self.bits, dtype=torch.float64), torch.tensor(self.removed, dtype=torch.long)
-
-
-def _reference_bops(q: QuantTerms, p: PruneTerms, bits: Tensor, removed: Tensor) -> float:
-    """The whole model's BOPs with ``bits`` (n,) once group g lost ``removed[g]`` units."""
-    gone = torch.zeros(p.macs.numel(), 2, dtype=torch.float64)  # (L, 2) positions removed
-    for op, dim, g, w in p.touches:
-        gone[op, dim] += float(removed[g]) * w
-    kept = (1.0 - gone / p.extent.double().clamp_min(1.0)).clamp_min(0.0)
-    return float(bops_of(bits, p.macs.double() * kept[:, 0] * kept[:, 1], q.wq, q.aq, q.fixed_w, q.fixed_a))
-
-
-def _reference_noise(q: QuantTerms, j: int, b: float) -> float:
-    """ΔL-scaled rounding noise of quantizer j at b bits."""
-    one = slice(j, j + 1)
-    f = q.fisher[one].double().clamp_min(0.0)
-    return float(quant_noise(f, q.rng[one].double(), torch.tensor([b]), q.signed[one])) * BIT_LOSS
-
-
-class _ReferenceState:
-    """What `allocate_joint_reference` moves: bits (n,), units removed per group (G,), and the
-    moves each kind of group has taken; every key is computed from the whole model's BOPs."""
-
-    def __init__(self, q: QuantTerms, p: PruneTerms) -> None:
-        self.q, self.p = q, p
-        self.members = members = _kind_members(p.kinds)
-        self.moves = [_increments(p.costs[m[0]].numel(), int(p.floors[m[0]]), p.divisible) for m in members]
-        self.ordered = [sorted(c.double().clamp_min(0.0).tolist()) for c in p.costs]
-        self.sizes = [c.numel() for c in p.costs]
-        self.bits, self.lo = q.hi.double().clone(), q.lo.double()
-        self.removed = torch.zeros(len(p.costs), dtype=torch.long)
-        self.taken = [0] * len(self.members)
-
-    def step_of(self, k: int) -> int:
-        return self.moves[k][self.taken[k]] if self.taken[k] < len(self.moves[k]) else 0
-
-    def loss_of(self, k: int) -> float:  # the next `step_of(k)` cheapest units of every member
-        r, step = self.removed, self.step_of(k)
-        return sum(sum(self.ordered[g][int(r[g]) : int(r[g]) + step]) for g in self.members[k])
-
-    def after(self, k: int) -> Tensor:
-        r = self.removed.clone()
-        r[self.members[k]] += self.step_of(k)
-        return r
-
-    def take(self, k: int) -> None:
-        self.removed, self.taken[k] = self.after(k), self.taken[k] + 1
-
-    def allowed(self, k: int) -> bool:  # within `skew` of the model's removed fraction after the move
-        g, step, skew = self.members[k][0], self.step_of(k), self.p.skew
-        share = (int(self.removed.sum()) + step * len(self.members[k])) / sum(self.sizes)
-        return skew is None or (int(self.removed[g]) + step) / self.sizes[g] <= share + skew + 1e-12
-
-    def bit_key(self, j: int, total: float) -> float:
-        fewer = self.bits.clone()
-        fewer[j] -= 1
-        saved = total - _reference_bops(self.q, self.p, fewer, self.removed)
-        if not (bool(self.bits[j] > self.lo[j]) and saved > 0):
-            return math.inf
-        b = float(self.bits[j])
-        return (_reference_noise(self.q, j, b - 1) - _reference_noise(self.q, j, b) + 1e-30) / saved
-
-    def prune_key(self, k: int, total: float) -> float:
-        step = self.step_of(k)
-        saved = total - _reference_bops(self.q, self.p, self.bits, self.after(k)) if step else 0.0
-        return (self.loss_of(k) + 1e-30) / saved if step and saved > 0 and self.allowed(k) else math.inf
-
-
-def allocate_joint_reference(
-    q: QuantTerms, p: PruneTerms, *, budget: float, min_removed: int = 0
-) -> tuple[Tensor, Tensor]:
-    """`allocate_joint` in tensor form, the slow, obvious statement: every step evaluates the
-    model's whole BOPs after every possible move and takes the least loss per BOP saved."""
-    s = _ReferenceState(q, p)
-    kinds, n = range(len(s.members)), s.bits.numel()
-    while int(s.removed.sum()) < min_removed:  # 1) least loss per unit, to the minimum
-        per_unit = [s.loss_of(k) / (s.step_of(k) * len(s.members[k])) if s.step_of(k) and s.allowed(k)
-                    else math.inf for k in kinds]  # fmt: skip
-        k = min(range(len(per_unit)), key=per_unit.__getitem__)
-        if not math.isfinite(per_unit[k]):
-            break
-        s.take(k)
-    while (total := _reference_bops(q, p, s.bits, s.removed)) > budget:  # 2) least loss per BOP saved
-        keys = [s.bit_key(j, total) for j in range(n)] + [s.prune_key(k, total) for k in kinds]
-        i = min(range(len(keys)), key=keys.__getitem__)
-        if not math.isfinite(keys[i]):
-            break
-        if i < n:
-            s.bits[i] -= 1
-        else:
-            s.take(i - n)
-    return s.bits, s.removed
