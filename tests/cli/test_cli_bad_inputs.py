@@ -26,7 +26,7 @@ from geta.cli.options import CompressOptions
 from geta.cli.runstate import RunState
 from geta.errors import GetaError
 from geta.export import load_packed, packed
-from geta.export.packfile import _PREFIX, FORMAT_VERSION, MAGIC
+from geta.export.packformat import FORMAT_VERSION, HEADER, MAGIC
 
 from .conftest import TINY, Result
 
@@ -354,14 +354,14 @@ def packed_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.n
 
 def _parts(path: Path) -> tuple[dict[str, Any], bytes]:
     blob = path.read_bytes()
-    _, _, length, _ = _PREFIX.unpack_from(blob)
-    manifest = json.loads(zlib.decompress(blob[_PREFIX.size : _PREFIX.size + length]))
-    return manifest, blob[_PREFIX.size + length :]
+    _, _, length, _ = HEADER.unpack_from(blob)
+    manifest = json.loads(zlib.decompress(blob[HEADER.size : HEADER.size + length]))
+    return manifest, blob[HEADER.size + length :]
 
 
 def _file(manifest: Any, data: bytes, *, magic: bytes = MAGIC, version: int = FORMAT_VERSION) -> bytes:
     raw = zlib.compress(json.dumps(manifest).encode())
-    return _PREFIX.pack(magic, version, len(raw), hashlib.sha256(raw).digest()) + raw + data
+    return HEADER.pack(magic, version, len(raw), hashlib.sha256(raw).digest()) + raw + data
 
 
 def _entry(manifest: dict[str, Any], encoding: str) -> dict[str, Any]:
@@ -375,13 +375,13 @@ PACKED: dict[str, Callable[[dict[str, Any], bytes, bytes], bytes | None]] = {
     "wrong version": lambda m, d, b: _file(m, d, version=FORMAT_VERSION + 1),
     "version 0": lambda m, d, b: _file(m, d, version=0),
     "huge manifest length": lambda m, d, b: (
-        _PREFIX.pack(MAGIC, FORMAT_VERSION, 2**40, bytes(32)) + b[_PREFIX.size :]
+        HEADER.pack(MAGIC, FORMAT_VERSION, 2**40, bytes(32)) + b[HEADER.size :]
     ),
     "manifest not zlib": lambda m, d, b: (
-        _PREFIX.pack(MAGIC, FORMAT_VERSION, 4, hashlib.sha256(b"abcd").digest()) + b"abcd" + d
+        HEADER.pack(MAGIC, FORMAT_VERSION, 4, hashlib.sha256(b"abcd").digest()) + b"abcd" + d
     ),
     "manifest not json": lambda m, d, b: (
-        lambda r: _PREFIX.pack(MAGIC, FORMAT_VERSION, len(r), hashlib.sha256(r).digest()) + r + d
+        lambda r: HEADER.pack(MAGIC, FORMAT_VERSION, len(r), hashlib.sha256(r).digest()) + r + d
     )(zlib.compress(b"{oops")),
     "manifest a list": lambda m, d, b: _file([1, 2], d),
     "no tensors": lambda m, d, b: _file({**m, "tensors": None}, d),
@@ -413,12 +413,12 @@ PACKED: dict[str, Callable[[dict[str, Any], bytes, bytes], bytes | None]] = {
 def test_packed_manifest_that_inflates_without_end(
     packed_file: tuple[Path, torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geta.export.packfile as packfile
+    import geta.export.packformat as packformat
 
-    monkeypatch.setattr(packfile, "MAX_MANIFEST_BYTES", 1 << 16)
+    monkeypatch.setattr(packformat, "MAX_MANIFEST_BYTES", 1 << 16)
     bomb = zlib.compress(b" " * (1 << 20))  # 1 MiB of spaces in 1 kB
     path = tmp_path / "bomb.geta"
-    path.write_bytes(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(bomb), hashlib.sha256(bomb).digest()) + bomb)
+    path.write_bytes(HEADER.pack(MAGIC, FORMAT_VERSION, len(bomb), hashlib.sha256(bomb).digest()) + bomb)
     with pytest.raises(GetaError, match="inflates past") as info:
         load_packed(path, packed_file[1])
     assert "\n" not in str(info.value) and str(path) in str(info.value)

@@ -1,18 +1,10 @@
 """The packed file: quantized weights at their real bit width, the rest raw, and a JSON manifest.
 
-Layout (all integers little-endian)::
-
-    b"GETAPACK"  u32 version  u64 manifest length  32-byte SHA-256 of the manifest
-    manifest (zlib-compressed UTF-8 JSON)  data
-
-Integrity (format version 2): the manifest's SHA-256 sits in the header and every entry
-carries the SHA-256 of its bytes (``"sha256"``); `load_packed` checks both, and every size and
-byte range against the file's length before it allocates anything, so a flipped byte, a
-truncated or an oversized file is a `geta.IntegrityError` naming the file (and the tensor)
-instead of a model that computes something else. Version 1 files (no checksums) still load.
-
-The manifest lists every entry of the model's ``state_dict`` once (tied tensors are stored
-once; later keys are ``alias`` entries) with its dtype, shape, and byte range in ``data``:
+`packed(model, path)` writes one; its container (header, compressed manifest, SHA-256
+checksums, the checks that run before anything is allocated, the atomic write) is
+`geta.export.packformat`. The manifest lists every entry of the model's ``state_dict`` once
+(tied tensors are stored once; later keys are ``alias`` entries) with its dtype, shape, and
+byte range in ``data``:
 
 - ``"codes"``: a geta-quantized weight (``<layer>.parametrizations.<name>.original``) as its
   integer codes k (k·step is exactly the fake-quantized weight), offset by ``code_min`` and
@@ -20,8 +12,7 @@ once; later keys are ``alias`` entries) with its dtype, shape, and byte range in
 - ``"raw"``: any other tensor (biases, norms, buffers, quantizer scalars), bytes in its dtype.
 
 The file is therefore as large as the model really is: Σ numel·bits / 8 for the quantized
-weights plus the raw bytes of the rest plus the manifest. It is written atomically (a
-temporary file in the same folder, then ``os.replace``).
+weights plus the raw bytes of the rest plus the manifest.
 
 The manifest also records, under ``"structure"``, which weights and layer inputs carry
 quantizers, every module's class and integer size attributes (`geta.export.skeleton`).
@@ -38,25 +29,35 @@ works too. Each quantized weight is restored to a value whose fake-quant gives e
 (k·step itself when the exponent is 1), so the restored module's outputs equal the saved
 module's bit for bit. Its float weights before rounding are gone: that is the compression.
 The file holds no code (nothing is unpickled): the architecture always comes from your class.
+A damaged, truncated or oversized file is a `geta.IntegrityError` naming the file (and the
+tensor); version 1 files (no checksums) still load.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import struct
-import tempfile
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from geta.errors import ExportError, GetaError, IntegrityError
-from geta.export.bitpack import MAX_BITS, pack_bits, packed_nbytes, unpack_bits
+from geta.errors import ExportError, GetaError
+from geta.export.bitpack import pack_bits, unpack_bits
+from geta.export.packformat import (
+    FORMAT_VERSION,
+    HEADER,
+    MAGIC,
+    check_entries,
+    dtype_name,
+    parse_dtype,
+    read_container,
+    read_manifest,
+    write_container,
+)
+from geta.export.packformat import MAX_MANIFEST_BYTES as MAX_MANIFEST_BYTES  # importable here as before
 from geta.export.skeleton import describe, fit
 from geta.quant.attach import weight_quantizers
 from geta.quant.functional import integer_codes
@@ -64,11 +65,6 @@ from geta.quant.quantizer import LearnableQuantizer
 from geta.reporting.count import rounded_bits
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "PackedInfo", "load_packed", "packed", "read_manifest"]
-
-MAGIC = b"GETAPACK"
-FORMAT_VERSION = 2
-_PREFIX = struct.Struct("<8sIQ32s")  # magic, version, manifest length, SHA-256 of the manifest
-_PREFIX_V1 = struct.Struct("<8sIQ")  # version 1: no checksums
 
 
 @dataclass(frozen=True)
@@ -82,17 +78,6 @@ class PackedInfo:
     ideal_bytes: float  # Σ quantized numel·bits / 8 + raw bytes of every other tensor
     packed_tensors: int
     raw_tensors: int
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _parse_dtype(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ExportError(f"packed file: unknown dtype {name!r}")
-    return dtype
 
 
 def _raw_bytes(t: Tensor) -> bytes:
@@ -138,7 +123,7 @@ def _encode(model: nn.Module) -> tuple[list[dict[str, Any]], list[bytes], float]
             entries.append({"name": key, "encoding": "alias", "of": first[id(t)]})
             continue
         first[id(t)] = key
-        entry: dict[str, Any] = {"name": key, "dtype": _dtype_name(t.dtype), "shape": list(t.shape)}
+        entry: dict[str, Any] = {"name": key, "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
         # a tied tensor also read unquantized elsewhere must keep its float values
         shared_raw = any(k not in quantized for k in keys_of[id(t)])
         if key in quantized and not shared_raw:
@@ -160,153 +145,23 @@ def _encode(model: nn.Module) -> tuple[list[dict[str, Any]], list[bytes], float]
     return entries, chunks, ideal
 
 
-def _write_atomic(path: str, parts: list[bytes]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".geta-pack-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def packed(model: nn.Module, path: str | os.PathLike[str]) -> PackedInfo:
     """Write ``model``'s tensors to ``path`` with quantized weights bit-packed (module docstring)."""
     entries, chunks, ideal = _encode(model)
     data_bytes = sum(len(c) for c in chunks)
-    manifest = json.dumps({
+    manifest = {
         "format": "geta.packed", "version": FORMAT_VERSION,
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "data_bytes": data_bytes, "tensors": entries, "structure": describe(model),
-    }, separators=(",", ":")).encode("utf-8")  # fmt: skip
-    manifest = zlib.compress(manifest, 9)  # names repeat a lot: ~5x smaller
+    }  # fmt: skip
     target = os.fspath(path)
-    digest = hashlib.sha256(manifest).digest()
-    _write_atomic(target, [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(manifest), digest), manifest, *chunks])
+    manifest_bytes = write_container(target, manifest, chunks)
     return PackedInfo(
-        path=target, file_bytes=_PREFIX.size + len(manifest) + data_bytes, manifest_bytes=len(manifest),
+        path=target, file_bytes=HEADER.size + manifest_bytes + data_bytes, manifest_bytes=manifest_bytes,
         data_bytes=data_bytes, ideal_bytes=ideal,
         packed_tensors=sum(e["encoding"] == "codes" for e in entries),
         raw_tensors=sum(e["encoding"] == "raw" for e in entries),
     )  # fmt: skip
-
-
-MAX_MANIFEST_BYTES = 1 << 28  # 256 MiB of JSON: far beyond any real model's tensor list
-
-
-def _inflate(raw: bytes, path: str) -> bytes:
-    """Decompress the manifest, refusing one that inflates past `MAX_MANIFEST_BYTES` (a zip bomb)."""
-    inflater = zlib.decompressobj()
-    out = inflater.decompress(raw, MAX_MANIFEST_BYTES)
-    if inflater.unconsumed_tail:
-        raise ExportError(
-            f"{path}: the manifest of this packed file inflates past {MAX_MANIFEST_BYTES} bytes"
-        )
-    return out + inflater.flush()
-
-
-def _header(path: str, blob: bytes) -> tuple[int, int, bytes | None]:
-    """(manifest start, manifest length, the manifest's SHA-256 or None for version 1)."""
-    if len(blob) < _PREFIX_V1.size:
-        raise ExportError(f"{path} is not a geta packed file (too short)")
-    magic, version, length = _PREFIX_V1.unpack_from(blob)
-    if magic != MAGIC:
-        raise ExportError(f"{path} is not a geta packed file (magic {magic!r})")
-    if version not in (1, FORMAT_VERSION):
-        raise ExportError(
-            f"{path} has packed format version {version}; this geta reads 1 and {FORMAT_VERSION}"
-        )
-    if version == 1:
-        return _PREFIX_V1.size, length, None
-    if len(blob) < _PREFIX.size:
-        raise IntegrityError(f"{path} is truncated: its header is incomplete")
-    return _PREFIX.size, length, _PREFIX.unpack_from(blob)[3]
-
-
-def _read(path: str) -> tuple[dict[str, Any], bytes]:
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as exc:
-        raise ExportError(f"{path} cannot be read as a packed file ({exc.strerror or exc})") from None
-    start, length, digest = _header(path, blob)
-    if start + length > len(blob):
-        raise IntegrityError(
-            f"{path} is truncated or damaged: its header announces a {length}-byte manifest, "
-            f"the file holds {len(blob) - start} bytes after the header"
-        )
-    raw = blob[start : start + length]
-    if digest is not None and hashlib.sha256(raw).digest() != digest:
-        raise IntegrityError(f"{path} is damaged: its manifest does not match its SHA-256 checksum")
-    try:
-        manifest = json.loads(_inflate(raw, path).decode("utf-8"))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path}: the manifest of this packed file is damaged ({exc})") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
-        raise ExportError(f"{path}: the manifest of this packed file has no tensor list")
-    return manifest, blob[start + length :]
-
-
-def _fail(path: str, name: object, why: str) -> IntegrityError:
-    return IntegrityError(f"{path} is damaged: tensor {name!r} {why}")
-
-
-def _entry_bytes(path: str, e: dict[str, Any]) -> int:
-    """The byte count a raw or codes entry must have, from its dtype, shape (and bits)."""
-    shape = e.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise _fail(path, e["name"], f"has an invalid shape {shape!r}")
-    count = math.prod(shape)
-    try:
-        itemsize = _parse_dtype(str(e.get("dtype"))).itemsize
-    except GetaError:
-        raise _fail(path, e["name"], f"has an unknown dtype {e.get('dtype')!r}") from None
-    if e["encoding"] == "raw":
-        return count * itemsize
-    bits = e.get("bits")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-        raise _fail(path, e["name"], f"has an invalid bit width {bits!r}")
-    if isinstance(e.get("code_min"), bool) or not isinstance(e.get("code_min"), int):
-        raise _fail(path, e["name"], f"has an invalid code offset {e.get('code_min')!r}")
-    return packed_nbytes(count, bits)
-
-
-def _check_entries(path: str, manifest: dict[str, Any], data: bytes) -> None:
-    """Every entry's sizes and byte range against the file, and its checksum, before any allocation."""
-    declared = manifest.get("data_bytes")
-    if declared != len(data):
-        raise IntegrityError(
-            f"{path} is truncated or damaged: its manifest lists {declared} bytes of tensor data, "
-            f"the file holds {len(data)}"
-        )
-    names = set()
-    for e in manifest["tensors"]:
-        if not isinstance(e, dict) or not isinstance(e.get("name"), str):
-            raise IntegrityError(f"{path} is damaged: a manifest entry has no name")
-        names.add(e["name"])
-        if e.get("encoding") == "alias":
-            continue
-        if e.get("encoding") not in ("raw", "codes"):
-            raise _fail(path, e["name"], f"has an unknown encoding {e.get('encoding')!r}")
-        offset, nbytes = e.get("offset"), e.get("nbytes")
-        if not (isinstance(offset, int) and isinstance(nbytes, int) and 0 <= offset and 0 <= nbytes):
-            raise _fail(path, e["name"], f"has an invalid byte range ({offset!r}, {nbytes!r})")
-        if offset + nbytes > len(data) or nbytes != _entry_bytes(path, e):
-            raise _fail(path, e["name"], "has a byte range that does not fit its shape or the file")
-        digest = e.get("sha256")
-        if digest is not None and hashlib.sha256(data[offset : offset + nbytes]).hexdigest() != digest:
-            raise _fail(path, e["name"], "does not match its SHA-256 checksum")
-        if digest is None and manifest.get("version", 1) >= 2:
-            raise _fail(path, e["name"], "has no checksum")
-    for e in manifest["tensors"]:
-        if e.get("encoding") == "alias" and (e.get("of") not in names or e.get("of") == e["name"]):
-            raise _fail(path, e["name"], f"is an alias of {e.get('of')!r}, which the file does not hold")
 
 
 def _fit_checked(skeleton: nn.Module, structure: Any, shapes: dict[str, Any], path: str) -> None:
@@ -321,13 +176,8 @@ def _fit_checked(skeleton: nn.Module, structure: Any, shapes: dict[str, Any], pa
         ) from None
 
 
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON manifest of a packed file (format, version, model class, tensor entries)."""
-    return _read(os.fspath(path))[0]
-
-
 def _decode_raw(entry: dict[str, Any], data: bytes) -> Tensor:
-    dtype, shape = _parse_dtype(entry["dtype"]), entry["shape"]
+    dtype, shape = parse_dtype(entry["dtype"]), entry["shape"]
     chunk = data[entry["offset"] : entry["offset"] + entry["nbytes"]]
     if not chunk:
         return torch.empty(shape, dtype=dtype)
@@ -345,7 +195,7 @@ def _decode_codes(entry: dict[str, Any], data: bytes, state: dict[str, Tensor]) 
         value = k.to(torch.float32) * step.to(torch.float32)
     else:
         value = torch.sign(k) * (k.abs().double() * step.double()) ** (1.0 / t.double())
-    value = value.to(_parse_dtype(entry["dtype"]))
+    value = value.to(parse_dtype(entry["dtype"]))
     again = integer_codes(value, step, qmax, t, signed=entry["signed"])
     if not torch.equal(again.to(torch.int64), k):
         raise ExportError(f"packed file: the codes of {entry['name']} do not survive the round trip")
@@ -388,8 +238,8 @@ def load_packed(path: str | os.PathLike[str], skeleton: nn.Module) -> nn.Module:
     >>> small is model  # doctest: +SKIP
     True
     """
-    manifest, data = _read(os.fspath(path))
-    _check_entries(os.fspath(path), manifest, data)  # every entry against the file, before allocating
+    manifest, data = read_container(os.fspath(path))
+    check_entries(os.fspath(path), manifest, data)  # every entry against the file, before allocating
     entries = {e["name"]: e for e in manifest["tensors"]}
     if "structure" in manifest:
         shapes = {n: e["shape"] for n, e in entries.items() if "shape" in e}
