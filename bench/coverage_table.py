@@ -142,8 +142,10 @@ What the frozen-group reasons above come to, and what would lift them:
   in Swin/Swin-v2, MaxViT's attention; timm's PVT-v2 and CaiT). The head count cannot follow pruning without
   changing the model's code, so the trial conversion freezes the heads (`removing a unit
   breaks the model's forward`). Attention that reshapes by its own attributes gets a module
-  fixer instead (`geta.ops.hf`: OPT, BART and its copies, Whisper, T5, Phi-3; `geta.ops.timm`:
-  ViT/DeiT `Attention`, Swin `WindowAttention`).
+  spec with a fixer instead (`geta.ops.modules.ModuleSpec`; `geta.ops.hf`: OPT, BART and its
+  copies, Whisper, T5, Phi-3; `geta.ops.timm`: ViT/DeiT `Attention`, Swin `WindowAttention`).
+  A class of your own is one `register_module_spec(ModuleSpec(MyAttention, fixer=...))` call
+  (`tests/ops/test_ops_modules.py` shows convert, `load_packed` and `baked` reading it).
 - **Ops without a handler** are named in the tables (`touches X, an op geta has no handler
   for`); add one in `src/geta/ops/` (see `geta.ops.registry`).
 - **Detection models** (all 12 torchvision builders) post-process boxes in eval mode with
