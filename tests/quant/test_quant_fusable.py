@@ -105,21 +105,7 @@ def test_unit_exponent_refuses_a_learned_exponent() -> None:
 @pytest.mark.parametrize("learn", [True, False], ids=["learned-t", "fixed-t"])
 def test_compiled_graph_has_pow_only_for_a_learned_exponent(learn: bool) -> None:
     """A fixed exponent (t = 1) compiles to a graph without pow or log; a learned one keeps both."""
-    from torch._dynamo.backends.common import aot_autograd
-
-    plan = tiny_plan(learn_exponent=learn)
-    graphs: list[str] = []
-
-    def keep(gm: torch.fx.GraphModule, _inputs: list) -> torch.fx.GraphModule:
-        graphs.append(gm.code)
-        return gm
-
-    torch._dynamo.reset()
-    compiled = torch.compile(
-        plan.model, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True
-    )
-    x = torch.randn(5, 6)
-    got, want = grads_of(plan.model, compiled, x), grads_of(plan.model, plan.model, x)
+    graphs, got, want, _ = compiled_graphs(tiny_plan(learn_exponent=learn))
     code = "\n".join(graphs)
     assert ("aten.pow" in code) is learn and ("aten.log" in code) is learn
     assert len(got) == len(want) > 0
@@ -132,11 +118,11 @@ def grads_of(model: nn.Module, fn, x: Tensor) -> list[Tensor]:
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-def test_compile_traces_plain_ops_without_graph_break() -> None:
-    """aot_eager: the aten graphs dynamo hands to inductor hold no geta op, and run the same math."""
+def compiled_graphs(plan: geta.Plan) -> tuple[list[str], list[Tensor], list[Tensor], nn.Module]:
+    """The aten graphs (code) dynamo hands to the backend for ``plan.model``, fullgraph; the
+    parameter gradients of one input through the compiled and the eager model; the compiled model."""
     from torch._dynamo.backends.common import aot_autograd
 
-    plan = tiny_plan()
     graphs: list[str] = []
 
     def keep(gm: torch.fx.GraphModule, _inputs: list) -> torch.fx.GraphModule:
@@ -144,11 +130,17 @@ def test_compile_traces_plain_ops_without_graph_break() -> None:
         return gm
 
     torch._dynamo.reset()
-    compiled = torch.compile(
-        plan.model, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True
-    )
+    backend = aot_autograd(fw_compiler=keep, bw_compiler=keep)
+    compiled = torch.compile(plan.model, backend=backend, fullgraph=True)
     x = torch.randn(5, 6)
-    got, want = grads_of(plan.model, compiled, x), grads_of(plan.model, plan.model, x)
+    return graphs, grads_of(plan.model, compiled, x), grads_of(plan.model, plan.model, x), compiled
+
+
+def test_compile_traces_plain_ops_without_graph_break() -> None:
+    """aot_eager: the aten graphs dynamo hands to inductor hold no geta op, and run the same math."""
+    plan = tiny_plan()
+    graphs, got, want, compiled = compiled_graphs(plan)
+    x = torch.randn(5, 6)
     assert len(graphs) == 2  # one forward, one backward: no graph break
     assert all("geta" not in code for code in graphs)
     assert any("round" in code for code in graphs)  # the quantizers' math is in the graph
