@@ -14,15 +14,15 @@ def reference(positions: list[tuple[torch.Tensor, int, torch.Tensor]]) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_masked_and_indexed_tensors_get_the_reference_zeros(dtype: torch.dtype) -> None:
+def test_masked_and_indexed_tensors_get_the_reference_zeros(dtype: torch.dtype, device: torch.device) -> None:
     gen = torch.Generator().manual_seed(0)
     shapes = [(16, 8, 3, 3), (32,), (300, 300), (8, 4)]  # (300, 300) is above MASKED_ELEMENTS
-    tensors = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    tensors = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
     positions = []
     for t in tensors:
         for dim in range(min(t.dim(), 2)):
             pos = torch.randperm(t.shape[dim], generator=gen)[: t.shape[dim] // 3]
-            positions.append((t, dim, pos))
+            positions.append((t, dim, pos.to(device)))
     twins = {id(t): t.clone() for t in tensors}
     zeros = CommittedZeros(positions)
     assert len(zeros.indexed) == 2 and all(t.numel() > MASKED_ELEMENTS for t, _, _ in zeros.indexed)

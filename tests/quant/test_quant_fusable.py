@@ -87,9 +87,11 @@ def tiny_plan(learn_exponent: bool = True) -> geta.Plan:
 
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("ste", list(STE))
-def test_unit_exponent_path_equals_the_general_one_at_t_1(signed: bool, ste: STE) -> None:
+def test_unit_exponent_path_equals_the_general_one_at_t_1(
+    signed: bool, ste: STE, device: torch.device
+) -> None:
     """With t fixed at 1 the fused math skips pow: the same value and x/step/qmax gradients."""
-    x, g = sample(torch.float32, True)
+    x, g = (v.to(device) for v in sample(torch.float32, True))
     wants = (True, True, True, False)
     unit = run(lambda *a, **k: fusable_fake_quant(*a, **k, unit_exponent=True), x, g, 1.0, signed, ste, wants)
     general = run(fusable_fake_quant, x, g, 1.0, signed, ste, wants)
