@@ -34,6 +34,7 @@ from geta.cli.quiet import quiet_capture
 from geta.cli.restore import load_dense_checkpoint, restore
 from geta.cli.runstate import RunState
 from geta.optim.finite import NonFiniteError
+from geta.quant import recompute_quantized
 from geta.recipes import (
     DataBundle,
     EpochStats,
@@ -310,12 +311,14 @@ class CompressJob:
             if self._compiled is None or self._compiled[0] is not self.model:
                 self._compiled = (self.model, torch.compile(self.model))
             model = self._compiled[1]
+        compressing = state.phase == "compress"
         return train_epoch(
             model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
             on_batch=self._on_batch(state), stop=self.stop,
-            teacher=self.teacher if state.phase == "compress" else None,
+            teacher=self.teacher if compressing else None,
             distill_weight=o.training().distill, clip_norm=o.training().clip_norm,
+            forward_context=recompute_quantized if o.recompute_quantized and compressing else None,
         )  # fmt: skip
 
     def _extra(self) -> dict[str, float]:

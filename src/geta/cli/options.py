@@ -218,11 +218,11 @@ class CompressOptions:
         False, "prune every layer alike: hf:DIR's hf/ output then also loads with plain transformers",
         boolean, to=("config", "uniform_layers"),
     )  # fmt: skip
-    compile: bool = _opt(
-        False,
-        "torch.compile the training forward and backward (fused fake-quant)",
-        boolean,
-    )
+    compile: bool = _opt(False, "torch.compile the training forward and backward (fused fake-quant)", boolean)
+    recompute_quantized: bool = _opt(
+        False, "keep each fake-quantized weight and layer input for the backward as its recipe and "
+        "recompute it there: less memory, the same gradients, a slower step (eager mode)", boolean,
+    )  # fmt: skip
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: Callable[[str], str]) -> CompressOptions:

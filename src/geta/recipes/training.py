@@ -7,8 +7,10 @@ gives exactly the same result because the batch order is a function of (seed, ep
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -115,6 +117,7 @@ def train_epoch(
     teacher: nn.Module | None = None,
     distill_weight: float = 1.0,
     clip_norm: float = 0.0,
+    forward_context: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> EpochStats:
     """Train ``model`` for one epoch from batch ``start``; return the epoch's running sums.
 
@@ -124,7 +127,8 @@ def train_epoch(
     in eval mode) the loss adds ``distill_weight`` x `distillation_loss` of the model's logits
     against the teacher's. ``clip_norm`` > 0 clips the global gradient norm of the first param
     group (all parameters of an ordinary optimizer; the weights, not the quantizer scalars, of
-    `geta.QASSO`) to that value before every step.
+    `geta.QASSO`) to that value before every step. ``forward_context`` (e.g.
+    `geta.quant.recompute_quantized`) is entered around each training forward.
     """
     stats = stats if stats is not None else EpochStats()
     model.train()
@@ -134,7 +138,8 @@ def train_epoch(
         if lr is not None:
             optimizer.param_groups[0]["lr"] = lr()
         x, y = x.to(device), y.to(device)
-        logits = logits_of(model(x))
+        with forward_context() if forward_context is not None else contextlib.nullcontext():
+            logits = logits_of(model(x))
         loss, hits, count = loss_and_hits(data.task, logits, y)
         if teacher is not None:
             with torch.no_grad():

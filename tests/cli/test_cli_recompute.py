@@ -1,0 +1,50 @@
+"""``geta compress --recompute-quantized``: less memory, the same run bit for bit."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from geta.cli import job
+from geta.cli.options import CompressOptions
+from geta.quant import recompute_quantized
+
+from .conftest import TINY, Result
+
+
+def test_recompute_flag_parses() -> None:
+    assert (
+        CompressOptions.from_mapping({"recompute_quantized": "true"}, where=str).recompute_quantized is True
+    )
+    assert CompressOptions().recompute_quantized is False
+
+
+def test_recomputed_run_equals_the_plain_run(
+    tmp_path: Path, geta_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recomputed fake-quant values are the kept ones bit for bit, so the trained weights are;
+    the flag really wraps the compression phase's forwards (and only with the flag)."""
+    entered: list[int] = []
+
+    @contextlib.contextmanager
+    def counting() -> Iterator[None]:
+        entered.append(1)
+        with recompute_quantized():
+            yield
+
+    monkeypatch.setattr(job, "recompute_quantized", counting)
+    states, counts = [], []
+    for extra in ([], ["--recompute-quantized"]):
+        out = tmp_path / ("recompute" if extra else "plain")
+        assert geta_cli("compress", "--out", out, "--act-bits", "4,8", *TINY, *extra).code == 0
+        model = torch.load(out / "compressed.pt", weights_only=False)
+        states.append(model.state_dict())
+        counts.append(len(entered))
+    assert counts[0] == 0 and counts[1] > 0  # one per training batch of the compression phase
+    plain, recomputed = states
+    assert plain.keys() == recomputed.keys() and len(plain) > 0
+    assert all(torch.equal(plain[k], recomputed[k]) for k in plain)
