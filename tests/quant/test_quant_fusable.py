@@ -105,19 +105,30 @@ def test_unit_exponent_refuses_a_learned_exponent() -> None:
 
 
 @pytest.mark.parametrize("learn", [True, False], ids=["learned-t", "fixed-t"])
-def test_compiled_graph_has_pow_only_for_a_learned_exponent(learn: bool) -> None:
-    """A fixed exponent (t = 1) compiles to a graph without pow or log; a learned one keeps both."""
+def test_compiled_graph_has_powers_only_for_a_learned_exponent(learn: bool) -> None:
+    """A fixed exponent (t = 1) compiles to a graph without any power, exp or log; a learned one
+    computes m ** t as exp(t ln m) (`geta.quant.fusable._power`)."""
     graphs, got, want, _ = compiled_graphs(tiny_plan(learn_exponent=learn))
     code = "\n".join(graphs)
-    assert ("aten.pow" in code) is learn and ("aten.log" in code) is learn
-    assert len(got) == len(want) > 0
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, want))
+    assert all((op in code) is learn for op in ("aten.pow", "aten.exp", "aten.log"))
+    assert_gradients_close(got, want, learned_exponent=learn)
 
 
 def grads_of(model: nn.Module, fn, x: Tensor) -> list[Tensor]:
     model.zero_grad()
     fn(x).square().mean().backward()
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def assert_gradients_close(got: list[Tensor], want: list[Tensor], *, learned_exponent: bool) -> None:
+    """Compiled vs eager parameter gradients: tensors to float rounding; the quantizers' scalars
+    too, except with a learned exponent. Their gradients sum rounding residuals round(u/d) - u/d,
+    and the compiled u = exp(t ln m) may differ from eager pow in the last bit, which moves a
+    small residual by a large share: they agree to ~1e-3 there."""
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        loose = a.dim() == 0 and learned_exponent
+        assert torch.allclose(a, b, rtol=1e-2 if loose else 1e-5, atol=1e-5 if loose else 1e-6)
 
 
 def compiled_graphs(plan: geta.Plan) -> tuple[list[str], list[Tensor], list[Tensor], nn.Module]:
@@ -146,8 +157,7 @@ def test_compile_traces_plain_ops_without_graph_break() -> None:
     assert len(graphs) == 2  # one forward, one backward: no graph break
     assert all("geta" not in code for code in graphs)
     assert any("round" in code for code in graphs)  # the quantizers' math is in the graph
-    assert len(got) == len(want) > 0
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, want))
+    assert_gradients_close(got, want, learned_exponent=True)
     torch.testing.assert_close(compiled(x), plan.model(x), rtol=0, atol=0)
 
 
