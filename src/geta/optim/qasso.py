@@ -375,9 +375,7 @@ class QASSO(Resumable):
     def _joint_end(self, s: int) -> None:
         _, end = self.schedule.pruning_period_bounds(self._period)
         if s == end - 1 and bool(self._selected.any()):
-            self._committed |= self._selected
-            for tensor, dim, pos in self.layout.zero_positions(self._selected):
-                local_data(tensor).index_fill_(dim, pos, 0.0)
+            self._committed |= self._selected  # zeroed with the others at this step's end (`step`)
             self._selected = torch.zeros_like(self._selected)
             self._rows = None
             self._zeros = CommittedZeros(self.layout.zero_positions(self._committed))

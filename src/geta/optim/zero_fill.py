@@ -47,7 +47,7 @@ class CommittedZeros:
                 self.indexed.append((tensor, dim, pos))
                 continue
             if id(tensor) not in masks:
-                masks[id(tensor)] = (tensor, torch.ones_like(tensor, memory_format=torch.preserve_format))
+                masks[id(tensor)] = (tensor, torch.ones_like(tensor))
             masks[id(tensor)][1].index_fill_(dim, pos, 0.0)
         self.tensors = [t for t, _ in masks.values()]
         self.masks = [m for _, m in masks.values()]
