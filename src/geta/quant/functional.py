@@ -22,13 +22,19 @@ cast back to the input dtype; float64 stays float64. ``step`` is floored at `MIN
 ``qmax`` at `MIN_QMAX` inside the math, so that no formula ever divides by zero or takes a
 fractional power of a negative number, even if an optimizer pushed a scalar out of range.
 
-Speed and memory. The forward works in place on a few temporaries; the backward
-(`geta.quant.ste`) computes only the gradients autograd asks for, and a large tensor piece by
-piece, so that its only full-size tensor is dL/dx. On CPU an exponent of exactly 1 (the initial
-value) skips ``pow`` (the forward is then four or five elementwise passes); the results are bit
-for bit those of the general path, signed zeros included, and so are the sums of the scalar
-gradients, whatever the memory layouts of x and of the incoming gradient. On accelerators the
-exponent is not read (that would be a host sync per call), so ``pow`` always runs there.
+Speed and memory. In plain eager mode ``fake_quant`` calls the op's forward and backward
+directly (`_EagerFakeQuant`: the same functions without the dispatcher's round trip), and on
+the CPU a tensor of `geta.quant.kernels.MIN_ELEMENTS` elements or more runs them as one fused,
+compiled loop each (`geta.quant.kernels`: the same formulas, a learned exponent's power as
+exp(t ln m), equal to the plain implementation up to the last bits). The plain implementation
+(smaller tensors, float64, accelerators, kernels off) works in place on a few temporaries; its
+backward (`geta.quant.ste`) computes only the gradients autograd asks for, and a large tensor
+piece by piece, so that its only full-size tensor is dL/dx. There an exponent of exactly 1 (the
+initial value) skips ``pow`` on the CPU (the forward is then four or five elementwise passes);
+the results are bit for bit those of the general path, signed zeros included, and so are the
+sums of the scalar gradients, whatever the memory layouts of x and of the incoming gradient. On
+accelerators the exponent is not read (that would be a host sync per call), so ``pow`` always
+runs there.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import torch
 from torch import Tensor
 
 from geta.config import STE
+from geta.quant import kernels
 from geta.quant.fusable import fusable_fake_quant
 from geta.quant.limits import LN_EPS, MIN_QMAX, MIN_STEP, STE_FIXED_BOUND, floored_scalars
 from geta.quant.recompute import RECIPE
@@ -92,8 +99,12 @@ def _sign_and_magnitude(xc: Tensor, q: Tensor, signed: bool) -> tuple[Tensor, Te
 
 def _forward(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool) -> Tensor:
     d, q, t = floored_scalars(x, step, qmax, exponent)
+    unit = _exactly_one(t)
+    fused = kernels.forward(x, (step, qmax, exponent), signed, unit)
+    if fused is not None:
+        return fused
     xc = x.to(d.dtype)
-    if _exactly_one(t):
+    if unit:
         return _forward_linear(xc, d, q, signed).to(x.dtype)
     s, m = _sign_and_magnitude(xc, q, signed)
     r = m.pow_(t).div_(d).round_()  # round(u/d), in place in m
@@ -144,11 +155,53 @@ def _backward_op(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tupl
     x, step, qmax, exponent = ctx.saved_tensors  # type: ignore[attr-defined]
     needs = tuple(ctx.needs_input_grad[:4])  # type: ignore[attr-defined]
     signed, ste = ctx.signed, ctx.ste  # type: ignore[attr-defined]
-    grads = ste_backward(grad, x, (step, qmax, exponent), signed, ste, needs, _exactly_one(exponent))
+    scalars, unit = (step, qmax, exponent), _exactly_one(exponent)
+    grads = kernels.backward(grad, x, scalars, signed, ste, needs, unit)
+    if grads is None:
+        grads = ste_backward(grad, x, scalars, signed, ste, needs, unit)
     return (*grads, None, None)  # no gradient for `signed` and `ste`
 
 
 _fake_quant_op.register_autograd(_backward_op, setup_context=_setup_context)
+
+
+class _EagerFakeQuant(torch.autograd.Function):
+    """The op's forward and backward, called without the dispatcher's round trip.
+
+    In plain eager mode (`_plain_eager`) nothing needs the op as a node, and going through
+    ``torch.library``'s dispatch and autograd wrappers cost about 40 µs a forward and 60 µs a
+    backward here: on a small transformer, with a quantizer at every weight and layer input,
+    more than the arithmetic. Same functions, so the same values bit for bit.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        step: Tensor,
+        qmax: Tensor,
+        exponent: Tensor,
+        signed: bool,
+        ste: str,
+    ) -> Tensor:
+        _setup_context(ctx, (x, step, qmax, exponent, signed, ste), None)  # type: ignore[arg-type]
+        return _forward(x, step, qmax, exponent, signed)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
+        return _backward_op(ctx, grad)
+
+
+def _plain_eager(*tensors: Tensor) -> bool:
+    """Whether a call may skip the registered op: plain tensors, no tracing (export, ``jit``,
+    ``torch.func`` transforms) and no dispatch mode (fake tensors, FLOP counters) to see it."""
+    return (
+        all(type(t) in _EAGER for t in tensors)
+        and torch._C._len_torch_dispatch_stack() == 0
+        and torch._C._functorch.peek_interpreter_stack() is None
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_exporting()
+    )
 
 
 def fake_quant(
@@ -189,7 +242,10 @@ def fake_quant(
         return fusable_fake_quant(
             x, step, qmax, exponent, signed=signed, ste=ste, unit_exponent=unit_exponent
         )
-    out = torch.ops.geta.fake_quant(x, step, qmax, exponent, bool(signed), STE(ste).value)
+    if _plain_eager(x, step, qmax, exponent):
+        out = _EagerFakeQuant.apply(x, step, qmax, exponent, bool(signed), STE(ste).value)
+    else:
+        out = torch.ops.geta.fake_quant(x, step, qmax, exponent, bool(signed), STE(ste).value)
     if out.requires_grad and type(out) is Tensor:  # eager: `recompute_quantized` may rebuild it
         setattr(out, RECIPE, (x, step, qmax, exponent, bool(signed)))
     return out

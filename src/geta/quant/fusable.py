@@ -41,29 +41,32 @@ def _sign_magnitude(xc: Tensor, q: Tensor, signed: bool) -> tuple[Tensor, Tensor
     return (xc > 0).to(xc.dtype), xc.clamp_min(0.0).clamp_max(q)
 
 
-def _power(m: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+def _power(m: Tensor, t: Tensor, exp_log: bool) -> tuple[Tensor, Tensor | None]:
     """(u, ln m): u = m ** t of the magnitudes m >= 0, and ln m where it was computed (else None).
 
-    Eager: ``pow`` itself, so that this module stays the op bit for bit. While ``torch.compile``
-    traces: exp(t ln m), which inductor vectorises (a compiled ``pow`` over 1 M floats took 3.1 ms
-    here, exp(t ln m) 1.4 ms) and whose ln m the backward reuses for dL/dt. The two agree to the
-    last bit or two (t > 0, which QASSO keeps in `geta.optim.rules.EXPONENT_RANGE`; m = 0 gives
-    exp(-inf) = 0), so a compiled run may round a value sitting exactly on a half step the other
-    way, as compiled sums may order additions their own way.
+    ``exp_log`` False: ``pow`` itself, so that this module in eager mode is the op bit for bit.
+    True (while ``torch.compile`` traces, and in `geta.quant.kernels`): exp(t ln m), which
+    inductor vectorises (a compiled ``pow`` over 1 M floats took 3.1 ms here, exp(t ln m)
+    1.4 ms) and whose ln m the backward reuses for dL/dt. The two agree to the last bit or two
+    (t > 0, which QASSO keeps in `geta.optim.rules.EXPONENT_RANGE`; m = 0 gives exp(-inf) = 0),
+    so a compiled run may round a value sitting exactly on a half step the other way, as
+    compiled sums may order additions their own way.
     """
-    if not torch.compiler.is_compiling():
+    if not exp_log:
         return m.pow(t), None
     ln_m = torch.log(m)
     return torch.exp(t * ln_m), ln_m
 
 
-def _quantize(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool, unit: bool) -> Tensor:
+def _quantize(
+    x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool, unit: bool, exp_log: bool
+) -> Tensor:
     """Q(x) = (sign(x) d) round(m ** t / d), in the order of the op (so equal bit for bit);
-    ``unit``: t is exactly 1, and m ** 1 == m bit for bit."""
+    ``unit``: t is exactly 1, and m ** 1 == m bit for bit; ``exp_log``: see `_power`."""
     d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
     s, m = _sign_magnitude(xc, q, signed)
-    return (s * d * torch.round((m if unit else _power(m, t)[0]) / d)).to(x.dtype)
+    return (s * d * torch.round((m if unit else _power(m, t, exp_log)[0]) / d)).to(x.dtype)
 
 
 def _ste_grads(
@@ -73,7 +76,8 @@ def _ste_grads(
     signed: bool,
     ste: STE,
     needs: tuple[bool, ...],
-    unit: bool = False,
+    unit: bool,
+    exp_log: bool,
 ) -> tuple[Tensor | None, ...]:
     """(dL/dx, dL/dd, dL/dq_m, dL/dt) of docs/method.md §1.3, None where ``needs`` is False."""
     step, qmax, exponent = scalars
@@ -86,7 +90,7 @@ def _ste_grads(
         passband = xc.abs() <= bound if signed else (xc.abs() <= bound) & (xc >= 0)
         grad_x = torch.where(passband, g, torch.zeros((), dtype=g.dtype, device=g.device))
     gs = g.to(d.dtype) * s
-    u, ln_m = (m, None) if unit else _power(m, t)
+    u, ln_m = (m, None) if unit else _power(m, t, exp_log)
     if needs[1]:  # sum g s (round(u/d) - u/d)
         v = u / d
         grad_step = ((torch.round(v) - v) * gs).sum().to(step.dtype).reshape(step.shape)
@@ -117,13 +121,14 @@ class _FusableFakeQuant(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, step, qmax, exponent)
         ctx.signed, ctx.ste, ctx.unit = signed, ste, unit  # type: ignore[attr-defined]
-        return _quantize(x, step, qmax, exponent, signed, unit)
+        return _quantize(x, step, qmax, exponent, signed, unit, torch.compiler.is_compiling())
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
         x, step, qmax, exponent = ctx.saved_tensors  # type: ignore[attr-defined]
         needs = tuple(ctx.needs_input_grad[:4])  # type: ignore[attr-defined]
-        grads = _ste_grads(grad, x, (step, qmax, exponent), ctx.signed, ctx.ste, needs, ctx.unit)  # type: ignore[attr-defined]
+        exp_log = torch.compiler.is_compiling()
+        grads = _ste_grads(grad, x, (step, qmax, exponent), ctx.signed, ctx.ste, needs, ctx.unit, exp_log)  # type: ignore[attr-defined]
         return (*grads, None, None, None)
 
 
