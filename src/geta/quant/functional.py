@@ -98,11 +98,11 @@ def _sign_and_magnitude(xc: Tensor, q: Tensor, signed: bool) -> tuple[Tensor, Te
 
 
 def _forward(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool) -> Tensor:
-    d, q, t = floored_scalars(x, step, qmax, exponent)
-    unit = _exactly_one(t)
+    unit = _exactly_one(exponent)  # the raw exponent: widening keeps a value of exactly 1
     fused = kernels.forward(x, (step, qmax, exponent), signed, unit)
     if fused is not None:
         return fused
+    d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
     if unit:
         return _forward_linear(xc, d, q, signed).to(x.dtype)

@@ -146,8 +146,12 @@ def _kernel(key: tuple, fn: Callable, like: list[Tensor]) -> Callable | None:
     return kernel
 
 
-def _scalar_key(scalars: tuple[Tensor, Tensor, Tensor]) -> tuple:
-    return tuple((s.dtype, tuple(s.shape)) for s in scalars)
+def _scalar_key(scalars: tuple[Tensor, Tensor, Tensor]) -> tuple | None:
+    """The scalars' dtypes, or None unless all three are 0-dim (the kernels' only shape)."""
+    step, qmax, exponent = scalars
+    if step.dim() or qmax.dim() or exponent.dim():
+        return None
+    return (step.dtype, qmax.dtype, exponent.dtype)
 
 
 def forward(x: Tensor, scalars: tuple[Tensor, Tensor, Tensor], signed: bool, unit: bool) -> Tensor | None:
@@ -155,17 +159,15 @@ def forward(x: Tensor, scalars: tuple[Tensor, Tensor, Tensor], signed: bool, uni
     implementation). ``scalars``: the raw (step, qmax, exponent); ``unit``: the exponent is
     exactly 1."""
     flat = _flat(x) if _eligible(x) else None
-    if flat is None:
+    dtypes = _scalar_key(scalars)
+    if flat is None or dtypes is None:
         return None
-    scalars = tuple(s.detach() for s in scalars)  # type: ignore[assignment]
-    key = ("forward", x.dtype, _scalar_key(scalars), bool(signed), bool(unit))
-    fn = functools.partial(_forward_graph, signed=bool(signed), unit=bool(unit))
-    kernel = _kernel(key, fn, [flat, *scalars])
+    key = ("forward", x.dtype, dtypes, signed, unit)
+    kernel = _compiled.get(key) or _kernel(key, functools.partial(_forward_graph, signed=signed, unit=unit), [flat, *scalars])
     if kernel is None:
         return None
     with torch.no_grad():
         out = kernel(flat, *scalars)
-    out = out[0] if isinstance(out, (list, tuple)) else out
     return out.as_strided(x.size(), x.stride())
 
 
@@ -185,13 +187,14 @@ def backward(
     if g.stride() != x.stride():  # one copy of g into x's layout: both flat in the same order
         g = torch.empty_strided(x.size(), x.stride(), dtype=g.dtype).copy_(g)
     fx, fg = _flat(x), _flat(g)
-    if fx is None or fg is None or not any(needs):
+    dtypes = _scalar_key(scalars)
+    if fx is None or fg is None or dtypes is None or not any(needs):
         return None
-    scalars = tuple(s.detach() for s in scalars)  # type: ignore[assignment]
-    needs = tuple(bool(n) for n in needs[:4])
-    key = ("backward", x.dtype, _scalar_key(scalars), bool(signed), STE(ste), needs, bool(unit))
-    fn = functools.partial(_backward_graph, signed=bool(signed), ste=STE(ste), needs=needs, unit=bool(unit))
-    kernel = _kernel(key, fn, [fg, fx, *scalars])
+    needs = tuple(needs[:4])
+    key = ("backward", x.dtype, dtypes, signed, STE(ste), needs, unit)
+    kernel = _compiled.get(key) or _kernel(
+        key, functools.partial(_backward_graph, signed=signed, ste=STE(ste), needs=needs, unit=unit), [fg, fx, *scalars]
+    )
     if kernel is None:
         return None
     with torch.no_grad():
