@@ -29,7 +29,7 @@ from torch import Tensor
 from geta.config import STE
 from geta.quant.limits import LN_EPS, STE_FIXED_BOUND, floored_scalars
 
-__all__ = ["fusable_fake_quant"]
+__all__ = ["fusable_fake_quant", "quantize"]
 
 _LN_OF_EPS = math.log(LN_EPS)  # ln max(m, eps) = max(ln m, ln eps): ln is increasing
 
@@ -58,11 +58,19 @@ def _power(m: Tensor, t: Tensor, exp_log: bool) -> tuple[Tensor, Tensor | None]:
     return torch.exp(t * ln_m), ln_m
 
 
-def _quantize(
-    x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool, unit: bool, exp_log: bool
+def quantize(
+    x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, signed: bool, unit: bool, exp_log: bool = False
 ) -> Tensor:
-    """Q(x) = (sign(x) d) round(m ** t / d), in the order of the op (so equal bit for bit);
-    ``unit``: t is exactly 1, and m ** 1 == m bit for bit; ``exp_log``: see `_power`."""
+    """Q(x) = (sign(x) d) round(m ** t / d) as plain ops, no autograd of its own: in the order of
+    the op (so equal bit for bit); ``unit``: t is exactly 1 (m ** 1 == m bit for bit);
+    ``exp_log``: see `_power`. The scalars broadcast: a (K, 1) ``step`` and ``qmax`` against an
+    (N,) x give the K grids' values, (K, N).
+
+    >>> quantize(torch.tensor([0.3, -0.9]), torch.tensor([[0.25], [0.5]]), torch.tensor([[1.0], [1.0]]),
+    ...          torch.tensor(1.0), True, True)
+    tensor([[ 0.2500, -1.0000],
+            [ 0.5000, -1.0000]])
+    """
     d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
     s, m = _sign_magnitude(xc, q, signed)
@@ -121,7 +129,7 @@ class _FusableFakeQuant(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, step, qmax, exponent)
         ctx.signed, ctx.ste, ctx.unit = signed, ste, unit  # type: ignore[attr-defined]
-        return _quantize(x, step, qmax, exponent, signed, unit, torch.compiler.is_compiling())
+        return quantize(x, step, qmax, exponent, signed, unit, torch.compiler.is_compiling())
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]

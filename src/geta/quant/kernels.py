@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from geta.config import STE
-from geta.quant.fusable import _quantize, _ste_grads
+from geta.quant.fusable import _ste_grads, quantize
 
 __all__ = ["MIN_ELEMENTS", "backward", "enabled", "forward", "use_fused_kernels"]
 
@@ -104,7 +104,7 @@ def _eligible(x: Tensor) -> bool:
 
 
 def _forward_graph(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, *, signed: bool, unit: bool) -> Tensor:
-    return _quantize(x, step, qmax, exponent, signed, unit, exp_log=True)
+    return quantize(x, step, qmax, exponent, signed, unit, exp_log=True)
 
 
 def _backward_graph(
