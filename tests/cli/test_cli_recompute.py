@@ -1,4 +1,5 @@
-"""``geta compress --recompute-quantized``: less memory, the same run bit for bit."""
+"""``geta compress`` recomputes the fake-quant outputs in the backward by default (less memory, the
+same run bit for bit); ``--no-recompute-quantized`` keeps them."""
 
 from __future__ import annotations
 
@@ -18,16 +19,16 @@ from .conftest import TINY, Result
 
 def test_recompute_flag_parses() -> None:
     assert (
-        CompressOptions.from_mapping({"recompute_quantized": "true"}, where=str).recompute_quantized is True
+        CompressOptions.from_mapping({"recompute_quantized": "false"}, where=str).recompute_quantized is False
     )
-    assert CompressOptions().recompute_quantized is False
+    assert CompressOptions().recompute_quantized is True
 
 
 def test_recomputed_run_equals_the_plain_run(
     tmp_path: Path, geta_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The recomputed fake-quant values are the kept ones bit for bit, so the trained weights are;
-    the flag really wraps the compression phase's forwards (and only with the flag)."""
+    the default really wraps the compression phase's forwards (and --no-recompute-quantized not)."""
     entered: list[int] = []
 
     @contextlib.contextmanager
@@ -38,8 +39,8 @@ def test_recomputed_run_equals_the_plain_run(
 
     monkeypatch.setattr(job, "recompute_quantized", counting)
     states, counts = [], []
-    for extra in ([], ["--recompute-quantized"]):
-        out = tmp_path / ("recompute" if extra else "plain")
+    for extra in (["--no-recompute-quantized"], []):
+        out = tmp_path / ("plain" if extra else "recompute")
         assert geta_cli("compress", "--out", out, "--act-bits", "4,8", *TINY, *extra).code == 0
         model = torch.load(out / "compressed.pt", weights_only=False)
         states.append(model.state_dict())

@@ -80,9 +80,10 @@ def add_parser(subparsers: Any) -> None:
     )  # tests: simulate ^C
     for f in fields(CompressOptions):  # every option as its field declares it (`Option`)
         flag, spec = "--" + f.name.replace("_", "-"), option_spec(f.name)
-        if isinstance(f.default, bool):  # a switch: given means on (a config file may say false)
-            p.add_argument(flag, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS,
-                           help=option_help(f.name))  # fmt: skip
+        if isinstance(f.default, bool):  # a switch: --NAME turns it on, --no-NAME off when on by
+            flag = "--no-" + flag[2:] if f.default else flag  # default (a config file may say either)
+            p.add_argument(flag, dest=f.name, action="store_const", const=not f.default,
+                           default=argparse.SUPPRESS, help=option_help(f.name))  # fmt: skip
             continue
         p.add_argument(
             flag,

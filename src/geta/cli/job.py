@@ -318,7 +318,7 @@ class CompressJob:
             on_batch=self._on_batch(state), stop=self.stop,
             teacher=self.teacher if compressing else None,
             distill_weight=o.training().distill, clip_norm=o.training().clip_norm,
-            forward_context=recompute_quantized if o.recompute_quantized and compressing else None,
+            forward_context=recompute_quantized if o.recompute_quantized and compressing and not o.compile else None,
         )  # fmt: skip
 
     def _extra(self) -> dict[str, float]:

@@ -220,8 +220,9 @@ class CompressOptions:
     )  # fmt: skip
     compile: bool = _opt(False, "torch.compile the training forward and backward (fused fake-quant)", boolean)
     recompute_quantized: bool = _opt(
-        False, "keep each fake-quantized weight and layer input for the backward as its recipe and "
-        "recompute it there: less memory, the same gradients, a slower step (eager mode)", boolean,
+        True, "keep each fake-quantized weight and layer input for the backward as its recipe and "
+        "recompute it there: less memory, the same gradients, a step a few percent slower (eager "
+        "mode; --no-recompute-quantized keeps the values instead)", boolean,
     )  # fmt: skip
 
     @classmethod
