@@ -10,7 +10,10 @@ of the model from the same seed train side by side, one step of each per round:
   joint stage: selection, forgetting, bit pinning. In the warm-up and
   projection stages QASSO's default bit rule hooks every quantizer to measure sensitivity, and
   those tensor hooks break the compiled graph at each quantizer; from the joint stage on the
-  model is one graph.
+  model is one graph;
+- ``geta plain eager``: ``geta eager`` with the fused CPU kernels of the eager op off
+  (`geta.quant.kernels`, ``GETA_FUSED_KERNELS=0``): the plain implementation, one ATen op per
+  elementwise pass and ``pow`` for a learned exponent.
 
 Under ``torch.compile`` geta's fake-quantizers are plain ops that inductor fuses
 (`geta.quant.fusable`). Compilation (the first steps) is not timed. A step is the user's whole
@@ -27,6 +30,7 @@ import torch
 
 import geta
 from geta.optim import QASSO, Schedule
+from geta.quant.kernels import use_fused_kernels
 
 __all__ = ["measure_compile"]
 
@@ -38,11 +42,12 @@ def _quartiles(values: list[float]) -> str:
     return f"{statistics.median(values):5.3f} [{q[0]:.3f}-{q[2]:.3f}]"
 
 
-def _step(task, model: Callable, opt: torch.optim.Optimizer) -> None:
-    loss = task.loss(model, task.batch)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+def _step(task, model: Callable, opt: torch.optim.Optimizer, fused: bool = True) -> None:
+    with use_fused_kernels(fused):
+        loss = task.loss(model, task.batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 VARIANTS = {"geta": True, "geta fixed t": False}  # label -> learn_exponent
@@ -69,11 +74,16 @@ def measure_compile(task, steps: int, clock: Callable[[], float]) -> tuple[list[
             opt = QASSO(plan, lr=0.01, momentum=0.9, schedule=schedule)
             _step(task, plan.model, opt)  # eager: the final allocation drops the sensitivity hooks
             runs[f"{label} {mode}"] = (torch.compile(plan.model) if compiled else plan.model, opt)
+    plain = geta.prepare(copy.deepcopy(task.model), task.example, geta.Config(
+        target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8)))  # fmt: skip
+    opt = QASSO(plain, lr=0.01, momentum=0.9, schedule=schedule)
+    _step(task, plain.model, opt, fused=False)
+    runs["geta plain eager"] = (plain.model, opt)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for rnd in range(WARM + steps):
         for label, (model, opt) in runs.items():
             t0 = clock()
-            _step(task, model, opt)
+            _step(task, model, opt, fused=label != "geta plain eager")
             if rnd >= WARM:
                 times[label].append(clock() - t0)
 
@@ -82,6 +92,7 @@ def measure_compile(task, steps: int, clock: Callable[[], float]) -> tuple[list[
 
     ratio = {
         "eager": over("geta eager", "float eager"),
+        "plain eager": over("geta plain eager", "float eager"),
         "compiled": over("geta compiled", "float compiled"),
         "fixed t eager": over("geta fixed t eager", "float eager"),
         "fixed t compiled": over("geta fixed t compiled", "float compiled"),
@@ -92,6 +103,7 @@ def measure_compile(task, steps: int, clock: Callable[[], float]) -> tuple[list[
         f"{task.name}: eager vs torch.compile (inductor), {steps} rounds after {WARM} untimed",
         "  " + ", ".join(f"{k} {statistics.median(v) * 1e3:.2f} ms" for k, v in times.items()),
         f"  geta ÷ float, eager:    {_quartiles(ratio['eager'])} (target <= 1.8)",
+        f"  the same without the fused kernels (plain op): {_quartiles(ratio['plain eager'])}",
         f"  geta ÷ float, compiled: {_quartiles(ratio['compiled'])} (target <= 1.3)",
         f"  exponent fixed at 1 (learn_exponent=False): eager {_quartiles(ratio['fixed t eager'])}, "
         f"compiled {_quartiles(ratio['fixed t compiled'])}",
