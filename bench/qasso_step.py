@@ -279,7 +279,8 @@ def main() -> None:
         lines.append(
             "headline: geta (W+A, QASSO joint stage) ÷ float (SGD) training step: "
             + "; ".join(f"{k} eager {r['eager']:.2f} (target <= 1.8; {r['plain eager']:.2f} without the "
-                        f"fused kernels), compiled {r['compiled']:.2f} (target <= 1.3)" for k, r in compiled.items())
+                        f"fused kernels), compiled {r['compiled']:.2f} (target <= 1.3)"
+                        for k, r in compiled.items())
         )  # fmt: skip
         lines.append(
             "headline: the same with the exponent fixed at 1 (learn_exponent=False): "

@@ -63,7 +63,7 @@ def test_help_shows_the_defaults_the_code_applies() -> None:
     shown = _help_defaults()
     applied = options_from_args(_parse())  # nothing given: every default as the run uses it
     for f in fields(CompressOptions):
-        flag = "--" + f.name.replace("_", "-")
+        flag = ("--no-" if f.default is True else "--") + f.name.replace("_", "-")  # on by default: --no-
         if f.default is not None and f.name != "device":
             assert flag in shown, flag
             again = CompressOptions.from_mapping({f.name: shown[flag]}, where=str)
@@ -209,7 +209,8 @@ def test_every_option_is_declared_once_with_what_the_cli_and_library_need() -> N
     for f in fields(CompressOptions):
         spec = option_spec(f.name)
         action = flags[f.name]
-        assert action.option_strings == ["--" + f.name.replace("_", "-")]
+        switch_off = f.default is True  # a switch that is on by default is turned off by --no-NAME
+        assert action.option_strings == [("--no-" if switch_off else "--") + f.name.replace("_", "-")]
         assert action.help is not None and action.help.startswith(spec.help)
         if spec.to is not None:
             assert spec.to[1] in accepted[spec.to[0]], (f.name, spec.to)

@@ -70,7 +70,9 @@ def test_unit_exponent_is_the_plain_op_bit_for_bit_forward_and_input_gradient(si
 @pytest.mark.parametrize("ste", list(STE))
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("t", [0.8, 1.25])
-def test_learned_exponent_matches_the_plain_op_up_to_a_half_step_tie(t: float, signed: bool, ste: STE) -> None:
+def test_learned_exponent_matches_the_plain_op_up_to_a_half_step_tie(
+    t: float, signed: bool, ste: STE
+) -> None:
     x, g = big()
     fused, plain = grads_of(x, g, t, signed, ste, True), grads_of(x, g, t, signed, ste, False)
     moved = fused[0] != plain[0]
@@ -131,7 +133,10 @@ def test_the_eager_path_is_the_registered_op_bit_for_bit() -> None:
     """`fake_quant` in eager mode skips the dispatcher; the op itself gives the same bits."""
     for fused in (True, False):
         x, g = big()
-        leaves = [x.clone().requires_grad_(True), *(torch.tensor(v).requires_grad_(True) for v in (STEP, QMAX, 0.9))]
+        leaves = [
+            x.clone().requires_grad_(True),
+            *(torch.tensor(v).requires_grad_(True) for v in (STEP, QMAX, 0.9)),
+        ]
         twins = [v.detach().clone().requires_grad_(True) for v in leaves]
         with use_fused_kernels(fused):
             F.fake_quant(*leaves).backward(g)
@@ -148,7 +153,9 @@ def test_inference_mode_and_no_grad_calls_work() -> None:
         assert torch.equal(F.fake_quant(x, *scalars), expected)
 
 
-def test_a_compile_failure_warns_once_and_falls_back_to_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_compile_failure_warns_once_and_falls_back_to_the_plain_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def fail(*args: object) -> None:
         raise RuntimeError("no C++ compiler")
 
@@ -163,4 +170,6 @@ def test_a_compile_failure_warns_once_and_falls_back_to_the_plain_path(monkeypat
         warnings.simplefilter("error")  # no second warning
         again = grads_of(x, g, 0.9, True, STE.CLIPPED, True)
     plain = grads_of(x, g, 0.9, True, STE.CLIPPED, False)
-    assert all(torch.equal(a, b) for a, b in zip(got, plain)) and all(torch.equal(a, b) for a, b in zip(again, plain))
+    assert all(torch.equal(a, b) for a, b in zip(got, plain)) and all(
+        torch.equal(a, b) for a, b in zip(again, plain)
+    )

@@ -55,7 +55,9 @@ def mse_clip(
     qmax = (peak * torch.tensor(fractions, dtype=peak.dtype, device=peak.device)).to(q.qmax.dtype)  # (K,)
     step = step_for_bits(bits, qmax, q.exponent, signed=q.signed).to(q.step.dtype)  # (K,)
     batch = max(1, BATCH_ELEMENTS // max(1, x.numel()))
-    errors = torch.cat([_errors(x, step[k : k + batch], qmax[k : k + batch], q) for k in range(0, len(qmax), batch)])
+    errors = torch.cat(
+        [_errors(x, step[k : k + batch], qmax[k : k + batch], q) for k in range(0, len(qmax), batch)]
+    )
     best = int(errors.nan_to_num(nan=math.inf).argmin())  # argmin: the first of equal minima
     return qmax[best] if bool(torch.isfinite(errors[best])) else peak.to(q.qmax.dtype)
 

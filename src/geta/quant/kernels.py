@@ -103,12 +103,23 @@ def _eligible(x: Tensor) -> bool:
     )
 
 
-def _forward_graph(x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, *, signed: bool, unit: bool) -> Tensor:
+def _forward_graph(
+    x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, *, signed: bool, unit: bool
+) -> Tensor:
     return quantize(x, step, qmax, exponent, signed, unit, exp_log=True)
 
 
 def _backward_graph(
-    g: Tensor, x: Tensor, step: Tensor, qmax: Tensor, exponent: Tensor, *, signed: bool, ste: STE, needs: tuple, unit: bool
+    g: Tensor,
+    x: Tensor,
+    step: Tensor,
+    qmax: Tensor,
+    exponent: Tensor,
+    *,
+    signed: bool,
+    ste: STE,
+    needs: tuple,
+    unit: bool,
 ) -> list[Tensor]:
     grads = _ste_grads(g, x, (step, qmax, exponent), signed, ste, needs, unit, exp_log=True)
     return [gr for gr in grads if gr is not None]
@@ -163,7 +174,9 @@ def forward(x: Tensor, scalars: tuple[Tensor, Tensor, Tensor], signed: bool, uni
     if flat is None or dtypes is None:
         return None
     key = ("forward", x.dtype, dtypes, signed, unit)
-    kernel = _compiled.get(key) or _kernel(key, functools.partial(_forward_graph, signed=signed, unit=unit), [flat, *scalars])
+    kernel = _compiled.get(key) or _kernel(
+        key, functools.partial(_forward_graph, signed=signed, unit=unit), [flat, *scalars]
+    )
     if kernel is None:
         return None
     with torch.no_grad():
@@ -193,7 +206,9 @@ def backward(
     needs = tuple(needs[:4])
     key = ("backward", x.dtype, dtypes, signed, STE(ste), needs, unit)
     kernel = _compiled.get(key) or _kernel(
-        key, functools.partial(_backward_graph, signed=signed, ste=STE(ste), needs=needs, unit=unit), [fg, fx, *scalars]
+        key,
+        functools.partial(_backward_graph, signed=signed, ste=STE(ste), needs=needs, unit=unit),
+        [fg, fx, *scalars],
     )
     if kernel is None:
         return None
