@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,9 +18,10 @@ def _forward(q: LearnableQuantizer, x: torch.Tensor, w: torch.Tensor) -> tuple[t
     return F.linear(out, w).square().sum(), weakref.ref(out)
 
 
-def test_the_quantized_tensor_is_not_kept_for_backward(device: torch.device) -> None:
+@pytest.mark.parametrize("rows", [8, 2048], ids=["small", "fused-kernel size"])
+def test_the_quantized_tensor_is_not_kept_for_backward(rows: int, device: torch.device) -> None:
     q = LearnableQuantizer(init_bits=4).to(device)
-    x, w = torch.randn(8, 4, device=device), torch.randn(3, 4, device=device, requires_grad=True)
+    x, w = torch.randn(rows, 4, device=device), torch.randn(3, 4, device=device, requires_grad=True)
     loss, kept = _forward(q, x, w)
     assert kept() is not None  # linear saved Q(x)
     with recompute_quantized():

@@ -7,6 +7,8 @@
 - `geta.quant.attach`: weight quantizers as parametrizations, input quantizers as pre-hooks,
   and activation-range calibration;
 - `geta.quant.fusable`: the same fake-quantizer as plain ops, which ``torch.compile`` fuses;
+- `geta.quant.kernels`: those plain ops compiled once into one fused CPU loop for the forward and
+  one for the backward, which the eager op runs on large tensors (``use_fused_kernels``);
 - `geta.quant.recompute`: `recompute_quantized`, which keeps fake-quant outputs for the backward
   as recipes (recomputed) instead of a second full-size copy;
 - `geta.quant.products`: quantizers on the operands of activation x activation products
@@ -35,6 +37,7 @@ from geta.quant.functional import (
     step_for_bits,
     step_interval,
 )
+from geta.quant.kernels import use_fused_kernels
 from geta.quant.products import (
     ProductQuantizers,
     attach_product_quantizers,
@@ -68,5 +71,6 @@ __all__ = [
     "recompute_quantized",
     "step_for_bits",
     "step_interval",
+    "use_fused_kernels",
     "weight_quantizers",
 ]

@@ -181,7 +181,9 @@ def forward(x: Tensor, scalars: tuple[Tensor, Tensor, Tensor], signed: bool, uni
         return None
     with torch.no_grad():
         out = kernel(flat, *scalars)
-    return out.as_strided(x.size(), x.stride())
+    # x's shape and strides, as a tensor of its own rather than a view of the flat output:
+    # `recompute_quantized` recognises a fake-quant output (or a view of one) by its base
+    return out.as_strided(x.size(), x.stride()).detach()
 
 
 def backward(
