@@ -173,3 +173,13 @@ def test_a_compile_failure_warns_once_and_falls_back_to_the_plain_path(
     assert all(torch.equal(a, b) for a, b in zip(got, plain)) and all(
         torch.equal(a, b) for a, b in zip(again, plain)
     )
+
+
+def test_a_kernel_first_compiled_under_autocast_keeps_its_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "_compiled", {})  # this process compiles the variants afresh
+    x, g = big()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = grads_of(x, g, 0.9, True, STE.CLIPPED, True)
+    monkeypatch.setattr(kernels, "_compiled", {})
+    outside = grads_of(x, g, 0.9, True, STE.CLIPPED, True)
+    assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(under, outside))

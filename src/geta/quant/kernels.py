@@ -129,7 +129,8 @@ def _compile(fn: Callable, examples: list[Tensor]) -> Callable:
     """``fn`` traced with a symbolic length (one kernel for every size) and compiled by inductor."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    with torch.inference_mode(False), torch.no_grad():
+    # traced outside any autocast region a first call may sit in: the kernel's dtypes are its own
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
         graph = make_fx(fn, tracing_mode="symbolic")(*examples)
         return torch._inductor.standalone_compile(graph, examples, dynamic_shapes="from_graph")
 
