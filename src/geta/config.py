@@ -93,6 +93,11 @@ class Config:
     """Also attach weight quantizers to embedding tables."""
     learn_exponent: bool = True
     """Learn the exponent t of the quantizer (fixed at 1 otherwise)."""
+    recompute_quantized: bool = True
+    """Run each eager training forward of the prepared model inside
+    `geta.quant.recompute_quantized`: fake-quantized weights and layer inputs are kept for the
+    backward as recipes and recomputed there (the same gradients bit for bit, less memory, a
+    step a few percent slower on a CPU). False keeps the values."""
     ste: STE = STE.CLIPPED
     """Input-gradient rule of the straight-through estimator."""
     exclude_quant: tuple[str, ...] = ()
@@ -184,6 +189,10 @@ class Config:
                 f"target_bops (got target_sparsity={self.target_sparsity!r}, target_bops="
                 f"{self.target_bops!r}): under a budget the run chooses every group's width, "
                 "so selection must be 'uniform' (each group's own count)"
+            )
+        if not isinstance(self.recompute_quantized, bool):
+            raise ConfigError(
+                f"Config.recompute_quantized={self.recompute_quantized!r} must be True or False"
             )
         c = self.calibration_batches
         if isinstance(c, bool) or not isinstance(c, int) or c < 1:

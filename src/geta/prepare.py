@@ -38,6 +38,7 @@ from geta.quant.products import (
     record_products,
 )
 from geta.quant.quantizer import LearnableQuantizer
+from geta.quant.recompute import recompute_in_forward
 from geta.reporting.count import dense_counts
 from geta.savehook import guard_save_pretrained
 from geta.search_space import analyze_model
@@ -87,6 +88,7 @@ def prepare(model: nn.Module, example_inputs: object, config: Config | None = No
     bindings = weights + inputs + [b for b in products if b.module not in failed]
     bindings += _carried_quantizers(model, bindings)
     guard_save_pretrained(model)  # HF's save_pretrained would write parametrization keys
+    recompute_in_forward(model, config.recompute_quantized)  # less memory (geta.quant.recompute)
     return dataclasses.replace(plan, bindings=bindings, dense=dense)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 import geta
 from geta.quant import LearnableQuantizer, recompute_quantized
+from geta.quant.recompute import RECIPE
 
 
 def _forward(q: LearnableQuantizer, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, weakref.ref]:
@@ -36,7 +37,7 @@ def test_the_quantized_tensor_is_not_kept_for_backward(rows: int, device: torch.
 
 def test_prepared_model_gradients_are_bit_for_bit(device: torch.device) -> None:
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-    config = geta.Config(target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8))
+    config = geta.Config(target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8), recompute_quantized=False)
     plan = geta.prepare(model, (torch.randn(4, 6),), config)
     model.to(device)
     x = torch.randn(4, 8, 6, device=device)  # 3-D: the linears save views of Q(x) and Q(W)
@@ -65,3 +66,73 @@ def test_views_of_the_output_are_saved_as_recipes_too() -> None:
         assert torch.equal(recompute._unpack(packed), saved)
         assert recompute._unpack(packed).stride() == saved.stride()
     assert recompute._pack(w) is w and recompute._pack(x) is x  # anything else is kept as is
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _entries(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the entries into `recompute_quantized` made by the forward hooks."""
+    from geta.quant import recompute
+
+    entered: list[int] = []
+    real = recompute.recompute_quantized
+
+    def counting():
+        entered.append(1)
+        return real()
+
+    monkeypatch.setattr(recompute, "recompute_quantized", counting)
+    return entered
+
+
+def test_a_prepared_model_recomputes_by_default_with_the_same_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entered = _entries(monkeypatch)
+    x = torch.randn(4, 8, 6)
+    grads = []
+    for recompute in (True, False):
+        torch.manual_seed(0)
+        model = _mlp()
+        config = geta.Config(
+            target_sparsity=0.5, weight_bits=(4, 8), act_bits=(4, 8), recompute_quantized=recompute
+        )
+        geta.prepare(model, (torch.randn(4, 6),), config)
+        before = len(entered)
+        model(x).square().mean().backward()
+        assert len(entered) - before == (1 if recompute else 0)
+        grads.append([p.grad for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0 and all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_the_forward_hooks_stand_aside_and_always_leave(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other saved-tensor hooks (offloading) keep every tensor; no grad, no entry; a forward that
+    raises still leaves the context; copies and pickles carry the hooks."""
+    import copy
+    import io
+
+    entered = _entries(monkeypatch)
+    model = _mlp()
+    geta.prepare(model, (torch.randn(4, 6),), geta.Config(weight_bits=(4, 8), act_bits=(4, 8)))
+    seen: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
+        model(torch.randn(4, 6)).sum().backward()
+    assert not entered and any(hasattr(t, RECIPE) for t in seen)
+    with torch.no_grad():
+        model(torch.randn(4, 6))
+    assert not entered
+    with pytest.raises(RuntimeError):
+        model(torch.randn(4, 5))  # wrong width: the first linear raises inside the context
+    assert len(entered) == 1 and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    for twin in (copy.deepcopy(model), torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)):
+        twin(torch.randn(4, 6)).sum().backward()
+    assert len(entered) == 3
+
+
+def test_config_rejects_a_non_bool_recompute_quantized() -> None:
+    with pytest.raises(geta.ConfigError, match="recompute_quantized"):
+        geta.Config(recompute_quantized="yes")  # type: ignore[arg-type]

@@ -34,7 +34,6 @@ from geta.cli.quiet import quiet_capture
 from geta.cli.restore import load_dense_checkpoint, restore
 from geta.cli.runstate import RunState
 from geta.optim.finite import NonFiniteError
-from geta.quant import recompute_quantized
 from geta.recipes import (
     DataBundle,
     EpochStats,
@@ -312,14 +311,12 @@ class CompressJob:
                 self._compiled = (self.model, torch.compile(self.model))
             model = self._compiled[1]
         compressing = state.phase == "compress"
-        recompute = o.recompute_quantized and compressing and not o.compile  # eager only
         return train_epoch(
             model, self.data, opt, batch_size=o.batch_size, seed=o.seed, epoch=offset + state.epoch,
             device=self.device, lr=functools.partial(lr_at, stats), start=state.batch, stats=stats,
             on_batch=self._on_batch(state), stop=self.stop,
             teacher=self.teacher if compressing else None,
             distill_weight=o.training().distill, clip_norm=o.training().clip_norm,
-            forward_context=recompute_quantized if recompute else None,
         )  # fmt: skip
 
     def _extra(self) -> dict[str, float]:

@@ -223,6 +223,7 @@ class CompressOptions:
         True, "keep each fake-quantized weight and layer input for the backward as its recipe and "
         "recompute it there: less memory, the same gradients, a step a few percent slower (eager "
         "mode; --no-recompute-quantized keeps the values instead)", boolean,
+        to=("config", "recompute_quantized"),
     )  # fmt: skip
 
     @classmethod

@@ -48,6 +48,7 @@ from geta.quant.attach import detach_input_quantizer, weight_quantizers
 from geta.quant.functional import MIN_STEP, code_range, integer_codes
 from geta.quant.products import detach_product_quantizers
 from geta.quant.quantizer import LearnableQuantizer
+from geta.quant.recompute import recompute_in_forward
 from geta.reporting.count import rounded_bits
 
 __all__ = [
@@ -300,6 +301,8 @@ def baked(
     int8 = _int8_codes(new) if int8_linear else {}
     bake_weights(new)
     remove_activation_quantizers(new)
+    for module in new.modules():  # nothing is fake-quantized any more: no recompute hooks
+        recompute_in_forward(module, on=False)
     for module, (codes, step) in int8.items():
         replace_module(new, module, _dynamic_int8_linear(module, codes, step))
     if fold_batchnorm:

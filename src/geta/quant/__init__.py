@@ -47,7 +47,7 @@ from geta.quant.products import (
     record_products,
 )
 from geta.quant.quantizer import LearnableQuantizer
-from geta.quant.recompute import recompute_quantized
+from geta.quant.recompute import recompute_in_forward, recompute_quantized
 
 __all__ = [
     "LearnableQuantizer",
@@ -68,6 +68,7 @@ __all__ = [
     "project_step",
     "quantized_attention",
     "record_products",
+    "recompute_in_forward",
     "recompute_quantized",
     "step_for_bits",
     "step_interval",
