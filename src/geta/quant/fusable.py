@@ -29,7 +29,7 @@ from torch import Tensor
 from geta.config import STE
 from geta.quant.limits import LN_EPS, STE_FIXED_BOUND, floored_scalars
 
-__all__ = ["fusable_fake_quant", "quantize"]
+__all__ = ["fusable_fake_quant", "quantize", "ste_grads"]
 
 _LN_OF_EPS = math.log(LN_EPS)  # ln max(m, eps) = max(ln m, ln eps): ln is increasing
 
@@ -77,7 +77,7 @@ def quantize(
     return (s * d * torch.round((m if unit else _power(m, t, exp_log)[0]) / d)).to(x.dtype)
 
 
-def _ste_grads(
+def ste_grads(
     g: Tensor,
     x: Tensor,
     scalars: tuple[Tensor, Tensor, Tensor],
@@ -87,7 +87,9 @@ def _ste_grads(
     unit: bool,
     exp_log: bool,
 ) -> tuple[Tensor | None, ...]:
-    """(dL/dx, dL/dd, dL/dq_m, dL/dt) of docs/method.md §1.3, None where ``needs`` is False."""
+    """(dL/dx, dL/dd, dL/dq_m, dL/dt) of docs/method.md §1.3, None where ``needs`` is False, for
+    g = dL/dQ(x): plain ops, no autograd of their own (``unit`` and ``exp_log`` as in `quantize`).
+    """
     step, qmax, exponent = scalars
     d, q, t = floored_scalars(x, step, qmax, exponent)
     xc = x.to(d.dtype)
@@ -136,7 +138,7 @@ class _FusableFakeQuant(torch.autograd.Function):
         x, step, qmax, exponent = ctx.saved_tensors  # type: ignore[attr-defined]
         needs = tuple(ctx.needs_input_grad[:4])  # type: ignore[attr-defined]
         exp_log = torch.compiler.is_compiling()
-        grads = _ste_grads(grad, x, (step, qmax, exponent), ctx.signed, ctx.ste, needs, ctx.unit, exp_log)  # type: ignore[attr-defined]
+        grads = ste_grads(grad, x, (step, qmax, exponent), ctx.signed, ctx.ste, needs, ctx.unit, exp_log)  # type: ignore[attr-defined]
         return (*grads, None, None, None)
 
 

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from geta.config import STE
-from geta.quant.fusable import _ste_grads, quantize
+from geta.quant.fusable import quantize, ste_grads
 
 __all__ = ["MIN_ELEMENTS", "backward", "enabled", "forward", "use_fused_kernels"]
 
@@ -121,7 +121,7 @@ def _backward_graph(
     needs: tuple,
     unit: bool,
 ) -> list[Tensor]:
-    grads = _ste_grads(g, x, (step, qmax, exponent), signed, ste, needs, unit, exp_log=True)
+    grads = ste_grads(g, x, (step, qmax, exponent), signed, ste, needs, unit, exp_log=True)
     return [gr for gr in grads if gr is not None]
 
 
