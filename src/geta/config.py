@@ -50,6 +50,14 @@ def _check_bits(name: str, value: object, *, allow_none: bool) -> tuple[int, int
     return (lo, hi)
 
 
+def _check_switches(config: object) -> None:
+    """Every on/off field is a bool (a truthy string or number is a mistake, not a yes)."""
+    for name in ("quantize_embeddings", "learn_exponent", "recompute_quantized", "uniform_layers"):
+        value = getattr(config, name)
+        if not isinstance(value, bool):
+            raise ConfigError(f"Config.{name}={value!r} must be True or False")
+
+
 def _check_enum(config: object, name: str, kind: type[enum.Enum]) -> None:
     """Accept a member of ``kind`` or its string value; store the member."""
     value = getattr(config, name)
@@ -134,6 +142,7 @@ class Config:
         return self.target_sparsity is None or self.target_bops is not None
 
     def __post_init__(self) -> None:
+        _check_switches(self)
         s = self.target_sparsity
         bad = isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s < 1.0) or math.isnan(s)
         if s is not None and bad:
@@ -175,10 +184,7 @@ class Config:
                 f"Config.target_bops={b!r} must be None or in (0, 1]: W+A BOPs relative to the dense "
                 "FP32 model, e.g. 0.005 for 0.5 %"
             )
-        u = self.uniform_layers
-        if not isinstance(u, bool):
-            raise ConfigError(f"Config.uniform_layers={u!r} must be True or False")
-        if u and self.selection is not Selection.UNIFORM:
+        if self.uniform_layers and self.selection is not Selection.UNIFORM:
             raise ConfigError(
                 f"Config.uniform_layers=True needs selection='uniform', got selection="
                 f"{self.selection.value!r} (global selection gives every layer its own count)"
@@ -189,10 +195,6 @@ class Config:
                 f"target_bops (got target_sparsity={self.target_sparsity!r}, target_bops="
                 f"{self.target_bops!r}): under a budget the run chooses every group's width, "
                 "so selection must be 'uniform' (each group's own count)"
-            )
-        if not isinstance(self.recompute_quantized, bool):
-            raise ConfigError(
-                f"Config.recompute_quantized={self.recompute_quantized!r} must be True or False"
             )
         c = self.calibration_batches
         if isinstance(c, bool) or not isinstance(c, int) or c < 1:
