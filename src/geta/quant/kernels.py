@@ -135,18 +135,15 @@ def _compile(fn: Callable, examples: list[Tensor]) -> Callable:
         return torch._inductor.standalone_compile(graph, examples, dynamic_shapes="from_graph")
 
 
-def _kernel(key: tuple, fn: Callable, like: list[Tensor]) -> Callable | None:
-    """The compiled kernel of ``key`` (compiled on first use from examples shaped ``like``), or
-    None once compiling has failed in this process."""
+def _compile_variant(key: tuple, fn: Callable, like: list[Tensor]) -> Callable | None:
+    """Compile the kernel of ``key`` from examples shaped ``like`` and keep it; None (and the
+    kernels off for the process) if compiling fails."""
     global _broken
-    kernel = _compiled.get(key)
-    if kernel is not None:
-        return kernel
     examples = [
         torch.zeros(2 * MIN_ELEMENTS if t.dim() == 1 else t.shape, dtype=t.dtype) for t in like
     ]  # flat tensors get a length the kernel is not specialised to (any length works)
     try:
-        kernel = _compiled[key] = _compile(fn, examples)
+        _compiled[key] = _compile(fn, examples)
     except Exception as err:  # no C++ compiler, an inductor limitation: keep the plain path
         _broken = f"{type(err).__name__}: {err}".splitlines()[0]
         warnings.warn(
@@ -155,7 +152,8 @@ def _kernel(key: tuple, fn: Callable, like: list[Tensor]) -> Callable | None:
             RuntimeWarning,
             stacklevel=4,
         )
-    return kernel
+        return None
+    return _compiled[key]
 
 
 def _scalar_key(scalars: tuple[Tensor, Tensor, Tensor]) -> tuple | None:
@@ -175,7 +173,7 @@ def forward(x: Tensor, scalars: tuple[Tensor, Tensor, Tensor], signed: bool, uni
     if flat is None or dtypes is None:
         return None
     key = ("forward", x.dtype, dtypes, signed, unit)
-    kernel = _compiled.get(key) or _kernel(
+    kernel = _compiled.get(key) or _compile_variant(
         key, functools.partial(_forward_graph, signed=signed, unit=unit), [flat, *scalars]
     )
     if kernel is None:
@@ -198,17 +196,17 @@ def backward(
 ) -> tuple[Tensor | None, ...] | None:
     """(dL/dx, dL/dd, dL/dq_m, dL/dt) by the fused kernel, None where ``needs`` says no; or None
     where the kernel does not apply. dL/dx has the layout of x."""
-    if not _eligible(x) or type(g) not in _PLAIN or g.dtype != x.dtype:
+    if not _eligible(x) or type(g) not in _PLAIN or g.dtype != x.dtype or not any(needs):
+        return None
+    fx, dtypes = _flat(x), _scalar_key(scalars)
+    if fx is None or dtypes is None:
         return None
     if g.stride() != x.stride():  # one copy of g into x's layout: both flat in the same order
         g = torch.empty_strided(x.size(), x.stride(), dtype=g.dtype).copy_(g)
-    fx, fg = _flat(x), _flat(g)
-    dtypes = _scalar_key(scalars)
-    if fx is None or fg is None or dtypes is None or not any(needs):
-        return None
+    fg = _flat(g)
     needs = tuple(needs[:4])
     key = ("backward", x.dtype, dtypes, signed, STE(ste), needs, unit)
-    kernel = _compiled.get(key) or _kernel(
+    kernel = _compiled.get(key) or _compile_variant(
         key,
         functools.partial(_backward_graph, signed=signed, ste=STE(ste), needs=needs, unit=unit),
         [fg, fx, *scalars],
